@@ -1,0 +1,22 @@
+"""Errors that teach: every message names the bad value and the fix.
+
+The CLI prints ``FmnPatchError`` messages as one line and exits with code 2; any other exception is a bug.
+"""
+
+from __future__ import annotations
+
+
+class FmnPatchError(Exception):
+    """A user-facing error whose message says what was wrong and how to fix it."""
+
+
+class PatchFileError(FmnPatchError):
+    """A file that is not a valid fmn-patch ``.safetensors`` patch (refused before anything is applied)."""
+
+
+class BaseMismatchError(FmnPatchError):
+    """A patch that does not fit the base model it is applied to."""
+
+
+class NotBuiltError(FmnPatchError):
+    """A capability that is planned but not built in this release."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random pipelines (built once per session, loaded fresh per test) and hand-made patches."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmn_patch.base import load_base, target_shapes
+from fmn_patch.patch import Patch, PatchConcept, PatchInfo
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+logging.getLogger("transformers").setLevel(logging.ERROR)
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+KINDS = ("sd1", "sd2", "sdxl")
+
+
+@pytest.fixture(scope="session")
+def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tiny import build_sd
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: build_sd(kind, root) for kind in KINDS}
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def sd1(pipeline_dirs: dict[str, Path]):
+    return load_base(str(pipeline_dirs["sd1"]))
+
+
+def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept: str = "circle") -> Patch:
+    """A hand-made patch: random factors on every attn2 to_k/to_v of the pipeline, sized to change images."""
+    from fmn_patch.base import describe_base
+
+    gen = torch.Generator().manual_seed(seed)
+    factors = {}
+    for module, (out_f, in_f) in target_shapes(pipe).items():
+        a = torch.randn(rank, in_f, generator=gen) * scale / in_f**0.5
+        b = torch.randn(out_f, rank, generator=gen) * scale
+        factors[module] = (a, b)
+    base = describe_base(pipe)
+    info = PatchInfo(
+        method="manual",
+        concepts=(PatchConcept(concept, "object"),),
+        base_model=base.model,
+        base_hash=base.hash,
+        architecture=base.architecture,
+        config={"seed": seed, "rank": rank, "scale": scale},
+    )
+    return Patch(factors, info)
+
+
+def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) -> torch.Tensor:
+    """Images as a float tensor, deterministic for a seed."""
+    out = pipe(
+        prompt, num_inference_steps=steps, guidance_scale=3.0, generator=torch.Generator().manual_seed(seed),
+        output_type="pt", height=32, width=32,
+    )
+    return out.images
