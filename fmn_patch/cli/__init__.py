@@ -1,0 +1,1 @@
+"""The ``fmnpatch`` command line: one file per command, each a thin layer over one library call."""

@@ -1,0 +1,83 @@
+"""``fmnpatch apply``: patch a base model, then save it fused or render a before/after grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..apply import fuse_patches, save_pipeline
+from ..base import load_base
+from ..errors import FmnPatchError
+from ..preview import SampleConfig, preview
+from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Strict, Weights, echo_json, info
+from .options import load_patches as load_patch_files
+
+
+
+
+def apply(
+    base: BaseArg,
+    patches: PatchesArg,
+    weight: Weights = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Fuse the patches and save a full diffusers pipeline here.")
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Render base vs patched for this prompt (repeatable).")
+    ] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed(s) for the render (repeatable).")] = None,
+    grid: Annotated[Path, typer.Option(help="Where the render grid PNG goes.")] = Path("fmnpatch-preview.png"),
+    steps: Annotated[int, typer.Option(help="Sampler steps for the render.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Guidance scale for the render.")] = 5.0,
+    strict: Strict = False,
+    overwrite: Overwrite = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    json_out: JsonOut = False,
+) -> None:
+    """Apply patches to a base model (stacked, with per-patch weights).
+
+    With --output, the stack is fused into the weights and a full diffusers pipeline is saved (loads anywhere, no
+    LoRA needed). With --prompt, the prompt is rendered by the base and the patched model side by side into one
+    PNG grid.
+
+    Examples:
+
+      fmnpatch apply toy forget-circle.safetensors --prompt "a red circle" --seed 0
+
+      fmnpatch apply toy a.safetensors b.safetensors -w 1.0 -w 0.5 --output ./toy-forgot --overwrite
+
+      fmnpatch apply runwayml/stable-diffusion-v1-5 forget-elon.safetensors --output ./sd15-patched --strict
+    """
+    if output is None and not prompt:
+        raise FmnPatchError("nothing to do: pass --output DIR to save a fused model, or --prompt TEXT to render")
+    loaded = load_patch_files(patches)
+    if output is not None and output.exists() and not overwrite:
+        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
+    if grid.exists() and prompt and not overwrite:
+        raise FmnPatchError(f"{grid} already exists; pass --overwrite or choose another --grid path")
+    info(f"loading base {base} ...")
+    pipe = load_base(base, device=device, dtype=dtype)
+    result: dict[str, object] = {"base": base, "patches": [str(p) for p in patches]}
+    if prompt:
+        info(f"rendering {len(prompt)} prompt(s) with base and patched model ...")
+        image = preview(
+            pipe, loaded, prompt, weights=weight, seeds=seed or [0], config=SampleConfig(steps, guidance),
+            strict=strict,
+        )
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        image.save(grid)
+        result["grid"] = str(grid)
+    if output is not None:
+        info("fusing patches into the UNet ...")
+        fuse_patches(pipe, loaded, weight, strict=strict)
+        result["output"] = str(save_pipeline(pipe, output, overwrite=overwrite))
+    if json_out:
+        echo_json(result)
+    else:
+        for key in ("grid", "output"):
+            if key in result:
+                typer.echo(result[key])
+

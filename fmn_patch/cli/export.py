@@ -1,0 +1,32 @@
+"""``fmnpatch export``: a patch in the kohya format for AUTOMATIC1111 and ComfyUI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ..kohya import export_kohya
+from .options import Overwrite, PatchArg, load_patches
+
+
+def export(
+    patch: PatchArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .safetensors file.")],
+    format: Annotated[Literal["kohya"], typer.Option(help="Target format.")] = "kohya",
+    layers_per_block: Annotated[
+        int, typer.Option(help="UNet layers_per_block, used to name SDXL blocks (2 for SDXL).")
+    ] = 2,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export a patch for AUTOMATIC1111 / ComfyUI (kohya keys lora_down/lora_up/alpha, ss_network_* header).
+
+    diffusers re-imports the exported file to the same result.
+
+    Examples:
+
+      fmnpatch export forget-circle.safetensors -o forget-circle-kohya.safetensors
+    """
+    (loaded,) = load_patches([patch])
+    typer.echo(str(export_kohya(loaded, output, layers_per_block=layers_per_block, overwrite=overwrite)))

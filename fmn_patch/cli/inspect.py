@@ -1,0 +1,25 @@
+"""``fmnpatch inspect``: what a patch forgets, for which base, at what rank and size."""
+
+from __future__ import annotations
+
+import typer
+
+from ..summary import render_text, summarize
+from .options import JsonOut, PatchArg, echo_json, load_patches
+
+
+def inspect(patch: PatchArg, json_out: JsonOut = False) -> None:
+    """Show a patch's header, concepts, base, rank, size and per-module delta norms (validates the file).
+
+    Examples:
+
+      fmnpatch inspect forget-circle.safetensors
+
+      fmnpatch inspect forget-circle.safetensors --json | jq .concepts
+    """
+    (loaded,) = load_patches([patch])
+    summary = summarize(loaded, patch)
+    if json_out:
+        echo_json(summary)
+    else:
+        typer.echo(render_text(summary))

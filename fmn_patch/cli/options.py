@@ -1,0 +1,64 @@
+"""Reusable typed options and the plumbing every command shares (logging quietly, loading patches)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..patch import Patch
+
+BaseArg = Annotated[
+    str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
+]
+PatchesArg = Annotated[list[Path], typer.Argument(help="Patch files (.safetensors).", show_default=False)]
+PatchArg = Annotated[Path, typer.Argument(help="A patch file (.safetensors).", show_default=False)]
+Weights = Annotated[
+    list[float] | None,
+    typer.Option("--weight", "-w", help="Weight per patch, in order (repeat the option); one value applies to all."),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout for scripts.")]
+Strict = Annotated[
+    bool, typer.Option("--strict", help="Refuse a patch made for another base (default: warn and go on).")
+]
+Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
+Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+
+
+def quiet_libraries() -> None:
+    """Keep stderr for our own progress: silence the libraries' info logs and deprecation chatter."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
+    try:
+        from diffusers.utils import logging as dlogging
+
+        dlogging.disable_progress_bar()
+        dlogging.set_verbosity_error()
+        from transformers.utils import logging as tlogging
+
+        tlogging.set_verbosity_error()
+        tlogging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def load_patches(paths: list[Path]) -> list[Patch]:
+    return [Patch.load(p) for p in paths]
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def info(message: str) -> None:
+    """Progress and logs go to stderr; results (paths, JSON) go to stdout."""
+    print(message, file=sys.stderr)

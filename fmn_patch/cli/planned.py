@@ -1,0 +1,28 @@
+"""Commands of the toolkit whose capability is not built yet: they say so and exit non-zero."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import NotBuiltError
+
+PLANNED = {
+    "train": "train forgetting patches by attention re-steering (fmnpatch train \"Elon Musk\")",
+    "edit": "closed-form, data-free forgetting of one or many concepts",
+    "eval": "ConceptBench / M-Score evaluation of a base model and patches",
+    "push": "push a patch with a generated model card to the Hugging Face Hub",
+    "pull": "pull a community patch from the Hugging Face Hub",
+    "search": "search community patches on the Hugging Face Hub",
+    "attack": "attack a patch (aliases, concept inversion, prompt search) to test that forgetting holds",
+    "correct": "concept correction: remove an unwanted association while keeping the concept",
+}
+
+
+def planned_command(name: str, what: str):  # noqa: ANN201 - returns a typer command function
+    def command(args: Annotated[list[str] | None, typer.Argument(help="(not used yet)")] = None) -> None:
+        raise NotBuiltError(f"`fmnpatch {name}` is not built yet in this release ({what}); see the README roadmap")
+
+    command.__doc__ = f"[not built yet] {what[0].upper()}{what[1:]}."
+    return command

@@ -1,0 +1,123 @@
+"""The CLI: thin over the library, one-line errors with exit code 2, results on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_patch, render
+from PIL import Image
+
+from fmn_patch.base import load_base
+from fmn_patch.cli.app import main
+from fmn_patch.cli.planned import PLANNED
+from fmn_patch.patch import Patch
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(e.value.code or 0), out, err
+
+
+@pytest.fixture
+def patch_files(pipeline_dirs, tmp_path):
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    return [random_patch(pipe, seed=i, concept=c).save(tmp_path / f"{c}.safetensors")
+            for i, c in enumerate(["circle", "bob"])]
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in ["apply", "merge", "export", "inspect", *PLANNED]:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", ["apply", "merge", "export", "inspect"])
+def test_command_help_has_examples(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "Examples" in out and f"fmnpatch {command}" in out
+
+
+@pytest.mark.parametrize("command", sorted(PLANNED))
+def test_planned_commands_say_so_and_fail(capsys, command):
+    code, out, err = run(capsys, command, "x")
+    assert code == 2 and out == ""
+    assert "not built yet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_text_and_json(capsys, patch_files):
+    code, out, _ = run(capsys, "inspect", str(patch_files[0]))
+    assert code == 0 and "circle (object)" in out and "delta norms" in out
+    code, out, _ = run(capsys, "inspect", str(patch_files[0]), "--json")
+    data = json.loads(out)
+    assert data["concepts"] == [{"name": "circle", "category": "object"}]
+    assert data["rank"] == 2 and data["size_bytes"] > 0 and len(data["norms"]) == 14
+
+
+def test_bad_file_is_one_line_exit_2(capsys, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04not really a pickle")
+    code, out, err = run(capsys, "inspect", str(bad))
+    assert code == 2 and out == ""
+    assert err.startswith("fmnpatch: error:") and "pickled" in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_switch_shows_traceback(tmp_path):
+    with pytest.raises(Exception, match="no such file"):
+        main(["--debug", "inspect", str(tmp_path / "missing.safetensors")])
+
+
+def test_merge_then_apply_output_equals_stack(capsys, patch_files, pipeline_dirs, tmp_path):
+    merged = tmp_path / "merged.safetensors"
+    code, out, _ = run(capsys, "merge", *map(str, patch_files), "-o", str(merged), "-w", "1", "-w", "0.5", "--json")
+    assert code == 0 and json.loads(out)["rank"] == 4
+    code, out, err = run(capsys, "merge", *map(str, patch_files), "-o", str(merged))
+    assert code == 2 and "--overwrite" in err
+    fused_dir = tmp_path / "fused"
+    code, out, _ = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(merged), "--output", str(fused_dir))
+    assert code == 0 and out.strip() == str(fused_dir)
+
+    stacked = load_base(str(pipeline_dirs["sd1"]))
+    from fmn_patch.apply import apply_patches
+
+    apply_patches(stacked, [Patch.load(p) for p in patch_files], [1.0, 0.5])
+    torch.testing.assert_close(render(load_base(str(fused_dir))), render(stacked), rtol=0, atol=1e-4)
+
+
+def test_apply_prompt_writes_grid(capsys, patch_files, pipeline_dirs, tmp_path):
+    grid = tmp_path / "grid.png"
+    code, out, _ = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(patch_files[0]), "--prompt", "a photo of bob",
+                       "--seed", "0", "--seed", "1", "--steps", "2", "--grid", str(grid))
+    assert code == 0 and out.strip() == str(grid)
+    image = Image.open(grid)
+    assert image.size[0] > image.size[1]  # 4 columns (base/patched x 2 seeds), 1 row
+
+
+def test_apply_needs_something_to_do(capsys, patch_files, pipeline_dirs):
+    code, _, err = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(patch_files[0]))
+    assert code == 2 and "--output" in err and "--prompt" in err
+
+
+def test_apply_strict_refuses_other_base(capsys, pipeline_dirs, tmp_path):
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    patch = random_patch(pipe).with_info(base_hash="f" * 64, base_model="someone/else")
+    path = patch.save(tmp_path / "other.safetensors")
+    code, _, err = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(path), "--output", str(tmp_path / "o"),
+                       "--strict")
+    assert code == 2 and "someone/else" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_apply_unknown_base_is_clear(capsys, patch_files, tmp_path):
+    code, _, err = run(capsys, "apply", str(tmp_path), str(patch_files[0]), "--output", str(tmp_path / "o"))
+    assert code == 2 and "model_index.json" in err
+
+
+def test_export_writes_kohya(capsys, patch_files, tmp_path):
+    out_path = tmp_path / "k.safetensors"
+    code, out, _ = run(capsys, "export", str(patch_files[0]), "-o", str(out_path))
+    assert code == 0 and out.strip() == str(out_path) and out_path.exists()
