@@ -28,7 +28,11 @@ class MergeReport:
 
 
 def merge_patches(
-    patches: Sequence[Patch], weights: Sequence[float] | None = None, *, rank: int | None = None, title: str = ""
+    patches: Sequence[Patch],
+    weights: Sequence[float] | None = None,
+    *,
+    rank: int | None = None,
+    title: str = "",
 ) -> tuple[Patch, MergeReport]:
     """Merge patches into one. ``rank=None`` concatenates (exact); an int re-compresses by truncated SVD."""
     if len(patches) < 2:
@@ -51,7 +55,7 @@ def merge_patches(
 def sum_of_deltas(patches: Sequence[Patch], weights: Sequence[float], module: str) -> torch.Tensor:
     """sum_i w_i B_i A_i for one module, (out, in), float32."""
     total: torch.Tensor | None = None
-    for patch, w in zip(patches, weights):
+    for patch, w in zip(patches, weights, strict=True):
         if module in patch.factors:
             d = w * patch.delta(module)
             total = d if total is None else total + d
@@ -59,13 +63,15 @@ def sum_of_deltas(patches: Sequence[Patch], weights: Sequence[float], module: st
     return total
 
 
-def _concatenate(patches: Sequence[Patch], weights: Sequence[float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _concatenate(
+    patches: Sequence[Patch], weights: Sequence[float]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     factors = {}
     shapes = {m: p.delta(m).shape for p in patches for m in p.factors}
     for module in _all_modules(patches):
         out_f, in_f = shapes[module]
         a_parts, b_parts = [], []
-        for patch, w in zip(patches, weights):
+        for patch, w in zip(patches, weights, strict=True):
             if module in patch.factors:
                 a, b = patch.factors[module]
                 a_parts.append(w * a.float())  # (r_i, in)
@@ -95,7 +101,9 @@ def _check_same_layout(patches: Sequence[Patch]) -> None:
                 )
 
 
-def _merged_info(patches: Sequence[Patch], weights: Sequence[float], rank: int | None, title: str) -> PatchInfo:
+def _merged_info(
+    patches: Sequence[Patch], weights: Sequence[float], rank: int | None, title: str
+) -> PatchInfo:
     first = patches[0].info
     concepts: list[PatchConcept] = []
     for patch in patches:
@@ -110,7 +118,7 @@ def _merged_info(patches: Sequence[Patch], weights: Sequence[float], rank: int |
             "concepts": p.concept_names,
             "rank": p.rank,
         }
-        for p, w in zip(patches, weights)
+        for p, w in zip(patches, weights, strict=True)
     )
     return PatchInfo(
         method="merge",

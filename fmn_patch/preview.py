@@ -24,7 +24,9 @@ class SampleConfig:
     width: int | None = None
 
 
-def sample(pipe: Any, prompt: str, seeds: Sequence[int], config: SampleConfig = SampleConfig()) -> list[Image.Image]:
+def sample(
+    pipe: Any, prompt: str, seeds: Sequence[int], config: SampleConfig = SampleConfig()
+) -> list[Image.Image]:
     """One image per seed; each seed owns its generator, so images do not depend on batch composition."""
     images = []
     for seed in seeds:
@@ -57,7 +59,9 @@ def preview(
         patched = [sample(pipe, p, seeds, config) for p in prompts]
     finally:
         remove_patches(pipe, names)
-    rows = [[img for pair in zip(b, q) for img in pair] for b, q in zip(base, patched)]
+    rows = [
+        [img for pair in zip(b, q, strict=True) for img in pair] for b, q in zip(base, patched, strict=True)
+    ]
     columns = [f"{label} s{seed}" for seed in seeds for label in ("base", "patched")]
     scale = max(1, 128 // rows[0][0].size[0])
     return image_grid(rows, row_labels=list(prompts), col_labels=columns, scale=scale)

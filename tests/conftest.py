@@ -21,7 +21,7 @@ KINDS = ("sd1", "sd2", "sdxl")
 
 @pytest.fixture(scope="session")
 def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tiny import build_sd
+    from fmn_patch.tiny import build_sd
 
     root = tmp_path_factory.mktemp("pipelines")
     return {kind: build_sd(kind, root) for kind in KINDS}
@@ -62,7 +62,12 @@ def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept
 def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) -> torch.Tensor:
     """Images as a float tensor, deterministic for a seed."""
     out = pipe(
-        prompt, num_inference_steps=steps, guidance_scale=3.0, generator=torch.Generator().manual_seed(seed),
-        output_type="pt", height=32, width=32,
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        height=32,
+        width=32,
     )
     return out.images

@@ -25,8 +25,10 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def patch_files(pipeline_dirs, tmp_path):
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    return [random_patch(pipe, seed=i, concept=c).save(tmp_path / f"{c}.safetensors")
-            for i, c in enumerate(["circle", "bob"])]
+    return [
+        random_patch(pipe, seed=i, concept=c).save(tmp_path / f"{c}.safetensors")
+        for i, c in enumerate(["circle", "bob"])
+    ]
 
 
 def test_help_lists_every_command(capsys):
@@ -73,7 +75,9 @@ def test_debug_switch_shows_traceback(tmp_path):
 
 def test_merge_then_apply_output_equals_stack(capsys, patch_files, pipeline_dirs, tmp_path):
     merged = tmp_path / "merged.safetensors"
-    code, out, _ = run(capsys, "merge", *map(str, patch_files), "-o", str(merged), "-w", "1", "-w", "0.5", "--json")
+    code, out, _ = run(
+        capsys, "merge", *map(str, patch_files), "-o", str(merged), "-w", "1", "-w", "0.5", "--json"
+    )
     assert code == 0 and json.loads(out)["rank"] == 4
     code, out, err = run(capsys, "merge", *map(str, patch_files), "-o", str(merged))
     assert code == 2 and "--overwrite" in err
@@ -90,8 +94,22 @@ def test_merge_then_apply_output_equals_stack(capsys, patch_files, pipeline_dirs
 
 def test_apply_prompt_writes_grid(capsys, patch_files, pipeline_dirs, tmp_path):
     grid = tmp_path / "grid.png"
-    code, out, _ = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(patch_files[0]), "--prompt", "a photo of bob",
-                       "--seed", "0", "--seed", "1", "--steps", "2", "--grid", str(grid))
+    code, out, _ = run(
+        capsys,
+        "apply",
+        str(pipeline_dirs["sd1"]),
+        str(patch_files[0]),
+        "--prompt",
+        "a photo of bob",
+        "--seed",
+        "0",
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--grid",
+        str(grid),
+    )
     assert code == 0 and out.strip() == str(grid)
     image = Image.open(grid)
     assert image.size[0] > image.size[1]  # 4 columns (base/patched x 2 seeds), 1 row
@@ -106,8 +124,9 @@ def test_apply_strict_refuses_other_base(capsys, pipeline_dirs, tmp_path):
     pipe = load_base(str(pipeline_dirs["sd1"]))
     patch = random_patch(pipe).with_info(base_hash="f" * 64, base_model="someone/else")
     path = patch.save(tmp_path / "other.safetensors")
-    code, _, err = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(path), "--output", str(tmp_path / "o"),
-                       "--strict")
+    code, _, err = run(
+        capsys, "apply", str(pipeline_dirs["sd1"]), str(path), "--output", str(tmp_path / "o"), "--strict"
+    )
     assert code == 2 and "someone/else" in err
     assert not (tmp_path / "o").exists()
 
@@ -121,3 +140,18 @@ def test_export_writes_kohya(capsys, patch_files, tmp_path):
     out_path = tmp_path / "k.safetensors"
     code, out, _ = run(capsys, "export", str(patch_files[0]), "-o", str(out_path))
     assert code == 0 and out.strip() == str(out_path) and out_path.exists()
+
+
+def test_bad_input_writes_nothing(capsys, patch_files, pipeline_dirs, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(patch_files[0].read_bytes()[:-64])  # truncated
+    out_patch, out_dir = tmp_path / "m.safetensors", tmp_path / "fused"
+    code, _, err = run(capsys, "merge", str(patch_files[0]), str(bad), "-o", str(out_patch))
+    assert code == 2 and "truncated" in err and not out_patch.exists()
+    code, _, err = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(bad), "--output", str(out_dir))
+    assert code == 2 and "truncated" in err and not out_dir.exists()
+    code, _, err = run(capsys, "export", str(bad), "-o", str(tmp_path / "k.safetensors"))
+    assert code == 2 and not (tmp_path / "k.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["bad.safetensors", "circle.safetensors", "bob.safetensors"]
+    )

@@ -15,20 +15,24 @@ from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Str
 from .options import load_patches as load_patch_files
 
 
-
-
 def apply(
     base: BaseArg,
     patches: PatchesArg,
     weight: Weights = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Fuse the patches and save a full diffusers pipeline here.")
+        Path | None,
+        typer.Option("--output", "-o", help="Fuse the patches and save a full diffusers pipeline here."),
     ] = None,
     prompt: Annotated[
-        list[str] | None, typer.Option("--prompt", "-p", help="Render base vs patched for this prompt (repeatable).")
+        list[str] | None,
+        typer.Option("--prompt", "-p", help="Render base vs patched for this prompt (repeatable)."),
     ] = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed(s) for the render (repeatable).")] = None,
-    grid: Annotated[Path, typer.Option(help="Where the render grid PNG goes.")] = Path("fmnpatch-preview.png"),
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Seed(s) for the render (repeatable).")
+    ] = None,
+    grid: Annotated[Path, typer.Option(help="Where the render grid PNG goes.")] = Path(
+        "fmnpatch-preview.png"
+    ),
     steps: Annotated[int, typer.Option(help="Sampler steps for the render.")] = 20,
     guidance: Annotated[float, typer.Option(help="Guidance scale for the render.")] = 5.0,
     strict: Strict = False,
@@ -52,7 +56,9 @@ def apply(
       fmnpatch apply runwayml/stable-diffusion-v1-5 forget-elon.safetensors --output ./sd15-patched --strict
     """
     if output is None and not prompt:
-        raise FmnPatchError("nothing to do: pass --output DIR to save a fused model, or --prompt TEXT to render")
+        raise FmnPatchError(
+            "nothing to do: pass --output DIR to save a fused model, or --prompt TEXT to render"
+        )
     loaded = load_patch_files(patches)
     if output is not None and output.exists() and not overwrite:
         raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
@@ -64,7 +70,12 @@ def apply(
     if prompt:
         info(f"rendering {len(prompt)} prompt(s) with base and patched model ...")
         image = preview(
-            pipe, loaded, prompt, weights=weight, seeds=seed or [0], config=SampleConfig(steps, guidance),
+            pipe,
+            loaded,
+            prompt,
+            weights=weight,
+            seeds=seed or [0],
+            config=SampleConfig(steps, guidance),
             strict=strict,
         )
         grid.parent.mkdir(parents=True, exist_ok=True)
@@ -80,4 +91,3 @@ def apply(
         for key in ("grid", "output"):
             if key in result:
                 typer.echo(result[key])
-

@@ -37,7 +37,13 @@ def merge(
     path = merged.save(output, overwrite=overwrite)
     info(f"merged {len(patches)} patches: rank {merged.rank}, residual {report.total:.3g}")
     if json_out:
-        echo_json({"output": str(path), "rank": merged.rank, "residual": report.total,
-                   "residuals": report.residuals})
+        echo_json(
+            {
+                "output": str(path),
+                "rank": merged.rank,
+                "residual": report.total,
+                "residuals": report.residuals,
+            }
+        )
     else:
         typer.echo(str(path))

@@ -20,7 +20,9 @@ PatchesArg = Annotated[list[Path], typer.Argument(help="Patch files (.safetensor
 PatchArg = Annotated[Path, typer.Argument(help="A patch file (.safetensors).", show_default=False)]
 Weights = Annotated[
     list[float] | None,
-    typer.Option("--weight", "-w", help="Weight per patch, in order (repeat the option); one value applies to all."),
+    typer.Option(
+        "--weight", "-w", help="Weight per patch, in order (repeat the option); one value applies to all."
+    ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout for scripts.")]

@@ -9,7 +9,7 @@ import typer
 from ..errors import NotBuiltError
 
 PLANNED = {
-    "train": "train forgetting patches by attention re-steering (fmnpatch train \"Elon Musk\")",
+    "train": 'train forgetting patches by attention re-steering (fmnpatch train "Elon Musk")',
     "edit": "closed-form, data-free forgetting of one or many concepts",
     "eval": "ConceptBench / M-Score evaluation of a base model and patches",
     "push": "push a patch with a generated model card to the Hugging Face Hub",
@@ -20,9 +20,11 @@ PLANNED = {
 }
 
 
-def planned_command(name: str, what: str):  # noqa: ANN201 - returns a typer command function
+def planned_command(name: str, what: str):
     def command(args: Annotated[list[str] | None, typer.Argument(help="(not used yet)")] = None) -> None:
-        raise NotBuiltError(f"`fmnpatch {name}` is not built yet in this release ({what}); see the README roadmap")
+        raise NotBuiltError(
+            f"`fmnpatch {name}` is not built yet in this release ({what}); see the README roadmap"
+        )
 
     command.__doc__ = f"[not built yet] {what[0].upper()}{what[1:]}."
     return command

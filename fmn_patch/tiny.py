@@ -1,5 +1,8 @@
 """Tiny random Stable Diffusion pipelines built from configs (no download): SD-1.x-, SD-2.x- and SDXL-like.
 
+For tests, demos and structure checks where no real weights can be had; every code path that serves a real
+checkpoint serves these.
+
 The layouts mirror the real ones where it matters to patches: SD 1.x uses conv projections in the transformer
 blocks, SD 2.x linear projections and per-block head dims, SDXL two text encoders, ``text_time`` conditioning and
 several transformer blocks per attention. Widths are tiny so the whole suite runs on CPU in seconds.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -20,7 +24,28 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-WORDS = "a photo of the circle square bob alice red blue striped in style van gogh man cat dog elon musk".split()
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "circle",
+    "square",
+    "bob",
+    "alice",
+    "red",
+    "blue",
+    "striped",
+    "in",
+    "style",
+    "van",
+    "gogh",
+    "man",
+    "cat",
+    "dog",
+    "elon",
+    "musk",
+]
 
 
 def write_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -34,7 +59,7 @@ def write_tokenizer(folder: Path) -> CLIPTokenizer:
         vocab.setdefault(s + "</w>", len(vocab))
     merges: list[str] = []
     for word in WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
             merged = parts[0] + parts[1]
             line = f"{parts[0]} {parts[1]}"
@@ -77,43 +102,74 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def build_sd(kind: str, folder: Path, seed: int = 0):
+def build_sd(kind: str, folder: Path, seed: int = 0) -> Path:
     """Build and save a tiny pipeline of ``kind`` in ``sd1``, ``sd2``, ``sdxl``; returns the folder."""
     torch.manual_seed(seed)
     tokenizer = write_tokenizer(folder / "_tok")
     vocab = len(tokenizer)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if kind == "sd2" else "epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if kind == "sd2" else "epsilon",
     )
+    pipe: Any
     if kind == "sdxl":
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=8,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64,
+            norm_num_groups=8,
         )
         te1 = CLIPTextModel(_text_config(vocab, 32))
         te2 = CLIPTextModelWithProjection(_text_config(vocab, 32, projection=32))
         pipe = StableDiffusionXLPipeline(
-            vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-            unet=unet, scheduler=scheduler,
+            vae=_vae(),
+            text_encoder=te1,
+            text_encoder_2=te2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
         )
     else:
         linear = kind == "sd2"
         hidden = 48 if linear else 32
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=hidden, attention_head_dim=(2, 4) if linear else 8,
-            use_linear_projection=linear, norm_num_groups=8,
+            cross_attention_dim=hidden,
+            attention_head_dim=(2, 4) if linear else 8,
+            use_linear_projection=linear,
+            norm_num_groups=8,
         )
         pipe = StableDiffusionPipeline(
-            vae=_vae(), text_encoder=CLIPTextModel(_text_config(vocab, hidden)), tokenizer=tokenizer,
-            unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            vae=_vae(),
+            text_encoder=CLIPTextModel(_text_config(vocab, hidden)),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
         )
     pipe.save_pretrained(folder / kind)

@@ -1,0 +1,49 @@
+# fmn-patch: every routine task is a make target. `make demo` and `make test` work on a fresh clone.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test test-slow lint format typecheck demo bench bench-quick toy-model clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel on this machine's disk: a bare `torch` pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check fmn_patch tests examples bench
+	$(VENV)/bin/ruff format --check fmn_patch tests examples bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format fmn_patch tests examples bench
+	$(VENV)/bin/ruff check --fix fmn_patch tests examples bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+demo: install
+	$(PY) examples/demo.py
+
+bench: install
+	$(PY) bench/run.py --full
+
+bench-quick: install
+	$(PY) bench/run.py
+
+toy-model: install
+	$(PY) -m fmn_patch.toy.train
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache
