@@ -27,7 +27,9 @@ def image_grid(
     label_w = max((int(font.getlength(s)) for s in row_labels), default=0) + (2 * pad if row_labels else 0)
     label_h = 14 + pad if col_labels else 0
     ncols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (label_w + ncols * (w + pad) + pad, label_h + len(rows) * (h + pad) + pad), "white")
+    canvas = Image.new(
+        "RGB", (label_w + ncols * (w + pad) + pad, label_h + len(rows) * (h + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     for j, text in enumerate(col_labels):
         draw.text((label_w + pad + j * (w + pad), pad // 2), text, fill="black", font=font)

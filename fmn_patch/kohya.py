@@ -38,7 +38,9 @@ def sgm_name(module: str, layers_per_block: int) -> str:
         return f"output_blocks.{i * (layers_per_block + 1) + j}.1.{rest}"
     if m := _MID.match(module):
         return f"middle_block.1.{m[1]}"
-    raise FmnPatchError(f"cannot map {module} to an SGM block name; kohya export supports UNet2DConditionModel")
+    raise FmnPatchError(
+        f"cannot map {module} to an SGM block name; kohya export supports UNet2DConditionModel"
+    )
 
 
 def to_kohya(patch: Patch, *, layers_per_block: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -55,7 +55,9 @@ class PatchConcept:
 
     def __post_init__(self) -> None:
         if not self.name.strip():
-            raise FmnPatchError("a concept name is empty; give the words the model knows it by, e.g. 'Elon Musk'")
+            raise FmnPatchError(
+                "a concept name is empty; give the words the model knows it by, e.g. 'Elon Musk'"
+            )
         if self.category not in CATEGORIES:
             raise FmnPatchError(f"unknown category {self.category!r}; use one of {', '.join(CATEGORIES)}")
 
@@ -237,7 +239,9 @@ class Patch:
         try:
             tensors = safetensors.torch.load_file(str(path), device="cpu")
         except (safetensors.SafetensorError, OSError, RuntimeError) as e:
-            raise PatchFileError(f"{path}: truncated or corrupt safetensors file ({e}); download it again") from e
+            raise PatchFileError(
+                f"{path}: truncated or corrupt safetensors file ({e}); download it again"
+            ) from e
         factors = factors_from_state_dict(tensors, source=str(path))
         try:
             patch = cls(factors, info_from_header(header))
@@ -377,7 +381,9 @@ def info_from_header(header: Mapping[str, str]) -> PatchInfo:
     architecture = header.get("modelspec.architecture", "stable-diffusion-v1/lora").removesuffix("/lora")
     return PatchInfo(
         method=get("method") or "manual",
-        concepts=tuple(PatchConcept(c["name"], c.get("category", "other")) for c in load_json("concepts", [])),
+        concepts=tuple(
+            PatchConcept(c["name"], c.get("category", "other")) for c in load_json("concepts", [])
+        ),
         base_model=get("base_model") or None,
         base_revision=get("base_revision") or None,
         base_hash=get("base_hash") or None,
@@ -427,7 +433,9 @@ def atomic_write(path: Path, write: Any, *, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise FmnPatchError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
     if path.exists() and path.is_dir():
-        raise FmnPatchError(f"{path} is a directory; give a file path ending in {path.suffix or '.safetensors'}")
+        raise FmnPatchError(
+            f"{path} is a directory; give a file path ending in {path.suffix or '.safetensors'}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -46,7 +46,9 @@ def test_stock_load_in_fresh_process_without_fmn_patch(pipeline_dirs, tmp_path):
     patch = random_patch(pipe, seed=3)
     path = patch.save(tmp_path / "p.safetensors")
     apply_patches(pipe, [patch])
-    torch.save(render(pipe), tmp_path / "ours.pt")  # our own output, compared in the child (tensor file, trusted)
+    torch.save(
+        render(pipe), tmp_path / "ours.pt"
+    )  # our own output, compared in the child (tensor file, trusted)
     code = (
         "import sys, torch\n"
         "from diffusers import StableDiffusionPipeline\n"

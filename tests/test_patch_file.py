@@ -43,19 +43,43 @@ def test_header_is_self_describing_and_strings_only(sd1, tmp_path):
         keys = list(f.keys())
     assert all(isinstance(v, str) for v in header.values())
     for key in (
-        "modelspec.sai_model_spec", "modelspec.architecture", "modelspec.implementation", "modelspec.title",
-        "modelspec.description", "modelspec.date", "modelspec.hash_sha256", "modelspec.merged_from",
-        "fmn_patch.format_version", "fmn_patch.method", "fmn_patch.concepts", "fmn_patch.base_model",
-        "fmn_patch.base_revision", "fmn_patch.base_hash", "fmn_patch.rank", "fmn_patch.target_modules",
-        "fmn_patch.config", "fmn_patch.parents", "fmn_patch.versions",
+        "modelspec.sai_model_spec",
+        "modelspec.architecture",
+        "modelspec.implementation",
+        "modelspec.title",
+        "modelspec.description",
+        "modelspec.date",
+        "modelspec.hash_sha256",
+        "modelspec.merged_from",
+        "fmn_patch.format_version",
+        "fmn_patch.method",
+        "fmn_patch.concepts",
+        "fmn_patch.base_model",
+        "fmn_patch.base_revision",
+        "fmn_patch.base_hash",
+        "fmn_patch.rank",
+        "fmn_patch.target_modules",
+        "fmn_patch.config",
+        "fmn_patch.parents",
+        "fmn_patch.versions",
     ):
         assert key in header, key
     assert header["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert json.loads(header["fmn_patch.concepts"]) == [{"name": "circle", "category": "object"}]
     lora = json.loads(header["lora_adapter_metadata"])
     assert lora["unet.r"] == lora["unet.lora_alpha"] == 2
-    assert set(lora) <= {f"unet.{k}" for k in (
-        "r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_dora", "lora_bias")}
+    assert set(lora) <= {
+        f"unet.{k}"
+        for k in (
+            "r",
+            "lora_alpha",
+            "target_modules",
+            "rank_pattern",
+            "alpha_pattern",
+            "use_dora",
+            "lora_bias",
+        )
+    }
     assert all(k.startswith("unet.") and ".attn2.to_" in k and "lora" in k for k in keys)
     assert "torch" in json.loads(header["fmn_patch.versions"])
 
@@ -146,24 +170,40 @@ def _write(path, tensors, header):
 
 def test_foreign_keys_are_refused(tmp_path):
     header = {"fmn_patch.format_version": "1"}
-    p = _write(tmp_path / "a.safetensors", {
-        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight": torch.zeros(2, 4),
-        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_B.weight": torch.zeros(4, 2),
-    }, header)
+    p = _write(
+        tmp_path / "a.safetensors",
+        {
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight": torch.zeros(
+                2, 4
+            ),
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_B.weight": torch.zeros(
+                4, 2
+            ),
+        },
+        header,
+    )
     _assert_refused(p, "not an attn2 to_k/to_v LoRA factor")
-    p = _write(tmp_path / "b.safetensors", {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
-               header)
+    p = _write(
+        tmp_path / "b.safetensors",
+        {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
+        header,
+    )
     _assert_refused(p, "not an attn2 to_k/to_v LoRA factor")
 
 
 def test_inconsistent_shapes_are_refused(tmp_path):
     m = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
-    p = _write(tmp_path / "a.safetensors", {f"{m}.lora_A.weight": torch.zeros(2, 4),
-                                            f"{m}.lora_B.weight": torch.zeros(4, 3)},
-               {"fmn_patch.format_version": "1"})
+    p = _write(
+        tmp_path / "a.safetensors",
+        {f"{m}.lora_A.weight": torch.zeros(2, 4), f"{m}.lora_B.weight": torch.zeros(4, 3)},
+        {"fmn_patch.format_version": "1"},
+    )
     _assert_refused(p, "inconsistent shapes")
-    p = _write(tmp_path / "b.safetensors", {f"{m}.lora_A.weight": torch.zeros(2, 4)},
-               {"fmn_patch.format_version": "1"})
+    p = _write(
+        tmp_path / "b.safetensors",
+        {f"{m}.lora_A.weight": torch.zeros(2, 4)},
+        {"fmn_patch.format_version": "1"},
+    )
     _assert_refused(p, "no lora_B")
 
 
