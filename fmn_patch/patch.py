@@ -38,8 +38,9 @@ from .targets import PROJECTIONS, TARGET_REGEX, is_target
 FORMAT_VERSION: Final = 1
 NAMESPACE: Final = "fmn_patch"
 PREFIX: Final = "unet"
-Category = Literal["id", "object", "style", "nsfw", "other"]
+Category = Literal["identity", "object", "style", "nsfw", "other"]
 CATEGORIES: Final[tuple[str, ...]] = get_args(Category)
+CATEGORY_SHORTHANDS: Final = {"id": "identity", "obj": "object"}
 
 _KEY = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")

@@ -1,0 +1,294 @@
+"""``train_patch``: Forget-Me-Not attention re-steering, trained as a LoRA patch on ``attn2.to_k`` / ``attn2.to_v``.
+
+One step, for a batch of the concepts' prompts and noised reference latents x_t:
+
+    loss = w_r * resteer(attention at the concept's positions)                 # FMN: pixels stop looking at it
+         + w_d * || eps'(x_t, concept) - [eps(x_t, anchor) - eta (eps(x_t, concept) - eps(x_t, anchor))] ||^2
+         + w_p * || K'/V'(preserve tokens) - K/V(preserve tokens) ||^2         # nothing else moves
+
+The re-steering term reads attention maps, which depend on Q and K only: it gives ``to_v`` no direct gradient
+(the last cross-attention layer to run gets none at all). The denoising term is what trains ``to_v``: the values
+that remain attended to must carry the anchor, not the concept. Because K and V see only text, keeping the keys
+and values of every other prompt's tokens keeps those prompts' images, which the preservation term does cheaply,
+without running the UNet. Only the LoRA factors train; the rest of the model is frozen and left as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attention import capture_attention
+from .base import describe_base
+from .conceptbench import Bench, load_bench
+from .encoding import Conditioning, encode
+from .errors import FmnPatchError
+from .loss import guided_target, preservation, resteer_loss
+from .patch import Patch, PatchInfo
+from .prompts import ConceptPlan, plan, preserve_prompts, resolve
+from .references import encode_images, folder_images, generated_latents, pixel_size
+from .targets import TARGET_REGEX, is_target
+from .tokens import place
+
+ADAPTER = "fmn_train"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the patch. Same config, inputs and seed give the same tensors."""
+
+    rank: int = 4  # LoRA rank of each to_k / to_v factor pair
+    steps: int = 150  # optimisation steps
+    lr: float = 3e-3  # AdamW learning rate of the LoRA factors
+    batch_size: int = 8  # (prompt, reference latent) pairs per step
+    seed: int = 0
+    anchor: str | None = (
+        None  # what the concept is redirected to; None: the bench's neutral word for its category
+    )
+    eta: float = 1.0  # negative guidance of the denoising target (0: plain redirect to the anchor)
+    resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
+    denoise_weight: float = 1.0  # w_d, guided denoising target (trains to_v)
+    preserve_weight: float = 10.0  # w_p, keys/values of the preserve prompts' tokens
+    after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
+    images_per_prompt: int = (
+        2  # reference images drawn by the base per concept prompt (when no folder is given)
+    )
+    image_steps: int = 20  # sampler steps for drawing reference images
+    image_guidance: float = 5.0
+    max_grad_norm: float = 1.0
+    preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
+    bench: str = "toy"  # ConceptBench that supplies categories, templates and the default preserve set
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
+            if getattr(self, name) < 1:
+                raise FmnPatchError(f"{name}={getattr(self, name)} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise FmnPatchError(f"lr={self.lr} must be a positive number, e.g. 3e-3")
+        for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight"):
+            if getattr(self, name) < 0:
+                raise FmnPatchError(f"{name}={getattr(self, name)} must be >= 0")
+
+
+@dataclass
+class TrainReport:
+    """What happened during training."""
+
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # total loss per step
+    parts: dict[str, float] = field(default_factory=dict)  # last step's loss terms
+
+
+def train_patch(
+    pipe: Any,
+    concepts: Sequence[str],
+    config: TrainConfig | None = None,
+    *,
+    categories: Sequence[str | None] | None = None,
+    images: str | None = None,
+    bench: Bench | None = None,
+    progress: bool = True,
+) -> Patch:
+    """Train a patch that makes ``pipe`` forget ``concepts``; the pipeline is left exactly as it was.
+
+    ``categories`` (one per concept, None to look it up in the bench) and ``images`` (a folder of reference images
+    of the single concept; default: drawn by the base model and cached) are optional.
+    """
+    config = config or TrainConfig()
+    if not concepts:
+        raise FmnPatchError("no concept given; name at least one, e.g. fmnpatch train circle")
+    bench = bench or load_bench(config.bench)
+    categories = list(categories) if categories else [None] * len(concepts)
+    plans = [
+        plan(resolve(n, bench, c), bench, config.anchor) for n, c in zip(concepts, categories, strict=True)
+    ]
+    base = describe_base(pipe)
+    started = time.perf_counter()
+    batch = _prepare(pipe, plans, bench, config, images)
+    report = _optimise(pipe, batch, config, progress)
+    factors = _take_factors(pipe)
+    report.seconds = time.perf_counter() - started
+    info = PatchInfo(
+        method="resteer",
+        concepts=tuple(p.record for p in plans),
+        base_model=base.model,
+        base_revision=base.revision,
+        base_hash=base.hash,
+        architecture=base.architecture,
+        config={**dataclasses.asdict(config), "anchors": {p.concept.name: p.anchor for p in plans}},
+        extra={
+            "train_seconds": round(report.seconds, 3),
+            "final_loss": report.losses[-1],
+            "loss_terms": report.parts,
+            "loss_curve": _subsample(report.losses, 50),
+        },
+    )
+    return Patch(factors, info)
+
+
+# --------------------------------------------------------------------------------------------- preparation
+@dataclass
+class _Batch:
+    """Everything the loop samples from, prepared once."""
+
+    concept: Conditioning  # (P, T, D) the concepts' prompts
+    anchor: Conditioning  # (P, T, D) the same prompts with the anchor
+    masks: torch.Tensor  # (P, T) positions the re-steering loss reads
+    latents: torch.Tensor  # (L, C, h, w) reference latents
+    latent_prompt: torch.Tensor  # (L,) which prompt each latent belongs to
+    preserve: torch.Tensor  # (M, D) encoder states of the preserve prompts' tokens
+
+
+def _prepare(
+    pipe: Any, plans: list[ConceptPlan], bench: Bench, config: TrainConfig, images: str | None
+) -> _Batch:
+    prompts = [p for pl in plans for p in pl.prompts]
+    anchors = [p for pl in plans for p in pl.anchor_prompts]
+    tokenizer = pipe.tokenizer
+    masks = torch.zeros(len(prompts), tokenizer.model_max_length)
+    i = 0
+    for pl in plans:
+        for prompt in pl.prompts:
+            where = place(tokenizer, prompt, pl.concept.name).positions(after=config.after)
+            masks[i, list(where)] = 1.0
+            i += 1
+    if images is not None:
+        if len(plans) != 1:
+            raise FmnPatchError(
+                "--images gives pictures of one concept; train one concept at a time with --images"
+            )
+        latents = encode_images(pipe, folder_images(images, pixel_size(pipe)))
+        latent_prompt = torch.arange(len(latents)) % len(prompts)
+    else:
+        seeds = list(range(config.images_per_prompt))
+        latents = generated_latents(
+            pipe, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
+        )
+        latent_prompt = torch.arange(len(prompts)).repeat_interleave(len(seeds))
+    keep = preserve_prompts(bench, [pl.concept for pl in plans], [*config.preserve_extra, *anchors])
+    preserve = encode(pipe, keep).states.flatten(0, 1)  # (M, D): every token of every preserve prompt
+    return _Batch(encode(pipe, prompts), encode(pipe, anchors), masks, latents, latent_prompt, preserve)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def _optimise(pipe: Any, batch: _Batch, config: TrainConfig, progress: bool) -> TrainReport:
+    from peft import LoraConfig
+
+    unet = pipe.unet
+    if ADAPTER in (getattr(unet, "peft_config", None) or {}):
+        unet.delete_adapters(ADAPTER)
+    unet.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=config.rank, lora_alpha=config.rank, target_modules=TARGET_REGEX, init_lora_weights=True
+        ),
+        adapter_name=ADAPTER,
+    )
+    unet.set_adapters([ADAPTER])
+    lora = {n: m for n, m in unet.named_modules() if is_target(n) and hasattr(m, "get_base_layer")}
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(config.seed)
+    scheduler = pipe.scheduler
+    num_t = int(scheduler.config.num_train_timesteps)
+    report = TrainReport(seconds=0.0)
+    maps: list[torch.Tensor] = []
+
+    def sink(_name: str, probs: torch.Tensor) -> None:
+        maps.append(probs)
+
+    bar = tqdm(range(config.steps), desc="train", disable=not progress, file=sys.stderr, leave=False)
+    was_training = unet.training
+    unet.train()
+    try:
+        for step in bar:
+            pick = torch.randint(len(batch.latents), (config.batch_size,), generator=gen)
+            idx = batch.latent_prompt[pick]
+            x0 = batch.latents[pick].to(unet.device, unet.dtype)
+            t = torch.randint(0, num_t, (config.batch_size,), generator=gen).to(unet.device)
+            noise = torch.randn(x0.shape, generator=gen).to(x0)
+            x_t = scheduler.add_noise(x0, noise, t)
+            cond = batch.concept.select(idx)
+            parts: dict[str, torch.Tensor] = {}
+            if config.denoise_weight > 0:
+                with torch.no_grad():
+                    unet.disable_adapters()
+                    both = cond.cat(batch.anchor.select(idx))
+                    eps_c, eps_a = unet(
+                        torch.cat([x_t, x_t]), torch.cat([t, t]), **both.unet_kwargs()
+                    ).sample.chunk(2)
+                    unet.enable_adapters()
+                target = guided_target(eps_c, eps_a, config.eta)
+            maps.clear()
+            with capture_attention(unet, sink):
+                pred = unet(x_t, t, **cond.unet_kwargs()).sample
+            parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
+            if config.denoise_weight > 0:
+                parts["denoise"] = F.mse_loss(pred.float(), target.float())
+            if config.preserve_weight > 0:
+                parts["preserve"] = _preservation(lora, batch.preserve.to(x_t.device, x_t.dtype))
+            loss = (
+                config.resteer_weight * parts["resteer"]
+                + config.denoise_weight * parts.get("denoise", torch.zeros(()))
+                + config.preserve_weight * parts.get("preserve", torch.zeros(()))
+            )
+            if not torch.isfinite(loss):
+                raise FmnPatchError(
+                    f"training diverged at step {step} (loss {float(loss)}); nothing was written: lower --lr "
+                    f"(now {config.lr}) or the loss weights"
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimiser.step()
+            report.losses.append(float(loss))
+            report.parts = {k: round(float(v), 6) for k, v in parts.items()}
+            bar.set_postfix(loss=f"{float(loss):.4f}", **{k: f"{float(v):.3f}" for k, v in parts.items()})
+    except BaseException:
+        unet.delete_adapters(ADAPTER)
+        raise
+    finally:
+        unet.train(was_training)
+        bar.close()
+    return report
+
+
+def _subsample(values: list[float], n: int) -> list[float]:
+    """At most ``n`` evenly spaced values, first and last included."""
+    if len(values) <= n:
+        return [round(v, 6) for v in values]
+    return [round(values[round(i * (len(values) - 1) / (n - 1))], 6) for i in range(n)]
+
+
+def _preservation(lora: dict[str, Any], states: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of every patched projection's output on the preserve tokens' encoder states."""
+    terms = [preservation(module(states) - module.get_base_layer()(states)) for module in lora.values()]
+    return torch.stack(terms).mean()
+
+
+def _take_factors(pipe: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The trained factors as (A, B) with alpha folded into B, then the adapter is removed from the UNet."""
+    from peft import get_peft_model_state_dict
+
+    unet = pipe.unet
+    scale = unet.peft_config[ADAPTER].lora_alpha / unet.peft_config[ADAPTER].r
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    unet.delete_adapters(ADAPTER)
+    factors = {}
+    for key, a in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight")
+        b = state[f"{module}.lora_B.weight"]
+        factors[module] = (a.detach().float().clone(), (b.detach().float() * scale).clone())
+    return factors

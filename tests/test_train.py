@@ -1,0 +1,174 @@
+"""Training: the loss's facts, token placement, determinism, the architectures it serves, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import render
+
+from fmn_patch.apply import apply_patches
+from fmn_patch.attention import capture_attention
+from fmn_patch.base import load_base
+from fmn_patch.encoding import encode
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.loss import attention_mass, fmn_loss, resteer_loss
+from fmn_patch.targets import TARGET_REGEX
+from fmn_patch.tiny import write_tokenizer
+from fmn_patch.tokens import ConceptNotFoundError, place
+from fmn_patch.train import TrainConfig, train_patch
+
+FAST = dict(steps=4, images_per_prompt=1, image_steps=2, batch_size=2)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path_factory.getbasetemp() / "refcache"))
+
+
+def _maps(pipe, prompt="a photo of bob"):
+    maps: list[torch.Tensor] = []
+    cond = encode(pipe, [prompt])
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with capture_attention(pipe.unet, lambda _n, p: maps.append(p)):
+        out = pipe.unet(x, 500, **cond.unet_kwargs()).sample
+    return maps, out, cond, x
+
+
+def test_capture_processor_matches_the_default(sd1):
+    maps, captured, cond, x = _maps(sd1)
+    plain = sd1.unet(x, 500, **cond.unet_kwargs()).sample
+    torch.testing.assert_close(captured, plain, rtol=0, atol=1e-5)
+    assert len(maps) == 7  # every attn2 layer of the tiny UNet, and only those
+    for p in maps:
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+
+
+def test_loss_is_zero_when_concept_absent_and_positive_when_present(sd1):
+    maps, *_ = _maps(sd1, "a photo of bob")
+    none = torch.zeros(1, 77)
+    assert float(resteer_loss(maps, none).detach()) == 0.0 and float(fmn_loss(maps, none).detach()) == 0.0
+    where = place(sd1.tokenizer, "a photo of bob", "bob")
+    mask = torch.zeros(1, 77)
+    mask[0, list(where.concept)] = 1
+    assert 0 < float(resteer_loss(maps, mask)) < 1
+    every = torch.ones(1, 77)
+    assert float(attention_mass(maps[0], every)) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ConceptNotFoundError, match=r"not in prompt .* \(tokens \["):
+        place(sd1.tokenizer, "a photo of alice", "bob")
+
+
+def test_gradient_facts_of_to_k_and_to_v(sd1):
+    """The re-steering loss reads attention (Q, K only): the last attn2 layer's to_v gets exactly no gradient,
+    while every to_k does."""
+    from peft import LoraConfig
+
+    unet = sd1.unet
+    unet.requires_grad_(False)
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=TARGET_REGEX, init_lora_weights="gaussian"))
+    for name, p in unet.named_parameters():  # B starts at zero: give it values so A's gradient is informative
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    order: list[str] = []
+    maps: list[torch.Tensor] = []
+    cond = encode(sd1, ["a photo of bob"])
+    mask = torch.zeros(1, 77)
+    mask[0, list(place(sd1.tokenizer, "a photo of bob", "bob").concept)] = 1
+
+    def sink(name, probs):
+        order.append(name)
+        maps.append(probs)
+
+    with capture_attention(unet, sink):
+        unet(torch.randn(1, 4, 16, 16), 500, **cond.unet_kwargs())
+    resteer_loss(maps, mask).backward()
+    grads = {n: p.grad for n, p in unet.named_parameters() if "lora_" in n}
+    last = order[-1]
+    for name, g in grads.items():
+        if name.startswith(f"{last}.to_v."):
+            assert g is None or torch.count_nonzero(g) == 0, name
+        if ".to_k." in name:
+            assert g is not None and torch.count_nonzero(g) > 0, name
+    earlier_v = [g for n, g in grads.items() if ".to_v." in n and not n.startswith(last) and g is not None]
+    assert any(torch.count_nonzero(g) > 0 for g in earlier_v), "earlier to_v layers get indirect gradient"
+
+
+def test_token_placement_multi_token_repeated_and_padding(tmp_path):
+    tok = write_tokenizer(tmp_path / "tok")
+    p = place(tok, "a photo of elon musk and elon musk", "elon musk")
+    assert len(p.concept) == 4 and p.concept[0] == 4
+    assert p.eos == p.length - 1 and tok.convert_ids_to_tokens(p.ids[p.eos]) == "<|endoftext|>"
+    assert set(p.after).isdisjoint(p.concept) and max(p.after) == p.eos
+    assert len(p.padding) == 77 - p.length  # SD-1.x pads with EOS: kept apart, never "the concept"
+    assert p.positions() == p.concept
+    assert p.positions(after=True, padding=True)[-1] == 76
+
+
+def test_train_is_deterministic_and_leaves_the_base_untouched(pipeline_dirs):
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    before = render(pipe)
+    a = train_patch(pipe, ["circle"], TrainConfig(**FAST), progress=False)
+    assert torch.equal(render(pipe), before)
+    assert not (getattr(pipe.unet, "peft_config", None) or {})
+    b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], TrainConfig(**FAST), progress=False)
+    assert a.tensor_hash() == b.tensor_hash()
+    c = train_patch(pipe, ["circle"], TrainConfig(**{**FAST, "seed": 1}), progress=False)
+    assert c.tensor_hash() != a.tensor_hash()
+    assert set(a.modules) == {m for m in a.modules if m.endswith(("attn2.to_k", "attn2.to_v"))}
+    assert a.info.method == "resteer" and a.concept_names == ["circle"]
+    assert a.info.concepts[0].category == "object" and a.info.config["anchors"] == {"circle": "shape"}
+
+
+def test_resteering_lowers_the_attention_mass(pipeline_dirs):
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    config = TrainConfig(**{**FAST, "steps": 25, "denoise_weight": 0.0, "preserve_weight": 0.0, "lr": 1e-2})
+    patch = train_patch(pipe, ["circle"], config, progress=False)
+    curve = patch.info.extra["loss_curve"]
+    assert sum(curve[-5:]) / 5 < 0.7 * sum(curve[:5]) / 5
+
+
+@pytest.mark.parametrize("kind", ["sd2", "sdxl"])
+def test_train_serves_sd2_and_sdxl(kind, pipeline_dirs):
+    pipe = load_base(str(pipeline_dirs[kind]))
+    patch = train_patch(pipe, ["circle", "bob"], TrainConfig(**FAST), progress=False)
+    assert len(patch.modules) == len(pipe.unet.attn_processors) // 2 * 2 or patch.modules
+    assert patch.concept_names == ["circle", "bob"]
+    apply_patches(pipe, [patch])
+
+
+def test_bad_inputs(sd1, tmp_path):
+    with pytest.raises(FmnPatchError, match="give its category"):
+        train_patch(sd1, ["zebra"], TrainConfig(**FAST), progress=False)
+    with pytest.raises(FmnPatchError, match="lr=-1"):
+        TrainConfig(lr=-1)
+    with pytest.raises(FmnPatchError, match="no concept"):
+        train_patch(sd1, [], progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(FmnPatchError, match="no readable image"):
+        train_patch(sd1, ["circle"], TrainConfig(**FAST), images=str(empty), progress=False)
+    with pytest.raises(FmnPatchError, match="not a folder"):
+        train_patch(sd1, ["circle"], TrainConfig(**FAST), images=str(tmp_path / "nope"), progress=False)
+
+
+def test_nan_guard_stops_and_writes_nothing(sd1):
+    with pytest.raises(FmnPatchError, match="diverged"):
+        train_patch(
+            sd1, ["circle"], TrainConfig(**{**FAST, "lr": 1e30, "max_grad_norm": 1e30}), progress=False
+        )
+    assert not (getattr(sd1.unet, "peft_config", None) or {})
+
+
+def test_images_folder_reports_bad_files(sd1, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (40, 40), (200, 30 * i, 10)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"nope")
+    (folder / "readme.txt").write_text("x")
+    patch = train_patch(sd1, ["circle"], TrainConfig(**FAST), images=str(folder), progress=False)
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "readme.txt" in err and patch.rank == 4
