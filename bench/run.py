@@ -209,7 +209,37 @@ def write_markdown() -> None:
         lines += ["| operation | seconds |", "|---|---|"]
         lines += [f"| {k.removesuffix('_s')} | {v:.3f} |" for k, v in r["seconds"].items()]
         lines.append("")
+    lines += train_quality_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+def train_quality_section() -> list[str]:
+    record = _read("train_quality")
+    if not record:
+        return []
+    r = record["result"]
+    lines = ["## Forgetting quality on the toy world (train)", "", _provenance(record), ""]
+    lines += [
+        f"Judge on {len(r['sampler']['seeds'])} seeds x every bench prompt, DDIM {r['sampler']['steps']} steps, "
+        f"guidance {r['sampler']['guidance']}. Acc_erased: share of the erased concept's images still judged to "
+        "show it (lower is better); kept ratio: Acc_kept relative to the base model over the same concepts.",
+        "",
+        "| method | erased | category | Acc_erased | alias Acc_erased | M-Score before -> after | Acc_kept | "
+        "kept ratio | time (s) | patch size |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        erased = row["erased"]
+        acc = ", ".join(f"{row['acc_erased'][e]:.0%}" for e in erased)
+        alias = ", ".join(f"{v:.0%}" for v in row["alias_acc_erased"].values()) or "-"
+        m = ", ".join(f"{row['m_score_before'][e]:.2f} -> {row['m_score_after'][e]:.2f}" for e in erased)
+        size = f"{row['patch_bytes'] / 1024:.1f} KiB" if row["patch_bytes"] else "whole UNet"
+        lines.append(
+            f"| {row['method']} | {', '.join(erased)} | {', '.join(sorted(set(row['categories'])))} | {acc} | "
+            f"{alias} | {m} | {row['acc_kept']:.1%} | {row['kept_ratio']:.1%} | {row['seconds']:.1f} | {size} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _read(name: str) -> dict[str, Any] | None:

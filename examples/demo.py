@@ -1,6 +1,13 @@
-"""The fmn-patch demo: make a patch by hand, look inside it, apply it, stack/merge/export it, and check that
-stock diffusers loads it to the same images. Runs on the bundled toy model when it is built (`make toy-model`),
-otherwise on a tiny random SD-1.x pipeline. Writes everything under out/demo/.
+"""The fmn-patch demo, on the bundled toy model (the embedded default base):
+
+1. the toy world: rendered images with their captions (ground truth);
+2. the base model's generations and the judge's verdict on them;
+3. `train_patch`: forget "circle" (a LoRA patch on attn2 to_k/to_v);
+4. ConceptBench before/after: Acc_erased, alias, Acc_kept, M-Score, and a before/after grid;
+5. the patch file: inspect it, load it in stock diffusers, export it for kohya UIs, merge it with another.
+
+Everything is written under out/demo/. Without the toy model (`make toy-model`), a shorter demo runs on a tiny random
+SD-1.x pipeline with a hand-made patch, so the patch-file part still runs for real.
 """
 
 from __future__ import annotations
@@ -11,24 +18,10 @@ from pathlib import Path
 
 import torch
 
-from fmn_patch import (
-    Patch,
-    PatchConcept,
-    PatchInfo,
-    SampleConfig,
-    apply_patches,
-    describe_base,
-    export_kohya,
-    find_targets,
-    load_base,
-    merge_patches,
-    preview,
-    remove_patches,
-    summarize,
-)
-from fmn_patch.base import toy_path
+from fmn_patch import Patch, apply_patches, export_kohya, load_base, merge_patches, remove_patches, summarize
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.errors import FmnPatchError
+from fmn_patch.grid import image_grid
 from fmn_patch.summary import render_text
 
 OUT = Path("out/demo")
@@ -38,97 +31,118 @@ def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def base_ref() -> str:
-    try:
-        toy_path()
-        return "toy"
-    except FmnPatchError:
-        from fmn_patch.tiny import build_sd
+def same_in_stock_diffusers(ref: str, path: Path, prompt: str) -> float:
+    """Max pixel difference between stock `load_lora_weights` and our apply, same seed."""
+    stock = load_base(ref)
+    stock.load_lora_weights(str(path))
+    ours = load_base(ref)
+    apply_patches(ours, [Patch.load(path)])
+    images = [
+        p(prompt, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        for p in (stock, ours)
+    ]
+    return float((images[0] - images[1]).abs().max())
 
-        log("toy model not built yet (`make toy-model`): using a tiny random SD-1.x pipeline instead")
-        return str(build_sd("sd1", OUT / "tiny"))
 
+def toy_demo() -> None:
 
-@torch.no_grad()
-def project_out(pipe, word: str, concept: PatchConcept) -> Patch:
-    """A hand-made forgetting patch: remove the directions the word's encoder states span from every attn2 K/V.
+    from PIL import Image
 
-    delta = -W U U^T, with U an orthonormal basis of the text encoder's states at the word's token and every
-    position after it (causal attention carries a concept into the later positions). Crude but real.
-    """
-    ids = pipe.tokenizer(
-        f"a {word}", padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    states = pipe.text_encoder(ids)[0][0]  # (T, d)
-    u, _, _ = torch.linalg.svd(states[2:].T, full_matrices=False)  # states after BOS and "a"
-    basis = u[:, :2]  # (d, 2)
-    deltas = {name: -layer.weight @ basis @ basis.T for name, layer in find_targets(pipe.unet).items()}
-    base = describe_base(pipe)
-    info = PatchInfo(
-        method="manual",
-        concepts=(concept,),
-        base_model=base.model,
-        base_hash=base.hash,
-        architecture=base.architecture,
-        config={"recipe": "project-out", "word": word, "rank": 2},
+    from fmn_patch.conceptbench import load_bench
+    from fmn_patch.evaluation import evaluate_patches, write_report
+    from fmn_patch.judge import ToyJudge
+    from fmn_patch.mscore import SamplerConfig
+    from fmn_patch.toy.world import dataset
+    from fmn_patch.train import TrainConfig, train_patch
+
+    images, labels = dataset(12, seed=7)
+    cells = [Image.fromarray(img) for img in images]
+    image_grid([cells[:6], cells[6:]], scale=4).save(OUT / "world.png")
+    log("1. the toy world -> out/demo/world.png; captions: " + " | ".join(s.caption for s in labels[:6]))
+
+    pipe = load_base("toy")
+    bench, judge = load_bench("toy"), ToyJudge.load()
+    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
+    shown = ["a red circle", "a blue square", "bob in green", "a yellow striped shape"]
+    outs = pipe(
+        shown,
+        num_inference_steps=20,
+        generator=[torch.Generator().manual_seed(0) for _ in shown],
+        output_type="pt",
+    ).images
+    verdict = judge.predict(outs)
+    for i, prompt in enumerate(shown):
+        log(f"2. base draws {prompt!r}: judge says {', '.join(f'{k}={v[i]}' for k, v in verdict.items())}")
+
+    started = time.perf_counter()
+    patch = train_patch(pipe, ["circle"], TrainConfig())
+    path = patch.save(OUT / "forget-circle.safetensors", overwrite=True)
+    log(f"3. trained a patch forgetting 'circle' in {time.perf_counter() - started:.1f}s -> {path}")
+
+    report = evaluate_patches(pipe, [patch], bench, judge, sampler, patch_names=[str(path)])
+    paths = write_report(report, OUT / "eval", overwrite=True)
+    print(report.to_markdown())
+    log(f"4. ConceptBench before/after -> {paths['markdown']}, grid {paths.get('grid')}")
+
+    print(render_text(summarize(Patch.load(path), path)).split("delta norms")[0])
+    log(
+        f"5. stock diffusers vs fmn-patch apply: max pixel difference "
+        f"{same_in_stock_diffusers('toy', path, 'a red circle'):.1e}"
     )
-    patch, _ = Patch.from_deltas(deltas, rank=2, info=info)
-    return patch
+    export_kohya(patch, OUT / "forget-circle-kohya.safetensors", overwrite=True)
+    bob = train_patch(pipe, ["bob"], TrainConfig(), progress=False)
+    merged, _ = merge_patches([patch, bob], title="forget circle and bob")
+    merged.save(OUT / "forget-circle+bob.safetensors", overwrite=True)
+    log("   exported for kohya UIs and merged with a 'bob' patch: out/demo/forget-circle+bob.safetensors")
+
+
+def tiny_demo() -> None:
+    """Without the toy model: a hand-made patch (random factors) on a tiny random SD-1.x pipeline."""
+    from fmn_patch import PatchInfo, describe_base, find_targets, preview
+    from fmn_patch.preview import SampleConfig
+    from fmn_patch.tiny import build_sd
+
+    log(
+        "toy model not built (`make toy-model`): running the patch-file demo on a tiny random SD-1.x pipeline"
+    )
+    ref = str(build_sd("sd1", OUT / "tiny"))
+    pipe = load_base(ref)
+    gen = torch.Generator().manual_seed(0)
+    factors = {
+        m: (
+            torch.randn(2, layer.in_features, generator=gen) * 0.05,
+            torch.randn(layer.out_features, 2, generator=gen) * 0.3,
+        )
+        for m, layer in find_targets(pipe.unet).items()
+    }
+    base = describe_base(pipe)
+    patch = Patch(factors, PatchInfo(method="manual", base_model=base.model, base_hash=base.hash))
+    path = patch.save(OUT / "hand-made.safetensors", overwrite=True)
+    print(render_text(summarize(Patch.load(path), path)).split("delta norms")[0])
+    preview(pipe, [patch], ["a photo of bob"], seeds=[0, 1], config=SampleConfig(steps=10)).save(
+        OUT / "preview.png"
+    )
+    names = apply_patches(pipe, [patch])
+    remove_patches(pipe, names)
+    diff = same_in_stock_diffusers(ref, path, "a photo of bob")
+    log(f"stock diffusers vs fmn-patch apply: max pixel difference {diff:.1e}")
 
 
 def main() -> None:
     quiet_libraries()
     OUT.mkdir(parents=True, exist_ok=True)
-    ref = base_ref()
-    t = time.perf_counter()
-    pipe = load_base(ref)
-    log(f"loaded base {ref} in {time.perf_counter() - t:.1f}s")
+    try:
+        from fmn_patch.base import toy_path
 
-    circle = project_out(pipe, "circle", PatchConcept("circle", "object"))
-    square = project_out(pipe, "square", PatchConcept("square", "object"))
-    path = circle.save(OUT / "forget-circle.safetensors", overwrite=True)
-    square.save(OUT / "forget-square.safetensors", overwrite=True)
-    print(render_text(summarize(Patch.load(path), path)).split("delta norms")[0])
+        toy_path()
+        from fmn_patch.toy.paths import toy_judge_path
 
-    prompts = ["a red circle", "a blue square", "a green triangle"]
-    config = SampleConfig(steps=20, guidance=5.0)
-    grid = preview(pipe, [Patch.load(path)], prompts, seeds=[0, 1], config=config)
-    grid.save(OUT / "preview-circle.png")
-    log(f"before/after grid: {OUT / 'preview-circle.png'}")
-
-    merged, report = merge_patches([circle, square], title="forget circle and square")
-    merged.save(OUT / "forget-circle+square.safetensors", overwrite=True)
-    names = apply_patches(pipe, [circle, square])
-    stacked = pipe(
-        prompts[0], num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="pt"
-    ).images
-    remove_patches(pipe, names)
-    apply_patches(pipe, [merged])
-    merged_img = pipe(
-        prompts[0], num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="pt"
-    ).images
-    remove_patches(pipe)
-    log(
-        f"merge (rank {merged.rank}, residual {report.total:.1e}) vs stack: max pixel difference "
-        f"{float((stacked - merged_img).abs().max()):.2e}"
-    )
-
-    export_kohya(circle, OUT / "forget-circle-kohya.safetensors", overwrite=True)
-    stock = load_base(ref)
-    stock.load_lora_weights(str(path))  # stock diffusers, no fmn_patch involved in the load
-    theirs = stock(
-        prompts[0], num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="pt"
-    ).images
-    apply_patches(pipe, [Patch.load(path)])
-    ours = pipe(
-        prompts[0], num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="pt"
-    ).images
-    log(
-        f"stock diffusers load_lora_weights vs fmn-patch apply: max pixel difference "
-        f"{float((theirs - ours).abs().max()):.2e}"
-    )
-    for f in sorted(OUT.glob("*.*")):
-        print(f)
+        if not toy_judge_path().exists():
+            raise FmnPatchError("toy judge missing")
+    except FmnPatchError:
+        tiny_demo()
+        return
+    toy_demo()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""``fmnpatch eval``: ConceptBench and M-Score of a base model, and of the base with patches stacked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..base import TOY, load_base
+from ..conceptbench import load_bench
+from ..errors import FmnPatchError
+from ..evaluation import evaluate_patches, write_report
+from ..mscore import SamplerConfig
+from .options import (
+    BaseArg,
+    Device,
+    Dtype,
+    JsonOut,
+    Overwrite,
+    Strict,
+    Weights,
+    echo_json,
+    info,
+    load_patches,
+)
+
+
+def eval_command(
+    base: BaseArg,
+    patches: Annotated[
+        list[Path] | None, typer.Argument(help="Patches to stack on the base (none: base only).")
+    ] = None,
+    bench: Annotated[
+        str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
+    ] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="CLIP weights (Hub id or path) for the zero-shot judge of real checkpoints."),
+    ] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="Score only these concepts (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")] = 2,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 5.0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for report.json, report.md, grid.png.")
+    ] = Path("fmnpatch-eval"),
+    weight: Weights = None,
+    strict: Strict = False,
+    overwrite: Overwrite = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    json_out: JsonOut = False,
+) -> None:
+    """Generate each concept's prompts with the base and the patched model, judge them, and report M-Score,
+    Acc (the share of images judged to show the concept), alias Acc and Acc_kept.
+
+    The toy model is judged by the bundled toy judge; real checkpoints by a zero-shot CLIP judge whose weights you
+    give with --clip. Deterministic for a given set of seeds.
+
+    Examples:
+
+      fmnpatch eval toy
+
+      fmnpatch eval toy forget-circle.safetensors --json
+
+      fmnpatch eval ./sd15 forget-elon.safetensors --bench real --clip openai/clip-vit-large-patch14
+    """
+    loaded = load_patches(patches or [])
+    bench_name = bench or (TOY if base == TOY else "real")
+    try:
+        the_bench = load_bench(bench_name)
+    except (FileNotFoundError, ValueError) as e:
+        raise FmnPatchError(str(e)) from e
+    if clip is None and bench_name != TOY:
+        raise FmnPatchError(f"bench {bench_name!r} needs a CLIP judge: pass --clip MODEL_ID_OR_PATH")
+    if seeds < 1:
+        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
+    for path in ("report.json", "report.md", "grid.png"):
+        if (output / path).exists() and not overwrite:
+            raise FmnPatchError(
+                f"{output / path} already exists; pass --overwrite or choose another --output"
+            )
+    info(f"loading base {base} ...")
+    pipe = load_base(base, device=device, dtype=dtype)
+    if clip is not None:
+        from ..judge import ClipJudge
+
+        judge = ClipJudge.from_pretrained(clip, the_bench, device)
+    else:
+        from ..judge import ToyJudge
+
+        judge = ToyJudge.load(device=device)
+    sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
+    report = evaluate_patches(
+        pipe,
+        loaded,
+        the_bench,
+        judge,
+        sampler,
+        patch_names=[str(p) for p in patches or []],
+        weights=weight,
+        concepts=concept,
+        strict=strict,
+    )
+    paths = write_report(report, output, overwrite=overwrite)
+    info(report.to_markdown())
+    if json_out:
+        echo_json(report.to_dict())
+    else:
+        for path in paths.values():
+            typer.echo(str(path))
