@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -32,9 +33,10 @@ from .base import describe_base
 from .conceptbench import Bench, load_bench
 from .encoding import Conditioning, encode
 from .errors import FmnPatchError
+from .inversion import InversionConfig, LearnedTokens, added_tokens, learn_tokens
 from .loss import guided_target, preservation, resteer_loss
 from .patch import Patch, PatchInfo
-from .prompts import ConceptPlan, plan, preserve_prompts, resolve
+from .prompts import ConceptPlan, plan, preserve_prompts, resolve, substitute
 from .references import encode_images, folder_images, generated_latents, pixel_size
 from .targets import TARGET_REGEX, is_target
 from .tokens import place
@@ -103,36 +105,87 @@ def train_patch(
     ``categories`` (one per concept, None to look it up in the bench) and ``images`` (a folder of reference images
     of the single concept; default: drawn by the base model and cached) are optional.
     """
-    config = config or TrainConfig()
+    patch, _ = _train(pipe, concepts, config or TrainConfig(), categories, images, bench, None, progress)
+    return patch
+
+
+def train_patch_with_inversion(
+    pipe: Any,
+    concepts: Sequence[str],
+    config: TrainConfig | None = None,
+    inversion: InversionConfig | None = None,
+    *,
+    categories: Sequence[str | None] | None = None,
+    images: str | None = None,
+    bench: Bench | None = None,
+    progress: bool = True,
+) -> tuple[Patch, list[LearnedTokens]]:
+    """FMN's two stages: learn token embeddings of each concept from its reference images (textual inversion), then
+    re-steer on prompts with the name and with the learned tokens. For concepts the base knows poorly by name.
+
+    The embeddings cannot live in the patch file (stock diffusers refuses non-LoRA tensors there): save them beside
+    it with ``LearnedTokens.save`` and load them with ``pipe.load_textual_inversion``.
+    """
+    return _train(
+        pipe,
+        concepts,
+        config or TrainConfig(),
+        categories,
+        images,
+        bench,
+        inversion or InversionConfig(),
+        progress,
+    )
+
+
+def _train(
+    pipe: Any,
+    concepts: Sequence[str],
+    config: TrainConfig,
+    categories: Sequence[str | None] | None,
+    images: str | None,
+    bench: Bench | None,
+    inversion: InversionConfig | None,
+    progress: bool,
+) -> tuple[Patch, list[LearnedTokens]]:
     if not concepts:
         raise FmnPatchError("no concept given; name at least one, e.g. fmnpatch train circle")
     bench = bench or load_bench(config.bench)
     categories = list(categories) if categories else [None] * len(concepts)
+    if len(categories) != len(concepts):
+        raise FmnPatchError(f"got {len(categories)} categories for {len(concepts)} concepts; give one each")
     plans = [
         plan(resolve(n, bench, c), bench, config.anchor) for n, c in zip(concepts, categories, strict=True)
     ]
+    if images is not None and len(plans) != 1:
+        raise FmnPatchError(
+            "--images gives pictures of one concept; train one concept at a time with --images"
+        )
     base = describe_base(pipe)
     started = time.perf_counter()
-    batch = _prepare(pipe, plans, bench, config, images)
+    batch, learned = _prepare(pipe, plans, bench, config, images, inversion)
     report = _optimise(pipe, batch, config, progress)
     factors = _take_factors(pipe)
     report.seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {
+        "train_seconds": round(report.seconds, 3),
+        "final_loss": report.losses[-1],
+        "loss_terms": report.parts,
+        "loss_curve": _subsample(report.losses, 50),
+    }
+    if inversion is not None:
+        extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
     info = PatchInfo(
-        method="resteer",
+        method="resteer+ti" if inversion is not None else "resteer",
         concepts=tuple(p.record for p in plans),
         base_model=base.model,
         base_revision=base.revision,
         base_hash=base.hash,
         architecture=base.architecture,
         config={**dataclasses.asdict(config), "anchors": {p.concept.name: p.anchor for p in plans}},
-        extra={
-            "train_seconds": round(report.seconds, 3),
-            "final_loss": report.losses[-1],
-            "loss_terms": report.parts,
-            "loss_curve": _subsample(report.losses, 50),
-        },
+        extra=extra,
     )
-    return Patch(factors, info)
+    return Patch(factors, info), learned
 
 
 # --------------------------------------------------------------------------------------------- preparation
@@ -149,34 +202,81 @@ class _Batch:
 
 
 def _prepare(
-    pipe: Any, plans: list[ConceptPlan], bench: Bench, config: TrainConfig, images: str | None
-) -> _Batch:
+    pipe: Any,
+    plans: list[ConceptPlan],
+    bench: Bench,
+    config: TrainConfig,
+    images: str | None,
+    inversion: InversionConfig | None = None,
+) -> tuple[_Batch, list[LearnedTokens]]:
     prompts = [p for pl in plans for p in pl.prompts]
     anchors = [p for pl in plans for p in pl.anchor_prompts]
+    words = [pl.concept.name for pl in plans for _ in pl.prompts]  # what to find in each prompt
+    latents, latent_prompt = _references(pipe, prompts, config, images)
+    keep = preserve_prompts(bench, [pl.concept for pl in plans], [*config.preserve_extra, *anchors])
+    if inversion is None:
+        return _encode_batch(pipe, prompts, anchors, words, latents, latent_prompt, keep, config), []
+    owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])
+    learned = [
+        learn_tokens(
+            pipe, latents[owner[latent_prompt] == k], _token(pl.concept.name), pl.concept.name, inversion
+        )
+        for k, pl in enumerate(plans)
+    ]
+    names = [n for t in learned for n in t.names]
+    init = torch.cat([t.embeddings for t in learned])
+    with added_tokens(pipe, names, init):
+        ti_prompts = [
+            substitute(p, w, learned[int(k)].words) for p, w, k in zip(prompts, words, owner, strict=True)
+        ]
+        n = len(prompts)
+        batch = _encode_batch(
+            pipe,
+            prompts + ti_prompts,
+            anchors + anchors,
+            words + [learned[int(k)].words for k in owner],
+            torch.cat([latents, latents]),
+            torch.cat([latent_prompt, latent_prompt + n]),
+            keep,
+            config,
+        )
+    return batch, learned
+
+
+def _references(
+    pipe: Any, prompts: list[str], config: TrainConfig, images: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference latents (L, C, h, w) and the prompt each belongs to (L,)."""
+    if images is not None:
+        latents = encode_images(pipe, folder_images(images, pixel_size(pipe)))
+        return latents, torch.arange(len(latents)) % len(prompts)
+    seeds = list(range(config.images_per_prompt))
+    latents = generated_latents(
+        pipe, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
+    )
+    return latents, torch.arange(len(prompts)).repeat_interleave(len(seeds))
+
+
+def _encode_batch(
+    pipe: Any,
+    prompts: list[str],
+    anchors: list[str],
+    words: list[str],
+    latents: torch.Tensor,
+    latent_prompt: torch.Tensor,
+    keep: list[str],
+    config: TrainConfig,
+) -> _Batch:
     tokenizer = pipe.tokenizer
     masks = torch.zeros(len(prompts), tokenizer.model_max_length)
-    i = 0
-    for pl in plans:
-        for prompt in pl.prompts:
-            where = place(tokenizer, prompt, pl.concept.name).positions(after=config.after)
-            masks[i, list(where)] = 1.0
-            i += 1
-    if images is not None:
-        if len(plans) != 1:
-            raise FmnPatchError(
-                "--images gives pictures of one concept; train one concept at a time with --images"
-            )
-        latents = encode_images(pipe, folder_images(images, pixel_size(pipe)))
-        latent_prompt = torch.arange(len(latents)) % len(prompts)
-    else:
-        seeds = list(range(config.images_per_prompt))
-        latents = generated_latents(
-            pipe, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
-        )
-        latent_prompt = torch.arange(len(prompts)).repeat_interleave(len(seeds))
-    keep = preserve_prompts(bench, [pl.concept for pl in plans], [*config.preserve_extra, *anchors])
+    for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
+        masks[i, list(place(tokenizer, prompt, word).positions(after=config.after))] = 1.0
     preserve = encode(pipe, keep).states.flatten(0, 1)  # (M, D): every token of every preserve prompt
     return _Batch(encode(pipe, prompts), encode(pipe, anchors), masks, latents, latent_prompt, preserve)
+
+
+def _token(name: str) -> str:
+    return "<fmn-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ">"
 
 
 # ---------------------------------------------------------------------------------------------- the loop

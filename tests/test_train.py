@@ -172,3 +172,56 @@ def test_images_folder_reports_bad_files(sd1, tmp_path, capsys):
     patch = train_patch(sd1, ["circle"], TrainConfig(**FAST), images=str(folder), progress=False)
     err = capsys.readouterr().err
     assert "broken.png" in err and "readme.txt" in err and patch.rank == 4
+
+
+def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path):
+    from fmn_patch.inversion import InversionConfig
+    from fmn_patch.train import train_patch_with_inversion
+
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    vocab = len(pipe.tokenizer)
+    table = pipe.text_encoder.get_input_embeddings().weight.clone()
+    patch, learned = train_patch_with_inversion(
+        pipe,
+        ["circle"],
+        TrainConfig(**FAST),
+        InversionConfig(steps=3, num_tokens=2, batch_size=2),
+        progress=False,
+    )
+    assert len(pipe.tokenizer) == vocab and torch.equal(
+        pipe.text_encoder.get_input_embeddings().weight, table
+    )
+    assert patch.info.method == "resteer+ti" and learned[0].names == ["<fmn-circle>", "<fmn-circle>_1"]
+    path = learned[0].save(tmp_path / "forget-circle.ti.safetensors")
+    stock = load_base(str(pipeline_dirs["sd1"]))
+    stock.load_textual_inversion(str(path), token="<fmn-circle>")  # stock diffusers reads the sibling file
+    assert "<fmn-circle>" in stock.tokenizer.get_vocab()
+
+
+def test_train_cli_writes_patch_and_refuses_overwrite(capsys, pipeline_dirs, tmp_path):
+    import json
+
+    from test_cli import run
+
+    out = tmp_path / "forget-circle.safetensors"
+    args = [
+        "train",
+        "circle",
+        "--base",
+        str(pipeline_dirs["sd1"]),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "-o",
+        str(out),
+    ]
+    code, stdout, _ = run(capsys, *args, "--json")
+    assert code == 0 and json.loads(stdout)["output"] == str(out) and out.exists()
+    before = out.read_bytes()
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == before
+    code, _, err = run(
+        capsys, "train", "zebra", "--base", str(pipeline_dirs["sd1"]), "-o", str(tmp_path / "z.safetensors")
+    )
+    assert code == 2 and "--category" in err and not (tmp_path / "z.safetensors").exists()

@@ -11,7 +11,8 @@ import typer
 
 from ..base import load_base
 from ..errors import FmnPatchError
-from ..train import TrainConfig, train_patch
+from ..inversion import InversionConfig
+from ..train import TrainConfig, train_patch, train_patch_with_inversion
 from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
 
 
@@ -49,6 +50,13 @@ def train(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
     eta: Annotated[float, typer.Option(help="Negative guidance of the denoising target.")] = TrainConfig.eta,
+    ti: Annotated[
+        bool,
+        typer.Option(
+            "--ti", help="First learn the concept's tokens from its images (FMN stage A); saved beside."
+        ),
+    ] = False,
+    ti_steps: Annotated[int, typer.Option(help="Textual-inversion steps (with --ti).")] = 500,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -67,6 +75,8 @@ def train(
 
       fmnpatch train circle bob striped -o forget-3.safetensors --steps 200
 
+      fmnpatch train alice --ti --ti-steps 300   # also writes forget-alice.ti.safetensors
+
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
     """
     output = output or Path(
@@ -74,6 +84,9 @@ def train(
     )
     if output.exists() and not overwrite:
         raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
+    sibling = output.with_suffix(".ti.safetensors")
+    if ti and sibling.exists() and not overwrite:
+        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
     if output.suffix != ".safetensors":
         raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
     if category and len(category) not in (1, len(concepts)):
@@ -99,7 +112,23 @@ def train(
     )
     info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
-    patch = train_patch(pipe, concepts, config, categories=categories, images=str(images) if images else None)
+    folder = str(images) if images else None
+    if ti:
+        patch, learned = train_patch_with_inversion(
+            pipe,
+            concepts,
+            config,
+            InversionConfig(steps=ti_steps, seed=seed),
+            categories=categories,
+            images=folder,
+        )
+        for tokens in learned:  # stock diffusers: pipe.load_textual_inversion(sibling, token=tokens.token)
+            tokens.save(
+                sibling if len(learned) == 1 else output.with_suffix(f".{tokens.token[1:-1]}.ti.safetensors"),
+                overwrite=overwrite,
+            )
+    else:
+        patch = train_patch(pipe, concepts, config, categories=categories, images=folder)
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(
