@@ -11,6 +11,7 @@ from ..base import TOY, load_base
 from ..conceptbench import load_bench
 from ..errors import FmnPatchError
 from ..evaluation import evaluate_patches, write_report
+from ..judge import Judge
 from ..mscore import SamplerConfig
 from .options import (
     BaseArg,
@@ -83,6 +84,7 @@ def eval_command(
             )
     info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
+    judge: Judge
     if clip is not None:
         from ..judge import ClipJudge
 
