@@ -110,5 +110,5 @@ def eval_command(
     if json_out:
         echo_json(report.to_dict())
     else:
-        for path in paths.values():
-            typer.echo(str(path))
+        for written in paths.values():
+            typer.echo(str(written))
