@@ -17,6 +17,8 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 KINDS = ("sd1", "sd2", "sdxl")
+# One thread: the models here are tiny, and on a busy 2-core machine two threads each ran many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from ..patch import Patch
 from ..summary import render_text, summarize
-from .options import JsonOut, PatchArg, echo_json, load_patches
+from .options import JsonOut, PatchArg, echo_json, patch_path
 
 
 def inspect(patch: PatchArg, json_out: JsonOut = False) -> None:
@@ -17,8 +18,8 @@ def inspect(patch: PatchArg, json_out: JsonOut = False) -> None:
 
       fmnpatch inspect forget-circle.safetensors --json | jq .concepts
     """
-    (loaded,) = load_patches([patch])
-    summary = summarize(loaded, patch)
+    path = patch_path(patch)
+    summary = summarize(Patch.load(path), path)
     if json_out:
         echo_json(summary)
     else:

@@ -6,11 +6,13 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..hub import is_hub_ref, resolve
 from ..patch import Patch
 
 BaseArg = Annotated[
@@ -53,8 +55,14 @@ def quiet_libraries() -> None:
         pass
 
 
-def load_patches(paths: list[Path]) -> list[Patch]:
-    return [Patch.load(p) for p in paths]
+def patch_path(ref: str | Path) -> Path:
+    """A local patch file for a local path or a Hub reference (``hf://ORG/NAME[/FILE][@REVISION]``, downloaded)."""
+    return Path(resolve(ref)) if is_hub_ref(ref) else Path(ref)
+
+
+def load_patches(paths: Sequence[str | Path]) -> list[Patch]:
+    """Load and validate patches from local paths or Hub references."""
+    return [Patch.load(patch_path(p)) for p in paths]
 
 
 def echo_json(obj: Any) -> None:
