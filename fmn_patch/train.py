@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +69,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
     bench: str = "toy"  # ConceptBench that supplies categories, templates and the default preserve set
+    init: Literal["zero", "edit"] = "zero"  # start from zero, or from the closed-form edit (the hybrid)
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
             if getattr(self, name) < 1:
                 raise FmnPatchError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.init not in ("zero", "edit"):
+            raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FmnPatchError(f"lr={self.lr} must be a positive number, e.g. 3e-3")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight"):
@@ -164,7 +167,8 @@ def _train(
     base = describe_base(pipe)
     started = time.perf_counter()
     batch, learned = _prepare(pipe, plans, bench, config, images, inversion)
-    report = _optimise(pipe, batch, config, progress)
+    start = _edit_factors(pipe, plans, config) if config.init == "edit" else None
+    report = _optimise(pipe, batch, config, progress, start)
     factors = _take_factors(pipe)
     report.seconds = time.perf_counter() - started
     extra: dict[str, Any] = {
@@ -280,8 +284,27 @@ def _token(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _optimise(pipe: Any, batch: _Batch, config: TrainConfig, progress: bool) -> TrainReport:
-    from peft import LoraConfig
+def _edit_factors(
+    pipe: Any, plans: list[ConceptPlan], config: TrainConfig
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The closed-form edit of the same concepts and anchors at the same rank: the hybrid's starting point."""
+    from .edit import EditConfig, edit_patch
+
+    anchors = {pl.concept.name: pl.anchor for pl in plans}
+    patch = edit_patch(
+        pipe, [pl.concept.name for pl in plans], anchor=anchors, config=EditConfig(rank=config.rank)
+    )
+    return dict(patch.factors)
+
+
+def _optimise(
+    pipe: Any,
+    batch: _Batch,
+    config: TrainConfig,
+    progress: bool,
+    start: dict[str, tuple[torch.Tensor, ...]] | None = None,
+) -> TrainReport:
+    from peft import LoraConfig, set_peft_model_state_dict
 
     unet = pipe.unet
     if ADAPTER in (getattr(unet, "peft_config", None) or {}):
@@ -295,6 +318,9 @@ def _optimise(pipe: Any, batch: _Batch, config: TrainConfig, progress: bool) -> 
         adapter_name=ADAPTER,
     )
     unet.set_adapters([ADAPTER])
+    if start is not None:  # alpha == r, so the adapter's scale is 1 and the factors load as they are
+        state = {f"{m}.lora_{k}.weight": t for m, (a, b) in start.items() for k, t in (("A", a), ("B", b))}
+        set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
     lora = {n: m for n, m in unet.named_modules() if is_target(n) and hasattr(m, "get_base_layer")}
     params = [p for p in unet.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)

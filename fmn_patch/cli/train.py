@@ -57,6 +57,10 @@ def train(
         ),
     ] = False,
     ti_steps: Annotated[int, typer.Option(help="Textual-inversion steps (with --ti).")] = 500,
+    init: Annotated[
+        str,
+        typer.Option(help="zero, or edit: start from the closed-form edit of the same concepts (hybrid)."),
+    ] = "zero",
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -108,6 +112,7 @@ def train(
         anchor=anchor,
         eta=eta,
         preserve_extra=extra,
+        init=init,  # type: ignore[arg-type]  # checked by TrainConfig
         bench=bench,
     )
     info(f"loading base {base} ...")
