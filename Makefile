@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format typecheck demo bench bench-quick toy-model clean
+.PHONY: install test test-slow lint format typecheck demo bench bench-quick toy-model patches clean
 
 install: $(STAMP)
 
@@ -22,8 +22,8 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	$(VENV)/bin/ruff check fmn_patch tests examples bench
-	$(VENV)/bin/ruff format --check fmn_patch tests examples bench
+	$(VENV)/bin/ruff check fmn_patch tests examples bench patches
+	$(VENV)/bin/ruff format --check fmn_patch tests examples bench patches
 	$(VENV)/bin/mypy
 
 format: install
@@ -38,12 +38,18 @@ demo: install
 
 bench: install
 	$(PY) bench/run.py --full
+	$(PY) bench/train_quality.py
 
 bench-quick: install
 	$(PY) bench/run.py
+	$(PY) bench/train_quality.py --quick
 
 toy-model: install
 	$(PY) -m fmn_patch.toy.train
+	$(PY) -m fmn_patch.toy.train_judge
+
+patches: install
+	$(PY) patches/make.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

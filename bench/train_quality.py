@@ -35,6 +35,12 @@ from fmn_patch.train import TrainConfig, train_patch
 
 FIVE = ["circle", "square", "bob", "striped", "star"]
 QUICK = ["circle", "bob", "striped"]
+# Ablations, run on QUICK: what each part of our objective buys.
+ABLATIONS = {
+    "keys-only (to_v frozen)": TrainConfig(train_values=False),
+    "re-steering only (FMN loss, our LoRA)": TrainConfig(denoise_weight=0.0),
+    "hybrid (init from edit)": TrainConfig(init="edit"),
+}
 
 
 def row(
@@ -102,7 +108,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     quiet_libraries()
     torch.manual_seed(0)
     bench = load_bench("toy")
@@ -118,6 +126,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
         if not args.no_baseline:
             rows.append(baseline([concept], judge, bench, sampler, base))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    for label, variant in ABLATIONS.items():
+        for concept in QUICK:
+            rows.append(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
             print(json.dumps(rows[-1]), file=sys.stderr)
     rows.append(ours(pipe, FIVE, judge, bench, sampler, base, config))
     if not args.no_baseline:

@@ -58,7 +58,7 @@ class TrainConfig:
     )
     eta: float = 1.0  # negative guidance of the denoising target (0: plain redirect to the anchor)
     resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
-    denoise_weight: float = 1.0  # w_d, guided denoising target (trains to_v)
+    denoise_weight: float = 100.0  # w_d, guided denoising target (trains to_v); MSE of noise is small, hence 100
     preserve_weight: float = 10.0  # w_p, keys/values of the preserve prompts' tokens
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
     images_per_prompt: int = (
@@ -70,6 +70,7 @@ class TrainConfig:
     preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
     bench: str = "toy"  # ConceptBench that supplies categories, templates and the default preserve set
     init: Literal["zero", "edit"] = "zero"  # start from zero, or from the closed-form edit (the hybrid)
+    train_values: bool = True  # False: freeze the to_v factors (an ablation: keys alone)
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
@@ -322,6 +323,10 @@ def _optimise(
         state = {f"{m}.lora_{k}.weight": t for m, (a, b) in start.items() for k, t in (("A", a), ("B", b))}
         set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
     lora = {n: m for n, m in unet.named_modules() if is_target(n) and hasattr(m, "get_base_layer")}
+    if not config.train_values:
+        for name, p in unet.named_parameters():
+            if ".to_v.lora_" in name:
+                p.requires_grad_(False)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(config.seed)
