@@ -382,9 +382,9 @@ def _optimise(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimiser.step()
-            report.losses.append(float(loss))
-            report.parts = {k: round(float(v), 6) for k, v in parts.items()}
-            bar.set_postfix(loss=f"{float(loss):.4f}", **{k: f"{float(v):.3f}" for k, v in parts.items()})
+            report.losses.append(loss.item())
+            report.parts = {k: round(v.item(), 6) for k, v in parts.items()}
+            bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()})
     except BaseException:
         unet.delete_adapters(ADAPTER)
         raise
