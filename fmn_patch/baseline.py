@@ -115,7 +115,7 @@ def train_fmn_baseline(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)  # the released code's clip was a no-op
         optimiser.step()
-        report.losses.append(float(loss))
+        report.losses.append(loss.item())
     unet.eval()
     unet.requires_grad_(False)
     report.seconds = time.perf_counter() - started
