@@ -47,6 +47,7 @@ bench-quick: install
 toy-model: install
 	$(PY) -m fmn_patch.toy.train
 	$(PY) -m fmn_patch.toy.train_judge
+	$(PY) -m fmn_patch.toy.card
 
 patches: install
 	$(PY) patches/make.py

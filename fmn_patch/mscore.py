@@ -1,0 +1,208 @@
+"""M-Score and the MACE-style accuracies: how strongly a model still produces each concept of a bench.
+
+Definitions (for a model G, a ConceptBench B, a judge J, seeds S and a sampler config):
+
+- P(c): the prompts of concept c, `B.prompts(c)`: its category's templates expanded over the bench's attribute
+  values (toy bench: 2 templates x 4 colours = 8 prompts). P_alias(c): the same templates with each alias of c.
+- x(p, s): the image G generates for prompt p from seed s: initial latents drawn from
+  `torch.Generator().manual_seed(s)`, `SamplerConfig.steps` steps of the pipeline's scheduler (DDIM, eta 0, for
+  the toy model), classifier-free guidance `SamplerConfig.guidance`. Independent of batching.
+- J_c(x): the judge's probability that image x shows c (toy: softmax of the head that decides c's category;
+  real: CLIP zero-shot softmax over the bench's concepts of c's category).
+- **M-Score** m(c) = 1 / (|P(c)| |S|) * sum over p in P(c), s in S of J_c(x(p, s)).
+- **acc(c)** = the fraction of those images whose most likely class (on c's head) is c.
+- **alias_m_score / alias_acc**: the same over P_alias(c), for concepts that have aliases.
+- **acc_kept**(E) = the mean of acc(c) over the bench's concepts c not in the erased set E (a raw fraction, not
+  relative to the base model). Acc_erased is acc(c) of an erased concept.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from fmn_patch.conceptbench import Bench, Concept
+from fmn_patch.judge import Judge, class_index
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How evaluation images are generated."""
+
+    steps: int = 20  # denoising steps of the pipeline's scheduler
+    guidance: float = 5.0  # classifier-free guidance scale
+    seeds: tuple[int, ...] = (0, 1)  # one image per prompt and seed
+    batch_size: int = 64  # images per pipeline call (does not change the images)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be at least 1")
+        if not self.seeds:
+            raise ValueError("seeds is empty; give at least one seed, e.g. seeds=(0, 1)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+
+
+@dataclass(frozen=True)
+class ConceptScore:
+    """Scores of one concept; `alias_*` are None for concepts without aliases."""
+
+    name: str
+    category: str
+    m_score: float
+    acc: float
+    alias_m_score: float | None = None
+    alias_acc: float | None = None
+    images: int = 0  # images judged for the concept's own prompts
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"category": self.category, "m_score": self.m_score, "acc": self.acc}
+        if self.alias_acc is not None:
+            out["alias_m_score"] = self.alias_m_score
+            out["alias_acc"] = self.alias_acc
+        return out
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """Scores of one model over a bench."""
+
+    concepts: dict[str, ConceptScore]
+    erased: tuple[str, ...] = ()
+    acc_kept: float | None = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "erased": list(self.erased),
+            "concepts": {name: c.to_dict() for name, c in self.concepts.items()},
+            "acc_kept": self.acc_kept,
+        }
+
+
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled, leave=False)
+
+
+@torch.no_grad()
+def generate(
+    pipe: object,
+    prompts: Sequence[str],
+    sampler: SamplerConfig = SamplerConfig(),
+    progress: bool = True,
+    desc: str = "generating",
+) -> torch.Tensor:
+    """One image per (prompt, seed), prompt-major: (len(prompts) * len(seeds), 3, H, W) in [0, 1]."""
+    jobs = [(p, s) for p in prompts for s in sampler.seeds]
+    images: list[torch.Tensor] = []
+    with _progress(len(jobs), desc, progress) as bar:
+        for i in range(0, len(jobs), sampler.batch_size):
+            chunk = jobs[i : i + sampler.batch_size]
+            out = pipe(  # type: ignore[operator]
+                [p for p, _ in chunk],
+                num_inference_steps=sampler.steps,
+                guidance_scale=sampler.guidance,
+                generator=[torch.Generator().manual_seed(s) for _, s in chunk],
+                output_type="pt",
+            )
+            images.append(out.images.float().cpu())
+            bar.update(len(chunk))
+    return torch.cat(images)
+
+
+def judged(judge: Judge, images: torch.Tensor, concept: Concept) -> tuple[float, float]:
+    """(M-Score, acc) of `concept` over `images`: mean probability, and how often it is the judge's top class."""
+    probs = judge.category_probs(images, concept.category)  # (N, classes)
+    idx = class_index(judge, concept)
+    return float(probs[:, idx].mean()), float((probs.argmax(-1) == idx).float().mean())
+
+
+def evaluate(
+    pipe: object,
+    bench: Bench,
+    judge: Judge,
+    sampler: SamplerConfig = SamplerConfig(),
+    concepts: Iterable[str] | None = None,
+    erased: Sequence[str] = (),
+    progress: bool = True,
+) -> ModelScore:
+    """Generate every prompt (and alias prompt) of the chosen concepts, judge them, and score each concept."""
+    chosen = [bench.concept(n) for n in concepts] if concepts is not None else list(bench.concepts)
+    groups: list[tuple[Concept, bool, list[str]]] = []
+    for c in chosen:
+        groups.append((c, False, bench.prompts(c)))
+        groups.extend((c, True, bench.prompts(c, alias)) for alias in c.aliases)
+    prompts = [p for _, _, ps in groups for p in ps]
+    images = generate(pipe, prompts, sampler, progress, desc=f"eval {bench.name}")
+    per_prompt = len(sampler.seeds)
+    own: dict[str, tuple[float, float, int]] = {}
+    alias: dict[str, list[torch.Tensor]] = {}
+    start = 0
+    for c, is_alias, ps in groups:
+        chunk = images[start : start + len(ps) * per_prompt]
+        start += len(chunk)
+        if is_alias:
+            alias.setdefault(c.name, []).append(chunk)
+        else:
+            m, a = judged(judge, chunk, c)
+            own[c.name] = (m, a, len(chunk))
+    scores: dict[str, ConceptScore] = {}
+    for c in chosen:
+        m, a, n = own[c.name]
+        am, aa = judged(judge, torch.cat(alias[c.name]), c) if c.name in alias else (None, None)
+        scores[c.name] = ConceptScore(c.name, c.category, m, a, am, aa, n)
+    names = [bench.concept(e).name for e in erased]
+    return ModelScore(scores, tuple(names), acc_kept(scores, names), sampler)
+
+
+def acc_kept(scores: dict[str, ConceptScore], erased: Sequence[str]) -> float | None:
+    """Mean `acc` over the scored concepts not in `erased` (None when every concept is erased)."""
+    unknown = [e for e in erased if e not in scores]
+    if unknown:
+        raise KeyError(f"erased concepts {unknown} were not scored; scored concepts: {sorted(scores)}")
+    kept = [s.acc for name, s in scores.items() if name not in erased]
+    return sum(kept) / len(kept) if kept else None
+
+
+def concept_samples(
+    pipe: object,
+    bench: Bench,
+    concepts: Sequence[str],
+    sampler: SamplerConfig = SamplerConfig(),
+    progress: bool = True,
+) -> torch.Tensor:
+    """One image per concept (its first prompt, the first seed), for grids: (len(concepts), 3, H, W)."""
+    prompts = [bench.prompts(bench.concept(n))[0] for n in concepts]
+    one_seed = SamplerConfig(sampler.steps, sampler.guidance, sampler.seeds[:1], sampler.batch_size)
+    return generate(pipe, prompts, one_seed, progress, desc="grid")
+
+
+def image_grid(
+    columns: dict[str, torch.Tensor], rows: Sequence[str], path: str | Path | None = None, cell: int = 96
+) -> Image.Image:
+    """A labelled grid: one row per concept, one column per model; `columns[model]` is (rows, 3, H, W)."""
+    for model, images in columns.items():
+        if len(images) != len(rows):
+            raise ValueError(
+                f"column {model!r} has {len(images)} images for {len(rows)} rows; give one per row"
+            )
+    label_w, head_h = 110, 20
+    grid = Image.new("RGB", (label_w + cell * len(columns), head_h + cell * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, (model, images) in enumerate(columns.items()):
+        draw.text((label_w + j * cell + 4, 4), model[: cell // 7], fill="black")
+        for i, img in enumerate(images):
+            array = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            tile = Image.fromarray(array).resize((cell, cell), Image.Resampling.NEAREST)
+            grid.paste(tile, (label_w + j * cell, head_h + i * cell))
+    for i, name in enumerate(rows):
+        draw.text((4, head_h + i * cell + cell // 2 - 6), name[:16], fill="black")
+    if path is not None:
+        grid.save(path)
+    return grid
