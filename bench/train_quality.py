@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="skip the keys-only/re-steering-only/hybrid rows"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +130,7 @@ def main() -> None:
         if not args.no_baseline:
             rows.append(baseline([concept], judge, bench, sampler, base))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    for label, variant in ABLATIONS.items():
+    for label, variant in ({} if args.no_ablations else ABLATIONS).items():
         for concept in QUICK:
             rows.append(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
             print(json.dumps(rows[-1]), file=sys.stderr)
