@@ -9,7 +9,7 @@ import click
 import typer
 
 from ..errors import FmnPatchError
-from . import apply, export, inspect, merge
+from . import apply, edit, eval, export, inspect, merge, pull, push, search, train
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
 
@@ -29,6 +29,12 @@ app.command()(apply.apply)
 app.command()(merge.merge)
 app.command()(export.export)
 app.command()(inspect.inspect)
+app.command()(edit.edit)
+app.command()(train.train)
+app.command("eval")(eval.eval_command)
+app.command()(push.push)
+app.command()(pull.pull)
+app.command()(search.search)
 for _name, _what in PLANNED.items():
     app.command(_name)(planned_command(_name, _what))
 

@@ -9,12 +9,6 @@ import typer
 from ..errors import NotBuiltError
 
 PLANNED = {
-    "train": 'train forgetting patches by attention re-steering (fmnpatch train "Elon Musk")',
-    "edit": "closed-form, data-free forgetting of one or many concepts",
-    "eval": "ConceptBench / M-Score evaluation of a base model and patches",
-    "push": "push a patch with a generated model card to the Hugging Face Hub",
-    "pull": "pull a community patch from the Hugging Face Hub",
-    "search": "search community patches on the Hugging Face Hub",
     "attack": "attack a patch (aliases, concept inversion, prompt search) to test that forgetting holds",
     "correct": "concept correction: remove an unwanted association while keeping the concept",
 }

@@ -1,0 +1,273 @@
+"""Timing of ``fmnpatch edit`` at full size: SD-1.5-architecture UNet and text encoder, real CLIP tokenizer.
+
+    python bench/edit_timing.py                      # 1, 100, 1000 concepts (each in a fresh process)
+    python bench/edit_timing.py --counts 1 100       # fewer
+
+Builds, without any download of weights: the SD-1.5 UNet from ``bench/configs/sd15.json`` on the meta device with
+real (random) weights only for its 32 cross-attention key/value projections; a CLIPTextModel of SD-1.5 size
+(ViT-L/14 text tower: 12 layers, width 768) at random init; and the real CLIP tokenizer, whose BPE merges ship in the
+``open_clip_torch`` wheel (``pip download --no-deps`` into a cache folder; never installed). Token counts and
+positions are therefore real; the states are random, which does not change the cost.
+
+Each count runs in its own process so that its peak memory (max RSS) is its own. Reports the split
+encode / solve / SVD / write and end-to-end (model build excluded), and checks on the model that CLIP's causal
+mask makes padding irrelevant to the real tokens' states. Writes ``bench/results/edit.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).parent
+CACHE = Path.home() / ".cache" / "fmn-patch" / "open_clip"
+BPE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+
+
+def clip_tokenizer(cache: Path = CACHE) -> Any:
+    """The real CLIP tokenizer (49,408 tokens) from the open_clip wheel's BPE file, by CLIP's own recipe."""
+    from transformers import CLIPTokenizer
+
+    folder = cache / "tokenizer"
+    if not (folder / "merges.txt").exists():
+        wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "open_clip_torch", "-d", str(cache)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            lines = gzip.decompress(wheel.read(BPE)).decode("utf-8").split("\n")
+        merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+        symbols = list(_bytes_to_unicode().values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+        vocab += ["<|startoftext|>", "<|endoftext|>"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(
+            json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
+        )
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    assert tok("Elon Musk").input_ids == [49406, 20406, 19063, 49407], "not CLIP's tokenizer"
+    return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:
+    """A stand-in pipeline: SD-1.5 UNet (meta, with real random attn2 to_k/to_v) and an SD-1.5-size text encoder."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from fmn_patch.targets import find_targets
+
+    torch.manual_seed(seed)
+    config = {
+        k: v for k, v in json.loads((HERE / "configs" / "sd15.json").read_text()).items() if k[0] != "_"
+    }
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    for layer in find_targets(unet).values():
+        layer.weight = torch.nn.Parameter(torch.randn(layer.out_features, layer.in_features) / 768**0.5)
+    text_config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    encoder = CLIPTextModel(text_config).eval()
+    return SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=tokenizer, _fmn_base_ref="sd15-random")
+
+
+def concept_names(tokenizer: Any, count: int) -> list[str]:
+    """The real bench's concepts, then two-word names from the vocabulary (deterministic)."""
+    from fmn_patch.conceptbench import load_bench
+
+    names = [c.name for c in load_bench("real").concepts]
+    words = [w for w in _vocab_words(tokenizer) if len(w) > 3][200:]
+    i = 0
+    while len(names) < count:
+        names.append(f"{words[i].capitalize()} {words[(7 * i + 3) % len(words)].capitalize()}")
+        i += 1
+    return names[:count]
+
+
+def _vocab_words(tokenizer: Any) -> list[str]:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return [t[:-4] for t, _ in vocab if t.endswith("</w>") and t[:-4].isalpha()]
+
+
+def check_causal_padding(pipe: Any) -> float:
+    """Max |difference| of the real tokens' states between true-length and padded-to-77 encoding."""
+    from fmn_patch.textstates import TextStates
+
+    text = TextStates(pipe)
+    prompts = ["a photo of Elon Musk", "a landscape painted by Claude Monet", "a cat"]
+    short, full = text.encode(prompts, 0), text.encode(prompts, 77)
+    return max(
+        float((short[i, :n] - full[i, :n]).abs().max())
+        for i, n in enumerate(len(x) for x in text.ids(prompts))
+    )
+
+
+def run_one(count: int, config_overrides: dict[str, Any]) -> dict[str, Any]:
+    from fmn_patch.edit import EditConfig, edit_patch
+
+    t0 = time.perf_counter()
+    tokenizer = clip_tokenizer()
+    pipe = sd15_pipe(tokenizer)
+    build = time.perf_counter() - t0
+    names = concept_names(tokenizer, count)
+    config = EditConfig(**config_overrides)
+    t0 = time.perf_counter()
+    patch = edit_patch(pipe, names, config=config, category="identity")
+    edit_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        patch.save(Path(tmp) / "p.safetensors")
+        write = time.perf_counter() - t0
+        size = (Path(tmp) / "p.safetensors").stat().st_size
+    seconds = dict(patch.info.extra["seconds"])
+    seconds["write"] = write
+    seconds["end_to_end"] = edit_s + write
+    return {
+        "concepts": count,
+        "config": config_overrides,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "solve_plus_svd_s": round(seconds["solve"] + seconds["svd"], 3),
+        "build_s": round(build, 2),
+        "rows": patch.info.extra["rows"],
+        "residual": round(patch.info.extra["residual"], 4),
+        "rank": patch.rank,
+        "patch_bytes": size,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "causal_padding_max_abs_diff": check_causal_padding(pipe),
+    }
+
+
+def solve_only(config_name: str, erase_rows: int, keep_rows: int, rank: int = 8) -> dict[str, Any]:
+    """Solve + SVD alone on a full-size UNet's projections, with random text states of the right width."""
+    from diffusers import UNet2DConditionModel
+
+    from fmn_patch.solver import NormalEquations, factorize, layer_delta
+    from fmn_patch.targets import find_targets
+
+    config = {
+        k: v for k, v in json.loads((HERE / "configs" / config_name).read_text()).items() if k[0] != "_"
+    }
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(x.out_features, x.in_features, generator=g) for x in find_targets(unet).values()]
+    dim = weights[0].shape[1]
+    normal = NormalEquations(dim)
+    for start in range(0, erase_rows, 4096):
+        c = torch.randn(min(4096, erase_rows - start), dim, generator=g)
+        normal.add_erase(c, c + 0.1 * torch.randn(c.shape, generator=g))
+    for start in range(0, keep_rows, 4096):
+        normal.add_keep(torch.randn(min(4096, keep_rows - start), dim, generator=g))
+    t0 = time.perf_counter()
+    p = normal.solve(0.1).float()
+    deltas = [layer_delta(w, p) for w in weights]
+    solve = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for d in deltas:
+        factorize(d, rank)
+    svd = time.perf_counter() - t0
+    return {
+        "unet": config_name,
+        "projections": len(weights),
+        "dim": dim,
+        "erase_rows": erase_rows,
+        "keep_rows": keep_rows,
+        "solve_s": round(solve, 3),
+        "svd_s": round(svd, 3),
+        "solve_plus_svd_s": round(solve + svd, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument(
+        "--config", default="{}", help="EditConfig overrides as JSON, e.g. '{\"padding\": 0}'"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--note", default="", help="conditions of the run (e.g. other load on the machine)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "edit.json")
+    args = parser.parse_args()
+    overrides = json.loads(args.config)
+    torch.set_num_threads(args.threads)
+    if args.child is not None:
+        from fmn_patch.cli.options import quiet_libraries
+
+        quiet_libraries()
+        print(json.dumps(run_one(args.child, overrides)))
+        return
+    sys.path.insert(0, str(HERE))
+    from run import machine  # the shared provenance block of bench/run.py
+
+    rows = []
+    for count in args.counts:
+        cmd = [sys.executable, __file__, "--child", str(count), "--config", args.config]
+        cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{count} concepts failed:\n{done.stderr[-3000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), file=sys.stderr)
+        rows.append(row)
+    solve_rows = [solve_only(name, 60_000, 5_000) for name in ("sd15.json", "sdxl.json")]
+    for row in solve_rows:
+        print(json.dumps(row), file=sys.stderr)
+    record = {
+        "meta": machine(),
+        "what": "fmnpatch edit on an SD-1.5-architecture UNet + SD-1.5-size CLIP text encoder (random init), real "
+        "CLIP tokenizer; identity templates of the real ConceptBench; times in seconds, model build excluded",
+        "note": args.note,
+        "budgets": {"solve_plus_svd_1000_s": 2, "end_to_end_100_s": 30, "end_to_end_1000_s": 300},
+        "rows": rows,
+        "solve_only": solve_rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
