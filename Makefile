@@ -39,6 +39,8 @@ demo: install
 bench: install
 	$(PY) bench/run.py --full
 	$(PY) bench/train_quality.py
+	$(PY) bench/edit_timing.py --threads 1
+	$(PY) bench/edit_quality.py
 
 bench-quick: install
 	$(PY) bench/run.py

@@ -58,7 +58,9 @@ class TrainConfig:
     )
     eta: float = 1.0  # negative guidance of the denoising target (0: plain redirect to the anchor)
     resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
-    denoise_weight: float = 100.0  # w_d, guided denoising target (trains to_v); MSE of noise is small, hence 100
+    denoise_weight: float = (
+        100.0  # w_d, guided denoising target (trains to_v); MSE of noise is small, hence 100
+    )
     preserve_weight: float = 100.0  # w_p, keys/values of the preserve prompts' tokens
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
     images_per_prompt: int = (
