@@ -48,15 +48,6 @@ RESULTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models render ~40x faster on one thread when the cores are busy (torch's threads spin otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """The fake Hub installed as the client's endpoint, a logged-in user, an empty cache, online."""

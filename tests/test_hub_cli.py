@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import random_patch
-from hub_endpoint import FakeHub, install, uninstall
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from test_hub import TOKEN, _populate_cache
+from test_hub import TOKEN, _populate_cache, hub  # noqa: F401  (the shared fake-Hub fixture)
 
 from fmn_patch.card import WEIGHT_NAME
 from fmn_patch.cli.app import main
@@ -31,27 +30,6 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
         main(list(args))
     out, err = capsys.readouterr()
     return int(e.value.code or 0), out, err
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models render ~40x faster on one thread when the cores are busy (torch's threads spin otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    fake = FakeHub(tokens={TOKEN})
-    install(fake)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield fake
-    uninstall()
 
 
 @pytest.fixture
