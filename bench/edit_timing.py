@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from fmn_patch.toy.vocab import byte_symbols
+
 HERE = Path(__file__).parent
 CACHE = Path.home() / ".cache" / "fmn-patch" / "open_clip"
 BPE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -50,7 +52,7 @@ def clip_tokenizer(cache: Path = CACHE) -> Any:
         with zipfile.ZipFile(wheels[-1]) as wheel:
             lines = gzip.decompress(wheel.read(BPE)).decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-        symbols = list(_bytes_to_unicode().values())
+        symbols = byte_symbols()  # CLIP's byte stand-ins, as the toy vocab uses them
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,22 +63,6 @@ def clip_tokenizer(cache: Path = CACHE) -> Any:
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
     assert tok("Elon Musk").input_ids == [49406, 20406, 19063, 49407], "not CLIP's tokenizer"
     return tok
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:

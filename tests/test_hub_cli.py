@@ -17,19 +17,12 @@ import torch
 from conftest import random_patch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from test_cli import run
 from test_hub import TOKEN, _populate_cache, hub  # noqa: F401  (the shared fake-Hub fixture)
 
 from fmn_patch.card import WEIGHT_NAME
-from fmn_patch.cli.app import main
 from fmn_patch.kohya import export_kohya
 from fmn_patch.patch import Patch
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
 
 
 @pytest.fixture

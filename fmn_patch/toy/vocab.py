@@ -128,7 +128,7 @@ def vocab_words() -> list[str]:
     return world + extra
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """CLIP's printable stand-ins for the 256 bytes, in CLIP's order."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -170,7 +170,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
 def write_vocab(directory: Path) -> tuple[Path, Path]:
     """Write `vocab.json` and `merges.txt` into `directory`; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols]
     merges = learn_merges(vocab_words())
     tokens += ["".join(m) for m in merges]
