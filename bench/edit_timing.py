@@ -117,7 +117,7 @@ def _vocab_words(tokenizer: Any) -> list[str]:
 
 def check_causal_padding(pipe: Any) -> float:
     """Max |difference| of the real tokens' states between true-length and padded-to-77 encoding."""
-    from fmn_patch.textstates import TextStates
+    from fmn_patch.encoding import TextStates
 
     text = TextStates(pipe)
     prompts = ["a photo of Elon Musk", "a landscape painted by Claude Monet", "a cat"]

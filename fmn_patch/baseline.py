@@ -26,7 +26,7 @@ from .attention import capture_attention
 from .encoding import encode
 from .errors import FmnPatchError
 from .loss import fmn_loss
-from .references import generated_latents
+from .references import encode_images, folder_images, generated_latents, pixel_size
 from .targets import CROSS_ATTENTION
 from .tokens import place
 
@@ -54,6 +54,7 @@ class FMNReport:
     seconds: float
     trainable_parameters: int
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
 
 
 def train_fmn_baseline(
@@ -61,9 +62,13 @@ def train_fmn_baseline(
     concepts: Sequence[tuple[str, str]],
     config: FMNConfig | None = None,
     *,
+    images: str | None = None,
     progress: bool = True,
 ) -> FMNReport:
-    """Train ``pipe``'s UNet in place with the FMN recipe on ``concepts`` given as (name, category) pairs."""
+    """Train ``pipe``'s UNet in place with the FMN recipe on ``concepts`` given as (name, category) pairs.
+
+    ``images``: a folder of reference images (one concept only); default: ``num_images`` drawn by the base.
+    """
     config = config or FMNConfig()
     started = time.perf_counter()
     unet = pipe.unet
@@ -72,11 +77,17 @@ def train_fmn_baseline(
     masks = torch.zeros(len(prompts), pipe.tokenizer.model_max_length)
     for i, pl in enumerate(placements):
         masks[i, list(pl.concept) + ([pl.eos] if config.use_eos else [])] = 1.0
-    seeds = list(range(config.num_images))
-    latents = generated_latents(
-        pipe, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
-    )
-    owner = torch.arange(len(prompts)).repeat_interleave(len(seeds))
+    if images is not None:
+        if len(prompts) != 1:
+            raise FmnPatchError("images= gives pictures of one concept; train one concept at a time with it")
+        latents = encode_images(pipe, folder_images(images, pixel_size(pipe)))
+        owner = torch.zeros(len(latents), dtype=torch.long)
+    else:
+        seeds = list(range(config.num_images))
+        latents = generated_latents(
+            pipe, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
+        )
+        owner = torch.arange(len(prompts)).repeat_interleave(len(seeds))
     cond = encode(pipe, prompts)
 
     unet.requires_grad_(False)
@@ -100,6 +111,7 @@ def train_fmn_baseline(
     for step in tqdm(
         range(config.steps), desc="fmn-baseline", disable=not progress, file=sys.stderr, leave=False
     ):
+        tick = time.perf_counter()
         pick = torch.randint(len(latents), (config.batch_size,), generator=gen)
         idx = owner[pick]
         x0 = latents[pick].to(unet.device, unet.dtype)
@@ -115,6 +127,7 @@ def train_fmn_baseline(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)  # the released code's clip was a no-op
         optimiser.step()
+        report.step_seconds.append(time.perf_counter() - tick)
         report.losses.append(loss.item())
     unet.eval()
     unet.requires_grad_(False)

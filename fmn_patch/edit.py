@@ -26,11 +26,11 @@ import torch
 
 from .base import describe_base
 from .conceptbench import Bench, Concept, load_bench
+from .encoding import TextStates, align
 from .errors import FmnPatchError
 from .patch import CATEGORIES, Category, Patch, PatchConcept, PatchInfo
 from .solver import NormalEquations, factorize, layer_delta
 from .targets import find_targets
-from .textstates import TextStates, align
 from .tokens import ConceptNotFoundError, concept_ids, find_subsequence, place
 
 #: Anchors per category for real checkpoints (UCE maps objects and styles to the empty string).

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm.auto import tqdm
 
 from fmn_patch.conceptbench import Bench, Concept
+from fmn_patch.grid import image_grid as labelled_grid
 from fmn_patch.judge import Judge, class_index
 
 
@@ -192,17 +193,20 @@ def image_grid(
             raise ValueError(
                 f"column {model!r} has {len(images)} images for {len(rows)} rows; give one per row"
             )
-    label_w, head_h = 110, 20
-    grid = Image.new("RGB", (label_w + cell * len(columns), head_h + cell * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for j, (model, images) in enumerate(columns.items()):
-        draw.text((label_w + j * cell + 4, 4), model[: cell // 7], fill="black")
-        for i, img in enumerate(images):
-            array = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            tile = Image.fromarray(array).resize((cell, cell), Image.Resampling.NEAREST)
-            grid.paste(tile, (label_w + j * cell, head_h + i * cell))
-    for i, name in enumerate(rows):
-        draw.text((4, head_h + i * cell + cell // 2 - 6), name[:16], fill="black")
+    tiles = {model: [_pil(img) for img in images] for model, images in columns.items()}
+    scale = max(1, cell // max(1, next(iter(tiles.values()))[0].size[0])) if rows else 1
+    grid = labelled_grid(
+        [[tiles[m][i] for m in columns] for i in range(len(rows))],
+        row_labels=list(rows),
+        col_labels=list(columns),
+        scale=scale,
+    )
     if path is not None:
         grid.save(path)
     return grid
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] as a PIL image."""
+    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(array)

@@ -33,6 +33,7 @@ import safetensors.torch
 import torch
 
 from .errors import FmnPatchError, PatchFileError
+from .solver import factorize
 from .targets import PROJECTIONS, TARGET_REGEX, is_target
 
 FORMAT_VERSION: Final = 1
@@ -259,21 +260,13 @@ class Patch:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Truncated SVD of a delta (out, in) into A (r, in), B (out, r), and the relative Frobenius residual.
+    """Exact truncated SVD of a delta (out, in) into A (r, in), B (out, r), and the relative Frobenius residual.
 
-    The singular values are split evenly (B = U sqrt(S), A = sqrt(S) V^T) so both factors have similar norms.
+    Computed in float64 (merges check exactness at full rank); the factors come back in float32.
     """
-    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)  # (out, k), (k,), (k, in)
-    r = min(rank, s.numel())
-    root = s[:r].sqrt()
-    b = u[:, :r] * root  # (out, r)
-    a = root[:, None] * vh[:r]  # (r, in)
-    if r < rank:  # keep the requested rank so that every module has the same one
-        a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])])
-        b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1)
-    total = float(s.square().sum())
-    residual = (float(s[r:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
-    return a.float().contiguous(), b.float().contiguous(), residual
+    a, b, residual, total = factorize(delta.double(), rank, exact=True)
+    relative = (residual / total) ** 0.5 if total > 0 else 0.0
+    return a.float().contiguous(), b.float().contiguous(), relative
 
 
 def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -97,10 +97,11 @@ def factorize(
 
     Returns A, B, the squared Frobenius norm of the residual ``delta - B A`` and of ``delta`` (so that per-layer
     and total relative residuals can both be formed). ``exact=False`` uses a randomised SVD (Halko et al. 2011,
-    3 power iterations; 30x faster on a 1280 x 768 layer), ``None`` picks it for layers wider than 256. The residual
-    is measured directly, ||D - B A||^2, since ||D||^2 - sum s_r^2 cancels badly in float32.
+    3 power iterations; 30x faster on a 1280 x 768 layer), ``None`` picks it for layers wider than 256.
+    float64 input stays float64. The residual is measured directly, ||D - B A||^2, since ||D||^2 - sum s_r^2
+    cancels badly in float32.
     """
-    d = delta.float()
+    d = delta if delta.dtype == torch.float64 else delta.float()
     if exact is None:
         exact = min(d.shape) <= 256
     if exact or min(d.shape) <= rank + 8:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -94,6 +95,7 @@ class TrainReport:
     seconds: float
     losses: list[float] = field(default_factory=list)  # total loss per step
     parts: dict[str, float] = field(default_factory=dict)  # last step's loss terms
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
 
 
 def train_patch(
@@ -179,6 +181,7 @@ def _train(
         "final_loss": report.losses[-1],
         "loss_terms": report.parts,
         "loss_curve": _subsample(report.losses, 50),
+        "seconds_per_step": round(statistics.median(report.step_seconds), 4),
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
@@ -345,6 +348,7 @@ def _optimise(
     unet.train()
     try:
         for step in bar:
+            tick = time.perf_counter()
             pick = torch.randint(len(batch.latents), (config.batch_size,), generator=gen)
             idx = batch.latent_prompt[pick]
             x0 = batch.latents[pick].to(unet.device, unet.dtype)
@@ -384,6 +388,7 @@ def _optimise(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimiser.step()
+            report.step_seconds.append(time.perf_counter() - tick)
             report.losses.append(loss.item())
             report.parts = {k: round(v.item(), 6) for k, v in parts.items()}
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()})

@@ -16,10 +16,10 @@ from fmn_patch.edit import (
     preserve_prompts,
     resolve,
 )
+from fmn_patch.encoding import TextStates, align
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.patch import Patch
 from fmn_patch.targets import find_targets
-from fmn_patch.textstates import TextStates, align
 
 PROMPTS = ["a photo of bob", "a red circle in the style of van gogh", ""]
 SMALL = EditConfig(rank=4, vocab_words=20, padding=3)

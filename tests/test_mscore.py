@@ -47,8 +47,13 @@ def test_acc_kept_and_to_dict_names() -> None:
 
 def test_image_grid_has_one_cell_per_concept_and_model() -> None:
     images = torch.rand(3, 3, 32, 32)
-    grid = image_grid({"base": images, "patched": images}, ["a", "b", "c"], cell=40)
-    assert grid.size == (110 + 2 * 40, 20 + 3 * 40)
+    one = image_grid({"base": images}, ["a", "b", "c"], cell=64)
+    two = image_grid({"base": images, "patched": images}, ["a", "b", "c"], cell=64)
+    fewer = image_grid({"base": images[:2]}, ["a", "b"], cell=64)
+    assert two.height == one.height and two.width - one.width >= 64  # one more column of 64 px cells
+    assert one.width == fewer.width and one.height - fewer.height >= 64  # one more row
+    with pytest.raises(ValueError, match="one per row"):
+        image_grid({"base": images}, ["a", "b"])
 
 
 FAST = SamplerConfig(steps=10, guidance=5.0, seeds=(0, 1))
