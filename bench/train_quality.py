@@ -1,12 +1,15 @@
-"""Forgetting quality on the toy world: our re-steering patch vs the faithful FMN baseline, side by side in one run.
+"""Forgetting quality on the toy world: every method the project offers vs the faithful FMN baseline, in one run.
 
-    python bench/train_quality.py            # every toy concept one at a time, five at once, and the baseline
+    python bench/train_quality.py            # every toy concept one at a time, five at once, stacking, ablations
     python bench/train_quality.py --quick    # three concepts (one per category) and five at once
 
-For each method and concept: Acc_erased (share of the concept's images the judge still calls the concept), alias
-Acc_erased, Acc_kept (mean acc over the other concepts) and its ratio to the base model's over the same set, M-Score
-before/after, wall time and patch size. Writes bench/results/train_quality.json (+ a grid PNG) and regenerates
-BENCHMARKS.md.
+Methods: the re-steering patch (``train_patch``), the closed-form edit (``edit_patch``), the hybrid (re-steering
+started from the edit, ``TrainConfig(init="edit")``) and the faithful FMN baseline (whole UNet). Stacking: two
+single-concept patches applied together vs one patch trained on both. For each: Acc_erased (share of the concept's
+images the judge still calls the concept), alias Acc_erased, Acc_kept (mean acc over the other concepts) and its
+ratio to the base model's over the same set, M-Score before/after, wall time and patch size. Writes
+bench/results/train_quality.json and train_quality.png (one image per concept for each five-at-once model) and
+regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,17 +32,21 @@ from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.baseline import FMNConfig, train_fmn_baseline
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.conceptbench import load_bench
+from fmn_patch.edit import edit_patch
 from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import ModelScore, SamplerConfig, acc_kept, evaluate
+from fmn_patch.mscore import ModelScore, SamplerConfig, acc_kept, concept_samples, evaluate, image_grid
+from fmn_patch.patch import Patch
 from fmn_patch.train import TrainConfig, train_patch
 
 FIVE = ["circle", "square", "bob", "striped", "star"]
 QUICK = ["circle", "bob", "striped"]
+STACK = ["circle", "bob"]
+HYBRID = TrainConfig(init="edit")
 # Ablations, run on QUICK: what each part of our objective buys.
 ABLATIONS = {
     "keys-only (to_v frozen)": TrainConfig(train_values=False),
     "re-steering only (FMN loss, our LoRA)": TrainConfig(denoise_weight=0.0),
-    "hybrid (init from edit)": TrainConfig(init="edit"),
+    "preserve weight 100": TrainConfig(preserve_weight=100.0),
 }
 
 
@@ -66,6 +73,40 @@ def row(
     }
 
 
+def scored(
+    pipe: Any,
+    patches: list[Patch],
+    concepts: list[str],
+    judge: ToyJudge,
+    bench: Any,
+    sampler: SamplerConfig,
+    base: ModelScore,
+    seconds: float,
+    label: str,
+) -> dict:
+    """Apply ``patches``, judge every bench prompt, take them off again; one result row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        size = sum(p.save(Path(tmp) / f"p{i}.safetensors").stat().st_size for i, p in enumerate(patches))
+    names = apply_patches(pipe, patches)
+    try:
+        score = evaluate(pipe, bench, judge, sampler, erased=concepts, progress=False)
+    finally:
+        remove_patches(pipe, names)
+    return row(label, concepts, score, base, seconds, size)
+
+
+def trained(pipe: Any, concepts: list[str], config: TrainConfig) -> tuple[Patch, float]:
+    started = time.perf_counter()
+    patch = train_patch(pipe, concepts, config, progress=False)
+    return patch, time.perf_counter() - started
+
+
+def edited(pipe: Any, concepts: list[str]) -> tuple[Patch, float]:
+    started = time.perf_counter()
+    patch = edit_patch(pipe, concepts)
+    return patch, time.perf_counter() - started
+
+
 def ours(
     pipe: Any,
     concepts: list[str],
@@ -76,17 +117,8 @@ def ours(
     config: TrainConfig,
     label: str = "resteer",
 ) -> dict:
-    started = time.perf_counter()
-    patch = train_patch(pipe, concepts, config, progress=False)
-    seconds = time.perf_counter() - started
-    with tempfile.TemporaryDirectory() as tmp:
-        size = patch.save(Path(tmp) / "p.safetensors").stat().st_size
-    names = apply_patches(pipe, [patch])
-    try:
-        score = evaluate(pipe, bench, judge, sampler, erased=concepts, progress=False)
-    finally:
-        remove_patches(pipe, names)
-    return row(label, concepts, score, base, seconds, size)
+    patch, seconds = trained(pipe, concepts, config)
+    return scored(pipe, [patch], concepts, judge, bench, sampler, base, seconds, label)
 
 
 def baseline(
@@ -106,10 +138,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per bench prompt")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
-        "--no-ablations", action="store_true", help="skip the keys-only/re-steering-only/hybrid rows"
+        "--no-ablations", action="store_true", help="skip the keys-only/re-steering-only/weight rows"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
@@ -123,27 +155,53 @@ def main() -> None:
     base = evaluate(pipe, bench, judge, sampler, progress=False)
     singles = QUICK if args.quick else bench.names
     config = TrainConfig()
-    rows = []
+    rows: list[dict] = []
+
+    def add(result: dict) -> None:
+        rows.append(result)
+        print(json.dumps(result), file=sys.stderr)
+
+    single_patches: dict[str, tuple[Patch, float]] = {}
     for concept in singles:
-        rows.append(ours(pipe, [concept], judge, bench, sampler, base, config))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        patch, seconds = trained(pipe, [concept], config)
+        single_patches[concept] = patch, seconds
+        add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "resteer"))
+        patch, seconds = edited(pipe, [concept])
+        add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
+        if concept in QUICK:
+            add(ours(pipe, [concept], judge, bench, sampler, base, HYBRID, "hybrid"))
         if not args.no_baseline:
-            rows.append(baseline([concept], judge, bench, sampler, base))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            add(baseline([concept], judge, bench, sampler, base))
     for label, variant in ({} if args.no_ablations else ABLATIONS).items():
         for concept in QUICK:
-            rows.append(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-    rows.append(ours(pipe, FIVE, judge, bench, sampler, base, config))
+            add(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
+    stacked = [single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK]
+    seconds = sum(s for _, s in stacked)
+    patches = [p for p, _ in stacked]
+    add(scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, "resteer, two patches stacked"))
+    add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
+    five = {
+        "resteer": trained(pipe, FIVE, config),
+        "edit": edited(pipe, FIVE),
+        "hybrid": trained(pipe, FIVE, HYBRID),
+    }
+    columns = {"base": concept_samples(pipe, bench, bench.names, sampler, progress=False)}
+    for label, (patch, seconds) in five.items():
+        add(scored(pipe, [patch], FIVE, judge, bench, sampler, base, seconds, label))
+        names = apply_patches(pipe, [patch])
+        columns[f"{label} (5)"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
+        remove_patches(pipe, names)
     if not args.no_baseline:
-        rows.append(baseline(FIVE, judge, bench, sampler, base))
+        add(baseline(FIVE, judge, bench, sampler, base))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    image_grid(columns, bench.names, RESULTS / "train_quality.png")
     result = {
         "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
         "train_config": config.__dict__ | {"preserve_extra": list(config.preserve_extra)},
         "base": {n: s.to_dict() for n, s in base.concepts.items()},
+        "grid": "train_quality.png",
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_quality.json").write_text(
         json.dumps({"meta": machine(), "result": result}, indent=2) + "\n"
     )

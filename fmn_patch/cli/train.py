@@ -12,12 +12,20 @@ import typer
 from ..base import load_base
 from ..errors import FmnPatchError
 from ..inversion import InversionConfig
+from ..nsfw import load_preset, train_inputs
 from ..train import TrainConfig, train_patch, train_patch_with_inversion
 from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
 
 
 def train(
-    concepts: Annotated[list[str], typer.Argument(help='Concepts to forget, e.g. "Elon Musk" or circle.')],
+    concepts: Annotated[
+        list[str] | None,
+        typer.Argument(help='Concepts to forget, e.g. "Elon Musk" or circle.', show_default=False),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Forget a shipped concept list (nsfw); CONCEPTS join its terms, with its anchor."),
+    ] = None,
     base: Annotated[
         str, typer.Option(help="Base model: toy, a local diffusers folder, or a Hub repo id.")
     ] = "toy",
@@ -33,7 +41,9 @@ def train(
     ] = None,
     anchor: Annotated[
         str | None,
-        typer.Option(help='Redirect the concept to this (e.g. "a man"); default: the bench\'s neutral word.'),
+        typer.Option(
+            help="Redirect the concept to this (e.g. \"a man\"); default: the preset's, or the bench's neutral word."
+        ),
     ] = None,
     images: Annotated[
         Path | None,
@@ -46,7 +56,9 @@ def train(
         str, typer.Option(help="ConceptBench for categories, templates and preserve set.")
     ] = "toy",
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = TrainConfig.rank,
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = TrainConfig.steps,
+    steps: Annotated[
+        int, typer.Option(help="Optimisation steps per concept (N concepts train N x steps).")
+    ] = TrainConfig.steps,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
     eta: Annotated[float, typer.Option(help="Negative guidance of the denoising target.")] = TrainConfig.eta,
@@ -82,10 +94,20 @@ def train(
       fmnpatch train alice --ti --ti-steps 300   # also writes forget-alice.ti.safetensors
 
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
+
+      fmnpatch train --preset nsfw --base ./sd15 --bench real   # nudity, sexual content -> "fully clothed"
     """
-    output = output or Path(
-        "forget-" + re.sub(r"[^a-z0-9]+", "-", "-".join(concepts).lower()).strip("-") + ".safetensors"
-    )
+    concepts = list(concepts or [])
+    chosen = load_preset(preset).with_terms(concepts) if preset is not None else None
+    if chosen is not None and category:
+        raise FmnPatchError(
+            f"--category does not combine with --preset: every concept of preset {chosen.name!r} is "
+            f"{chosen.category}; train other concepts into a separate patch and stack the two"
+        )
+    if not concepts and chosen is None:
+        raise FmnPatchError("no concept given; name one (fmnpatch train circle) or pass --preset nsfw")
+    slug = chosen.name if chosen is not None else "-".join(concepts)
+    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
     if output.exists() and not overwrite:
         raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
     sibling = output.with_suffix(".ti.safetensors")
@@ -115,6 +137,15 @@ def train(
         init=init,  # type: ignore[arg-type]  # checked by TrainConfig
         bench=bench,
     )
+    bench_data = None
+    if chosen is not None:
+        inputs = train_inputs(chosen, config)
+        concepts, categories, config, bench_data = (
+            list(inputs.concepts),
+            list(inputs.categories),
+            inputs.config,
+            inputs.bench,
+        )
     info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
     folder = str(images) if images else None
@@ -126,6 +157,7 @@ def train(
             InversionConfig(steps=ti_steps, seed=seed),
             categories=categories,
             images=folder,
+            bench=bench_data,
         )
         for tokens in learned:  # stock diffusers: pipe.load_textual_inversion(sibling, token=tokens.token)
             tokens.save(
@@ -133,7 +165,7 @@ def train(
                 overwrite=overwrite,
             )
     else:
-        patch = train_patch(pipe, concepts, config, categories=categories, images=folder)
+        patch = train_patch(pipe, concepts, config, categories=categories, images=folder, bench=bench_data)
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(
