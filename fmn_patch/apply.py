@@ -85,10 +85,13 @@ def apply_patches(
 
 
 def remove_patches(pipe: Any, names: Sequence[str] | None = None) -> None:
-    """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched."""
+    """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
+    is left, the peft wrappers go too: the UNet has its original modules and state-dict keys again."""
     names = list(names) if names is not None else _adapter_names(pipe)
     if names:
         pipe.delete_adapters(names)
+    if not _adapter_names(pipe):
+        pipe.unload_lora_weights()
 
 
 def fuse_patches(

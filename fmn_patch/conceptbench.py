@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-Category = Literal["object", "style", "identity"]
+Category = Literal["object", "style", "identity", "nsfw"]
 CATEGORIES: tuple[Category, ...] = get_args(Category)
 BENCH_DIR = Path(__file__).resolve().parent / "data" / "conceptbench"
 

@@ -16,6 +16,7 @@ the number of concepts: only two (dim x dim) sums are kept.
 from __future__ import annotations
 
 import dataclasses
+import string
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,10 +90,16 @@ class EditConcept:
     category: Category = "object"
     aliases: tuple[str, ...] = ()
     anchor: str | None = None  # None: the default anchor of the category
+    templates: tuple[str, ...] = ()  # prompts with one {name} slot; empty: the bench's for the category
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "category", category_of(self.category))
         PatchConcept(self.name, self.category)  # validates the name
+        for t in self.templates:
+            if {f for _, f, _, _ in string.Formatter().parse(t) if f is not None} != {"name"}:
+                raise FmnPatchError(
+                    f"template {t!r} of concept {self.name!r} needs one slot, {{name}}: e.g. 'a photo of {{name}}'"
+                )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -304,10 +311,17 @@ def templates(bench: Bench | None, category: str) -> list[str]:
     return ["{name}", *(p.replace("\x00", "{name}") for p in bench.prompts(probe))]
 
 
+def concept_templates(concept: EditConcept, bench: Bench | None) -> list[str]:
+    """The concept's own templates (plus bare ``{name}``) when it has some, else its category's ``templates``."""
+    if concept.templates:
+        return list(dict.fromkeys(("{name}", *concept.templates)))
+    return templates(bench, concept.category)
+
+
 def erase_prompts(concept: EditConcept, anchor: str, bench: Bench | None) -> Iterator[tuple[str, str, str]]:
     """(prompt, concept words in it, the same prompt with the anchor) for each name of the concept and template."""
     for name in concept.names:
-        for t in templates(bench, concept.category):
+        for t in concept_templates(concept, bench):
             yield t.format(name=name), name, " ".join(t.format(name=anchor).split())
 
 
@@ -356,7 +370,7 @@ def _preserve_sources(
 ) -> Iterator[str]:
     yield ""  # the unconditional prompt of classifier-free guidance
     for c, anchor in zip(concepts, anchors, strict=True):
-        for t in templates(bench, c.category):
+        for t in concept_templates(c, bench):
             yield " ".join(t.format(name=anchor).split())
     if bench is not None and config.bench_preserve:
         for kept in bench.concepts:

@@ -175,8 +175,8 @@ def _train(
     started = time.perf_counter()
     batch, learned = _prepare(pipe, plans, bench, config, images, inversion)
     start = _edit_factors(pipe, plans, config) if config.init == "edit" else None
-    report = _optimise(pipe, batch, config, progress, start)
-    factors = _take_factors(pipe)
+    report = optimise(pipe, batch, config, progress, start)
+    factors = take_factors(pipe)
     report.seconds = time.perf_counter() - started
     extra: dict[str, Any] = {
         "train_seconds": round(report.seconds, 3),
@@ -202,8 +202,9 @@ def _train(
 
 # --------------------------------------------------------------------------------------------- preparation
 @dataclass
-class _Batch:
-    """Everything the loop samples from, prepared once."""
+class TrainingSet:
+    """Everything the loop samples from, prepared once (``optimise`` trains on it; concept correction builds its
+    own, with variant prompts as anchors)."""
 
     concept: Conditioning  # (P, T, D) the concepts' prompts
     anchor: Conditioning  # (P, T, D) the same prompts with the anchor
@@ -221,11 +222,11 @@ def _prepare(
     config: TrainConfig,
     images: str | None,
     inversion: InversionConfig | None = None,
-) -> tuple[_Batch, list[LearnedTokens]]:
+) -> tuple[TrainingSet, list[LearnedTokens]]:
     prompts = [p for pl in plans for p in pl.prompts]
     anchors = [p for pl in plans for p in pl.anchor_prompts]
     words = [pl.concept.name for pl in plans for _ in pl.prompts]  # what to find in each prompt
-    latents, latent_prompt = _references(pipe, prompts, config, images)
+    latents, latent_prompt = reference_latents(pipe, prompts, config, images)
     keep = preserve_prompts(bench, [pl.concept for pl in plans], [*config.preserve_extra, *anchors])
     if inversion is None:
         return _encode_batch(pipe, prompts, anchors, words, latents, latent_prompt, keep, config), []
@@ -256,7 +257,7 @@ def _prepare(
     return dataclasses.replace(batch, concepts=len(plans)), learned
 
 
-def _references(
+def reference_latents(
     pipe: Any, prompts: list[str], config: TrainConfig, images: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference latents (L, C, h, w) and the prompt each belongs to (L,)."""
@@ -279,14 +280,14 @@ def _encode_batch(
     latent_prompt: torch.Tensor,
     keep: list[str],
     config: TrainConfig,
-) -> _Batch:
+) -> TrainingSet:
     tokenizer = pipe.tokenizer
     masks = torch.zeros(len(prompts), tokenizer.model_max_length)
     for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
         masks[i, list(place(tokenizer, prompt, word).positions(after=config.after))] = 1.0
     preserve = encode(pipe, keep).states.flatten(0, 1)  # (M, D): every token of every preserve prompt
     concepts = len(dict.fromkeys(words))  # distinct words; _prepare corrects it for learned tokens
-    return _Batch(
+    return TrainingSet(
         encode(pipe, prompts), encode(pipe, anchors), masks, latents, latent_prompt, preserve, concepts
     )
 
@@ -309,9 +310,9 @@ def _edit_factors(
     return dict(patch.factors)
 
 
-def _optimise(
+def optimise(
     pipe: Any,
-    batch: _Batch,
+    batch: TrainingSet,
     config: TrainConfig,
     progress: bool,
     start: dict[str, tuple[torch.Tensor, ...]] | None = None,
@@ -374,15 +375,18 @@ def _optimise(
                     unet.enable_adapters()
                 target = guided_target(eps_c, eps_a, config.eta)
             maps.clear()
-            with capture_attention(unet, sink):
+            if config.resteer_weight > 0:
+                with capture_attention(unet, sink):
+                    pred = unet(x_t, t, **cond.unet_kwargs()).sample
+                parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
+            else:  # no attention maps to read (concept correction): the UNet keeps its fast path
                 pred = unet(x_t, t, **cond.unet_kwargs()).sample
-            parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
             if config.denoise_weight > 0:
                 parts["denoise"] = F.mse_loss(pred.float(), target.float())
             if config.preserve_weight > 0:
                 parts["preserve"] = _preservation(lora, batch.preserve.to(x_t.device, x_t.dtype))
             loss = (
-                config.resteer_weight * parts["resteer"]
+                config.resteer_weight * parts.get("resteer", torch.zeros(()))
                 + config.denoise_weight * parts.get("denoise", torch.zeros(()))
                 + config.preserve_weight * parts.get("preserve", torch.zeros(()))
             )
@@ -400,7 +404,7 @@ def _optimise(
             report.parts = {k: round(v.item(), 6) for k, v in parts.items()}
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()})
     except BaseException:
-        unet.delete_adapters(ADAPTER)
+        _drop_adapter(unet)
         raise
     finally:
         unet.train(was_training)
@@ -421,14 +425,22 @@ def _preservation(lora: dict[str, Any], states: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def _take_factors(pipe: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _drop_adapter(unet: Any) -> None:
+    """Delete the training adapter; when no other adapter is loaded, unwrap the peft layers too, so that the
+    UNet is again exactly the module it was (same modules, same state-dict keys)."""
+    unet.delete_adapters(ADAPTER)
+    if not getattr(unet, "peft_config", None):
+        unet.unload_lora()
+
+
+def take_factors(pipe: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The trained factors as (A, B) with alpha folded into B, then the adapter is removed from the UNet."""
     from peft import get_peft_model_state_dict
 
     unet = pipe.unet
     scale = unet.peft_config[ADAPTER].lora_alpha / unet.peft_config[ADAPTER].r
     state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    unet.delete_adapters(ADAPTER)
+    _drop_adapter(unet)
     factors = {}
     for key, a in state.items():
         if not key.endswith(".lora_A.weight"):

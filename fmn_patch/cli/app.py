@@ -9,7 +9,7 @@ import click
 import typer
 
 from ..errors import FmnPatchError
-from . import apply, edit, eval, export, inspect, merge, pull, push, search, train
+from . import apply, correct, edit, eval, export, inspect, merge, pull, push, search, train
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
 
@@ -31,6 +31,7 @@ app.command()(export.export)
 app.command()(inspect.inspect)
 app.command()(edit.edit)
 app.command()(train.train)
+app.command()(correct.correct)
 app.command("eval")(eval.eval_command)
 app.command()(push.push)
 app.command()(pull.pull)

@@ -12,6 +12,7 @@ import typer
 from ..base import load_base
 from ..edit import EditConfig, category_of, edit_patch, read_lines
 from ..errors import FmnPatchError
+from ..nsfw import edit_concepts, load_preset
 from .options import Device, Dtype, JsonOut, Overwrite, echo_json, info
 
 _DEFAULT = EditConfig()
@@ -24,6 +25,10 @@ def edit(
             help="Concepts to forget: NAME or NAME=ALIAS,ALIAS (aliases are erased too).", show_default=False
         ),
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Forget a shipped concept list (nsfw); CONCEPTS join its terms, with its anchor."),
+    ] = None,
     base: Annotated[
         str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")
     ] = "toy",
@@ -33,14 +38,16 @@ def edit(
     ] = None,
     anchor: Annotated[
         str | None,
-        typer.Option(help="What the concepts become (default per category: a person, shape, ...)."),
+        typer.Option(
+            help="What the concepts become (default: the preset's, else per category: a person, shape, ...)."
+        ),
     ] = None,
     category: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Category of concepts the ConceptBench does not know: identity, object, style, ..."
+            help="Category of concepts the ConceptBench does not know: identity, object, style, ... [default: object]"
         ),
-    ] = "object",
+    ] = None,
     from_file: Annotated[
         Path | None, typer.Option("--from-file", help="More concepts, one per line (NAME or NAME=ALIAS,...).")
     ] = None,
@@ -78,20 +85,36 @@ def edit(
       fmnpatch edit "Elon Musk" --base runwayml/stable-diffusion-v1-5 --anchor "a man" --rank 16
 
       fmnpatch edit --from-file celebrities.txt --preserve-file keep.txt --base ./sd15 -o celebs.safetensors --json
+
+      fmnpatch edit --preset nsfw --base ./sd15 -o no-nsfw.safetensors   # nudity, sexual content -> "fully clothed"
     """
     names = list(concepts or []) + (read_lines(from_file) if from_file else [])
-    if not names:
-        raise FmnPatchError("no concept given; name one (fmnpatch edit circle) or pass --from-file FILE")
+    chosen = load_preset(preset).with_terms(names) if preset is not None else None
+    if chosen is not None and category is not None:
+        raise FmnPatchError(
+            f"--category does not combine with --preset: every concept of preset {chosen.name!r} is "
+            f"{chosen.category}; edit other concepts into a separate patch and stack the two"
+        )
+    if not names and chosen is None:
+        raise FmnPatchError(
+            "no concept given; name one (fmnpatch edit circle), pass --from-file FILE or --preset nsfw"
+        )
     preserve = read_lines(preserve_file) if preserve_file else []
-    output = output or Path(f"forget-{_slug(names)}.safetensors")
+    output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
     if output.exists() and not overwrite:
         raise FmnPatchError(
             f"{output} already exists; pass --overwrite to replace it or choose another --output"
         )
     config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
+    erase = edit_concepts(chosen, anchor) if chosen is not None else names
     pipe = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(
-        pipe, names, anchor=anchor, preserve=preserve, config=config, category=category_of(category)
+        pipe,
+        erase,
+        anchor=anchor,
+        preserve=preserve,
+        config=config,
+        category=category_of(category or "object"),
     )
     t0 = time.perf_counter()
     path = patch.save(output, overwrite=overwrite)

@@ -10,7 +10,6 @@ from ..errors import NotBuiltError
 
 PLANNED = {
     "attack": "attack a patch (aliases, concept inversion, prompt search) to test that forgetting holds",
-    "correct": "concept correction: remove an unwanted association while keeping the concept",
 }
 
 
