@@ -136,7 +136,7 @@ def learn_tokens(
                 with torch.no_grad():  # only the new rows learn; AdamW's decay applied to them alone
                     weight[:first] = frozen[:first]
                     weight[first:] -= config.lr * config.weight_decay * weight[first:]
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         finally:
             weight.requires_grad_(False)
         learned = weight[first:].detach().clone()

@@ -76,6 +76,8 @@ class TrainConfig:
     bench: str = "toy"  # ConceptBench that supplies categories, templates and the default preserve set
     init: Literal["zero", "edit"] = "zero"  # start from zero, or from the closed-form edit (the hybrid)
     train_values: bool = True  # False: freeze the to_v factors (an ablation: keys alone)
+    robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
+    robust_attack_steps: int = 100  # textual-inversion steps of each inner attack
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
@@ -85,6 +87,9 @@ class TrainConfig:
             raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FmnPatchError(f"lr={self.lr} must be a positive number, e.g. 3e-3")
+        for name in ("robust_rounds", "robust_attack_steps"):
+            if getattr(self, name) < 0:
+                raise FmnPatchError(f"{name}={getattr(self, name)} must be >= 0")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight"):
             if getattr(self, name) < 0:
                 raise FmnPatchError(f"{name}={getattr(self, name)} must be >= 0")
@@ -171,11 +176,16 @@ def _train(
         raise FmnPatchError(
             "--images gives pictures of one concept; train one concept at a time with --images"
         )
+    if config.robust_rounds and inversion is not None:
+        raise FmnPatchError("--robust and --ti do not combine; train with one of them")
     base = describe_base(pipe)
     started = time.perf_counter()
     batch, learned = _prepare(pipe, plans, bench, config, images, inversion)
     start = _edit_factors(pipe, plans, config) if config.init == "edit" else None
-    report = optimise(pipe, batch, config, progress, start)
+    if config.robust_rounds:
+        report = _robust(pipe, plans, batch, config, progress, start)
+    else:
+        report = optimise(pipe, batch, config, progress, start)
     factors = take_factors(pipe)
     report.seconds = time.perf_counter() - started
     extra: dict[str, Any] = {
@@ -188,7 +198,11 @@ def _train(
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
     info = PatchInfo(
-        method="resteer+ti" if inversion is not None else "resteer",
+        method="resteer+ti"
+        if inversion is not None
+        else "resteer+robust"
+        if config.robust_rounds
+        else "resteer",
         concepts=tuple(p.record for p in plans),
         base_model=base.model,
         base_revision=base.revision,
@@ -281,15 +295,20 @@ def _encode_batch(
     keep: list[str],
     config: TrainConfig,
 ) -> TrainingSet:
-    tokenizer = pipe.tokenizer
-    masks = torch.zeros(len(prompts), tokenizer.model_max_length)
-    for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
-        masks[i, list(place(tokenizer, prompt, word).positions(after=config.after))] = 1.0
+    masks = _masks(pipe.tokenizer, prompts, words, config.after)
     preserve = encode(pipe, keep).states.flatten(0, 1)  # (M, D): every token of every preserve prompt
     concepts = len(dict.fromkeys(words))  # distinct words; _prepare corrects it for learned tokens
     return TrainingSet(
         encode(pipe, prompts), encode(pipe, anchors), masks, latents, latent_prompt, preserve, concepts
     )
+
+
+def _masks(tokenizer: Any, prompts: list[str], words: list[str], after: bool) -> torch.Tensor:
+    """(P, T) 1 at each prompt's concept positions (and, with ``after``, the positions after it)."""
+    masks = torch.zeros(len(prompts), tokenizer.model_max_length)
+    for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
+        masks[i, list(place(tokenizer, prompt, word).positions(after=after))] = 1.0
+    return masks
 
 
 def _token(name: str) -> str:
@@ -410,6 +429,84 @@ def optimise(
         unet.train(was_training)
         bar.close()
     return report
+
+
+def _robust(
+    pipe: Any,
+    plans: list[ConceptPlan],
+    batch: TrainingSet,
+    config: TrainConfig,
+    progress: bool,
+    start: dict[str, tuple[torch.Tensor, ...]] | None,
+) -> TrainReport:
+    """Adversarial re-steering, in the spirit of AdvUnlearn / Receler: the steps are split into rounds; after each
+    round but the last, an inner attack (Concept Inversion: a new token learned by textual inversion on the
+    concept's reference images, against the patch as it stands) finds a prompt that brings the concept back, and
+    the concept's prompts written with that token join the erase set of the next rounds. Same LoRA targets."""
+    from .apply import apply_patches, remove_patches
+
+    per_round = dataclasses.replace(config, steps=max(1, math.ceil(config.steps / config.robust_rounds)))
+    owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])[batch.latent_prompt]  # (L,)
+    original, total, factors = batch, TrainReport(seconds=0.0), start
+    for r in range(config.robust_rounds):
+        report = optimise(pipe, batch, per_round, progress, factors)
+        total.losses += report.losses
+        total.step_seconds += report.step_seconds
+        total.parts = report.parts
+        if r == config.robust_rounds - 1:
+            break  # the adapter stays for take_factors
+        fresh = take_factors(pipe)
+        factors = dict(fresh)
+        names = apply_patches(pipe, [Patch(fresh, PatchInfo())])
+        try:
+            found = [
+                learn_tokens(
+                    pipe,
+                    original.latents[owner == k],
+                    f"<fmn-adv-{r}-{k}>",
+                    pl.concept.name if r % 2 == 0 else pl.anchor or pl.concept.name,  # two starting points
+                    InversionConfig(
+                        num_tokens=1,
+                        steps=config.robust_attack_steps,
+                        template=substitute(pl.prompts[0], pl.concept.name, "{}"),
+                        seed=config.seed + r,
+                    ),
+                    progress=False,
+                )
+                for k, pl in enumerate(plans)
+            ]
+        finally:
+            remove_patches(pipe, names)
+        batch = _with_adversarial(pipe, batch, original, plans, found, config)
+    return total
+
+
+def _with_adversarial(
+    pipe: Any,
+    batch: TrainingSet,
+    original: TrainingSet,
+    plans: list[ConceptPlan],
+    found: list[LearnedTokens],
+    config: TrainConfig,
+) -> TrainingSet:
+    """``batch`` plus the original prompts rewritten with the attack's tokens, on the same latents and anchors."""
+    owner = [k for k, pl in enumerate(plans) for _ in pl.prompts]
+    prompts = [p for pl in plans for p in pl.prompts]
+    words = [found[k].words for k in owner]
+    with added_tokens(pipe, [n for t in found for n in t.names], torch.cat([t.embeddings for t in found])):
+        adversarial = [
+            substitute(p, plans[k].concept.name, w) for p, k, w in zip(prompts, owner, words, strict=True)
+        ]
+        cond = encode(pipe, adversarial)
+        masks = _masks(pipe.tokenizer, adversarial, words, config.after)
+    return dataclasses.replace(
+        batch,
+        concept=batch.concept.cat(cond),
+        anchor=batch.anchor.cat(original.anchor),
+        masks=torch.cat([batch.masks, masks]),
+        latents=torch.cat([batch.latents, original.latents]),
+        latent_prompt=torch.cat([batch.latent_prompt, original.latent_prompt + len(batch.concept)]),
+    )
 
 
 def _subsample(values: list[float], n: int) -> list[float]:

@@ -119,6 +119,38 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(pipeline_dirs):
     assert a.info.concepts[0].category == "object" and a.info.config["anchors"] == {"circle": "shape"}
 
 
+def test_robust_rounds_attack_between_rounds_and_stay_deterministic(pipeline_dirs, monkeypatch):
+    import fmn_patch.train as train_module
+
+    calls: list[int] = []
+    real = train_module.learn_tokens
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("config", args[4]).steps)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "learn_tokens", counting)
+    config = TrainConfig(**{**FAST, "robust_rounds": 3, "robust_attack_steps": 2})
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    before = render(pipe)
+    a = train_patch(pipe, ["circle"], config, progress=False)
+    assert calls == [2, 2]  # an inner attack between rounds, with its budget, none after the last
+    assert (
+        a.info.method == "resteer+robust" and len(a.info.extra["loss_curve"]) == 3 * 2
+    )  # 3 rounds x 2 steps
+    assert torch.equal(render(pipe), before) and not (getattr(pipe.unet, "peft_config", None) or {})
+    assert len(pipe.tokenizer) == len(
+        load_base(str(pipeline_dirs["sd1"])).tokenizer
+    )  # attack tokens are gone
+    b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
+    assert a.tensor_hash() == b.tensor_hash()
+    with pytest.raises(FmnPatchError, match="--robust and --ti"):
+        from fmn_patch.inversion import InversionConfig
+        from fmn_patch.train import train_patch_with_inversion
+
+        train_patch_with_inversion(pipe, ["circle"], config, InversionConfig(steps=1), progress=False)
+
+
 def test_resteering_lowers_the_attention_mass(pipeline_dirs):
     pipe = load_base(str(pipeline_dirs["sd1"]))
     config = TrainConfig(**{**FAST, "steps": 25, "denoise_weight": 0.0, "preserve_weight": 0.0, "lr": 1e-2})

@@ -73,6 +73,16 @@ def train(
         str,
         typer.Option(help="zero, or edit: start from the closed-form edit of the same concepts (hybrid)."),
     ] = "zero",
+    robust: Annotated[
+        int,
+        typer.Option(
+            help="Adversarial rounds (0: off): between rounds a textual-inversion attack finds a token that "
+            "brings the concept back, and the next rounds erase it too. Try 4."
+        ),
+    ] = 0,
+    robust_attack_steps: Annotated[
+        int, typer.Option(help="Textual-inversion steps of each inner attack (with --robust).")
+    ] = TrainConfig.robust_attack_steps,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -92,6 +102,8 @@ def train(
       fmnpatch train circle bob striped -o forget-3.safetensors --steps 200
 
       fmnpatch train alice --ti --ti-steps 300   # also writes forget-alice.ti.safetensors
+
+      fmnpatch train circle --robust 4   # adversarial rounds against Concept Inversion
 
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
 
@@ -136,6 +148,8 @@ def train(
         preserve_extra=extra,
         init=init,  # type: ignore[arg-type]  # checked by TrainConfig
         bench=bench,
+        robust_rounds=robust,
+        robust_attack_steps=robust_attack_steps,
     )
     bench_data = None
     if chosen is not None:
