@@ -210,7 +210,105 @@ def write_markdown() -> None:
         lines += [f"| {k.removesuffix('_s')} | {v:.3f} |" for k, v in r["seconds"].items()]
         lines.append("")
     lines += train_quality_section()
+    lines += train_timing_section()
+    lines += edit_sections()
+    lines += attack_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+def train_timing_section() -> list[str]:
+    record = _read("train_timing")
+    if not record:
+        return []
+    r = record["result"]
+    lines = ["## Training cost at full size (SD-1.5 architecture)", "", _provenance(record), ""]
+    lines += [r["what"] + ".", ""]
+    if r.get("note"):
+        lines += [f"Note: {r['note']}", ""]
+    lines += [
+        "| method | trainable parameters | seconds / step (median) | peak RSS | after model build |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['method']} | {row['trainable_parameters']:,} | {row['seconds_per_step']:.2f} | "
+            f"{row['peak_rss_mib'] / 1024:.1f} GiB | {row['rss_after_build_mib'] / 1024:.1f} GiB |"
+        )
+    lines += [
+        "",
+        f"Ratios ours / FMN, same run: step time {r['ratio_step_time_ours_over_fmn']:.2f}x, "
+        f"peak memory {r['ratio_peak_rss_ours_over_fmn']:.2f}x.",
+        "",
+    ]
+    return lines
+
+
+def edit_sections() -> list[str]:
+    lines: list[str] = []
+    quality = _read("edit_quality")
+    if quality:
+        lines += ["## Closed-form edit quality on the toy world", "", _provenance(quality), ""]
+        lines += [
+            f"Judge on seeds {quality['sampler']['seeds']} x every bench prompt. Kept: Acc_kept relative to base.",
+            "",
+            "| erased | time (s) | Acc_erased | alias Acc_erased | kept | residual |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in quality["single"].items():
+            alias = "-" if r["alias_acc"] is None else f"{r['alias_acc']:.0%}"
+            lines.append(
+                f"| {name} | {r['wall_s']:.2f} | {r['acc_erased']:.0%} | {alias} | "
+                f"{r['acc_kept_relative']:.1%} | {r['residual']:.3f} |"
+            )
+        m = quality["many"]
+        acc = ", ".join(f"{v:.0%}" for v in m["acc_erased"].values())
+        alias = ", ".join(f"{v:.0%}" for v in m["alias_acc"].values())
+        lines.append(
+            f"| {', '.join(m['erased'])} | {m['wall_s']:.2f} | {acc} | {alias} | "
+            f"{m['kept_relative']:.1%} ({m['kept']}) | {m['residual']:.3f} |"
+        )
+        styles = ", ".join(f"{k} {v:.1%}" for k, v in m["styles_relative"].items())
+        colours = ", ".join(f"{k} {v:.1%}" for k, v in m["colours_relative"].items())
+        lines += ["", f"Many-concept patch, relative to base: styles {styles}; colours {colours}.", ""]
+    timing = _read("edit")
+    if timing:
+        r = timing.get("result", timing)
+        lines += ["## Closed-form edit time at full size", "", _provenance(timing), ""]
+        if r.get("note"):
+            lines += [f"Note: {r['note']}", ""]
+        lines += [
+            "| concepts | encode | solve | SVD | write | end to end | erase / preserve rows | peak RSS |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            t = row["seconds"]
+            lines.append(
+                f"| {row['concepts']} | {t['encode']:.1f} | {t['solve']:.2f} | {t['svd']:.2f} | {t['write']:.2f} | "
+                f"{t['end_to_end']:.1f} | {row['rows']['erase']} / {row['rows']['preserve']} | "
+                f"{row['peak_rss_mib']:.0f} MiB |"
+            )
+        if r.get("solve_only"):
+            lines += ["", "| solve + SVD only | projections x width | rows erase / keep | seconds |"]
+            lines.append("|---|---|---|---|")
+            for row in r["solve_only"]:
+                lines.append(
+                    f"| {row['unet']} | {row['projections']} x {row['dim']} | {row['erase_rows']} / "
+                    f"{row['keep_rows']} | {row['solve_plus_svd_s']:.2f} |"
+                )
+        lines.append("")
+    return lines
+
+
+def attack_section() -> list[str]:
+    record = _read("attack_circle")
+    if not record:
+        return []
+    lines = ["## Attacks on the toy world", "", _provenance(record), ""]
+    result = record.get("result", {})
+    markdown = result.get("markdown") if isinstance(result, dict) else None
+    if markdown:
+        lines += [markdown, ""]
+    return lines
 
 
 def train_quality_section() -> list[str]:

@@ -254,7 +254,12 @@ def _prepare(
     names = [n for t in learned for n in t.names]
     init = torch.cat([t.embeddings for t in learned])
     with added_tokens(pipe, names, init):
+        # The pipeline's encode_prompt expands "<t>" into "<t> <t>_1 ..." itself (diffusers' multi-vector
+        # convention), so the prompts name the first token only; the masks read the expanded prompts.
         ti_prompts = [
+            substitute(p, w, learned[int(k)].token) for p, w, k in zip(prompts, words, owner, strict=True)
+        ]
+        seen = [
             substitute(p, w, learned[int(k)].words) for p, w, k in zip(prompts, words, owner, strict=True)
         ]
         n = len(prompts)
@@ -267,6 +272,7 @@ def _prepare(
             torch.cat([latent_prompt, latent_prompt + n]),
             keep,
             config,
+            seen=prompts + seen,
         )
     return dataclasses.replace(batch, concepts=len(plans)), learned
 
@@ -294,8 +300,10 @@ def _encode_batch(
     latent_prompt: torch.Tensor,
     keep: list[str],
     config: TrainConfig,
+    seen: list[str] | None = None,
 ) -> TrainingSet:
-    masks = _masks(pipe.tokenizer, prompts, words, config.after)
+    """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``)."""
+    masks = _masks(pipe.tokenizer, seen or prompts, words, config.after)
     preserve = encode(pipe, keep).states.flatten(0, 1)  # (M, D): every token of every preserve prompt
     concepts = len(dict.fromkeys(words))  # distinct words; _prepare corrects it for learned tokens
     return TrainingSet(
@@ -464,7 +472,7 @@ def _robust(
                     pipe,
                     original.latents[owner == k],
                     f"<fmn-adv-{r}-{k}>",
-                    pl.concept.name if r % 2 == 0 else pl.anchor or pl.concept.name,  # two starting points
+                    (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
                     InversionConfig(
                         num_tokens=1,
                         steps=config.robust_attack_steps,

@@ -11,7 +11,8 @@ from PIL import Image
 
 from fmn_patch.base import load_base
 from fmn_patch.cli.app import main
-from fmn_patch.cli.planned import PLANNED
+from fmn_patch.cli.planned import PLANNED, planned_command
+from fmn_patch.errors import NotBuiltError
 from fmn_patch.patch import Patch
 
 
@@ -49,6 +50,11 @@ def test_planned_commands_say_so_and_fail(capsys, command):
     code, out, err = run(capsys, command, "x")
     assert code == 2 and out == ""
     assert "not built yet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_planned_command_mechanism():  # PLANNED may be empty; the mechanism stays ready for the next one
+    with pytest.raises(NotBuiltError, match="`fmnpatch robust` is not built yet"):
+        planned_command("robust", "train patches that hold under attack")()
 
 
 def test_inspect_text_and_json(capsys, patch_files):

@@ -206,11 +206,20 @@ def test_images_folder_reports_bad_files(sd1, tmp_path, capsys):
     assert "broken.png" in err and "readme.txt" in err and patch.rank == 4
 
 
-def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path):
+def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path, monkeypatch):
+    import fmn_patch.train as train_module
     from fmn_patch.inversion import InversionConfig
     from fmn_patch.train import train_patch_with_inversion
 
     pipe = load_base(str(pipeline_dirs["sd1"]))
+    converted: list[str] = []
+    real_encode = train_module.encode
+
+    def recording(p, prompts, *args, **kwargs):  # what the pipeline's encode_prompt really tokenizes
+        converted.extend(p.maybe_convert_prompt(list(prompts), p.tokenizer))
+        return real_encode(p, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "encode", recording)
     vocab = len(pipe.tokenizer)
     table = pipe.text_encoder.get_input_embeddings().weight.clone()
     patch, learned = train_patch_with_inversion(
@@ -224,6 +233,10 @@ def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path):
         pipe.text_encoder.get_input_embeddings().weight, table
     )
     assert patch.info.method == "resteer+ti" and learned[0].names == ["<fmn-circle>", "<fmn-circle>_1"]
+    with_token = [c for c in converted if "<fmn-circle>" in c]
+    assert with_token and all(
+        c.count("<fmn-circle>") == 2 and "_1_1" not in c for c in with_token
+    )  # expanded once
     path = learned[0].save(tmp_path / "forget-circle.ti.safetensors")
     stock = load_base(str(pipeline_dirs["sd1"]))
     stock.load_textual_inversion(str(path), token="<fmn-circle>")  # stock diffusers reads the sibling file

@@ -9,7 +9,7 @@ import click
 import typer
 
 from ..errors import FmnPatchError
-from . import apply, correct, edit, eval, export, inspect, merge, pull, push, search, train
+from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
 
@@ -33,6 +33,7 @@ app.command()(edit.edit)
 app.command()(train.train)
 app.command()(correct.correct)
 app.command("eval")(eval.eval_command)
+app.command()(attack.attack)
 app.command()(push.push)
 app.command()(pull.pull)
 app.command()(search.search)

@@ -8,9 +8,8 @@ import typer
 
 from ..errors import NotBuiltError
 
-PLANNED = {
-    "attack": "attack a patch (aliases, concept inversion, prompt search) to test that forgetting holds",
-}
+# name -> what it will do; each is listed by `fmnpatch --help` and fails plainly until built. None at present.
+PLANNED: dict[str, str] = {}
 
 
 def planned_command(name: str, what: str):

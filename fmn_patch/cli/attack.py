@@ -1,0 +1,174 @@
+"""``fmnpatch attack``: try to get an erased concept back out of a patched model (and the base, the ceiling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..attack import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
+from ..base import TOY, load_base
+from ..conceptbench import Bench, load_bench
+from ..errors import FmnPatchError
+from ..judge import Judge
+from ..mscore import SamplerConfig
+from ..patch import atomic_write
+from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info, load_patches
+
+OUTPUTS = ("attack.json", "attack.md", "attack.png")
+
+
+def attack(
+    base: BaseArg,
+    patches: Annotated[
+        list[Path] | None, typer.Argument(help="fmn-patch files to stack on the base (none: the base alone).")
+    ] = None,
+    concept: Annotated[str, typer.Option(help="The erased concept to get back.", show_default=False)] = "",
+    attack_names: Annotated[
+        list[str] | None,
+        typer.Option("--attack", help=f"Attack to run (repeat): {', '.join(ATTACKS)}; default: all."),
+    ] = None,
+    lora: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Third-party diffusers/kohya LoRA file to stack too (repeat); loaded by diffusers."
+        ),
+    ] = None,
+    bench: Annotated[
+        str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
+    ] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="CLIP weights (Hub id or path) for the zero-shot judge of real checkpoints."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")] = 2,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 5.0,
+    inversion_steps: Annotated[
+        int, typer.Option(help="Concept Inversion: optimisation steps.")
+    ] = InversionAttackConfig.steps,
+    inversion_images: Annotated[
+        int, typer.Option(help="Concept Inversion: pictures of the concept it learns from.")
+    ] = InversionAttackConfig.images,
+    inversion_tokens: Annotated[
+        int, typer.Option(help="Concept Inversion: vectors of the learned token.")
+    ] = InversionAttackConfig.num_tokens,
+    inversion_lr: Annotated[
+        float, typer.Option(help="Concept Inversion: learning rate.")
+    ] = InversionAttackConfig.lr,
+    search_seconds: Annotated[
+        float, typer.Option(help="Prompt search: wall-clock budget in seconds.")
+    ] = SearchConfig.seconds,
+    search_candidates: Annotated[
+        int, typer.Option(help="Prompt search: candidate prompts scored at most.")
+    ] = SearchConfig.max_candidates,
+    search_length: Annotated[
+        int, typer.Option(help="Prompt search: words in the prompt.")
+    ] = SearchConfig.length,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of pictures of the concept (default: drawn by the base before patching)."),
+    ] = None,
+    no_base: Annotated[
+        bool, typer.Option("--no-base", help="Skip attacking the base (the ceiling).")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "--output", "-o", help="Folder for attack.json, attack.md, attack.png.")
+    ] = Path("fmnpatch-attack"),
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    json_out: JsonOut = False,
+) -> None:
+    """Attack the base with the patches stacked: paraphrases (unseen word orders and aliases), Concept Inversion
+    (a new token learned against the patched model from pictures of the concept) and a prompt search over the
+    vocabulary. Reports, per attack, the share of images judged to show the concept (attack success) and the
+    M-Score, on the patched model and on the base, with the budgets spent.
+
+    Deterministic for a seed, unless the search stops on --search-seconds before --search-candidates.
+
+    Examples:
+
+      fmnpatch attack toy forget-circle.safetensors --concept circle
+
+      fmnpatch attack toy forget-circle.safetensors --concept circle --attack inversion --inversion-steps 400 --json
+
+      fmnpatch attack ./sd15 --lora esd-van-gogh.safetensors --concept "Van Gogh" --clip openai/clip-vit-base-patch32
+    """
+    if not concept:
+        raise FmnPatchError("no concept given; name the erased concept with --concept, e.g. --concept circle")
+    if seeds < 1:
+        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
+    config = AttackConfig(
+        attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
+        sampler=_sampler(steps, guidance, seeds),
+        inversion=InversionAttackConfig(
+            steps=inversion_steps, images=inversion_images, num_tokens=inversion_tokens, lr=inversion_lr
+        ),
+        search=SearchConfig(seconds=search_seconds, max_candidates=search_candidates, length=search_length),
+        attack_base=not no_base,
+        images=str(images) if images is not None else None,
+        seed=seed,
+    )
+    bench_name = bench or (TOY if base == TOY else "real")
+    try:
+        the_bench = load_bench(bench_name)
+    except (FileNotFoundError, ValueError) as e:
+        raise FmnPatchError(str(e)) from e
+    try:
+        the_bench.concept(concept)
+    except KeyError:
+        raise FmnPatchError(
+            f"concept {concept!r} is not in ConceptBench {bench_name!r}; choose one of "
+            f"{', '.join(the_bench.names)} or give a bench that lists it with --bench"
+        ) from None
+    if clip is None and bench_name != TOY:
+        raise FmnPatchError(f"bench {bench_name!r} needs a CLIP judge: pass --clip MODEL_ID_OR_PATH")
+    for name in OUTPUTS:
+        if (out / name).exists() and not overwrite:
+            raise FmnPatchError(f"{out / name} already exists; pass --overwrite or choose another --out")
+    loaded = load_patches(patches or [])
+    info(f"loading base {base} ...")
+    pipe = load_base(base, device=device, dtype=dtype)
+    report = run_attacks(
+        pipe,
+        [*loaded, *(lora or [])],
+        concept,
+        _judge(clip, the_bench, device),
+        the_bench,
+        config,
+        patch_names=[str(p) for p in [*(patches or []), *(lora or [])]],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    data = report.to_dict()
+    atomic_write(out / OUTPUTS[0], lambda t: t.write_text(json.dumps(data, indent=2)), overwrite=overwrite)
+    atomic_write(out / OUTPUTS[1], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)
+    if report.grid is not None:
+        grid = report.grid
+        atomic_write(out / OUTPUTS[2], lambda t: grid.save(t, format="PNG"), overwrite=overwrite)
+    info(report.to_markdown())
+    if json_out:
+        echo_json(data)
+    else:
+        for name in OUTPUTS:
+            typer.echo(str(out / name))
+
+
+def _sampler(steps: int, guidance: float, seeds: int) -> SamplerConfig:
+    try:
+        return SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
+    except ValueError as e:
+        raise FmnPatchError(f"--steps: {e}") from e
+
+
+def _judge(clip: str | None, bench: Bench, device: str) -> Judge:
+    if clip is not None:
+        from ..judge import ClipJudge
+
+        return ClipJudge.from_pretrained(clip, bench, device)
+    from ..judge import ToyJudge
+
+    return ToyJudge.load(device=device)

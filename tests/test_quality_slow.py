@@ -1,0 +1,91 @@
+"""Quality regressions (slow marker, `make test-slow`): a bench-quick subset that fails when a number falls below the
+acceptance bars of the training and editing issues, on the bundled toy model judged by the toy judge.
+
+Bars: train one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 95% of base; five concepts in one patch:
+Acc_erased <= 10% each, Acc_kept >= 90%; edit one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 97%;
+correction: colour entropy of the bare concept >= 90% of log2(4), coloured prompts >= 90% right, Acc_kept >= 95%.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmn_patch import apply_patches, load_base, remove_patches
+from fmn_patch.conceptbench import load_bench
+from fmn_patch.correct import attribute_variants, correct_patch, score_correction
+from fmn_patch.edit import edit_patch
+from fmn_patch.judge import ToyJudge
+from fmn_patch.mscore import ModelScore, SamplerConfig, acc_kept, evaluate
+from fmn_patch.patch import Patch
+from fmn_patch.toy.paths import toy_judge_path
+from fmn_patch.train import TrainConfig, train_patch
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not toy_judge_path().exists(), reason="toy judge not built (make toy-model)"),
+]
+SAMPLER = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.manual_seed(0)
+    pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
+    return pipe, bench, judge, evaluate(pipe, bench, judge, SAMPLER, progress=False)
+
+
+def _scored(world, patch: Patch, erased: list[str]) -> tuple[ModelScore, float]:
+    pipe, bench, judge, base = world
+    names = apply_patches(pipe, [patch])
+    try:
+        score = evaluate(pipe, bench, judge, SAMPLER, erased=erased, progress=False)
+    finally:
+        remove_patches(pipe, names)
+    kept_base = acc_kept(base.concepts, erased)
+    assert score.acc_kept is not None and kept_base
+    return score, score.acc_kept / kept_base
+
+
+def _check_erased(score: ModelScore, erased: list[str], acc: float, alias: float) -> None:
+    for name in erased:
+        c = score.concepts[name]
+        assert c.acc <= acc, f"{name}: Acc_erased {c.acc:.0%} > {acc:.0%}"
+        assert c.alias_acc is None or c.alias_acc <= alias, f"{name}: alias {c.alias_acc:.0%} > {alias:.0%}"
+
+
+@pytest.mark.parametrize("concept", ["circle", "bob", "striped"])
+def test_train_one_concept_meets_the_bar(world, concept):
+    patch = train_patch(world[0], [concept], TrainConfig(), progress=False)
+    score, kept = _scored(world, patch, [concept])
+    _check_erased(score, [concept], 0.05, 0.10)
+    assert kept >= 0.95
+
+
+def test_train_five_concepts_meets_the_bar(world):
+    five = ["circle", "square", "bob", "striped", "star"]
+    score, kept = _scored(world, train_patch(world[0], five, TrainConfig(), progress=False), five)
+    _check_erased(score, five, 0.10, 1.0)
+    assert kept >= 0.90
+
+
+@pytest.mark.parametrize("concept", ["circle", "bob"])
+def test_edit_one_concept_meets_the_bar(world, concept):
+    score, kept = _scored(world, edit_patch(world[0], [concept]), [concept])
+    _check_erased(score, [concept], 0.05, 0.10)
+    assert kept >= 0.97
+
+
+def test_correction_meets_the_bar(world):
+    pipe = world[0]
+    variants = attribute_variants("circle", "colour")
+    patch = correct_patch(pipe, "circle", variants, progress=False)
+    names = apply_patches(pipe, [patch])
+    try:
+        result = score_correction(pipe, world[2], "circle", variants, seeds=tuple(range(16)))
+    finally:
+        remove_patches(pipe, names)
+    assert result.entropy_ratio >= 0.90, result.counts
+    assert min(result.variant_accuracy.values()) >= 0.90, result.variant_accuracy
+    _, kept = _scored(world, patch, [])
+    assert kept >= 0.95
