@@ -39,8 +39,12 @@ demo: install
 bench: install
 	$(PY) bench/run.py --full
 	$(PY) bench/train_quality.py
-	$(PY) bench/edit_timing.py --threads 1
+	$(PY) bench/edit_timing.py --threads 2
 	$(PY) bench/edit_quality.py
+	$(PY) bench/train_timing.py --threads 2
+	$(PY) bench/attack_quality.py
+	$(PY) bench/robust_quality.py --rounds 4 --steps 300
+	$(PY) bench/correct_quality.py
 
 bench-quick: install
 	$(PY) bench/run.py

@@ -213,6 +213,7 @@ def write_markdown() -> None:
     lines += train_timing_section()
     lines += edit_sections()
     lines += attack_section()
+    lines += correct_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 
@@ -303,11 +304,35 @@ def attack_section() -> list[str]:
     record = _read("attack_circle")
     if not record:
         return []
-    lines = ["## Attacks on the toy world", "", _provenance(record), ""]
-    result = record.get("result", {})
-    markdown = result.get("markdown") if isinstance(result, dict) else None
-    if markdown:
-        lines += [markdown, ""]
+    r = record["result"]
+    report, budgets = r["report"], r["budgets"]
+    lines = ["## Does forgetting hold? Attacks on the toy world", "", _provenance(record), ""]
+    inv, search = budgets["inversion"], budgets["search"]
+    lines += [
+        f"Concept {report['concept']!r}, patch: {r['patch']['method']} (default config). Acc: share of the attack's "
+        "images the judge calls the concept. Budgets: Concept Inversion "
+        f"{inv['steps']} steps, {inv['images']} images, {inv['num_tokens']} token(s), lr {inv['lr']}; vocabulary "
+        f"search {search['length']} words, {search['seconds']:.0f} s, <= {search['max_candidates']} candidates.",
+        "",
+        "| attack | base | patched |",
+        "|---|---|---|",
+    ]
+    for attack, row in report["summary"].items():
+        lines.append(f"| {attack} | {row['base']:.0%} | {row['patched']:.0%} |")
+    lines.append("")
+    robust = _read("robust")
+    if robust:
+        lines += ["### Robust training against Concept Inversion", "", _provenance(robust), ""]
+        lines += [
+            "| patch | Acc_erased | Acc_kept ratio | Concept Inversion acc | train time (s) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in robust["result"]["rows"]:
+            lines.append(
+                f"| {row['label']} | {row['acc_erased']:.0%} | {row['kept_ratio']:.1%} | {row['inversion_acc']:.0%} | "
+                f"{row['seconds']:.1f} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -337,6 +362,31 @@ def train_quality_section() -> list[str]:
             f"{alias} | {m} | {row['acc_kept']:.1%} | {row['kept_ratio']:.1%} | {row['seconds']:.1f} | {size} |"
         )
     lines.append("")
+    return lines
+
+
+def correct_section() -> list[str]:
+    record = _read("correct")
+    if not record:
+        return []
+    r = record["result"]
+    before, after = r["before"], r["after"]
+    lines = ["## Concept correction on the toy world", "", _provenance(record), ""]
+    lines += [
+        f"`correct_patch` on {r['concept']!r} toward {', '.join(r['variants'])}; {r['seeds']} seeds per prompt, "
+        f"trained in {r['seconds']:.1f} s. Entropy of the bare concept's colours relative to log2(4); variant "
+        "accuracy: share of each coloured prompt's images in its colour.",
+        "",
+        "| model | colour counts (bare concept) | entropy | entropy ratio | worst variant accuracy | Acc_kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, s, kept in (("base", before, r["acc_kept_base"]), ("corrected", after, r["acc_kept_after"])):
+        counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+        lines.append(
+            f"| {label} | {counts} | {s['entropy_bits']:.2f} bits | {s['entropy_ratio']:.1%} | "
+            f"{min(s['variant_accuracy'].values()):.0%} | {kept:.1%} |"
+        )
+    lines += ["", f"Acc_kept ratio corrected / base: {r['kept_ratio']:.1%}.", ""]
     return lines
 
 
