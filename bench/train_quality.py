@@ -46,7 +46,7 @@ HYBRID = TrainConfig(init="edit")
 ABLATIONS = {
     "keys-only (to_v frozen)": TrainConfig(train_values=False),
     "re-steering only (FMN loss, our LoRA)": TrainConfig(denoise_weight=0.0),
-    "preserve weight 100": TrainConfig(preserve_weight=100.0),
+    "eta 1": TrainConfig(eta=1.0),
 }
 
 
