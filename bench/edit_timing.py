@@ -156,6 +156,7 @@ def run_one(count: int, config_overrides: dict[str, Any]) -> dict[str, Any]:
         "build_s": round(build, 2),
         "rows": patch.info.extra["rows"],
         "residual": round(patch.info.extra["residual"], 4),
+        "residual_kind": patch.info.extra["residual_kind"],
         "rank": patch.rank,
         "patch_bytes": size,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -163,11 +164,20 @@ def run_one(count: int, config_overrides: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def solve_only(config_name: str, erase_rows: int, keep_rows: int, rank: int = 8) -> dict[str, Any]:
-    """Solve + SVD alone on a full-size UNet's projections, with random text states of the right width."""
+def solve_only(
+    config_name: str, erase_rows: int, keep_rows: int, rank: int = 8, repeats: int = 1
+) -> dict[str, Any]:
+    """Solve + SVD alone on a full-size UNet's projections, with random text states of the right width.
+
+    Times, as medians over ``repeats``, the path ``Editor`` takes for wide layers (the shared solve, then
+    ``factorize_products``: no delta formed, residuals estimated) and the old one (every delta W P formed, then
+    ``factorize``, exact residuals), and measures the estimated total residual against the exact one.
+    """
+    from statistics import median
+
     from diffusers import UNet2DConditionModel
 
-    from fmn_patch.solver import NormalEquations, factorize, layer_delta
+    from fmn_patch.solver import NormalEquations, factorize, factorize_products, layer_delta
     from fmn_patch.targets import find_targets
 
     config = {
@@ -184,24 +194,54 @@ def solve_only(config_name: str, erase_rows: int, keep_rows: int, rank: int = 8)
         normal.add_erase(c, c + 0.1 * torch.randn(c.shape, generator=g))
     for start in range(0, keep_rows, 4096):
         normal.add_keep(torch.randn(min(4096, keep_rows - start), dim, generator=g))
-    t0 = time.perf_counter()
-    p = normal.solve(0.1).float()
-    deltas = [layer_delta(w, p) for w in weights]
-    solve = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for d in deltas:
-        factorize(d, rank)
-    svd = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"solve": [], "svd": [], "old_solve": [], "old_svd": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        p = normal.solve(0.1).float()
+        t1 = time.perf_counter()
+        new = factorize_products(weights, p, rank)
+        t2 = time.perf_counter()
+        p = normal.solve(0.1).float()
+        deltas = [layer_delta(w, p) for w in weights]
+        t3 = time.perf_counter()
+        old = [factorize(d, rank) for d in deltas]
+        t4 = time.perf_counter()
+        for key, t in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[key].append(t)
+    s = {k: median(v) for k, v in times.items()}
+    exact = [_squares(d, a, b) for d, (a, b, _, _) in zip(deltas, new, strict=True)]  # the new factors' own
     return {
         "unet": config_name,
         "projections": len(weights),
         "dim": dim,
         "erase_rows": erase_rows,
         "keep_rows": keep_rows,
-        "solve_s": round(solve, 3),
-        "svd_s": round(svd, 3),
-        "solve_plus_svd_s": round(solve + svd, 3),
+        "rank": rank,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "solve_s": round(s["solve"], 3),
+        "svd_s": round(s["svd"], 3),
+        "solve_plus_svd_s": round(s["solve"] + s["svd"], 3),
+        "residual_kind": "estimate",
+        "residual": round(_relative([f[2:] for f in new]), 5),
+        "residual_exact": round(_relative(exact), 5),  # of the same factors, measured on the formed deltas
+        "old": {  # deltas formed, then factorize: exact residuals
+            "solve_s": round(s["old_solve"], 3),
+            "svd_s": round(s["old_svd"], 3),
+            "solve_plus_svd_s": round(s["old_solve"] + s["old_svd"], 3),
+            "residual": round(_relative([f[2:] for f in old]), 5),
+        },
     }
+
+
+def _squares(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """||D - B A||^2 and ||D||^2, in float64."""
+    return float((d.double() - b.double() @ a.double()).square().sum()), float(d.double().square().sum())
+
+
+def _relative(squares: list[tuple[float, float]]) -> float:
+    """||D - B A|| / ||D|| over all modules, from each module's squared residual and norm."""
+    return (sum(r for r, _ in squares) / sum(t for _, t in squares)) ** 0.5
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from .conceptbench import Bench, Concept, load_bench
 from .encoding import TextStates, align
 from .errors import FmnPatchError
 from .patch import CATEGORIES, Category, Patch, PatchConcept, PatchInfo
-from .solver import NormalEquations, factorize, layer_delta
+from .solver import NARROW, NormalEquations, ResidualKind, factorize, factorize_products, layer_delta
 from .targets import find_targets
 from .tokens import ConceptNotFoundError, concept_ids, find_subsequence, place
 
@@ -64,7 +64,9 @@ class EditConfig:
     bench_preserve: bool = True  # preserve the bench's other concepts (their prompts, every position)
     vocab_words: int = 1000  # preserve the model's N most frequent whole-word tokens (0: none)
     batch_size: int = 64  # prompts per text-encoder call
-    exact_svd: bool | None = None  # exact SVD; False: randomised (same residual bookkeeping); None: by size
+    # True/False: exact/randomised SVD of each formed delta, exact residuals; None: exact SVD for narrow layers,
+    # wide ones factored without forming their delta (fmn_patch.solver.factorize_products), residuals estimated
+    exact_svd: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -177,6 +179,7 @@ class EditReport:
     seconds: dict[str, float] = field(default_factory=dict)
     residuals: dict[str, float] = field(default_factory=dict)  # per module: ||D - B A|| / ||D||
     residual: float = 0.0  # over all modules
+    residual_kind: ResidualKind = "exact"  # "estimate": some residuals estimated with random probes
 
 
 class Editor:
@@ -268,24 +271,29 @@ class Editor:
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
             self.normal.add_keep(torch.cat(rows), self.config.preserve_weight)
 
-    def deltas(self) -> dict[str, torch.Tensor]:
-        """Solve once; every layer's delta is its W times the shared map."""
+    def solve(self) -> torch.Tensor:
+        """The shared map P (in, in), float32: every layer's delta is its W @ P."""
         t0 = time.perf_counter()
         p = self.normal.solve(self.config.lam).float()
-        out = {name: layer_delta(w, p) for name, w in self.targets.items()}
         self.report.seconds["solve"] = time.perf_counter() - t0
         self.report.erase_rows, self.report.keep_rows = self.normal.erase_rows, self.normal.keep_rows
-        return out
+        return p
 
-    def factors(self, deltas: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def factors(self, p: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it."""
         t0 = time.perf_counter()
+        rank, exact = self.config.rank, self.config.exact_svd
+        wide = [n for n, w in sorted(self.targets.items()) if exact is None and min(w.shape) > NARROW]
+        done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
+        for name in sorted(set(self.targets) - set(wide)):
+            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=exact)
         factors, res, tot = {}, 0.0, 0.0
-        for name, d in sorted(deltas.items()):
-            a, b, r, t = factorize(d, self.config.rank, exact=self.config.exact_svd)
+        for name, (a, b, r, t) in sorted(done.items()):
             factors[name] = (a, b)
             self.report.residuals[name] = (r / t) ** 0.5 if t > 0 else 0.0
             res, tot = res + r, tot + t
         self.report.residual = (res / tot) ** 0.5 if tot > 0 else 0.0
+        self.report.residual_kind = "estimate" if wide else "exact"
         self.report.seconds["svd"] = time.perf_counter() - t0
         return factors
 
@@ -416,7 +424,7 @@ def edit_patch(
             f"none of the prompts of {[c.name for c in concepts]} could be aligned with their anchor; check that "
             "the concept's words survive tokenization, or give another --anchor"
         )
-    factors = editor.factors(editor.deltas())
+    factors = editor.factors(editor.solve())
     report = editor.report
     report.seconds["total"] = time.perf_counter() - t0
     base = describe_base(pipe)
@@ -435,6 +443,7 @@ def edit_patch(
             "prompts_skipped": report.skipped[:20],
             "residual": report.residual,
             "residuals": report.residuals,
+            "residual_kind": report.residual_kind,
             "seconds": report.seconds,
         },
     )

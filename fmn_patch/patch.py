@@ -277,7 +277,8 @@ def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(key.encode())
         digest.update(str(t.dtype).encode())
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a (n, 1) factor can be "contiguous" with a last stride != 1, which view(uint8) refuses
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

@@ -146,3 +146,20 @@ def test_edit_errors_name_the_fix(sd1):
         EditConfig(rank=0)
     with pytest.raises(FmnPatchError, match="unknown category"):
         EditConcept("x", "colour")  # type: ignore[arg-type]
+
+
+def test_wide_layers_are_factored_without_forming_their_delta(sd1, monkeypatch):
+    """The randomised path for wide layers (forced here on the tiny UNet) gives nearly the exact path's deltas, and
+    the header says its residuals are estimates."""
+    import fmn_patch.edit as edit_module
+
+    config = EditConfig(rank=4)
+    exact = edit_patch(sd1, ["circle"], config=config)
+    monkeypatch.setattr(edit_module, "NARROW", 8)  # every tiny layer now counts as wide
+    fast = edit_patch(sd1, ["circle"], config=config)
+    assert exact.info.extra["residual_kind"] == "exact" and fast.info.extra["residual_kind"] == "estimate"
+    for module, (a, b) in exact.factors.items():
+        fa, fb = fast.factors[module]
+        d, f = b @ a, fb @ fa
+        assert float((d - f).norm()) <= 0.05 * float(d.norm()) + 1e-8, module
+    assert abs(fast.info.extra["residual"] - exact.info.extra["residual"]) < 0.05
