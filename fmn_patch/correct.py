@@ -152,6 +152,7 @@ def correct_patch(
         latent_prompt=latent_prompt,
         preserve=encode(pipe, keep).states.flatten(0, 1),
         concepts=1,
+        eta=torch.zeros(len(prompts)),
     )
     report = optimise(pipe, batch, train, progress)
     factors = take_factors(pipe)

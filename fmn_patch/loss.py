@@ -32,9 +32,12 @@ def fmn_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.flatten() for x in picked]).norm()
 
 
-def guided_target(eps_concept: torch.Tensor, eps_anchor: torch.Tensor, eta: float) -> torch.Tensor:
+def guided_target(
+    eps_concept: torch.Tensor, eps_anchor: torch.Tensor, eta: float | torch.Tensor
+) -> torch.Tensor:
     """The noise the patched model should predict for the concept's prompt: the anchor's prediction, pushed
-    ``eta`` further away from the concept (ESD's negative guidance with the anchor as origin). (B, C, H, W)."""
+    ``eta`` further away from the concept (ESD's negative guidance with the anchor as origin). (B, C, H, W);
+    ``eta`` a number or one per sample, (B, 1, 1, 1)."""
     return eps_anchor - eta * (eps_concept - eps_anchor)
 
 

@@ -270,3 +270,12 @@ def test_train_cli_writes_patch_and_refuses_overwrite(capsys, pipeline_dirs, tmp
         capsys, "train", "zebra", "--base", str(pipeline_dirs["sd1"]), "-o", str(tmp_path / "z.safetensors")
     )
     assert code == 2 and "--category" in err and not (tmp_path / "z.safetensors").exists()
+
+
+def test_negative_guidance_per_category():
+    from fmn_patch.train import ETA_DEFAULT, eta_of
+
+    assert eta_of(TrainConfig(), "style") == 1.0 and eta_of(TrainConfig(), "object") == ETA_DEFAULT == 2.0
+    assert eta_of(TrainConfig(), "identity") == 2.0 and eta_of(TrainConfig(eta=0.5), "style") == 0.5
+    with pytest.raises(FmnPatchError, match="eta=-1"):
+        TrainConfig(eta=-1.0)

@@ -61,7 +61,10 @@ def train(
     ] = TrainConfig.steps,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
-    eta: Annotated[float, typer.Option(help="Negative guidance of the denoising target.")] = TrainConfig.eta,
+    eta: Annotated[
+        float | None,
+        typer.Option(help="Negative guidance of the denoising target [default: 1 for styles, 2 otherwise]."),
+    ] = None,
     ti: Annotated[
         bool,
         typer.Option(
