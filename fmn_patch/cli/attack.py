@@ -10,12 +10,27 @@ import typer
 
 from ..attack import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
 from ..base import TOY, load_base
-from ..conceptbench import Bench, load_bench
+from ..conceptbench import load_bench
 from ..errors import FmnPatchError
-from ..judge import Judge
 from ..mscore import SamplerConfig
 from ..patch import atomic_write
-from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info, load_patches
+from .options import (
+    BaseArg,
+    BenchOpt,
+    ClipOpt,
+    Device,
+    Dtype,
+    GuidanceOpt,
+    JsonOut,
+    Overwrite,
+    Seed,
+    SeedsOpt,
+    StepsOpt,
+    echo_json,
+    info,
+    load_judge,
+    load_patches,
+)
 
 OUTPUTS = ("attack.json", "attack.md", "attack.png")
 
@@ -36,16 +51,11 @@ def attack(
             help="Third-party diffusers/kohya LoRA file to stack too (repeat); loaded by diffusers."
         ),
     ] = None,
-    bench: Annotated[
-        str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
-    ] = None,
-    clip: Annotated[
-        str | None,
-        typer.Option(help="CLIP weights (Hub id or path) for the zero-shot judge of real checkpoints."),
-    ] = None,
-    seeds: Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")] = 2,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 5.0,
+    bench: BenchOpt = None,
+    clip: ClipOpt = None,
+    seeds: SeedsOpt = 2,
+    steps: StepsOpt = 20,
+    guidance: GuidanceOpt = 5.0,
     inversion_steps: Annotated[
         int, typer.Option(help="Concept Inversion: optimisation steps.")
     ] = InversionAttackConfig.steps,
@@ -137,7 +147,7 @@ def attack(
         pipe,
         [*loaded, *(lora or [])],
         concept,
-        _judge(clip, the_bench, device),
+        load_judge(clip, the_bench, device),
         the_bench,
         config,
         patch_names=[str(p) for p in [*(patches or []), *(lora or [])]],
@@ -162,13 +172,3 @@ def _sampler(steps: int, guidance: float, seeds: int) -> SamplerConfig:
         return SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
     except ValueError as e:
         raise FmnPatchError(f"--steps: {e}") from e
-
-
-def _judge(clip: str | None, bench: Bench, device: str) -> Judge:
-    if clip is not None:
-        from ..judge import ClipJudge
-
-        return ClipJudge.from_pretrained(clip, bench, device)
-    from ..judge import ToyJudge
-
-    return ToyJudge.load(device=device)

@@ -15,14 +15,20 @@ from ..judge import Judge
 from ..mscore import SamplerConfig
 from .options import (
     BaseArg,
+    BenchOpt,
+    ClipOpt,
     Device,
     Dtype,
+    GuidanceOpt,
     JsonOut,
     Overwrite,
+    SeedsOpt,
+    StepsOpt,
     Strict,
     Weights,
     echo_json,
     info,
+    load_judge,
     load_patches,
 )
 
@@ -32,17 +38,12 @@ def eval_command(
     patches: Annotated[
         list[Path] | None, typer.Argument(help="Patches to stack on the base (none: base only).")
     ] = None,
-    bench: Annotated[
-        str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
-    ] = None,
-    clip: Annotated[
-        str | None,
-        typer.Option(help="CLIP weights (Hub id or path) for the zero-shot judge of real checkpoints."),
-    ] = None,
+    bench: BenchOpt = None,
+    clip: ClipOpt = None,
     concept: Annotated[list[str] | None, typer.Option(help="Score only these concepts (repeatable).")] = None,
-    seeds: Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")] = 2,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 5.0,
+    seeds: SeedsOpt = 2,
+    steps: StepsOpt = 20,
+    guidance: GuidanceOpt = 5.0,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for report.json, report.md, grid.png.")
     ] = Path("fmnpatch-eval"),
@@ -84,15 +85,7 @@ def eval_command(
             )
     info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
-    judge: Judge
-    if clip is not None:
-        from ..judge import ClipJudge
-
-        judge = ClipJudge.from_pretrained(clip, the_bench, device)
-    else:
-        from ..judge import ToyJudge
-
-        judge = ToyJudge.load(device=device)
+    judge: Judge = load_judge(clip, the_bench, device)
     sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
     report = evaluate_patches(
         pipe,

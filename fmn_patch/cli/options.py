@@ -34,6 +34,28 @@ Strict = Annotated[
 Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+# Evaluation options shared by `eval` and `attack`.
+BenchOpt = Annotated[
+    str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
+]
+ClipOpt = Annotated[
+    str | None,
+    typer.Option(help="CLIP weights (Hub id or path) for the zero-shot judge of real checkpoints."),
+]
+SeedsOpt = Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")]
+StepsOpt = Annotated[int, typer.Option(help="Sampler steps.")]
+GuidanceOpt = Annotated[float, typer.Option(help="Guidance scale.")]
+
+
+def load_judge(clip: str | None, bench: Any, device: str) -> Any:
+    """The CLIP zero-shot judge when ``clip`` names weights, else the bundled toy judge."""
+    if clip is not None:
+        from ..judge import ClipJudge
+
+        return ClipJudge.from_pretrained(clip, bench, device)
+    from ..judge import ToyJudge
+
+    return ToyJudge.load(device=device)
 
 
 def quiet_libraries() -> None:
