@@ -153,6 +153,7 @@ def correct_patch(
         preserve=encode(pipe, keep).states.flatten(0, 1),
         concepts=1,
         eta=torch.zeros(len(prompts)),
+        preserve_weight=config.preserve_weight,
     )
     report = optimise(pipe, batch, train, progress)
     factors = take_factors(pipe)

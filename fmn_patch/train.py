@@ -46,6 +46,9 @@ ADAPTER = "fmn_train"
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
 ETA: dict[str, float] = {"style": 1.0}
 ETA_DEFAULT = 2.0
+#: Preservation weight per category when TrainConfig.preserve_weight is None; others get PRESERVE_DEFAULT.
+PRESERVE: dict[str, float] = {"style": 100.0}
+PRESERVE_DEFAULT = 30.0
 
 
 @dataclass
@@ -69,9 +72,10 @@ class TrainConfig:
     denoise_weight: float = (
         100.0  # w_d, guided denoising target (trains to_v); MSE of noise is small, hence 100
     )
-    # w_p, keys/values of the preserve prompts' tokens. 10 let erasures leak (bob's alias 6%, checkered cost other
-    # styles 9%), 100 held some concepts back (cross 19%); 30 met every bar (bench/results/train_quality.json).
-    preserve_weight: float = 30.0
+    # w_p, keys/values of the preserve prompts' tokens; None: per category (PRESERVE), the largest of the patch's
+    # concepts. Erasing a style (a fill every shape can wear) reaches everything: at 30 checkered cost the other
+    # concepts 7% of their accuracy, at 100 under 3%; objects and identities erase more cleanly at 30.
+    preserve_weight: float | None = None
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
     images_per_prompt: int = (
         2  # reference images drawn by the base per concept prompt (when no folder is given)
@@ -235,6 +239,7 @@ class TrainingSet:
     preserve: torch.Tensor  # (M, D) encoder states of the preserve prompts' tokens
     concepts: int  # how many concepts the patch forgets
     eta: torch.Tensor  # (P,) negative guidance of each prompt's denoising target
+    preserve_weight: float  # w_p for this patch
 
 
 def _prepare(
@@ -251,8 +256,11 @@ def _prepare(
     latents, latent_prompt = reference_latents(pipe, prompts, config, images)
     keep = preserve_prompts(bench, [pl.concept for pl in plans], [*config.preserve_extra, *anchors])
     etas = [eta_of(config, pl.concept.category) for pl in plans for _ in pl.prompts]
+    w_p = max(preserve_of(config, pl.concept.category) for pl in plans)
     if inversion is None:
-        return _encode_batch(pipe, prompts, anchors, words, latents, latent_prompt, keep, config, etas), []
+        return _encode_batch(
+            pipe, prompts, anchors, words, latents, latent_prompt, keep, config, etas, w_p
+        ), []
     owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])
     learned = [
         learn_tokens(
@@ -282,6 +290,7 @@ def _prepare(
             keep,
             config,
             etas + etas,
+            w_p,
             seen=prompts + seen,
         )
     return dataclasses.replace(batch, concepts=len(plans)), learned
@@ -311,6 +320,7 @@ def _encode_batch(
     keep: list[str],
     config: TrainConfig,
     etas: list[float],
+    preserve_weight: float,
     seen: list[str] | None = None,
 ) -> TrainingSet:
     """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``)."""
@@ -326,6 +336,16 @@ def _encode_batch(
         preserve,
         concepts,
         torch.tensor(etas, dtype=torch.float32),
+        preserve_weight,
+    )
+
+
+def preserve_of(config: TrainConfig, category: str) -> float:
+    """The preservation weight for a concept of ``category``: the config's, else the category's default."""
+    return (
+        config.preserve_weight
+        if config.preserve_weight is not None
+        else PRESERVE.get(category, PRESERVE_DEFAULT)
     )
 
 
@@ -433,12 +453,12 @@ def optimise(
                 pred = unet(x_t, t, **cond.unet_kwargs()).sample
             if config.denoise_weight > 0:
                 parts["denoise"] = F.mse_loss(pred.float(), target.float())
-            if config.preserve_weight > 0:
+            if batch.preserve_weight > 0:
                 parts["preserve"] = _preservation(lora, batch.preserve.to(x_t.device, x_t.dtype))
             loss = (
                 config.resteer_weight * parts.get("resteer", torch.zeros(()))
                 + config.denoise_weight * parts.get("denoise", torch.zeros(()))
-                + config.preserve_weight * parts.get("preserve", torch.zeros(()))
+                + batch.preserve_weight * parts.get("preserve", torch.zeros(()))
             )
             if not torch.isfinite(loss):
                 raise FmnPatchError(

@@ -279,3 +279,7 @@ def test_negative_guidance_per_category():
     assert eta_of(TrainConfig(), "identity") == 2.0 and eta_of(TrainConfig(eta=0.5), "style") == 0.5
     with pytest.raises(FmnPatchError, match="eta=-1"):
         TrainConfig(eta=-1.0)
+    from fmn_patch.train import preserve_of
+
+    assert preserve_of(TrainConfig(), "style") == 100.0 and preserve_of(TrainConfig(), "object") == 30.0
+    assert preserve_of(TrainConfig(preserve_weight=5.0), "style") == 5.0
