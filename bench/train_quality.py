@@ -46,7 +46,6 @@ HYBRID = TrainConfig(init="edit")
 ABLATIONS = {
     "keys-only (to_v frozen)": TrainConfig(train_values=False),
     "re-steering only (FMN loss, our LoRA)": TrainConfig(denoise_weight=0.0),
-    "eta 1": TrainConfig(eta=1.0),
 }
 
 
@@ -140,11 +139,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per bench prompt")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument(
-        "--no-ablations", action="store_true", help="skip the keys-only/re-steering-only/weight rows"
-    )
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
+    parser.add_argument(
+        "--part",
+        type=int,
+        choices=[0, 1, 2],
+        default=0,
+        help="0: everything; 1 / 2: one half each (run both at once, one per core, then --merge)",
+    )
+    parser.add_argument("--merge", action="store_true", help="combine the two parts' results")
     args = parser.parse_args()
+    if args.merge:
+        merge()
+        return
     torch.set_num_threads(args.threads)
     quiet_libraries()
     torch.manual_seed(0)
@@ -153,7 +161,9 @@ def main() -> None:
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
     pipe = load_base("toy")
     base = evaluate(pipe, bench, judge, sampler, progress=False)
-    singles = QUICK if args.quick else bench.names
+    names = QUICK if args.quick else bench.names
+    half = (len(names) + 1) // 2
+    singles = {0: names, 1: names[:half], 2: names[half:]}[args.part]
     config = TrainConfig()
     rows: list[dict] = []
 
@@ -166,35 +176,41 @@ def main() -> None:
         patch, seconds = trained(pipe, [concept], config)
         single_patches[concept] = patch, seconds
         add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "resteer"))
-        patch, seconds = edited(pipe, [concept])
-        add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
         if concept in QUICK:
+            patch, seconds = edited(pipe, [concept])
+            add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
             add(ours(pipe, [concept], judge, bench, sampler, base, HYBRID, "hybrid"))
         if not args.no_baseline:
             add(baseline([concept], judge, bench, sampler, base))
-    for label, variant in ({} if args.no_ablations else ABLATIONS).items():
-        for concept in QUICK:
-            add(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
-    stacked = [single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK]
-    seconds = sum(s for _, s in stacked)
-    patches = [p for p, _ in stacked]
-    add(scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, "resteer, two patches stacked"))
-    add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
-    five = {
-        "resteer": trained(pipe, FIVE, config),
-        "edit": edited(pipe, FIVE),
-        "hybrid": trained(pipe, FIVE, HYBRID),
-    }
-    columns = {"base": concept_samples(pipe, bench, bench.names, sampler, progress=False)}
-    for label, (patch, seconds) in five.items():
-        add(scored(pipe, [patch], FIVE, judge, bench, sampler, base, seconds, label))
-        names = apply_patches(pipe, [patch])
-        columns[f"{label} (5)"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
-        remove_patches(pipe, names)
-    if not args.no_baseline:
-        add(baseline(FIVE, judge, bench, sampler, base))
+    if args.part in (0, 1):
+        for label, variant in ({} if args.no_ablations else ABLATIONS).items():
+            for concept in QUICK:
+                add(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
+    columns = {}
+    if args.part in (0, 2):
+        stacked = [single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK]
+        seconds = sum(s for _, s in stacked)
+        patches = [p for p, _ in stacked]
+        add(
+            scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, "resteer, two patches stacked")
+        )
+        add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
+        five = {
+            "resteer": trained(pipe, FIVE, config),
+            "edit": edited(pipe, FIVE),
+            "hybrid": trained(pipe, FIVE, HYBRID),
+        }
+        columns["base"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
+        for label, (patch, seconds) in five.items():
+            add(scored(pipe, [patch], FIVE, judge, bench, sampler, base, seconds, label))
+            names_on = apply_patches(pipe, [patch])
+            columns[f"{label} (5)"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
+            remove_patches(pipe, names_on)
+        if not args.no_baseline:
+            add(baseline(FIVE, judge, bench, sampler, base))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    image_grid(columns, bench.names, RESULTS / "train_quality.png")
+    if columns:
+        image_grid(columns, bench.names, RESULTS / "train_quality.png")
     result = {
         "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
         "train_config": config.__dict__ | {"preserve_extra": list(config.preserve_extra)},
@@ -202,9 +218,25 @@ def main() -> None:
         "grid": "train_quality.png",
         "rows": rows,
     }
-    (RESULTS / "train_quality.json").write_text(
-        json.dumps({"meta": machine(), "result": result}, indent=2) + "\n"
-    )
+    name = "train_quality.json" if args.part == 0 else f"train_quality.part{args.part}.json"
+    (RESULTS / name).write_text(json.dumps({"meta": machine(), "result": result}, indent=2) + "\n")
+    if args.part == 0:
+        write_markdown()
+    print(RESULTS / name)
+
+
+def merge() -> None:
+    """train_quality.json from the two parts (same sampler, config and base scores), rows in part order."""
+    parts = [json.loads((RESULTS / f"train_quality.part{i}.json").read_text()) for i in (1, 2)]
+    first, second = parts
+    for key in ("sampler", "train_config", "base"):
+        if first["result"][key] != second["result"][key]:
+            raise SystemExit(f"the two parts differ in {key}; rerun both with the same options")
+    merged = first["result"] | {"rows": first["result"]["rows"] + second["result"]["rows"]}
+    meta = first["meta"] | {
+        "command": f"{first['meta']['command']} + {second['meta']['command']} (two processes)"
+    }
+    (RESULTS / "train_quality.json").write_text(json.dumps({"meta": meta, "result": merged}, indent=2) + "\n")
     write_markdown()
     print(RESULTS / "train_quality.json")
 
