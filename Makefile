@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/edit_timing.py --threads 2
 	$(PY) bench/edit_quality.py
 	$(PY) bench/train_timing.py --threads 2
+	$(PY) bench/train_cost.py
 	$(PY) bench/attack_quality.py
 	$(PY) bench/robust_quality.py --rounds 4 --steps 300
 	$(PY) bench/correct_quality.py

@@ -210,11 +210,31 @@ def write_markdown() -> None:
         lines += [f"| {k.removesuffix('_s')} | {v:.3f} |" for k, v in r["seconds"].items()]
         lines.append("")
     lines += train_quality_section()
+    lines += train_cost_section()
     lines += train_timing_section()
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+def train_cost_section() -> list[str]:
+    record = _read("train_cost")
+    if not record:
+        return []
+    r = record["result"]
+    lines = ["## Cost of forgetting one toy concept", "", _provenance(record), ""]
+    lines += [f"Concept {r['concept']!r}; medians of {r['rows'][0]['runs']} runs, each in its own process."]
+    if r.get("note"):
+        lines += ["", f"Note: {r['note']}"]
+    lines += ["", "| method | wall (s) | CPU (s) | peak RSS | patch size |", "|---|---|---|---|---|"]
+    for row in r["rows"]:
+        size = f"{row['patch_bytes'] / 1024:.1f} KiB" if row["patch_bytes"] else "whole UNet"
+        lines.append(
+            f"| {row['method']} | {row['wall_s']:.2f} | {row['cpu_s']:.2f} | {row['peak_rss_mib']:.0f} MiB | {size} |"
+        )
+    lines.append("")
+    return lines
 
 
 def train_timing_section() -> list[str]:
