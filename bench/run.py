@@ -340,6 +340,7 @@ def attack_section() -> list[str]:
     for attack, row in report["summary"].items():
         lines.append(f"| {attack} | {row['base']:.0%} | {row['patched']:.0%} |")
     lines.append("")
+    lines += ["What each attack recovered:", "", "![attack grid](bench/results/attack_circle.png)", ""]
     robust = _read("robust")
     if robust:
         lines += ["### Robust training against Concept Inversion", "", _provenance(robust), ""]
@@ -381,6 +382,13 @@ def train_quality_section() -> list[str]:
             f"| {row['method']} | {', '.join(erased)} | {', '.join(sorted(set(row['categories'])))} | {acc} | "
             f"{alias} | {m} | {row['acc_kept']:.1%} | {row['kept_ratio']:.1%} | {row['seconds']:.1f} | {size} |"
         )
+    if r.get("grid"):
+        lines += [
+            "",
+            "One image per concept (first prompt, first seed), base and each five-at-once model:",
+            "",
+        ]
+        lines.append(f"![five-at-once grid](bench/results/{r['grid']})")
     lines.append("")
     return lines
 
