@@ -11,7 +11,7 @@ import typer
 from ..base import load_base
 from ..correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
 from ..errors import FmnPatchError
-from .options import Device, Dtype, JsonOut, Overwrite, echo_json, info
+from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
 
 _DEFAULT = CorrectConfig()
 
@@ -34,9 +34,7 @@ def correct(
             help=f"Prompt naming the concept, '{{}}' for it (repeat it) [default: {', '.join(DEFAULT_TEMPLATES)}]"
         ),
     ] = None,
-    base: Annotated[
-        str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")
-    ] = "toy",
+    base: BaseOpt = "toy",
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="The patch (.safetensors); default correct-CONCEPT.safetensors."),

@@ -13,7 +13,7 @@ from ..base import load_base
 from ..edit import EditConfig, category_of, edit_patch, read_lines
 from ..errors import FmnPatchError
 from ..nsfw import edit_concepts, load_preset
-from .options import Device, Dtype, JsonOut, Overwrite, echo_json, info
+from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
 
 _DEFAULT = EditConfig()
 
@@ -29,9 +29,7 @@ def edit(
         str | None,
         typer.Option(help="Forget a shipped concept list (nsfw); CONCEPTS join its terms, with its anchor."),
     ] = None,
-    base: Annotated[
-        str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")
-    ] = "toy",
+    base: BaseOpt = "toy",
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="The patch (.safetensors); default forget-CONCEPT.safetensors."),

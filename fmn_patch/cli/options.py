@@ -34,6 +34,7 @@ Strict = Annotated[
 Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+BaseOpt = Annotated[str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")]
 # Evaluation options shared by `eval` and `attack`.
 BenchOpt = Annotated[
     str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
