@@ -104,7 +104,7 @@ def main() -> None:
         "robust",
         {
             "concept": args.concept,
-            "train_config": {k: v for k, v in dataclasses.asdict(TrainConfig(steps=args.steps)).items()},
+            "train_config": dataclasses.asdict(TrainConfig(steps=args.steps)),
             "attack": dataclasses.asdict(attack),
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
             "rows": rows,
