@@ -51,10 +51,9 @@ bench-quick: install
 	$(PY) bench/run.py
 	$(PY) bench/train_quality.py --quick
 
+# Model on one core, judge alongside on the other once the VAE exists, then the card: see fmn_patch/toy/build.py.
 toy-model: install
-	$(PY) -m fmn_patch.toy.train
-	$(PY) -m fmn_patch.toy.train_judge
-	$(PY) -m fmn_patch.toy.card
+	$(PY) -m fmn_patch.toy.build
 
 patches: install
 	$(PY) patches/make.py

@@ -101,9 +101,9 @@ def alias_similarity(pipe: object) -> dict[str, dict[str, float]]:
     return result
 
 
-def measure(pipe: object, sampler: SamplerConfig) -> dict:
+def measure(pipe: object, sampler: SamplerConfig, judge_path: Path | None = None) -> dict:
     t0 = time.perf_counter()
-    judge = ToyJudge.load()
+    judge = ToyJudge.load(judge_path)
     out: dict = {"sampler": asdict(sampler)}
     out["attributes"] = attribute_accuracy(pipe, judge, sampler)
     log(json.dumps(out["attributes"]))
@@ -170,8 +170,21 @@ def _training_text(training: dict) -> str:
   {cfg["warmup"]}, cosine to {cfg["min_lr_ratio"]:g}x), {int(100 * cfg["caption_dropout"])}% empty captions,
   EMA {cfg["ema"]}: loss {unet["loss_every_100"][0]:.3f} -> {unet["final_loss"]:.4f} (mean of the last 200
   steps); {t["unet"] / 60:.1f} min{early}.
-- Total {t["total"] / 60:.1f} min wall time on a 2-core CPU shared with other work.
+- Training alone: {t["total"] / 60:.1f} min wall time.
 {_ema_note(training)}"""
+
+
+def _build_text(build: dict | None) -> str:
+    if not build:
+        return ""
+    t = build["timings_s"]
+    return f"""
+## Building it all (`make toy-model` = `python -m fmn_patch.toy.build`)
+Model training on one core, the judge alongside on the other as soon as the VAE is saved, then this card on
+both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside), card {t["card"] / 60:.1f} min;
+**total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, load average {build["load_before"]:.2f} before the
+start; {build["date"]}, git {build["git_revision"]}).
+"""
 
 
 def _ema_note(training: dict) -> str:
@@ -212,7 +225,7 @@ Bias kept for correction experiments: "a circle" (no colour) is red in {bias} of
 """
 
 
-def render_card(card: dict, training: dict, judge: dict) -> str:
+def render_card(card: dict, training: dict, judge: dict, build: dict | None = None) -> str:
     sims = "\n".join(
         f"| {k} | {v['pooled']:.3f} | {v['token']:.3f} | {v['token_centred']:.3f} |"
         for k, v in card["similarity"].items()
@@ -232,7 +245,7 @@ each in red, green, blue or yellow. Load it with `fmn_patch.toy.load_toy_pipelin
 
 On disk: {card["size_mb"]:.1f} MB (safetensors). Judge: {judge["params"]:,} parameters, {card["judge_size_mb"]:.1f} MB.
 
-{_training_text(training)}
+{_training_text(training)}{_build_text(build)}
 {_accuracy_text(card)}
 ## Alias vs name in the text encoder (cosine similarity, each word alone)
 "pooled": the pooled (EOS) output; "token": the mean final hidden state over the word's tokens; "centred": the
@@ -252,12 +265,24 @@ Measuring this card took {card["eval_s"]:.0f} s (`python -m fmn_patch.toy.card`)
 """
 
 
+def write_readme(out: Path, pipeline: Path, judge_path: Path) -> Path:
+    """Render `out/README.md` from the stored measurements: card.json, training.json, judge.json, build.json."""
+    card = json.loads((out / "card.json").read_text())
+    training = json.loads((pipeline / "training.json").read_text())
+    judge = json.loads(judge_path.with_suffix(".json").read_text())
+    build_file = out / "build.json"
+    build = json.loads(build_file.read_text()) if build_file.exists() else None
+    (out / "README.md").write_text(render_card(card, training, judge, build))
+    return out / "README.md"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fmn_patch.toy.card", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--pipeline", type=Path, default=toy_pipeline_path(), help="pipeline to measure")
+    parser.add_argument("--judge", type=Path, default=toy_judge_path(), help="judge weights (safetensors)")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="where card.json and README.md go")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -265,17 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     sampler = SamplerConfig(steps=args.steps, guidance=args.guidance, seeds=tuple(range(args.seeds)))
     pipe = StableDiffusionPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    card = measure(pipe, sampler)
+    card = measure(pipe, sampler, args.judge)
     card["size_mb"] = _size_mb(args.pipeline)
-    card["judge_size_mb"] = toy_judge_path().stat().st_size / 1e6
+    card["judge_size_mb"] = args.judge.stat().st_size / 1e6
     card["params"] = _params(pipe)
     card["vocab_size"], card["max_length"] = len(pipe.tokenizer), pipe.tokenizer.model_max_length
-    training = json.loads((args.pipeline / "training.json").read_text())
-    judge = json.loads(toy_judge_path().with_suffix(".json").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (args.out / "README.md").write_text(render_card(card, training, judge))
-    log(f"wrote {args.out / 'README.md'}")
+    log(f"wrote {write_readme(args.out, args.pipeline, args.judge)}")
 
 
 if __name__ == "__main__":

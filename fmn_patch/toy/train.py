@@ -14,7 +14,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -150,8 +150,12 @@ def save(pipe_parts: dict, ema: Ema, out: Path, record: dict) -> None:
     log(f"saved {out}")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run every phase; return the training record (also written to `out/training.json`)."""
+def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dict:
+    """Run every phase; return the training record (also written to `out/training.json`).
+
+    `on_vae(path)` is called once the trained VAE is saved at `path`, before the UNet phase: the judge trains on
+    its reconstructions, so `fmn_patch.toy.build` starts it there, on the other core.
+    """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -183,6 +187,8 @@ def train(cfg: TrainConfig) -> dict:
     record["vae"] = {"final_mse": float(np.mean(vae_losses[-100:])), "scaling_factor": scaling}
     record["vae"]["psnr_db"] = 10 * math.log10(4 / record["vae"]["final_mse"])
     log(f"vae done in {record['timings_s']['vae']:.0f} s, scaling factor {scaling:.3f}")
+    if on_vae is not None:
+        on_vae(cfg.out / "vae")
 
     t2 = time.perf_counter()
     text_encoder = toy_model.build_text_encoder(mcfg, tokenizer)
