@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/run.py --full
 	$(PY) bench/train_quality.py
 	$(PY) bench/edit_timing.py --threads 2
+	$(PY) bench/edit_timing.py --threads 2 --arch sdxl
 	$(PY) bench/edit_quality.py
 	$(PY) bench/train_timing.py --threads 2
 	$(PY) bench/train_cost.py

@@ -2,6 +2,7 @@
 
     python bench/edit_timing.py                      # 1, 100, 1000 concepts (each in a fresh process)
     python bench/edit_timing.py --counts 1 100       # fewer
+    python bench/edit_timing.py --arch sdxl          # SDXL-size: both text encoders, 140 projections
 
 Builds, without any download of weights: the SD-1.5 UNet from ``bench/configs/sd15.json`` on the meta device with
 real (random) weights only for its 32 cross-attention key/value projections; a CLIPTextModel of SD-1.5 size
@@ -97,6 +98,83 @@ def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:
     return SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=tokenizer, _fmn_base_ref="sd15-random")
 
 
+def sdxl_pipe(tokenizer: Any, seed: int = 0) -> Any:
+    """A stand-in SDXL pipeline: SDXL UNet (meta, with real random attn2 to_k/to_v) and SDXL-size text encoders.
+
+    text_encoder: CLIP ViT-L/14's text tower (12 layers, width 768); text_encoder_2: OpenCLIP ViT-bigG/14's
+    (32 layers, width 1280, with projection), both at random init. The UNet reads both encoders' penultimate
+    states, concatenated (768 + 1280 = 2048), as SDXL's ``encode_prompt`` gives them. tokenizer_2 is the same
+    BPE with SDXL's pad token ("!", id 0).
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from fmn_patch.targets import find_targets
+
+    torch.manual_seed(seed)
+    config = {
+        k: v for k, v in json.loads((HERE / "configs" / "sdxl.json").read_text()).items() if k[0] != "_"
+    }
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    for layer in find_targets(unet).values():
+        layer.weight = torch.nn.Parameter(
+            torch.randn(layer.out_features, layer.in_features) / layer.in_features**0.5
+        )
+    common = {
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+    }
+    first = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            pad_token_id=49407,
+            **common,
+        )
+    ).eval()
+    second = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            hidden_act="gelu",
+            projection_dim=1280,
+            pad_token_id=0,
+            **common,
+        )
+    ).eval()
+    folder = CACHE / "tokenizer"
+    tokenizer_2 = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="!"
+    )
+    return SimpleNamespace(
+        unet=unet,
+        text_encoder=first,
+        text_encoder_2=second,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        _fmn_base_ref="sdxl-random",
+    )
+
+
+PIPES = {"sd15": sd15_pipe, "sdxl": sdxl_pipe}
+WHAT = {
+    "sd15": "fmnpatch edit on an SD-1.5-architecture UNet + SD-1.5-size CLIP text encoder (random init), real "
+    "CLIP tokenizer; identity templates of the real ConceptBench; times in seconds, model build excluded",
+    "sdxl": "fmnpatch edit on an SDXL-architecture UNet + SDXL-size text encoders (CLIP ViT-L/14 and OpenCLIP "
+    "ViT-bigG/14 text towers, random init), real CLIP tokenizer; identity templates of the real ConceptBench; "
+    "times in seconds, model build excluded",
+}
+
+
 def concept_names(tokenizer: Any, count: int) -> list[str]:
     """The real bench's concepts, then two-word names from the vocabulary (deterministic)."""
     from fmn_patch.conceptbench import load_bench
@@ -128,12 +206,12 @@ def check_causal_padding(pipe: Any) -> float:
     )
 
 
-def run_one(count: int, config_overrides: dict[str, Any]) -> dict[str, Any]:
+def run_one(count: int, config_overrides: dict[str, Any], arch: str = "sd15") -> dict[str, Any]:
     from fmn_patch.edit import EditConfig, edit_patch
 
     t0 = time.perf_counter()
     tokenizer = clip_tokenizer()
-    pipe = sd15_pipe(tokenizer)
+    pipe = PIPES[arch](tokenizer)
     build = time.perf_counter() - t0
     names = concept_names(tokenizer, count)
     config = EditConfig(**config_overrides)
@@ -149,6 +227,7 @@ def run_one(count: int, config_overrides: dict[str, Any]) -> dict[str, Any]:
     seconds["write"] = write
     seconds["end_to_end"] = edit_s + write
     return {
+        "arch": arch,
         "concepts": count,
         "config": config_overrides,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -254,16 +333,24 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--note", default="", help="conditions of the run (e.g. other load on the machine)")
+    parser.add_argument("--arch", choices=sorted(PIPES), default="sd15", help="stand-in model (default sd15)")
+    parser.add_argument(
+        "--solve-ranks", type=int, nargs="*", default=[8, 16], help="ranks of the solve+SVD-only rows"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="solve+SVD-only repeats (median)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "edit.json")
+    parser.add_argument(
+        "--out", type=Path, help="default bench/results/edit.json (sd15), edit_sdxl.json (sdxl)"
+    )
     args = parser.parse_args()
+    out = args.out or HERE / "results" / ("edit.json" if args.arch == "sd15" else f"edit_{args.arch}.json")
     overrides = json.loads(args.config)
     torch.set_num_threads(args.threads)
     if args.child is not None:
         from fmn_patch.cli.options import quiet_libraries
 
         quiet_libraries()
-        print(json.dumps(run_one(args.child, overrides)))
+        print(json.dumps(run_one(args.child, overrides, args.arch)))
         return
     sys.path.insert(0, str(HERE))
     from run import machine  # the shared provenance block of bench/run.py
@@ -271,28 +358,29 @@ def main() -> None:
     rows = []
     for count in args.counts:
         cmd = [sys.executable, __file__, "--child", str(count), "--config", args.config]
-        cmd += ["--threads", str(args.threads)]
+        cmd += ["--threads", str(args.threads), "--arch", args.arch]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"{count} concepts failed:\n{done.stderr[-3000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), file=sys.stderr)
         rows.append(row)
-    solve_rows = [solve_only(name, 60_000, 5_000) for name in ("sd15.json", "sdxl.json")]
+    solve_rows = [
+        solve_only(f"{args.arch}.json", 60_000, 5_000, rank, args.repeats) for rank in args.solve_ranks
+    ]
     for row in solve_rows:
         print(json.dumps(row), file=sys.stderr)
     record = {
         "meta": machine(),
-        "what": "fmnpatch edit on an SD-1.5-architecture UNet + SD-1.5-size CLIP text encoder (random init), real "
-        "CLIP tokenizer; identity templates of the real ConceptBench; times in seconds, model build excluded",
+        "what": WHAT[args.arch],
         "note": args.note,
         "budgets": {"solve_plus_svd_1000_s": 2, "end_to_end_100_s": 30, "end_to_end_1000_s": 300},
         "rows": rows,
         "solve_only": solve_rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(out)
 
 
 if __name__ == "__main__":

@@ -291,10 +291,18 @@ def edit_sections() -> list[str]:
         styles = ", ".join(f"{k} {v:.1%}" for k, v in m["styles_relative"].items())
         colours = ", ".join(f"{k} {v:.1%}" for k, v in m["colours_relative"].items())
         lines += ["", f"Many-concept patch, relative to base: styles {styles}; colours {colours}.", ""]
-    timing = _read("edit")
+    for name, title in (("edit", "SD-1.5"), ("edit_sdxl", "SDXL")):
+        lines += _edit_timing_section(_read(name), title)
+    return lines
+
+
+def _edit_timing_section(timing: dict[str, Any] | None, title: str) -> list[str]:
+    lines: list[str] = []
     if timing:
         r = timing.get("result", timing)
-        lines += ["## Closed-form edit time at full size", "", _provenance(timing), ""]
+        lines += [f"## Closed-form edit time at full size: {title}", "", _provenance(timing), ""]
+        if r.get("what"):
+            lines += [r["what"] + ".", ""]
         if r.get("note"):
             lines += [f"Note: {r['note']}", ""]
         lines += [
@@ -309,13 +317,24 @@ def edit_sections() -> list[str]:
                 f"{row['peak_rss_mib']:.0f} MiB |"
             )
         if r.get("solve_only"):
-            lines += ["", "| solve + SVD only | projections x width | rows erase / keep | seconds |"]
-            lines.append("|---|---|---|---|")
+            lines += [
+                "",
+                "| solve + SVD only | projections x width | rows erase / keep | rank | seconds | residual "
+                "(estimated / exact) | deltas formed first (old path) |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for row in r["solve_only"]:
+                old = row.get("old", {})
                 lines.append(
                     f"| {row['unet']} | {row['projections']} x {row['dim']} | {row['erase_rows']} / "
-                    f"{row['keep_rows']} | {row['solve_plus_svd_s']:.2f} |"
+                    f"{row['keep_rows']} | {row.get('rank', '-')} | {row['solve_plus_svd_s']:.2f} | "
+                    f"{row.get('residual', float('nan')):.4f} / {row.get('residual_exact', float('nan')):.4f} | "
+                    f"{old.get('solve_plus_svd_s', float('nan')):.2f} s |"
                 )
+            lines.append(
+                f"Medians of {r['solve_only'][0].get('repeats', 1)} in one process at "
+                f"{r['solve_only'][0].get('threads', '?')} threads."
+            )
         lines.append("")
     return lines
 

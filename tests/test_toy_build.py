@@ -28,9 +28,10 @@ def test_build_writes_every_part_and_they_load(built: Path) -> None:
     ToyJudge.load(built / "judge.safetensors")
     record = json.loads((built / "build.json").read_text())
     timings = record["timings_s"]
-    assert set(timings) == {"train", "judge", "card", "total"}
-    assert timings["total"] >= timings["train"] > 0 and timings["judge"] > 0
+    assert set(timings) == {"train", "judge", "judge_started_after", "card", "total"}
+    assert timings["total"] >= timings["train"] > timings["judge_started_after"] > 0
     judge = json.loads((built / "judge.json").read_text())
+    assert timings["judge"] == judge["train_s"]
     assert judge["config"]["steps"] == toy_build.QUICK_JUDGE["steps"]
     assert judge["config"]["vae"] == str(built / "pipeline" / "vae")  # trained on this build's VAE
     readme = (built / "README.md").read_text()

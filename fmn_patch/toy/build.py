@@ -105,6 +105,7 @@ def build(cfg: BuildConfig) -> dict:
     if proc.wait() != 0:
         raise SystemExit(f"the judge failed (exit code {proc.returncode}); see its log above")
     t_judge_done = time.perf_counter()
+    judge_s = json.loads(cfg.judge.out.with_suffix(".json").read_text())["train_s"]  # its own clock
     card_args = ["--pipeline", str(cfg.train.out), "--judge", str(cfg.judge.out), "--out", str(cfg.data)]
     toy_card.main([*card_args, *cfg.card_args])
     total = time.perf_counter() - t0
@@ -117,7 +118,8 @@ def build(cfg: BuildConfig) -> dict:
         "load_before": load_before,
         "timings_s": {
             "train": t_train,
-            "judge": t_judge_done - float(judge["t"]),  # type: ignore[arg-type]
+            "judge": judge_s,  # alongside the UNet phase; the wait for it is in "train" or "card"
+            "judge_started_after": float(judge["t"]) - t0,  # type: ignore[arg-type]
             "card": total - (t_judge_done - t0),
             "total": total,
         },

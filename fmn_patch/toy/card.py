@@ -181,7 +181,8 @@ def _build_text(build: dict | None) -> str:
     return f"""
 ## Building it all (`make toy-model` = `python -m fmn_patch.toy.build`)
 Model training on one core, the judge alongside on the other as soon as the VAE is saved, then this card on
-both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside), card {t["card"] / 60:.1f} min;
+both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside, from minute
+{t["judge_started_after"] / 60:.1f}), card {t["card"] / 60:.1f} min;
 **total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, load average {build["load_before"]:.2f} before the
 start; {build["date"]}, git {build["git_revision"]}).
 """
