@@ -338,6 +338,11 @@ def main() -> None:
         "--solve-ranks", type=int, nargs="*", default=[8, 16], help="ranks of the solve+SVD-only rows"
     )
     parser.add_argument("--repeats", type=int, default=3, help="solve+SVD-only repeats (median)")
+    parser.add_argument(
+        "--solve-only",
+        action="store_true",
+        help="only the solve+SVD rows: replace them in --out, keep its end-to-end rows (provenance: solve_meta)",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", type=Path, help="default bench/results/edit.json (sd15), edit_sdxl.json (sdxl)"
@@ -355,6 +360,16 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from run import machine  # the shared provenance block of bench/run.py
 
+    if args.solve_only:
+        record = json.loads(out.read_text()) if out.exists() else {"meta": machine(), "rows": []}
+        record["solve_meta"] = machine()
+        record["solve_only"] = [
+            solve_only(f"{args.arch}.json", 60_000, 5_000, rank, args.repeats) for rank in args.solve_ranks
+        ]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(out)
+        return
     rows = []
     for count in args.counts:
         cmd = [sys.executable, __file__, "--child", str(count), "--config", args.config]

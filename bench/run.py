@@ -335,6 +335,8 @@ def _edit_timing_section(timing: dict[str, Any] | None, title: str) -> list[str]
                 f"Medians of {r['solve_only'][0].get('repeats', 1)} in one process at "
                 f"{r['solve_only'][0].get('threads', '?')} threads."
             )
+            if timing.get("solve_meta"):
+                lines += ["", "Solve + SVD rows: " + _provenance({"meta": timing["solve_meta"]})]
         lines.append("")
     return lines
 
