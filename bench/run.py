@@ -331,10 +331,11 @@ def _edit_timing_section(timing: dict[str, Any] | None, title: str) -> list[str]
                     f"{row.get('residual', float('nan')):.4f} / {row.get('residual_exact', float('nan')):.4f} | "
                     f"{old.get('solve_plus_svd_s', float('nan')):.2f} s |"
                 )
-            lines.append(
+            lines += [
+                "",
                 f"Medians of {r['solve_only'][0].get('repeats', 1)} in one process at "
-                f"{r['solve_only'][0].get('threads', '?')} threads."
-            )
+                f"{r['solve_only'][0].get('threads', '?')} threads.",
+            ]
             if timing.get("solve_meta"):
                 lines += ["", "Solve + SVD rows: " + _provenance({"meta": timing["solve_meta"]})]
         lines.append("")

@@ -2,7 +2,8 @@
 acceptance bars of the training and editing issues, on the bundled toy model judged by the toy judge.
 
 Bars: train one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 95% of base; five concepts in one patch:
-Acc_erased <= 10% each, Acc_kept >= 90%; edit one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 97%;
+Acc_erased <= 10% each, Acc_kept >= 90%; edit one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 97%; edit
+every object and identity but star: each <= 5%, star and every style >= 90% of base;
 correction: colour entropy of the bare concept >= 90% of log2(4), coloured prompts >= 90% right, Acc_kept >= 95%.
 """
 
@@ -74,6 +75,16 @@ def test_edit_one_concept_meets_the_bar(world, concept):
     score, kept = _scored(world, edit_patch(world[0], [concept]), [concept])
     _check_erased(score, [concept], 0.05, 0.10)
     assert kept >= 0.97
+
+
+def test_edit_every_object_and_identity_but_one_meets_the_bar(world):
+    base = world[3]
+    erased = ["circle", "square", "triangle", "cross", "bob", "alice"]
+    score, _ = _scored(world, edit_patch(world[0], erased), erased)
+    _check_erased(score, erased, 0.05, 0.10)
+    for name in ("star", "striped", "dotted", "checkered"):  # the one left and the styles
+        kept = score.concepts[name].acc / base.concepts[name].acc
+        assert kept >= 0.90, f"{name}: {kept:.0%} of base"
 
 
 def test_correction_meets_the_bar(world):
