@@ -66,35 +66,49 @@ def clip_tokenizer(cache: Path = CACHE) -> Any:
     return tok
 
 
-def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:
-    """A stand-in pipeline: SD-1.5 UNet (meta, with real random attn2 to_k/to_v) and an SD-1.5-size text encoder."""
+def _unet(config_name: str) -> Any:
+    """A full-size UNet on the meta device with real random weights only for its attn2 to_k/to_v."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from fmn_patch.targets import find_targets
 
-    torch.manual_seed(seed)
     config = {
-        k: v for k, v in json.loads((HERE / "configs" / "sd15.json").read_text()).items() if k[0] != "_"
+        k: v for k, v in json.loads((HERE / "configs" / config_name).read_text()).items() if k[0] != "_"
     }
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
     for layer in find_targets(unet).values():
-        layer.weight = torch.nn.Parameter(torch.randn(layer.out_features, layer.in_features) / 768**0.5)
-    text_config = CLIPTextConfig(
+        layer.weight = torch.nn.Parameter(
+            torch.randn(layer.out_features, layer.in_features) / layer.in_features**0.5
+        )
+    return unet
+
+
+def _text_encoder(width: int, layers: int, heads: int, act: str, pad: int, projection: bool = False) -> Any:
+    """A CLIP text tower of the given size at random init (CLIP's vocabulary, 77 positions)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
+        hidden_act=act,
+        projection_dim=width,
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=49407,
+        pad_token_id=pad,
     )
-    encoder = CLIPTextModel(text_config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:
+    """A stand-in pipeline: SD-1.5 UNet (meta, with real random attn2 to_k/to_v) and an SD-1.5-size text encoder."""
+    torch.manual_seed(seed)
+    unet = _unet("sd15.json")
+    encoder = _text_encoder(768, 12, 12, "quick_gelu", pad=49407)  # CLIP ViT-L/14's text tower
     return SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=tokenizer, _fmn_base_ref="sd15-random")
 
 
@@ -106,51 +120,12 @@ def sdxl_pipe(tokenizer: Any, seed: int = 0) -> Any:
     states, concatenated (768 + 1280 = 2048), as SDXL's ``encode_prompt`` gives them. tokenizer_2 is the same
     BPE with SDXL's pad token ("!", id 0).
     """
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from fmn_patch.targets import find_targets
+    from transformers import CLIPTokenizer
 
     torch.manual_seed(seed)
-    config = {
-        k: v for k, v in json.loads((HERE / "configs" / "sdxl.json").read_text()).items() if k[0] != "_"
-    }
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-    for layer in find_targets(unet).values():
-        layer.weight = torch.nn.Parameter(
-            torch.randn(layer.out_features, layer.in_features) / layer.in_features**0.5
-        )
-    common = {
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
-    }
-    first = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            pad_token_id=49407,
-            **common,
-        )
-    ).eval()
-    second = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=20,
-            hidden_act="gelu",
-            projection_dim=1280,
-            pad_token_id=0,
-            **common,
-        )
-    ).eval()
+    unet = _unet("sdxl.json")
+    first = _text_encoder(768, 12, 12, "quick_gelu", pad=49407)
+    second = _text_encoder(1280, 32, 20, "gelu", pad=0, projection=True)
     folder = CACHE / "tokenizer"
     tokenizer_2 = CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="!"
