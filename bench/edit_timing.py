@@ -335,42 +335,37 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from run import machine  # the shared provenance block of bench/run.py
 
-    if args.solve_only:
+    if args.solve_only:  # keep the end-to-end rows of the file, refresh the solve+SVD rows
         record = json.loads(out.read_text()) if out.exists() else {"meta": machine(), "rows": []}
         record["solve_meta"] = machine()
-        record["solve_only"] = [
-            solve_only(f"{args.arch}.json", 60_000, 5_000, rank, args.repeats) for rank in args.solve_ranks
-        ]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(out)
-        return
-    rows = []
-    for count in args.counts:
-        cmd = [sys.executable, __file__, "--child", str(count), "--config", args.config]
-        cmd += ["--threads", str(args.threads), "--arch", args.arch]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{count} concepts failed:\n{done.stderr[-3000:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps(row), file=sys.stderr)
-        rows.append(row)
-    solve_rows = [
+    else:
+        record = {
+            "what": WHAT[args.arch],
+            "note": args.note,
+            "budgets": {"solve_plus_svd_1000_s": 2, "end_to_end_100_s": 30, "end_to_end_1000_s": 300},
+            "rows": [_child_row(count, args) for count in args.counts],
+        }
+    record["solve_only"] = [
         solve_only(f"{args.arch}.json", 60_000, 5_000, rank, args.repeats) for rank in args.solve_ranks
     ]
-    for row in solve_rows:
+    for row in record["solve_only"]:
         print(json.dumps(row), file=sys.stderr)
-    record = {
-        "meta": machine(),
-        "what": WHAT[args.arch],
-        "note": args.note,
-        "budgets": {"solve_plus_svd_1000_s": 2, "end_to_end_100_s": 30, "end_to_end_1000_s": 300},
-        "rows": rows,
-        "solve_only": solve_rows,
-    }
+    record.setdefault("meta", machine())  # once every row is in, with the revision that made them
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(out)
+
+
+def _child_row(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One count's end-to-end row, from its own process (so its peak memory is its own)."""
+    cmd = [sys.executable, __file__, "--child", str(count), "--config", args.config]
+    cmd += ["--threads", str(args.threads), "--arch", args.arch]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{count} concepts failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), file=sys.stderr)
+    return row
 
 
 if __name__ == "__main__":

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +25,7 @@ from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, 
 from fmn_patch.base import toy_path
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.errors import FmnPatchError
+from fmn_patch.provenance import provenance
 from fmn_patch.targets import find_targets
 
 HERE = Path(__file__).parent
@@ -37,17 +34,7 @@ ARCHITECTURES = {"SD-1.5": "sd15.json", "SD-2.1": "sd21.json", "SDXL": "sdxl.jso
 
 
 def machine() -> dict[str, Any]:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE).stdout
-    return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "device": "cpu",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "git_revision": rev.stdout.strip() + ("+dirty" if dirty.strip() else ""),
-    }
+    return {**provenance(), "device": "cpu"}
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

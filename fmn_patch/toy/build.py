@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 import fmn_patch
+from fmn_patch.provenance import provenance
 from fmn_patch.toy import card as toy_card
 from fmn_patch.toy.paths import DATA_DIR
 from fmn_patch.toy.train import TrainConfig, train
@@ -67,59 +64,43 @@ def _judge_command(cfg: JudgeTrainConfig) -> list[str]:
     return args
 
 
-def _git_revision() -> str:
-    here = Path(fmn_patch.__file__).parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here)
-    except OSError:
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "unknown"
-
-
 def build(cfg: BuildConfig) -> dict:
     """Train the model and (alongside) the judge, measure the card; return and write the build record."""
     cfg = cfg.resolved()
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     env = dict(os.environ)
-    package_root = str(
-        Path(fmn_patch.__file__).resolve().parent.parent
-    )  # the judge imports this same package
+    # the judge's process imports this same package, wherever it lies
+    package_root = str(Path(fmn_patch.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    judge: dict[str, object] = {}
+    judge: subprocess.Popen[bytes] | None = None
+    judge_started = 0.0
 
     def start_judge(vae: Path) -> None:
+        nonlocal judge, judge_started
         log(f"VAE saved at {vae}: starting the judge alongside")
-        judge["t"] = time.perf_counter()
-        judge["proc"] = subprocess.Popen(_judge_command(cfg.judge), env=env)
+        judge_started = time.perf_counter()
+        judge = subprocess.Popen(_judge_command(cfg.judge), env=env)
 
     cfg.data.mkdir(parents=True, exist_ok=True)
     train(cfg.train, on_vae=start_judge)
     t_train = time.perf_counter() - t0
-    proc = judge.get("proc")
-    if not isinstance(proc, subprocess.Popen):
+    if judge is None:
         raise RuntimeError("the model trained but the judge never started (no VAE was saved)")
-    if proc.wait() != 0:
-        raise SystemExit(f"the judge failed (exit code {proc.returncode}); see its log above")
+    if judge.wait() != 0:
+        raise SystemExit(f"the judge failed (exit code {judge.returncode}); see its log above")
     t_judge_done = time.perf_counter()
     judge_s = json.loads(cfg.judge.out.with_suffix(".json").read_text())["train_s"]  # its own clock
     card_args = ["--pipeline", str(cfg.train.out), "--judge", str(cfg.judge.out), "--out", str(cfg.data)]
     toy_card.main([*card_args, *cfg.card_args])
     total = time.perf_counter() - t0
     record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "fmn_patch.toy.build", *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "torch": torch.__version__,
-        "git_revision": _git_revision(),
+        **provenance(["-m", "fmn_patch.toy.build", *sys.argv[1:]]),
         "load_before": load_before,
         "timings_s": {
             "train": t_train,
             "judge": judge_s,  # alongside the UNet phase; the wait for it is in "train" or "card"
-            "judge_started_after": float(judge["t"]) - t0,  # type: ignore[arg-type]
+            "judge_started_after": judge_started - t0,
             "card": total - (t_judge_done - t0),
             "total": total,
         },

@@ -171,7 +171,7 @@ def _training_text(training: dict) -> str:
   EMA {cfg["ema"]}: loss {unet["loss_every_100"][0]:.3f} -> {unet["final_loss"]:.4f} (mean of the last 200
   steps); {t["unet"] / 60:.1f} min{early}.
 - Training alone: {t["total"] / 60:.1f} min wall time.
-{_ema_note(training)}"""
+"""
 
 
 def _build_text(build: dict | None) -> str:
@@ -186,11 +186,6 @@ both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongsid
 **total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, load average {build["load_before"]:.2f} before the
 start; {build["date"]}, git {build["git_revision"]}).
 """
-
-
-def _ema_note(training: dict) -> str:
-    note = training.get("ema_bias_correction")
-    return f"- EMA bias correction {note}.\n" if note else ""
 
 
 def _accuracy_text(card: dict) -> str:
