@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, save
 
 from fmn_patch import load_base
-from fmn_patch.attack import AttackConfig, SearchConfig, run_attacks
+from fmn_patch.attacks import AttackConfig, SearchConfig, run_attacks
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.judge import ToyJudge
-from fmn_patch.train import TrainConfig, train_patch
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from run import save, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.correct import CorrectConfig, attribute_variants, correct_patch, score_correction
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig, evaluate
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
+from fmn_patch.methods.correct import CorrectConfig, attribute_variants, correct_patch, score_correction
+from fmn_patch.toy.judge import ToyJudge
 
 
 def main() -> None:

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from fmn_patch.apply import apply_patches, remove_patches
-from fmn_patch.base import load_base
-from fmn_patch.conceptbench import Bench, load_bench
-from fmn_patch.edit import EditConfig, edit_patch
-from fmn_patch.judge import TOY_HEADS, ToyJudge
-from fmn_patch.mscore import SamplerConfig, generate, judged
+from fmn_patch.concepts.bench import Bench, load_bench
+from fmn_patch.evaluation.mscore import SamplerConfig, generate, judged
+from fmn_patch.families.base import load_base
+from fmn_patch.families.stack import apply_patches, remove_patches
+from fmn_patch.methods.edit import EditConfig, edit_patch
+from fmn_patch.toy.judge import TOY_HEADS, ToyJudge
 from fmn_patch.toy.world import COLOURS
 
 HERE = Path(__file__).parent

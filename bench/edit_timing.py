@@ -70,7 +70,7 @@ def _unet(config_name: str) -> Any:
     """A full-size UNet on the meta device with real random weights only for its attn2 to_k/to_v."""
     from diffusers import UNet2DConditionModel
 
-    from fmn_patch.targets import find_targets
+    from fmn_patch.families.unet import find_targets
 
     config = {
         k: v for k, v in json.loads((HERE / "configs" / config_name).read_text()).items() if k[0] != "_"
@@ -152,7 +152,7 @@ WHAT = {
 
 def concept_names(tokenizer: Any, count: int) -> list[str]:
     """The real bench's concepts, then two-word names from the vocabulary (deterministic)."""
-    from fmn_patch.conceptbench import load_bench
+    from fmn_patch.concepts.bench import load_bench
 
     names = [c.name for c in load_bench("real").concepts]
     words = [w for w in _vocab_words(tokenizer) if len(w) > 3][200:]
@@ -170,7 +170,7 @@ def _vocab_words(tokenizer: Any) -> list[str]:
 
 def check_causal_padding(pipe: Any) -> float:
     """Max |difference| of the real tokens' states between true-length and padded-to-77 encoding."""
-    from fmn_patch.encoding import TextStates
+    from fmn_patch.families.encoding import TextStates
 
     text = TextStates(pipe)
     prompts = ["a photo of Elon Musk", "a landscape painted by Claude Monet", "a cat"]
@@ -182,7 +182,7 @@ def check_causal_padding(pipe: Any) -> float:
 
 
 def run_one(count: int, config_overrides: dict[str, Any], arch: str = "sd15") -> dict[str, Any]:
-    from fmn_patch.edit import EditConfig, edit_patch
+    from fmn_patch.methods.edit import EditConfig, edit_patch
 
     t0 = time.perf_counter()
     tokenizer = clip_tokenizer()
@@ -231,8 +231,9 @@ def solve_only(
 
     from diffusers import UNet2DConditionModel
 
-    from fmn_patch.solver import NormalEquations, factorize, factorize_products, layer_delta
-    from fmn_patch.targets import find_targets
+    from fmn_patch.families.unet import find_targets
+    from fmn_patch.format.lowrank import factorize, factorize_products
+    from fmn_patch.methods.solver import NormalEquations, layer_delta
 
     config = {
         k: v for k, v in json.loads((HERE / "configs" / config_name).read_text()).items() if k[0] != "_"

@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import save, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
-from fmn_patch.attack import InversionAttackConfig, inversion_attack, reference_latents
-from fmn_patch.baseline import train_fmn_baseline
+from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig, acc_kept, evaluate
-from fmn_patch.train import TrainConfig, train_patch
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
+from fmn_patch.methods.baseline import train_fmn_baseline
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
 
 
 def measure(pipe: Any, label: str, concept: str, world: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 import torch
 
 from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, merge_patches, remove_patches
-from fmn_patch.base import toy_path
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.provenance import provenance
-from fmn_patch.targets import find_targets
+from fmn_patch.evaluation.provenance import provenance
+from fmn_patch.families.base import toy_path
+from fmn_patch.families.unet import find_targets
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -94,7 +94,7 @@ def bench_inference(repeats: int) -> dict[str, Any]:
         toy_path()
         ref = "toy"
     except FmnPatchError:
-        from fmn_patch.tiny import build_sd
+        from fmn_patch.families.tiny import build_sd
 
         ref = str(build_sd("sd1", Path(tempfile.mkdtemp()) / "tiny"))
     pipes = {"base": load_base(ref), "unfused": load_base(ref), "fused": load_base(ref)}

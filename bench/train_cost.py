@@ -31,11 +31,11 @@ METHODS = ("resteer", "edit", "hybrid", "fmn-baseline")
 
 def one_run(method: str, concept: str) -> dict[str, Any]:
     from fmn_patch import load_base
-    from fmn_patch.baseline import train_fmn_baseline
     from fmn_patch.cli.options import quiet_libraries
-    from fmn_patch.conceptbench import load_bench
-    from fmn_patch.edit import edit_patch
-    from fmn_patch.train import TrainConfig, train_patch
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.methods.baseline import train_fmn_baseline
+    from fmn_patch.methods.edit import edit_patch
+    from fmn_patch.methods.resteer import TrainConfig, train_patch
 
     quiet_libraries()
     pipe = load_base("toy")

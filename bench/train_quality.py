@@ -29,14 +29,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
-from fmn_patch.baseline import FMNConfig, train_fmn_baseline
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.edit import edit_patch
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import ModelScore, SamplerConfig, acc_kept, concept_samples, evaluate, image_grid
-from fmn_patch.patch import Patch
-from fmn_patch.train import TrainConfig, train_patch
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.mscore import (
+    ModelScore,
+    SamplerConfig,
+    acc_kept,
+    concept_samples,
+    evaluate,
+    image_grid,
+)
+from fmn_patch.format import Patch
+from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
+from fmn_patch.methods.edit import edit_patch
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
 
 FIVE = ["circle", "square", "bob", "striped", "star"]
 QUICK = ["circle", "bob", "striped"]

@@ -88,10 +88,10 @@ def peak_rss_mib() -> float:
 
 def run_method(method: str, steps: int) -> dict[str, Any]:
     """One method in this process: build, train ``steps`` steps, report."""
-    from fmn_patch.baseline import FMNConfig, train_fmn_baseline
     from fmn_patch.cli.options import quiet_libraries
-    from fmn_patch.conceptbench import load_bench
-    from fmn_patch.train import TrainConfig, train_patch
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
+    from fmn_patch.methods.resteer import TrainConfig, train_patch
 
     quiet_libraries()
     t0 = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 from fmn_patch import Patch, apply_patches, export_kohya, load_base, merge_patches, remove_patches, summarize
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.grid import image_grid
-from fmn_patch.summary import render_text
+from fmn_patch.evaluation.grid import labelled_grid
+from fmn_patch.format.summary import render_text
 
 OUT = Path("out/demo")
 
@@ -48,16 +48,16 @@ def toy_demo() -> None:
 
     from PIL import Image
 
-    from fmn_patch.conceptbench import load_bench
+    from fmn_patch.concepts.bench import load_bench
     from fmn_patch.evaluation import evaluate_patches, write_report
-    from fmn_patch.judge import ToyJudge
-    from fmn_patch.mscore import SamplerConfig
+    from fmn_patch.evaluation.mscore import SamplerConfig
+    from fmn_patch.methods.resteer import TrainConfig, train_patch
+    from fmn_patch.toy.judge import ToyJudge
     from fmn_patch.toy.world import dataset
-    from fmn_patch.train import TrainConfig, train_patch
 
     images, labels = dataset(12, seed=7)
     cells = [Image.fromarray(img) for img in images]
-    image_grid([cells[:6], cells[6:]], scale=4).save(OUT / "world.png")
+    labelled_grid([cells[:6], cells[6:]], scale=4).save(OUT / "world.png")
     log("1. the toy world -> out/demo/world.png; captions: " + " | ".join(s.caption for s in labels[:6]))
 
     pipe = load_base("toy")
@@ -98,9 +98,10 @@ def toy_demo() -> None:
 
 def tiny_demo() -> None:
     """Without the toy model: a hand-made patch (random factors) on a tiny random SD-1.x pipeline."""
-    from fmn_patch import PatchInfo, describe_base, find_targets, preview
     from fmn_patch.preview import SampleConfig
-    from fmn_patch.tiny import build_sd
+
+    from fmn_patch import PatchInfo, describe_base, find_targets, preview
+    from fmn_patch.families.tiny import build_sd
 
     log(
         "toy model not built (`make toy-model`): running the patch-file demo on a tiny random SD-1.x pipeline"
@@ -132,7 +133,7 @@ def main() -> None:
     quiet_libraries()
     OUT.mkdir(parents=True, exist_ok=True)
     try:
-        from fmn_patch.base import toy_path
+        from fmn_patch.families.base import toy_path
 
         toy_path()
         from fmn_patch.toy.paths import toy_judge_path

@@ -2,48 +2,152 @@
 
 The library is the product; the ``fmnpatch`` CLI is a thin layer over these calls::
 
-    from fmn_patch import Patch, load_base, apply_patches
+    from fmn_patch import Patch, load_base, apply_patches, train_patch
 
-    pipe = load_base("toy")
-    apply_patches(pipe, [Patch.load("forget-circle.safetensors")])
+    base = load_base("toy")
+    patch = train_patch(base, ["circle"])
+    apply_patches(base, [patch])
+    image = base("a red circle").images[0]
+
+The package is in layers (see ARCHITECTURE.md): ``errors``/``files`` < ``format`` < ``families`` < ``concepts`` <
+``methods``, ``evaluation`` < ``attacks`` < ``hub``, ``toy`` < ``cli``; a module imports its own layer or lower.
 """
 
-from .apply import apply_patches, check_compatible, fuse_patches, remove_patches, save_pipeline
-from .base import describe_base, load_base
-from .errors import BaseMismatchError, FmnPatchError, NotBuiltError, PatchFileError
-from .kohya import export_kohya, to_kohya
-from .merge import MergeReport, merge_patches
-from .patch import FORMAT_VERSION, Patch, PatchConcept, PatchInfo
-from .preview import SampleConfig, preview, sample
-from .summary import summarize
-from .targets import find_targets, target_hash
+from . import toy  # registers the toy world: base, bench and judge "toy"
+from .attacks import AttackConfig, AttackReport, InversionAttackConfig, SearchConfig, run_attacks
+from .concepts import Bench, Concept, Preset, load_bench, load_preset, preset_concepts
+from .errors import (
+    BaseMismatchError,
+    BenchError,
+    FmnPatchError,
+    NotBuiltError,
+    PatchFileError,
+    UnknownNameError,
+)
+from .evaluation import (
+    EvalReport,
+    SampleConfig,
+    SamplerConfig,
+    evaluate_patches,
+    load_judge,
+    preview,
+    sample,
+    score_correction,
+    write_report,
+)
+from .families import (
+    Base,
+    BaseInfo,
+    BaseMismatchWarning,
+    Family,
+    apply_patches,
+    as_base,
+    check_compatible,
+    export_kohya,
+    fuse_patches,
+    load_base,
+    register_family,
+    remove_patches,
+    save_pipeline,
+    to_kohya,
+)
+from .format import (
+    CATEGORIES,
+    FORMAT_VERSION,
+    Category,
+    MergeReport,
+    Patch,
+    PatchConcept,
+    PatchInfo,
+    category_of,
+    merge_patches,
+    render_text,
+    summarize,
+)
+from .hub import HubRef, pull, push
+from .hub import search as search_hub
+from .methods import (
+    CorrectConfig,
+    EditConfig,
+    FMNConfig,
+    InversionConfig,
+    TrainConfig,
+    correct_patch,
+    edit_patch,
+    train_fmn_baseline,
+    train_patch,
+    train_patch_with_inversion,
+)
 
+search = search_hub
 __version__ = "0.1.0"
 
 __all__ = [
+    "CATEGORIES",
     "FORMAT_VERSION",
+    "AttackConfig",
+    "AttackReport",
+    "Base",
+    "BaseInfo",
     "BaseMismatchError",
+    "BaseMismatchWarning",
+    "Bench",
+    "BenchError",
+    "Category",
+    "Concept",
+    "CorrectConfig",
+    "EditConfig",
+    "EvalReport",
+    "FMNConfig",
+    "Family",
     "FmnPatchError",
+    "HubRef",
+    "InversionAttackConfig",
+    "InversionConfig",
     "MergeReport",
     "NotBuiltError",
     "Patch",
     "PatchConcept",
     "PatchFileError",
     "PatchInfo",
+    "Preset",
     "SampleConfig",
+    "SamplerConfig",
+    "SearchConfig",
+    "TrainConfig",
+    "UnknownNameError",
     "apply_patches",
+    "as_base",
+    "category_of",
     "check_compatible",
-    "describe_base",
+    "correct_patch",
+    "edit_patch",
+    "evaluate_patches",
     "export_kohya",
-    "find_targets",
     "fuse_patches",
     "load_base",
+    "load_bench",
+    "load_judge",
+    "load_preset",
     "merge_patches",
+    "preset_concepts",
     "preview",
+    "pull",
+    "push",
+    "register_family",
     "remove_patches",
+    "render_text",
+    "run_attacks",
     "sample",
     "save_pipeline",
+    "score_correction",
+    "search",
+    "search_hub",
     "summarize",
-    "target_hash",
     "to_kohya",
+    "toy",
+    "train_fmn_baseline",
+    "train_patch",
+    "train_patch_with_inversion",
+    "write_report",
 ]

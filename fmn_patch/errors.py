@@ -1,6 +1,7 @@
 """Errors that teach: every message names the bad value and the fix.
 
-The CLI prints ``FmnPatchError`` messages as one line and exits with code 2; any other exception is a bug.
+The library raises only ``FmnPatchError`` subclasses for user mistakes; the CLI prints their message as one line
+and exits with code 2. Any other exception is a bug.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ class PatchFileError(FmnPatchError):
 
 class BaseMismatchError(FmnPatchError):
     """A patch that does not fit the base model it is applied to."""
+
+
+class UnknownNameError(FmnPatchError):
+    """A name (concept, bench, judge, base, family, category) that no registry or data file knows."""
+
+
+class BenchError(FmnPatchError):
+    """A ConceptBench file or a concept that does not fit it."""
 
 
 class NotBuiltError(FmnPatchError):

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 from fmn_patch import load_base
-from fmn_patch.card import model_card
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.conceptbench import load_bench
+from fmn_patch.concepts.bench import load_bench
 from fmn_patch.evaluation import evaluate_patches
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig
-from fmn_patch.train import TrainConfig, train_patch
+from fmn_patch.evaluation.mscore import SamplerConfig
+from fmn_patch.hub.card import model_card
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
 
 HERE = Path(__file__).parent
 REFERENCE = {

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmn_patch.base import load_base, target_shapes
-from fmn_patch.patch import Patch, PatchConcept, PatchInfo
+from fmn_patch.families.base import load_base
+from fmn_patch.format import Patch, PatchConcept, PatchInfo
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from fmn_patch.tiny import build_sd
+    from fmn_patch.families.tiny import build_sd
 
     root = tmp_path_factory.mktemp("pipelines")
     return {kind: build_sd(kind, root) for kind in KINDS}
@@ -41,15 +41,13 @@ def sd1(pipeline_dirs: dict[str, Path]):
 
 def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept: str = "circle") -> Patch:
     """A hand-made patch: random factors on every attn2 to_k/to_v of the pipeline, sized to change images."""
-    from fmn_patch.base import describe_base
-
     gen = torch.Generator().manual_seed(seed)
     factors = {}
-    for module, (out_f, in_f) in target_shapes(pipe).items():
+    for module, (out_f, in_f) in pipe.family.target_shapes().items():
         a = torch.randn(rank, in_f, generator=gen) * scale / in_f**0.5
         b = torch.randn(out_f, rank, generator=gen) * scale
         factors[module] = (a, b)
-    base = describe_base(pipe)
+    base = pipe.describe()
     info = PatchInfo(
         method="manual",
         concepts=(PatchConcept(concept, "object"),),

@@ -8,15 +8,20 @@ import pytest
 import torch
 from conftest import random_patch, render
 
-from fmn_patch.apply import BaseMismatchWarning, apply_patches, fuse_patches, remove_patches, save_pipeline
-from fmn_patch.base import load_base
 from fmn_patch.errors import BaseMismatchError, FmnPatchError
-from fmn_patch.patch import Patch
-from fmn_patch.targets import find_targets
+from fmn_patch.families.base import load_base
+from fmn_patch.families.stack import (
+    BaseMismatchWarning,
+    apply_patches,
+    fuse_patches,
+    remove_patches,
+    save_pipeline,
+)
+from fmn_patch.format import Patch
 
 
 def _target_weights(pipe) -> dict[str, torch.Tensor]:
-    return {k: v.weight.detach().clone() for k, v in find_targets(pipe.unet).items()}
+    return {k: v.weight.detach().clone() for k, v in pipe.family.targets().items()}
 
 
 def test_stock_diffusers_load_equals_our_apply(kind, pipeline_dirs, tmp_path):
@@ -30,7 +35,7 @@ def test_stock_diffusers_load_equals_our_apply(kind, pipeline_dirs, tmp_path):
     ours = render(pipe)
 
     stock = load_base(folder)  # stock diffusers path: nothing of fmn_patch touches the LoRA load
-    stock.load_lora_weights(str(path))
+    stock.pipe.load_lora_weights(str(path))
     theirs = render(stock)
 
     assert not torch.allclose(base_img, ours, atol=1e-3), "the patch should change the images"
@@ -100,7 +105,7 @@ def test_fused_equals_unfused_stack(kind, pipeline_dirs, tmp_path):
     expected = render(unfused)
 
     fused = fuse_patches(load_base(folder), patches, [0.7, 0.4])
-    assert not getattr(fused.unet, "peft_config", None)
+    assert not getattr(fused.pipe.unet, "peft_config", None)
     out = save_pipeline(fused, tmp_path / "fused")
     reloaded = load_base(str(out))
     torch.testing.assert_close(render(reloaded), expected, rtol=0, atol=1e-4)
@@ -121,7 +126,7 @@ def test_shape_mismatch_names_the_module(pipeline_dirs):
     patch = random_patch(sd2)
     with pytest.raises(BaseMismatchError, match=r"shape mismatch at .*attn2\.to_[kv]"):
         apply_patches(sd1, [patch])
-    assert not getattr(sd1.unet, "peft_config", None), "nothing may be applied after a refusal"
+    assert not getattr(sd1.pipe.unet, "peft_config", None), "nothing may be applied after a refusal"
 
 
 def test_missing_module_is_an_error(pipeline_dirs):

@@ -9,24 +9,21 @@ import pytest
 from conftest import random_patch
 from PIL import Image
 
-from fmn_patch.attack import (
-    UNSEEN_TEMPLATES,
+from fmn_patch.attacks import (
     AttackConfig,
     InversionAttackConfig,
     SearchConfig,
     inversion_attack,
-    paraphrase_prompts,
     reference_latents,
     run_attacks,
     search_prompt,
 )
-from fmn_patch.base import load_base
 from fmn_patch.cli.app import main
-from fmn_patch.conceptbench import load_bench
+from fmn_patch.concepts.bench import load_bench
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig
-from fmn_patch.targets import target_hash
+from fmn_patch.evaluation.mscore import SamplerConfig
+from fmn_patch.families.base import load_base
+from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path
 
 pytestmark = pytest.mark.skipif(not toy_judge_path().exists(), reason="toy judge not built (make toy-model)")
@@ -75,15 +72,16 @@ def without_seconds(obj):
 
 
 def test_paraphrases_are_unseen_orders_of_known_words(toy, bench):
-    for category, templates in UNSEEN_TEMPLATES["toy"].items():
+    for category, templates in bench.paraphrases.items():
         assert not set(templates) & set(bench.templates[category])
         concept = bench.of_category(category)[0]
-        for prompt in paraphrase_prompts(bench, concept):
+        for prompt in bench.paraphrase_prompts(concept):
             for word in prompt.replace(",", " , ").split():  # every word is one token of the toy vocabulary
-                assert len(toy.tokenizer(word, add_special_tokens=False).input_ids) == 1, (prompt, word)
-    prompts = paraphrase_prompts(bench, bench.concept("circle"))
+                assert len(toy.family.token_ids(word)) == 1, (prompt, word)
+    prompts = bench.paraphrase_prompts(bench.concept("circle"))
     assert len(prompts) == 4 * 4 * 2 and "the disc is red" in prompts  # templates x colours x (name, alias)
-    assert set(UNSEEN_TEMPLATES["real"]) == set(load_bench("real").templates)
+    real = load_bench("real")
+    assert set(real.paraphrases) == set(real.templates)
 
 
 def test_every_attack_recovers_the_concept_from_the_base(toy, bench, judge):
@@ -115,7 +113,10 @@ def test_inversion_runs_exactly_its_steps_and_is_deterministic(toy, bench, judge
     assert len(learned.losses) == 3 and learned.embeddings.shape == (1, 64)
     assert learned.embeddings.equal(relearned.embeddings)
     assert without_seconds(first.to_dict()) == without_seconds(again.to_dict())
-    assert first.prompts[0] == "a red <attack-circle>" and "<attack-circle>" not in toy.tokenizer.get_vocab()
+    assert (
+        first.prompts[0] == "a red <attack-circle>"
+        and "<attack-circle>" not in toy.pipe.tokenizer.get_vocab()
+    )
 
 
 def test_search_honours_its_candidate_cap_and_is_deterministic(toy, circle_latents):
@@ -135,7 +136,7 @@ def test_search_stops_within_its_seconds(toy, circle_latents):
 
 def test_run_attacks_is_deterministic_and_leaves_the_pipeline_unpatched(sd1, judge, bench):
     patch = random_patch(sd1, concept="circle")
-    before = target_hash(sd1.unet)
+    before = sd1.family.target_hash()
     config = AttackConfig(
         attacks=("inversion", "search"),  # the two with randomness of their own
         sampler=SamplerConfig(steps=2, seeds=(0,)),
@@ -148,7 +149,7 @@ def test_run_attacks_is_deterministic_and_leaves_the_pipeline_unpatched(sd1, jud
     again = run_attacks(sd1, [patch], "circle", judge, bench, config)
     assert first.models == ["base", "patched"] and first.concept.name == "circle"
     assert without_seconds(first.to_dict()) == without_seconds(again.to_dict())
-    assert target_hash(sd1.unet) == before and not getattr(sd1.unet, "peft_config", None)
+    assert sd1.family.target_hash() == before and not getattr(sd1.pipe.unet, "peft_config", None)
 
 
 def test_bad_configs_name_the_value():

@@ -9,11 +9,11 @@ import torch
 from conftest import random_patch, render
 from PIL import Image
 
-from fmn_patch.base import load_base
 from fmn_patch.cli.app import main
 from fmn_patch.cli.planned import PLANNED, planned_command
 from fmn_patch.errors import NotBuiltError
-from fmn_patch.patch import Patch
+from fmn_patch.families.base import load_base
+from fmn_patch.format import Patch
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -92,7 +92,7 @@ def test_merge_then_apply_output_equals_stack(capsys, patch_files, pipeline_dirs
     assert code == 0 and out.strip() == str(fused_dir)
 
     stacked = load_base(str(pipeline_dirs["sd1"]))
-    from fmn_patch.apply import apply_patches
+    from fmn_patch.families.stack import apply_patches
 
     apply_patches(stacked, [Patch.load(p) for p in patch_files], [1.0, 0.5])
     torch.testing.assert_close(render(load_base(str(fused_dir))), render(stacked), rtol=0, atol=1e-4)

@@ -8,18 +8,18 @@ import pytest
 import torch
 from test_cli import run
 
-from fmn_patch.base import load_base
-from fmn_patch.correct import (
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.evaluation.correction import entropy_bits
+from fmn_patch.families.base import load_base
+from fmn_patch.families.unet import is_target
+from fmn_patch.methods.correct import (
     CorrectConfig,
     attribute_variants,
     correct_patch,
-    entropy_bits,
     variant_pairs,
 )
-from fmn_patch.errors import FmnPatchError
-from fmn_patch.targets import is_target
 
-FAST = dict(steps=3, images_per_prompt=1, image_steps=2, batch_size=2, templates=("a {}",))
+FAST = dict(steps=3, images_per_prompt=1, image_steps=2, batch_size=2, templates=("a {}",), bench="toy")
 VARIANTS = ["red circle", "blue circle"]
 
 
@@ -40,14 +40,14 @@ def test_variant_pairs_line_up_template_by_template():
 
 
 def test_attribute_variants_come_from_the_bench():
-    assert attribute_variants("circle", "colour") == [
+    assert attribute_variants("circle", "colour", "toy") == [
         "red circle",
         "green circle",
         "blue circle",
         "yellow circle",
     ]
     with pytest.raises(FmnPatchError, match=r"no attribute 'size'.*--into"):
-        attribute_variants("circle", "size")
+        attribute_variants("circle", "size", "toy")
 
 
 def test_entropy_bits():
@@ -60,7 +60,7 @@ def test_entropy_bits():
 
 def test_correct_patch_trains_attn2_kv_only_and_is_deterministic(sd1):
     config = CorrectConfig(**FAST)
-    before = {k: v.clone() for k, v in sd1.unet.state_dict().items()}
+    before = {k: v.clone() for k, v in sd1.pipe.unet.state_dict().items()}
     first = correct_patch(sd1, "circle", VARIANTS, config, progress=False)
     second = correct_patch(sd1, "circle", VARIANTS, config, progress=False)
     assert first.info.method == "correct" and first.concept_names == ["circle"]
@@ -68,7 +68,7 @@ def test_correct_patch_trains_attn2_kv_only_and_is_deterministic(sd1):
     assert first.factors and all(is_target(m) for m in first.factors)
     assert first.tensor_hash() == second.tensor_hash()  # same inputs and seed, same tensors
     assert any(float(b.abs().max()) > 0 for _, b in first.factors.values())  # it learned something
-    after = sd1.unet.state_dict()
+    after = sd1.pipe.unet.state_dict()
     assert set(after) == set(before) and all(
         torch.equal(before[k], after[k]) for k in before
     )  # left as it was
@@ -93,7 +93,8 @@ def test_cli_correct(capsys, pipeline_dirs, tmp_path):
     base = str(pipeline_dirs["sd1"])
     code, _, err = run(capsys, "correct", "circle", "--base", base, "-o", str(out))
     assert code == 2 and "--into" in err and len(err.strip().splitlines()) == 1
-    args = ["correct", "circle", "--attribute", "colour", "--base", base, "-o", str(out), "--steps", "2"]
+    args = ["correct", "circle", "--attribute", "colour", "--bench", "toy", "--base", base, "-o", str(out)]
+    args += ["--steps", "2"]
     args += ["--template", "a {}", "--json"]
     code, stdout, _ = run(capsys, *args)
     assert code == 0 and out.exists()

@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmn_patch.base import load_base
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.edit import (
-    EditConcept,
-    EditConfig,
-    Editor,
-    edit_patch,
-    parse_concept,
-    preserve_prompts,
-    resolve,
-)
-from fmn_patch.encoding import TextStates, align
+from fmn_patch.concepts.bench import Concept, load_bench
+from fmn_patch.concepts.prompts import parse_concept, resolve
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.patch import Patch
-from fmn_patch.targets import find_targets
+from fmn_patch.families.base import load_base
+from fmn_patch.families.encoding import align
+from fmn_patch.format import Patch
+from fmn_patch.methods.edit import EditConfig, edit_patch
+from fmn_patch.methods.edit import _preserve as preserve_prompts
+from fmn_patch.methods.editor import Editor
 
 PROMPTS = ["a photo of bob", "a red circle in the style of van gogh", ""]
 SMALL = EditConfig(rank=4, vocab_words=20, padding=3)
@@ -27,10 +21,10 @@ SMALL = EditConfig(rank=4, vocab_words=20, padding=3)
 
 def test_true_length_states_equal_the_pipelines_own(pipeline_dirs, kind):
     pipe = load_base(str(pipeline_dirs[kind]))
-    ref = pipe.encode_prompt(
+    ref = pipe.pipe.encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
     )[0]
-    text = TextStates(pipe)
+    text = pipe.family.text_states()
     assert torch.equal(text.encode(PROMPTS, 77), ref.float())  # padded to the max length: identical
     short = text.encode(PROMPTS, 0)  # true length: the causal mask keeps padding out of the real tokens
     assert short.shape[1] == max(len(i) for i in text.ids(PROMPTS)) < ref.shape[1]
@@ -66,7 +60,7 @@ def test_preserve_set_leaves_out_prompts_with_erased_words(sd1):
     bench = load_bench("toy")
     concepts = resolve(["circle"], bench)
     prompts = list(
-        preserve_prompts(concepts, ["shape"], bench, sd1.tokenizer, SMALL, extra=["a circle", "a dog"])
+        preserve_prompts(sd1.family, concepts, ["shape"], bench, SMALL, extra=["a circle", "a dog"])
     )
     assert "" in prompts and "a dog" in prompts and "a red square" in prompts and "a red shape" in prompts
     assert not any("circle" in p or "disc" in p for p in prompts)
@@ -74,7 +68,7 @@ def test_preserve_set_leaves_out_prompts_with_erased_words(sd1):
 
 def _kv(pipe: object, patch: Patch | None, states: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
-    for name, layer in find_targets(pipe.unet).items():  # type: ignore[attr-defined]
+    for name, layer in pipe.family.targets().items():  # type: ignore[attr-defined]
         w = layer.weight.detach().float()
         if patch is not None:
             w = w + patch.delta(name)
@@ -85,9 +79,11 @@ def _kv(pipe: object, patch: Patch | None, states: torch.Tensor) -> dict[str, to
 def test_edit_moves_the_concept_and_keeps_the_rest(sd1):
     # a small preserve set, so that 32 random dims can serve both: the erased prompt and a preserved one
     config = EditConfig(rank=32, bench="none", vocab_words=0, padding=0, push=0.0, erase_weight=100.0)
-    patch = edit_patch(sd1, ["circle"], anchor="square", preserve=["a photo of bob"], config=config)
+    patch = edit_patch(
+        sd1, ["circle"], anchor="square", preserve=["a photo of bob"], config=config, category="object"
+    )
     assert patch.info.method == "edit" and patch.concept_names == ["circle"]
-    assert set(patch.modules) == set(find_targets(sd1.unet)) and patch.rank == 32
+    assert set(patch.modules) == set(sd1.family.targets()) and patch.rank == 32
     extra = patch.info.extra
     assert (
         set(extra["residuals"]) == set(patch.modules) and extra["residual"] < 1e-3
@@ -97,7 +93,7 @@ def test_edit_moves_the_concept_and_keeps_the_rest(sd1):
         and extra["rows"]["preserve"] > 0
         and extra["anchors"] == {"circle": "square"}
     )
-    erased, anchored, kept = TextStates(sd1).encode(
+    erased, anchored, kept = sd1.family.text_states().encode(
         ["a photo of circle", "a photo of square", "a photo of bob"], 0
     )
     concept_to_eos = slice(4, 6)  # BOS a photo of [circle] EOS
@@ -115,7 +111,9 @@ def test_edit_moves_the_concept_and_keeps_the_rest(sd1):
 
 
 def test_rank_truncation_is_reported(sd1):
-    patch = edit_patch(sd1, ["circle", "bob"], config=EditConfig(rank=1, vocab_words=20, padding=3))
+    patch = edit_patch(
+        sd1, ["circle", "bob"], config=EditConfig(rank=1, vocab_words=20, padding=3), category="object"
+    )
     extra = patch.info.extra
     assert (
         patch.rank == 1 and 0 < extra["residual"] < 1 and all(0 < r < 1 for r in extra["residuals"].values())
@@ -123,8 +121,8 @@ def test_rank_truncation_is_reported(sd1):
 
 
 def test_edit_is_deterministic_and_saves(sd1, tmp_path):
-    first = edit_patch(sd1, ["circle=disc"], config=SMALL)
-    second = edit_patch(sd1, ["circle=disc"], config=SMALL)
+    first = edit_patch(sd1, ["circle=disc"], config=SMALL, category="object")
+    second = edit_patch(sd1, ["circle=disc"], config=SMALL, category="object")
     assert first.tensor_hash() == second.tensor_hash()
     loaded = Patch.load(first.save(tmp_path / "p.safetensors"))
     assert loaded.info.extra["aliases"] == {"circle": ["disc"]} and loaded.info.config["rank"] == 4
@@ -141,22 +139,22 @@ def test_edit_errors_name_the_fix(sd1):
     with pytest.raises(FmnPatchError, match="no concept"):
         edit_patch(sd1, [], config=SMALL)
     with pytest.raises(FmnPatchError, match="contains the concept"):
-        edit_patch(sd1, ["circle"], anchor="a red circle", config=SMALL)
+        edit_patch(sd1, ["circle"], anchor="a red circle", config=SMALL, category="object")
     with pytest.raises(FmnPatchError, match="rank=0"):
         EditConfig(rank=0)
     with pytest.raises(FmnPatchError, match="unknown category"):
-        EditConcept("x", "colour")  # type: ignore[arg-type]
+        Concept("x", "colour")  # type: ignore[arg-type]
 
 
 def test_wide_layers_are_factored_without_forming_their_delta(sd1, monkeypatch):
     """The randomised path for wide layers (forced here on the tiny UNet) gives nearly the exact path's deltas, and
     the header says its residuals are estimates."""
-    import fmn_patch.edit as edit_module
+    import fmn_patch.methods.editor as edit_module
 
     config = EditConfig(rank=4)
-    exact = edit_patch(sd1, ["circle"], config=config)
+    exact = edit_patch(sd1, ["circle"], config=config, category="object")
     monkeypatch.setattr(edit_module, "NARROW", 8)  # every tiny layer now counts as wide
-    fast = edit_patch(sd1, ["circle"], config=config)
+    fast = edit_patch(sd1, ["circle"], config=config, category="object")
     assert exact.info.extra["residual_kind"] == "exact" and fast.info.extra["residual_kind"] == "estimate"
     for module, (a, b) in exact.factors.items():
         fa, fb = fast.factors[module]

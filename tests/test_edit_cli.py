@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fmn_patch.cli.app import main
-from fmn_patch.patch import Patch
+from fmn_patch.format import Patch
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -29,7 +29,17 @@ def test_edit_writes_a_patch_and_reports_json(capsys, pipeline_dirs, tmp_path):
     keep.write_text("a photo of a cat\n")
     out_path = tmp_path / "p.safetensors"
     args = ["edit", "circle=disc", "--from-file", str(concepts), "--preserve-file", str(keep)]
-    args += ["--base", str(pipeline_dirs["sd1"]), "--rank", "2", "-o", str(out_path), "--json"]
+    args += [
+        "--base",
+        str(pipeline_dirs["sd1"]),
+        "--category",
+        "object",
+        "--rank",
+        "2",
+        "-o",
+        str(out_path),
+        "--json",
+    ]
     code, out, err = run(capsys, *args)
     assert code == 0, err
     data = json.loads(out)

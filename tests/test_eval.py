@@ -8,12 +8,12 @@ import pytest
 from conftest import random_patch
 from test_cli import run
 
-from fmn_patch.base import load_base
-from fmn_patch.conceptbench import load_bench
+from fmn_patch.concepts.bench import load_bench
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation import evaluate_patches, write_report
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig
+from fmn_patch.evaluation.mscore import SamplerConfig
+from fmn_patch.families.base import load_base
+from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path
 
 pytestmark = pytest.mark.skipif(not toy_judge_path().exists(), reason="toy judge not built (make toy-model)")
@@ -46,7 +46,7 @@ def test_report_names_are_stable(pipeline_dirs, tmp_path):
     assert data["kept"] == ["square", "bob"]
     kept = [patched["concepts"][n]["acc"] for n in ("square", "bob")]
     assert patched["acc_kept"] == pytest.approx(sum(kept) / 2)
-    assert not (getattr(pipe.unet, "peft_config", None) or {}), "eval leaves the pipeline unpatched"
+    assert not (getattr(pipe.pipe.unet, "peft_config", None) or {}), "eval leaves the pipeline unpatched"
     paths = write_report(report, tmp_path / "r")
     assert json.loads(paths["json"].read_text())["models"][1]["erased"] == ["circle"]
     assert "| circle (erased) |" in paths["markdown"].read_text()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmn_patch.patch import Patch, PatchInfo
-from fmn_patch.targets import find_targets
+from fmn_patch.families.unet import find_targets
+from fmn_patch.format import Patch, PatchInfo
 
 CONFIGS = Path(__file__).parent.parent / "bench" / "configs"
 

@@ -19,12 +19,11 @@ from hub_endpoint import FakeHub, Repo, install, uninstall
 from huggingface_hub import ModelCard, constants
 from PIL import Image
 
-from fmn_patch.apply import BaseMismatchWarning, apply_patches, remove_patches
-from fmn_patch.base import load_base
-from fmn_patch.card import WEIGHT_NAME
-from fmn_patch.catalog import search
 from fmn_patch.cli.options import load_patches
 from fmn_patch.errors import BaseMismatchError, FmnPatchError, PatchFileError
+from fmn_patch.families.base import load_base
+from fmn_patch.families.stack import BaseMismatchWarning, apply_patches, remove_patches
+from fmn_patch.format import Patch, PatchConcept
 from fmn_patch.hub import (
     GRID_NAME,
     FileNotInRepoError,
@@ -38,7 +37,8 @@ from fmn_patch.hub import (
     push,
     resolve,
 )
-from fmn_patch.patch import Patch, PatchConcept
+from fmn_patch.hub.card import WEIGHT_NAME
+from fmn_patch.hub.catalog import search
 
 TOKEN = "hf_test_write"
 RESULTS = {
@@ -147,7 +147,9 @@ def test_push_search_pull_apply_round_trip(hub, pipeline_dirs, patch_file, tmp_p
     remove_patches(pipe, names)
 
     # the card's stock-diffusers snippet, run as written: load_lora_weights(repo_id, weight_name=...)
-    pipe.load_lora_weights("acme/forget-bob", weight_name=WEIGHT_NAME, cache_dir=str(tmp_path / "dcache"))
+    pipe.pipe.load_lora_weights(
+        "acme/forget-bob", weight_name=WEIGHT_NAME, cache_dir=str(tmp_path / "dcache")
+    )
     torch.testing.assert_close(render(pipe), local, rtol=0, atol=1e-6)
 
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from test_cli import run
 from test_hub import TOKEN, _populate_cache, hub  # noqa: F401  (the shared fake-Hub fixture)
 
-from fmn_patch.card import WEIGHT_NAME
-from fmn_patch.kohya import export_kohya
-from fmn_patch.patch import Patch
+from fmn_patch.families.export import export_kohya
+from fmn_patch.format import Patch
+from fmn_patch.hub.card import WEIGHT_NAME
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ import safetensors
 import torch
 from conftest import random_patch, render
 
-from fmn_patch.apply import apply_patches
-from fmn_patch.base import load_base
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.kohya import export_kohya, sgm_name
-from fmn_patch.merge import merge_patches
-from fmn_patch.patch import Patch
+from fmn_patch.families.base import load_base
+from fmn_patch.families.export import export_kohya
+from fmn_patch.families.stack import apply_patches
+from fmn_patch.families.unet import sgm_name
+from fmn_patch.format import Patch
+from fmn_patch.format.merge import merge_patches
 
 
 def test_cat_merge_is_exact_sum_of_deltas(sd1):
@@ -89,7 +90,7 @@ def test_kohya_export_reimports_to_same_images(kind, pipeline_dirs, tmp_path):
     if kind == "sdxl":
         assert any("input_blocks_4_1_transformer_blocks_0_attn2_to_k" in k for k in keys)
     stock = load_base(folder)
-    stock.load_lora_weights(str(path))
+    stock.pipe.load_lora_weights(str(path))
     torch.testing.assert_close(render(stock), render(ours), rtol=0, atol=1e-5)
 
 

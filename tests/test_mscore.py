@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmn_patch.conceptbench import Concept, load_bench
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import ConceptScore, SamplerConfig, acc_kept, evaluate, generate, image_grid
+from fmn_patch.concepts.bench import Concept, load_bench
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.evaluation.grid import image_grid
+from fmn_patch.evaluation.mscore import ConceptScore, SamplerConfig, acc_kept, evaluate, generate
 from fmn_patch.toy import load_toy_pipeline
+from fmn_patch.toy.judge import ToyJudge
 
 
 def test_benches_load_with_categories_aliases_and_templates() -> None:
@@ -23,11 +25,12 @@ def test_benches_load_with_categories_aliases_and_templates() -> None:
 
 
 def test_bench_errors_name_the_fix() -> None:
-    with pytest.raises(KeyError, match="known concepts"):
+    # user mistakes are FmnPatchErrors that name the fix (the CLI prints them as one line)
+    with pytest.raises(FmnPatchError, match="choose one of circle"):
         load_bench("toy").concept("zebra")
-    with pytest.raises(FileNotFoundError, match="toy"):
+    with pytest.raises(FmnPatchError, match="toy"):
         load_bench("nope")
-    with pytest.raises(ValueError, match="category"):
+    with pytest.raises(FmnPatchError, match="category"):
         Concept("x", "colour")  # type: ignore[arg-type]
 
 
@@ -39,7 +42,7 @@ def test_acc_kept_and_to_dict_names() -> None:
     }
     assert acc_kept(scores, ["c"]) == pytest.approx(0.75)
     assert acc_kept(scores, ["a", "b", "c"]) is None
-    with pytest.raises(KeyError, match="scored concepts"):
+    with pytest.raises(FmnPatchError, match="scored concepts"):
         acc_kept(scores, ["zebra"])
     assert set(scores["a"].to_dict()) == {"category", "m_score", "acc", "alias_m_score", "alias_acc"}
     assert set(scores["b"].to_dict()) == {"category", "m_score", "acc"}
@@ -52,7 +55,7 @@ def test_image_grid_has_one_cell_per_concept_and_model() -> None:
     fewer = image_grid({"base": images[:2]}, ["a", "b"], cell=64)
     assert two.height == one.height and two.width - one.width >= 64  # one more column of 64 px cells
     assert one.width == fewer.width and one.height - fewer.height >= 64  # one more row
-    with pytest.raises(ValueError, match="one per row"):
+    with pytest.raises(FmnPatchError, match="one per row"):
         image_grid({"base": images}, ["a", "b"])
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.judge import ClipJudge, concept_probs
-from fmn_patch.mscore import judged
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.judges import ClipJudge, concept_probs
+from fmn_patch.evaluation.mscore import judged
 from fmn_patch.toy.vocab import build_tokenizer
 
 

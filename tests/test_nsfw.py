@@ -11,28 +11,17 @@ import torch
 from PIL import Image
 from test_cli import run
 
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.edit import EditConcept, EditConfig, edit_patch, erase_prompts
+from fmn_patch.concepts.bench import Concept, load_bench
+from fmn_patch.concepts.presets import PRESET_DIR, Preset, known_presets, load_preset, preset_concepts
+from fmn_patch.concepts.prompts import plan, preserve_prompts, resolve
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.nsfw import (
-    NUDITY_CLASSES,
-    PRESET_DIR,
-    NsfwReport,
-    Preset,
-    edit_concepts,
-    evaluate_nsfw,
-    known_presets,
-    load_detector,
-    load_preset,
-    nsfw_rate,
-    train_inputs,
-)
-from fmn_patch.patch import Patch
-from fmn_patch.prompts import plan, preserve_prompts, resolve
-from fmn_patch.tiny import write_tokenizer
-from fmn_patch.tokens import concept_ids, place
+from fmn_patch.evaluation.nsfw import NUDITY_CLASSES, NsfwReport, evaluate_nsfw, load_detector, nsfw_rate
+from fmn_patch.families.tiny import write_tokenizer
+from fmn_patch.families.tokens import concept_ids, place
+from fmn_patch.format import Patch
+from fmn_patch.methods.edit import EditConfig, edit_patch, erase_prompts
+from fmn_patch.methods.resteer import TrainConfig, train_patch
 from fmn_patch.toy.world import dataset
-from fmn_patch.train import TrainConfig, train_patch
 
 
 @pytest.fixture(scope="module")
@@ -108,21 +97,21 @@ def test_more_terms_join_the_preset(preset):
 
 
 # ------------------------------------------------------------------------------------------- edit and train
-def test_edit_concepts_carry_aliases_templates_and_anchor(preset):
-    concepts = edit_concepts(preset)
+def test_preset_concepts_carry_aliases_templates_and_anchor(preset):
+    concepts = preset_concepts(preset)
     assert [c.name for c in concepts] == list(preset.terms)
     nudity = concepts[0]
     assert nudity.category == "nsfw" and nudity.anchor == "fully clothed" and "naked" in nudity.aliases
-    assert edit_concepts(preset, anchor="")[0].anchor == ""
+    assert preset_concepts(preset, anchor="")[0].anchor == ""
     triples = list(erase_prompts(nudity, "fully clothed", load_bench("real")))
     assert ("a woman on a beach, naked", "naked", "a woman on a beach, fully clothed") in triples
     assert len(triples) == len(nudity.names) * (len(preset.templates) + 1)  # + the bare name
     with pytest.raises(FmnPatchError, match="needs one slot"):
-        EditConcept("nudity", "nsfw", templates=("a photo",))
+        Concept("nudity", "nsfw", templates=("a photo",))
 
 
 def test_edit_patch_with_the_preset_lists_its_concepts_as_nsfw(sd1, preset, tmp_path):
-    patch = edit_patch(sd1, edit_concepts(preset), config=EditConfig(rank=2))
+    patch = edit_patch(sd1, preset_concepts(preset), config=EditConfig(rank=2))
     patch = Patch.load(patch.save(tmp_path / "nsfw.safetensors"))
     assert [(c.name, c.category) for c in patch.info.concepts] == [(t, "nsfw") for t in preset.terms]
     extra = patch.info.extra
@@ -130,35 +119,32 @@ def test_edit_patch_with_the_preset_lists_its_concepts_as_nsfw(sd1, preset, tmp_
     assert extra["prompts_skipped"] == [] and extra["rows"]["erase"] > 0 and 0 <= extra["residual"] < 1
 
 
-def test_train_inputs_add_the_preset_to_the_bench(preset):
-    inputs = train_inputs(preset, TrainConfig(bench="toy"))
-    assert inputs.concepts == preset.terms and set(inputs.categories) == {"nsfw"}
-    assert inputs.config.anchor == "fully clothed"
-    assert train_inputs(preset, TrainConfig(anchor="x")).config.anchor == "x"  # the user's anchor wins
-    concept = resolve("nudity", inputs.bench, "nsfw")
+def test_preset_concepts_plan_their_own_prompts_on_any_bench(preset):
+    bench = load_bench("toy")
+    concepts = preset_concepts(preset)
+    assert [c.name for c in concepts] == list(preset.terms) and {c.category for c in concepts} == {"nsfw"}
+    assert preset_concepts(preset, anchor="x")[0].anchor == "x"  # the user's anchor wins
+    (concept,) = resolve([concepts[0]], bench)
     assert concept.aliases == preset.aliases["nudity"]
-    pl = plan(concept, inputs.bench, inputs.config.anchor)
+    pl = plan(concept, bench)
     assert (
         pl.prompts == tuple(preset.prompts("nudity"))
         and pl.anchor_prompts[2] == "a woman on a beach, fully clothed"
     )
-    keep = preserve_prompts(inputs.bench, [concept], pl.anchor_prompts)
+    keep = preserve_prompts(bench, [concept], last=pl.anchor_prompts)
     assert "a picture of a red circle" in keep and not any(
         "naked" in p for p in keep
     )  # toy bench still preserved
 
 
 def test_train_patch_with_the_preset(pipeline_dirs, preset, tmp_path, monkeypatch):
-    from fmn_patch.base import load_base
+    from fmn_patch.families.base import load_base
 
     monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path))
     small = dataclasses.replace(preset, terms=("nudity",), aliases={}, templates=preset.templates[:2])
-    fast = TrainConfig(steps=2, images_per_prompt=1, image_steps=1, batch_size=1, rank=2)
-    inputs = train_inputs(small, fast)
+    fast = TrainConfig(steps=2, images_per_prompt=1, image_steps=1, batch_size=1, rank=2, bench="toy")
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    patch = train_patch(
-        pipe, inputs.concepts, inputs.config, categories=inputs.categories, bench=inputs.bench, progress=False
-    )
+    patch = train_patch(pipe, preset_concepts(small), fast, progress=False)
     assert [(c.name, c.category) for c in patch.info.concepts] == [("nudity", "nsfw")]
     assert patch.info.config["anchors"] == {"nudity": "fully clothed"}
 
@@ -223,7 +209,7 @@ def test_evaluate_nsfw_draws_every_prompt_and_seed(sd1, preset):
     assert isinstance(report, NsfwReport) and report.images == 6 and report.rate == pytest.approx(1 / 6)
     assert report.prompts == tuple(p for p in preset.eval_prompts[:3] for _ in (0, 1))
     assert report.to_dict()["per_image"][0]["prompt"] == preset.eval_prompts[0]
-    sd1.safety_checker = object()
+    sd1.pipe.safety_checker = object()
     with pytest.raises(FmnPatchError, match="safety_checker=None"):
         evaluate_nsfw(sd1, detector=fake)
 

@@ -12,10 +12,10 @@ import safetensors.torch
 import torch
 from conftest import random_patch
 
-from fmn_patch.base import load_base
 from fmn_patch.errors import FmnPatchError, PatchFileError
-from fmn_patch.patch import FORMAT_VERSION, Patch, PatchConcept
-from fmn_patch.targets import find_targets, target_hash
+from fmn_patch.families.base import load_base
+from fmn_patch.families.unet import find_targets
+from fmn_patch.format import FORMAT_VERSION, Patch, PatchConcept
 
 
 def test_save_load_round_trips_tensors_and_metadata(sd1, tmp_path):
@@ -29,7 +29,7 @@ def test_save_load_round_trips_tensors_and_metadata(sd1, tmp_path):
         assert torch.equal(loaded.factors[m][0], patch.factors[m][0])
         assert torch.equal(loaded.factors[m][1], patch.factors[m][1])
     assert loaded.info.concepts == patch.info.concepts
-    assert loaded.info.base_hash == patch.info.base_hash == target_hash(sd1.unet)
+    assert loaded.info.base_hash == patch.info.base_hash == sd1.family.target_hash()
     assert loaded.info.config == patch.info.config
     assert loaded.info.results == {"acc_kept": 0.97}
     assert loaded.info.date  # set on save
@@ -94,7 +94,7 @@ def test_same_inputs_same_file_tensors(sd1, tmp_path):
 
 def test_target_discovery_finds_every_cross_attention_kv(pipeline_dirs):
     for kind, expected in {"sd1": 14, "sd2": 14, "sdxl": 24}.items():
-        unet = load_base(str(pipeline_dirs[kind])).unet
+        unet = load_base(str(pipeline_dirs[kind])).pipe.unet
         targets = find_targets(unet)
         n_attn2 = sum(1 for name, _ in unet.named_modules() if name.endswith("attn2"))
         assert len(targets) == 2 * n_attn2 == expected, kind
@@ -182,13 +182,13 @@ def test_foreign_keys_are_refused(tmp_path):
         },
         header,
     )
-    _assert_refused(p, "not an attn2 to_k/to_v LoRA factor")
+    _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
     p = _write(
         tmp_path / "b.safetensors",
         {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
         header,
     )
-    _assert_refused(p, "not an attn2 to_k/to_v LoRA factor")
+    _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
 
 
 def test_inconsistent_shapes_are_refused(tmp_path):

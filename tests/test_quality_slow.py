@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from fmn_patch import apply_patches, load_base, remove_patches
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.correct import attribute_variants, correct_patch, score_correction
-from fmn_patch.edit import edit_patch
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import ModelScore, SamplerConfig, acc_kept, evaluate
-from fmn_patch.patch import Patch
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.correction import score_correction
+from fmn_patch.evaluation.mscore import ModelScore, SamplerConfig, acc_kept, evaluate
+from fmn_patch.format import Patch
+from fmn_patch.methods.correct import attribute_variants, correct_patch
+from fmn_patch.methods.edit import edit_patch
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path
-from fmn_patch.train import TrainConfig, train_patch
 
 pytestmark = [
     pytest.mark.slow,

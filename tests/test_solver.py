@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmn_patch.solver import NormalEquations, factorize, factorize_products, layer_delta, ridge_solve
+from fmn_patch.format.lowrank import factorize, factorize_products
+from fmn_patch.methods.solver import NormalEquations, layer_delta, ridge_solve
 
 
 def _data(seed: int = 0, out: int = 12, dim: int = 16, n: int = 6, k: int = 40):
@@ -164,7 +165,7 @@ def test_implicit_factorization_is_deterministic_and_pads_the_rank():
 
 
 def test_tensor_hash_takes_rank_one_factors_with_odd_strides():
-    from fmn_patch.patch import tensor_hash
+    from fmn_patch.format import tensor_hash
 
     column = torch.randn(5, 3).T.contiguous().T[:, :1]  # (5, 1), "contiguous" with a last stride of 5
     assert column.is_contiguous() and column.stride()[-1] != 1

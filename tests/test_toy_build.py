@@ -10,8 +10,8 @@ import pytest
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from fmn_patch.judge import ToyJudge
 from fmn_patch.toy import build as toy_build
+from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.train import TrainConfig, train
 
 

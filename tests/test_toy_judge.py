@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.judge import TOY_HEADS, ToyJudge, concept_probs
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.judges import concept_probs
 from fmn_patch.toy import toy_judge_path
+from fmn_patch.toy.judge import TOY_HEADS, ToyJudge
 from fmn_patch.toy.train_judge import targets, to_unit
 from fmn_patch.toy.world import dataset
 

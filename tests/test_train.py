@@ -6,18 +6,18 @@ import pytest
 import torch
 from conftest import render
 
-from fmn_patch.apply import apply_patches
-from fmn_patch.attention import capture_attention
-from fmn_patch.base import load_base
-from fmn_patch.encoding import encode
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.loss import attention_mass, fmn_loss, resteer_loss
-from fmn_patch.targets import TARGET_REGEX
-from fmn_patch.tiny import write_tokenizer
-from fmn_patch.tokens import ConceptNotFoundError, place
-from fmn_patch.train import TrainConfig, train_patch
+from fmn_patch.families.base import load_base
+from fmn_patch.families.stack import apply_patches
+from fmn_patch.families.tiny import write_tokenizer
+from fmn_patch.families.tokens import ConceptNotFoundError, place
+from fmn_patch.families.unet import TARGET_REGEX
+from fmn_patch.methods.losses import attention_mass, fmn_loss, resteer_loss
+from fmn_patch.methods.resteer import TrainConfig, train_patch
 
-FAST = dict(steps=4, images_per_prompt=1, image_steps=2, batch_size=2)
+FAST = dict(
+    steps=4, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy"
+)  # the tiny vocab knows circle
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +27,17 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def _maps(pipe, prompt="a photo of bob"):
     maps: list[torch.Tensor] = []
-    cond = encode(pipe, [prompt])
+    cond = pipe.family.encode([prompt])
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    with capture_attention(pipe.unet, lambda _n, p: maps.append(p)):
-        out = pipe.unet(x, 500, **cond.unet_kwargs()).sample
+    t = torch.tensor([500])
+    with pipe.family.capture_attention(lambda _n, p: maps.append(p)):
+        out = pipe.family.denoise(x, t, cond)
     return maps, out, cond, x
 
 
 def test_capture_processor_matches_the_default(sd1):
     maps, captured, cond, x = _maps(sd1)
-    plain = sd1.unet(x, 500, **cond.unet_kwargs()).sample
+    plain = sd1.family.denoise(x, torch.tensor([500]), cond)
     torch.testing.assert_close(captured, plain, rtol=0, atol=1e-5)
     assert len(maps) == 7  # every attn2 layer of the tiny UNet, and only those
     for p in maps:
@@ -47,14 +48,14 @@ def test_loss_is_zero_when_concept_absent_and_positive_when_present(sd1):
     maps, *_ = _maps(sd1, "a photo of bob")
     none = torch.zeros(1, 77)
     assert float(resteer_loss(maps, none).detach()) == 0.0 and float(fmn_loss(maps, none).detach()) == 0.0
-    where = place(sd1.tokenizer, "a photo of bob", "bob")
+    where = place(sd1.pipe.tokenizer, "a photo of bob", "bob")
     mask = torch.zeros(1, 77)
     mask[0, list(where.concept)] = 1
     assert 0 < float(resteer_loss(maps, mask)) < 1
     every = torch.ones(1, 77)
     assert float(attention_mass(maps[0], every)) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ConceptNotFoundError, match=r"not in prompt .* \(tokens \["):
-        place(sd1.tokenizer, "a photo of alice", "bob")
+        place(sd1.pipe.tokenizer, "a photo of alice", "bob")
 
 
 def test_gradient_facts_of_to_k_and_to_v(sd1):
@@ -62,7 +63,7 @@ def test_gradient_facts_of_to_k_and_to_v(sd1):
     while every to_k does."""
     from peft import LoraConfig
 
-    unet = sd1.unet
+    unet = sd1.family.denoiser
     unet.requires_grad_(False)
     torch.manual_seed(0)
     unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=TARGET_REGEX, init_lora_weights="gaussian"))
@@ -71,16 +72,16 @@ def test_gradient_facts_of_to_k_and_to_v(sd1):
             p.data.normal_(0, 0.1)
     order: list[str] = []
     maps: list[torch.Tensor] = []
-    cond = encode(sd1, ["a photo of bob"])
+    cond = sd1.family.encode(["a photo of bob"])
     mask = torch.zeros(1, 77)
-    mask[0, list(place(sd1.tokenizer, "a photo of bob", "bob").concept)] = 1
+    mask[0, list(place(sd1.pipe.tokenizer, "a photo of bob", "bob").concept)] = 1
 
     def sink(name, probs):
         order.append(name)
         maps.append(probs)
 
-    with capture_attention(unet, sink):
-        unet(torch.randn(1, 4, 16, 16), 500, **cond.unet_kwargs())
+    with sd1.family.capture_attention(sink):
+        sd1.family.denoise(torch.randn(1, 4, 16, 16), torch.tensor([500]), cond)
     resteer_loss(maps, mask).backward()
     grads = {n: p.grad for n, p in unet.named_parameters() if "lora_" in n}
     last = order[-1]
@@ -109,7 +110,7 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(pipeline_dirs):
     before = render(pipe)
     a = train_patch(pipe, ["circle"], TrainConfig(**FAST), progress=False)
     assert torch.equal(render(pipe), before)
-    assert not (getattr(pipe.unet, "peft_config", None) or {})
+    assert not (getattr(pipe.pipe.unet, "peft_config", None) or {})
     b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], TrainConfig(**FAST), progress=False)
     assert a.tensor_hash() == b.tensor_hash()
     c = train_patch(pipe, ["circle"], TrainConfig(**{**FAST, "seed": 1}), progress=False)
@@ -120,7 +121,7 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(pipeline_dirs):
 
 
 def test_robust_rounds_attack_between_rounds_and_stay_deterministic(pipeline_dirs, monkeypatch):
-    import fmn_patch.train as train_module
+    import fmn_patch.methods.robust as train_module
 
     calls: list[int] = []
     real = train_module.learn_tokens
@@ -138,15 +139,15 @@ def test_robust_rounds_attack_between_rounds_and_stay_deterministic(pipeline_dir
     assert (
         a.info.method == "resteer+robust" and len(a.info.extra["loss_curve"]) == 3 * 2
     )  # 3 rounds x 2 steps
-    assert torch.equal(render(pipe), before) and not (getattr(pipe.unet, "peft_config", None) or {})
-    assert len(pipe.tokenizer) == len(
-        load_base(str(pipeline_dirs["sd1"])).tokenizer
+    assert torch.equal(render(pipe), before) and not (getattr(pipe.pipe.unet, "peft_config", None) or {})
+    assert len(pipe.pipe.tokenizer) == len(
+        load_base(str(pipeline_dirs["sd1"])).pipe.tokenizer
     )  # attack tokens are gone
     b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
     assert a.tensor_hash() == b.tensor_hash()
     with pytest.raises(FmnPatchError, match="--robust and --ti"):
-        from fmn_patch.inversion import InversionConfig
-        from fmn_patch.train import train_patch_with_inversion
+        from fmn_patch.methods.inversion import InversionConfig
+        from fmn_patch.methods.resteer import train_patch_with_inversion
 
         train_patch_with_inversion(pipe, ["circle"], config, InversionConfig(steps=1), progress=False)
 
@@ -163,7 +164,7 @@ def test_resteering_lowers_the_attention_mass(pipeline_dirs):
 def test_train_serves_sd2_and_sdxl(kind, pipeline_dirs):
     pipe = load_base(str(pipeline_dirs[kind]))
     patch = train_patch(pipe, ["circle", "bob"], TrainConfig(**FAST), progress=False)
-    assert len(patch.modules) == len(pipe.unet.attn_processors) // 2 * 2 or patch.modules
+    assert len(patch.modules) == len(pipe.pipe.unet.attn_processors) // 2 * 2 or patch.modules
     assert patch.concept_names == ["circle", "bob"]
     apply_patches(pipe, [patch])
 
@@ -189,7 +190,7 @@ def test_nan_guard_stops_and_writes_nothing(sd1):
         train_patch(
             sd1, ["circle"], TrainConfig(**{**FAST, "lr": 1e30, "max_grad_norm": 1e30}), progress=False
         )
-    assert not (getattr(sd1.unet, "peft_config", None) or {})
+    assert not (getattr(sd1.pipe.unet, "peft_config", None) or {})
 
 
 def test_images_folder_reports_bad_files(sd1, tmp_path, capsys):
@@ -207,21 +208,20 @@ def test_images_folder_reports_bad_files(sd1, tmp_path, capsys):
 
 
 def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path, monkeypatch):
-    import fmn_patch.train as train_module
-    from fmn_patch.inversion import InversionConfig
-    from fmn_patch.train import train_patch_with_inversion
+    from fmn_patch.methods.inversion import InversionConfig
+    from fmn_patch.methods.resteer import train_patch_with_inversion
 
     pipe = load_base(str(pipeline_dirs["sd1"]))
     converted: list[str] = []
-    real_encode = train_module.encode
+    real_encode = pipe.family.encode
 
-    def recording(p, prompts, *args, **kwargs):  # what the pipeline's encode_prompt really tokenizes
-        converted.extend(p.maybe_convert_prompt(list(prompts), p.tokenizer))
-        return real_encode(p, prompts, *args, **kwargs)
+    def recording(prompts, *args, **kwargs):  # what the pipeline's encode_prompt really tokenizes
+        converted.extend(pipe.pipe.maybe_convert_prompt(list(prompts), pipe.pipe.tokenizer))
+        return real_encode(prompts, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "encode", recording)
-    vocab = len(pipe.tokenizer)
-    table = pipe.text_encoder.get_input_embeddings().weight.clone()
+    monkeypatch.setattr(pipe.family, "encode", recording)
+    vocab = len(pipe.pipe.tokenizer)
+    table = pipe.pipe.text_encoder.get_input_embeddings().weight.clone()
     patch, learned = train_patch_with_inversion(
         pipe,
         ["circle"],
@@ -229,8 +229,8 @@ def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path, monke
         InversionConfig(steps=3, num_tokens=2, batch_size=2),
         progress=False,
     )
-    assert len(pipe.tokenizer) == vocab and torch.equal(
-        pipe.text_encoder.get_input_embeddings().weight, table
+    assert len(pipe.pipe.tokenizer) == vocab and torch.equal(
+        pipe.pipe.text_encoder.get_input_embeddings().weight, table
     )
     assert patch.info.method == "resteer+ti" and learned[0].names == ["<fmn-circle>", "<fmn-circle>_1"]
     with_token = [c for c in converted if "<fmn-circle>" in c]
@@ -239,8 +239,10 @@ def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path, monke
     )  # expanded once
     path = learned[0].save(tmp_path / "forget-circle.ti.safetensors")
     stock = load_base(str(pipeline_dirs["sd1"]))
-    stock.load_textual_inversion(str(path), token="<fmn-circle>")  # stock diffusers reads the sibling file
-    assert "<fmn-circle>" in stock.tokenizer.get_vocab()
+    stock.pipe.load_textual_inversion(
+        str(path), token="<fmn-circle>"
+    )  # stock diffusers reads the sibling file
+    assert "<fmn-circle>" in stock.pipe.tokenizer.get_vocab()
 
 
 def test_train_cli_writes_patch_and_refuses_overwrite(capsys, pipeline_dirs, tmp_path):
@@ -258,6 +260,8 @@ def test_train_cli_writes_patch_and_refuses_overwrite(capsys, pipeline_dirs, tmp
         "2",
         "--batch-size",
         "2",
+        "--bench",
+        "toy",
         "-o",
         str(out),
     ]
@@ -273,13 +277,13 @@ def test_train_cli_writes_patch_and_refuses_overwrite(capsys, pipeline_dirs, tmp
 
 
 def test_negative_guidance_per_category():
-    from fmn_patch.train import ETA_DEFAULT, eta_of
+    from fmn_patch.methods.resteer import ETA_DEFAULT, eta_of
 
     assert eta_of(TrainConfig(), "style") == 1.0 and eta_of(TrainConfig(), "object") == ETA_DEFAULT == 2.0
     assert eta_of(TrainConfig(), "identity") == 2.0 and eta_of(TrainConfig(eta=0.5), "style") == 0.5
     with pytest.raises(FmnPatchError, match="eta=-1"):
         TrainConfig(eta=-1.0)
-    from fmn_patch.train import preserve_of
+    from fmn_patch.methods.resteer import preserve_of
 
     assert preserve_of(TrainConfig(), "style") == 100.0 and preserve_of(TrainConfig(), "object") == 30.0
     assert preserve_of(TrainConfig(preserve_weight=5.0), "style") == 5.0

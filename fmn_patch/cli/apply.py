@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..apply import fuse_patches, save_pipeline
-from ..base import load_base
 from ..errors import FmnPatchError
-from ..preview import SampleConfig, preview
+from ..evaluation.preview import SampleConfig, preview
+from ..families.base import load_base
+from ..families.stack import fuse_patches, save_pipeline
 from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Strict, Weights, echo_json, info
 from .options import load_patches as load_patch_files
 

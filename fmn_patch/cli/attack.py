@@ -8,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from ..attack import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
-from ..base import TOY, load_base
-from ..conceptbench import load_bench
+from ..attacks import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
+from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
-from ..mscore import SamplerConfig
-from ..patch import atomic_write
+from ..evaluation.judges import load_judge
+from ..evaluation.mscore import SamplerConfig
+from ..families.base import default_bench, load_base
+from ..files import atomic_write
 from .options import (
     BaseArg,
     BenchOpt,
@@ -28,7 +29,6 @@ from .options import (
     StepsOpt,
     echo_json,
     info,
-    load_judge,
     load_patches,
 )
 
@@ -114,7 +114,7 @@ def attack(
         raise FmnPatchError(f"--seeds {seeds} must be at least 1")
     config = AttackConfig(
         attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
-        sampler=_sampler(steps, guidance, seeds),
+        sampler=SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds))),
         inversion=InversionAttackConfig(
             steps=inversion_steps, images=inversion_images, num_tokens=inversion_tokens, lr=inversion_lr
         ),
@@ -123,31 +123,23 @@ def attack(
         images=str(images) if images is not None else None,
         seed=seed,
     )
-    bench_name = bench or (TOY if base == TOY else "real")
-    try:
-        the_bench = load_bench(bench_name)
-    except (FileNotFoundError, ValueError) as e:
-        raise FmnPatchError(str(e)) from e
-    try:
-        the_bench.concept(concept)
-    except KeyError:
-        raise FmnPatchError(
-            f"concept {concept!r} is not in ConceptBench {bench_name!r}; choose one of "
-            f"{', '.join(the_bench.names)} or give a bench that lists it with --bench"
-        ) from None
-    if clip is None and bench_name != TOY:
-        raise FmnPatchError(f"bench {bench_name!r} needs a CLIP judge: pass --clip MODEL_ID_OR_PATH")
+    early = bench or default_bench(base)  # a bench known before the base loads fails fast
+    chosen = load_bench(early) if early is not None else None
+    if chosen is not None:
+        chosen.concept(concept)
     for name in OUTPUTS:
         if (out / name).exists() and not overwrite:
             raise FmnPatchError(f"{out / name} already exists; pass --overwrite or choose another --out")
     loaded = load_patches(patches or [])
     info(f"loading base {base} ...")
-    pipe = load_base(base, device=device, dtype=dtype)
+    model = load_base(base, device=device, dtype=dtype)
+    the_bench = chosen or load_bench(model.bench)
+    judge = load_judge(the_bench, device, clip=clip)
     report = run_attacks(
-        pipe,
+        model,
         [*loaded, *(lora or [])],
-        concept,
-        load_judge(clip, the_bench, device),
+        the_bench.concept(concept),
+        judge,
         the_bench,
         config,
         patch_names=[str(p) for p in [*(patches or []), *(lora or [])]],
@@ -165,10 +157,3 @@ def attack(
     else:
         for name in OUTPUTS:
             typer.echo(str(out / name))
-
-
-def _sampler(steps: int, guidance: float, seeds: int) -> SamplerConfig:
-    try:
-        return SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
-    except ValueError as e:
-        raise FmnPatchError(f"--steps: {e}") from e

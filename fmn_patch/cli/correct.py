@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ..base import load_base
-from ..correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
 from ..errors import FmnPatchError
+from ..families.base import load_base
+from ..methods.correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
 from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
 
 _DEFAULT = CorrectConfig()
@@ -44,8 +44,11 @@ def correct(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = _DEFAULT.lr,
     seed: Annotated[int, typer.Option(help="Seed: same inputs and seed give the same patch.")] = 0,
     bench: Annotated[
-        str, typer.Option(help="ConceptBench for attributes and the preserve set: toy, real or a JSON path.")
-    ] = _DEFAULT.bench,
+        str | None,
+        typer.Option(
+            help="ConceptBench for attributes and the preserve set: toy, real or a JSON path [default: the base's]."
+        ),
+    ] = None,
     device: Device = "cpu",
     dtype: Dtype = "float32",
     overwrite: Overwrite = False,
@@ -68,7 +71,6 @@ def correct(
         raise FmnPatchError(
             "give the variants either with --into (repeat it) or with --attribute, e.g. --attribute colour"
         )
-    variants = list(into) if into else attribute_variants(concept, str(attribute), bench)
     output = output or Path(f"correct-{re.sub(r'[^a-z0-9]+', '-', concept.lower()).strip('-')}.safetensors")
     if output.exists() and not overwrite:
         raise FmnPatchError(
@@ -76,8 +78,9 @@ def correct(
         )
     templates = tuple(template) if template else DEFAULT_TEMPLATES
     config = CorrectConfig(rank=rank, steps=steps, lr=lr, seed=seed, templates=templates, bench=bench)
-    pipe = load_base(base, device=device, dtype=dtype)
-    patch = correct_patch(pipe, concept, variants, config)
+    model = load_base(base, device=device, dtype=dtype)
+    variants = list(into) if into else attribute_variants(concept, str(attribute), bench or model.bench)
+    patch = correct_patch(model, concept, variants, config)
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(f"corrected {concept!r} toward {len(variants)} variants in {seconds:.1f} s")

@@ -9,10 +9,13 @@ from typing import Annotated
 
 import typer
 
-from ..base import load_base
-from ..edit import EditConfig, category_of, edit_patch, read_lines
+from ..concepts.bench import Concept
+from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..nsfw import edit_concepts, load_preset
+from ..families.base import load_base
+from ..files import read_lines
+from ..methods.edit import edit_patch
+from ..methods.editor import EditConfig
 from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
 
 _DEFAULT = EditConfig()
@@ -43,7 +46,7 @@ def edit(
     category: Annotated[
         str | None,
         typer.Option(
-            help="Category of concepts the ConceptBench does not know: identity, object, style, ... [default: object]"
+            help="Category of concepts the ConceptBench does not know: identity, object, style, nsfw (or id, obj)."
         ),
     ] = None,
     from_file: Annotated[
@@ -104,16 +107,9 @@ def edit(
             f"{output} already exists; pass --overwrite to replace it or choose another --output"
         )
     config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
-    erase = edit_concepts(chosen, anchor) if chosen is not None else names
-    pipe = load_base(base, device=device, dtype=dtype)
-    patch = edit_patch(
-        pipe,
-        erase,
-        anchor=anchor,
-        preserve=preserve,
-        config=config,
-        category=category_of(category or "object"),
-    )
+    erase: list[str | Concept] = list(preset_concepts(chosen, anchor)) if chosen is not None else list(names)
+    model = load_base(base, device=device, dtype=dtype)
+    patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
     t0 = time.perf_counter()
     path = patch.save(output, overwrite=overwrite)
     extra = patch.info.extra

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from ..base import TOY, load_base
-from ..conceptbench import load_bench
+from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
-from ..evaluation import evaluate_patches, write_report
-from ..judge import Judge
-from ..mscore import SamplerConfig
+from ..evaluation.judges import load_judge
+from ..evaluation.mscore import SamplerConfig
+from ..evaluation.report import evaluate_patches, write_report
+from ..families.base import default_bench, load_base
 from .options import (
     BaseArg,
     BenchOpt,
@@ -28,7 +28,6 @@ from .options import (
     Weights,
     echo_json,
     info,
-    load_judge,
     load_patches,
 )
 
@@ -69,26 +68,22 @@ def eval_command(
       fmnpatch eval ./sd15 forget-elon.safetensors --bench real --clip openai/clip-vit-large-patch14
     """
     loaded = load_patches(patches or [])
-    bench_name = bench or (TOY if base == TOY else "real")
-    try:
-        the_bench = load_bench(bench_name)
-    except (FileNotFoundError, ValueError) as e:
-        raise FmnPatchError(str(e)) from e
-    if clip is None and bench_name != TOY:
-        raise FmnPatchError(f"bench {bench_name!r} needs a CLIP judge: pass --clip MODEL_ID_OR_PATH")
+    early = bench or default_bench(base)  # a bench known before the base loads fails fast
+    chosen = load_bench(early) if early is not None else None
     if seeds < 1:
         raise FmnPatchError(f"--seeds {seeds} must be at least 1")
+    sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
     for path in ("report.json", "report.md", "grid.png"):
         if (output / path).exists() and not overwrite:
             raise FmnPatchError(
                 f"{output / path} already exists; pass --overwrite or choose another --output"
             )
     info(f"loading base {base} ...")
-    pipe = load_base(base, device=device, dtype=dtype)
-    judge: Judge = load_judge(clip, the_bench, device)
-    sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
+    model = load_base(base, device=device, dtype=dtype)
+    the_bench = chosen or load_bench(model.bench)
+    judge = load_judge(the_bench, device, clip=clip)
     report = evaluate_patches(
-        pipe,
+        model,
         loaded,
         the_bench,
         judge,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from ..kohya import export_kohya
+from ..families.export import export_kohya
 from .options import Overwrite, PatchArg, load_patches
 
 

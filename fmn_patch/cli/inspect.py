@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from ..patch import Patch
-from ..summary import render_text, summarize
+from ..format.patch import Patch
+from ..format.summary import render_text, summarize
 from .options import JsonOut, PatchArg, echo_json, patch_path
 
 

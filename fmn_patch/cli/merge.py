@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..merge import merge_patches
+from ..format.merge import merge_patches
 from .options import JsonOut, Overwrite, PatchesArg, Weights, echo_json, info, load_patches
 
 

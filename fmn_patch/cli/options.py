@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..hub import is_hub_ref, resolve
-from ..patch import Patch
+from ..format.patch import Patch
+from ..hub.refs import is_hub_ref
+from ..hub.transfer import resolve
 
 BaseArg = Annotated[
     str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
@@ -37,7 +38,8 @@ Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the sa
 BaseOpt = Annotated[str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")]
 # Evaluation options shared by `eval` and `attack`.
 BenchOpt = Annotated[
-    str | None, typer.Option(help="ConceptBench: toy, real or a JSON file (default: toy for toy).")
+    str | None,
+    typer.Option(help="ConceptBench: toy, real or a JSON file [default: the base's world's, else real]."),
 ]
 ClipOpt = Annotated[
     str | None,
@@ -46,17 +48,6 @@ ClipOpt = Annotated[
 SeedsOpt = Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")]
 StepsOpt = Annotated[int, typer.Option(help="Sampler steps.")]
 GuidanceOpt = Annotated[float, typer.Option(help="Guidance scale.")]
-
-
-def load_judge(clip: str | None, bench: Any, device: str) -> Any:
-    """The CLIP zero-shot judge when ``clip`` names weights, else the bundled toy judge."""
-    if clip is not None:
-        from ..judge import ClipJudge
-
-        return ClipJudge.from_pretrained(clip, bench, device)
-    from ..judge import ToyJudge
-
-    return ToyJudge.load(device=device)
 
 
 def quiet_libraries() -> None:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..hub import pull as pull_patch
-from ..summary import summarize
+from ..format.summary import summarize
+from ..hub.transfer import pull as pull_patch
 from .options import JsonOut, Overwrite, echo_json, info
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..hub import push as push_patch
+from ..hub.transfer import push as push_patch
 from .options import JsonOut, PatchArg, echo_json, info
 
 

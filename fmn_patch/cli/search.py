@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..catalog import search as search_hub
+from ..hub.catalog import search as search_hub
 from .options import JsonOut, echo_json
 
 

@@ -9,11 +9,13 @@ from typing import Annotated
 
 import typer
 
-from ..base import load_base
+from ..concepts.bench import Concept
+from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..inversion import InversionConfig
-from ..nsfw import load_preset, train_inputs
-from ..train import TrainConfig, train_patch, train_patch_with_inversion
+from ..families.base import load_base
+from ..files import read_lines
+from ..methods.inversion import InversionConfig
+from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
 from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
 
 
@@ -36,7 +38,7 @@ def train(
     category: Annotated[
         list[str] | None,
         typer.Option(
-            help="identity|object|style per concept (repeat), or one for all; default: from ConceptBench."
+            help="identity|object|style|nsfw (or id, obj) per concept (repeat), or one for all [default: the bench's]."
         ),
     ] = None,
     anchor: Annotated[
@@ -53,8 +55,11 @@ def train(
         Path | None, typer.Option(help="Text file, one prompt per line, whose images must not change.")
     ] = None,
     bench: Annotated[
-        str, typer.Option(help="ConceptBench for categories, templates and preserve set.")
-    ] = "toy",
+        str | None,
+        typer.Option(
+            help="ConceptBench for categories, templates, anchors and preserve set [default: the base's]."
+        ),
+    ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = TrainConfig.rank,
     steps: Annotated[
         int, typer.Option(help="Optimisation steps per concept (N concepts train N x steps).")
@@ -135,11 +140,7 @@ def train(
             f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
         )
     categories = (category * len(concepts) if len(category) == 1 else category) if category else None
-    extra: tuple[str, ...] = ()
-    if preserve_file is not None:
-        if not preserve_file.is_file():
-            raise FmnPatchError(f"--preserve-file {str(preserve_file)!r} does not exist")
-        extra = tuple(line.strip() for line in preserve_file.read_text().splitlines() if line.strip())
+    extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
     config = TrainConfig(
         rank=rank,
         steps=steps,
@@ -154,27 +155,20 @@ def train(
         robust_rounds=robust,
         robust_attack_steps=robust_attack_steps,
     )
-    bench_data = None
-    if chosen is not None:
-        inputs = train_inputs(chosen, config)
-        concepts, categories, config, bench_data = (
-            list(inputs.concepts),
-            list(inputs.categories),
-            inputs.config,
-            inputs.bench,
-        )
+    wanted: list[str | Concept] = list(concepts)
+    if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
+        wanted, categories = list(preset_concepts(chosen, anchor)), None
     info(f"loading base {base} ...")
-    pipe = load_base(base, device=device, dtype=dtype)
+    model = load_base(base, device=device, dtype=dtype)
     folder = str(images) if images else None
     if ti:
         patch, learned = train_patch_with_inversion(
-            pipe,
-            concepts,
+            model,
+            wanted,
             config,
             InversionConfig(steps=ti_steps, seed=seed),
             categories=categories,
             images=folder,
-            bench=bench_data,
         )
         for tokens in learned:  # stock diffusers: pipe.load_textual_inversion(sibling, token=tokens.token)
             tokens.save(
@@ -182,7 +176,7 @@ def train(
                 overwrite=overwrite,
             )
     else:
-        patch = train_patch(pipe, concepts, config, categories=categories, images=folder, bench=bench_data)
+        patch = train_patch(model, wanted, config, categories=categories, images=folder)
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import fmn_patch
-from fmn_patch.provenance import provenance
+from fmn_patch.evaluation.provenance import provenance
 from fmn_patch.toy import card as toy_card
 from fmn_patch.toy.paths import DATA_DIR
 from fmn_patch.toy.train import TrainConfig, train
@@ -71,7 +70,7 @@ def build(cfg: BuildConfig) -> dict:
     t0 = time.perf_counter()
     env = dict(os.environ)
     # the judge's process imports this same package, wherever it lies
-    package_root = str(Path(fmn_patch.__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     judge: subprocess.Popen[bytes] | None = None
     judge_started = 0.0

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
-from fmn_patch.conceptbench import load_bench
-from fmn_patch.judge import ToyJudge
-from fmn_patch.mscore import SamplerConfig, evaluate, generate
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.mscore import SamplerConfig, evaluate, generate
+from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import DATA_DIR, toy_judge_path, toy_pipeline_path
 from fmn_patch.toy.world import ALIASES, COLOURS, IDENTITIES, OBJECTS, STYLES, caption_words
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from fmn_patch.judge import TOY_HEADS, ToyJudge, ToyJudgeNet
+from fmn_patch.toy.judge import TOY_HEADS, ToyJudge, ToyJudgeNet
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 from fmn_patch.toy.world import Sample, dataset
 

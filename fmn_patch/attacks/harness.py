@@ -1,0 +1,137 @@
+"""The attack harness: how much of an erased concept can a user still get out of a patched model?
+
+Erasure is known to be easy to undo, so it is measured, not assumed. ``run_attacks`` runs the chosen registered
+attacks, plus the bench's own prompts unchanged (``direct``, the starting point), on the patched model and on the
+base (the ceiling each attack can reach). Each ends in images judged as ConceptBench judges them (see
+``fmn_patch.evaluation.mscore``): **acc**, the share of images the judge calls the concept (attack success), and
+the **M-Score**, the judge's mean probability of it. Budgets are explicit and go into the report. The same seed
+gives the same report, except that a search stopped by its seconds depends on the machine's speed.
+
+Attacks: ``paraphrase`` (serves every family), ``inversion`` and ``search`` (families with one text encoder). A new
+attack is a module that calls ``register_attack``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..concepts.bench import Bench, Concept
+from ..errors import FmnPatchError
+from ..evaluation.judges import Judge
+from ..families.base import Base, as_base
+from ..families.references import folder_latents, generated_latents
+from ..families.stack import apply_patches, remove_patches
+from ..format.patch import Patch
+from .attack import AttackContext, AttackResult, direct_attack, get_attack
+from .config import AttackConfig
+from .report import AttackReport, attack_grid
+
+
+def reference_latents(
+    base: Base | Any,
+    concept: Concept,
+    bench: Bench,
+    count: int,
+    *,
+    steps: int,
+    guidance: float,
+    images: str | None = None,
+) -> torch.Tensor:
+    """``count`` latents (N, C, h, w) of the concept: the first of a folder, or drawn by the base (cached) from the
+    bench's prompts, every prompt once per seed so that any prefix covers the prompts evenly."""
+    base = as_base(base)
+    if images is not None:
+        return folder_latents(base, images)[:count]
+    prompts = bench.prompts(concept)
+    per_prompt = -(-count // len(prompts))
+    latents = generated_latents(base, prompts, list(range(per_prompt)), steps=steps, guidance=guidance)
+    seed_major = torch.arange(len(latents)).view(len(prompts), per_prompt).T.flatten()
+    return latents[seed_major[:count]]
+
+
+@contextmanager
+def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator[list[str]]:
+    """Within the block, ``patches`` are stacked on the base at weight 1: our ``Patch`` objects through
+    ``apply_patches``, paths (third-party diffusers/kohya LoRA files) through diffusers' loader. Removed on exit."""
+    base = as_base(base)
+    family = base.family
+    ours = [p for p in patches if isinstance(p, Patch)]
+    names = apply_patches(base, ours) if ours else []
+    try:
+        for k, path in enumerate(Path(p) for p in patches if not isinstance(p, Patch)):
+            if not path.is_file():
+                raise FmnPatchError(f"LoRA file {str(path)!r} does not exist; give a .safetensors LoRA file")
+            family.load_lora_file(str(path), f"attack_lora_{k}")
+            names.append(f"attack_lora_{k}")
+        if len(names) > len(ours):
+            family.set_adapters(names, [1.0] * len(names))
+        yield names
+    finally:
+        if names:
+            remove_patches(base, names)
+
+
+def run_attacks(
+    base: Base | Any,
+    patches: Sequence[Patch | str | Path],
+    concept: str | Concept,
+    judge: Judge,
+    bench: Bench,
+    config: AttackConfig | None = None,
+    *,
+    patch_names: Sequence[str] | None = None,
+) -> AttackReport:
+    """Attack the base with ``patches`` stacked (and the base alone, if ``config.attack_base`` or no patch is given).
+
+    Pictures of the concept for the attacks that learn from them are drawn by the base before any patch is applied
+    (or read from ``config.images``). The base is left unpatched.
+    """
+    base = as_base(base)
+    config = config or AttackConfig()
+    if isinstance(concept, str):
+        concept = bench.concept(concept)
+    started = time.perf_counter()
+    attacks = [get_attack(name) for name in config.attacks]
+    for attack in attacks:
+        if attack.one_encoder:
+            base.family.require_one_encoder(f"the {attack.name} attack")
+    count = max((a.latents(config) for a in attacks), default=0)
+    latents = torch.empty(0)
+    if count:
+        latents = reference_latents(
+            base,
+            concept,
+            bench,
+            count,
+            steps=config.image_steps,
+            guidance=config.image_guidance,
+            images=config.images,
+        )
+    results: list[AttackResult] = []
+    if config.attack_base or not patches:
+        results += _attack_model(AttackContext(base, concept, bench, judge, latents, config), "base")
+    if patches:
+        with patched(base, patches):
+            results += _attack_model(AttackContext(base, concept, bench, judge, latents, config), "patched")
+    names = list(patch_names) if patch_names is not None else [_patch_name(p) for p in patches]
+    report = AttackReport(concept, bench.name, names, config, results, time.perf_counter() - started)
+    report.grid = attack_grid(results, config.grid_images)
+    return report
+
+
+def _attack_model(ctx: AttackContext, model: str) -> list[AttackResult]:
+    results = [direct_attack(ctx)] + [get_attack(name).run(ctx) for name in ctx.config.attacks]
+    return [dataclasses.replace(r, model=model) for r in results]
+
+
+def _patch_name(patch: Patch | str | Path) -> str:
+    if isinstance(patch, Patch):
+        return patch.info.title or "forget " + ", ".join(patch.concept_names)
+    return str(patch)

@@ -1,0 +1,67 @@
+"""Side-by-side renders of a base model and the same model with patches applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from ..families.base import Base, as_base
+from ..families.stack import apply_patches, remove_patches
+from ..format.patch import Patch
+from .grid import labelled_grid
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How images are drawn: a fixed few-step sampler, deterministic for a seed."""
+
+    steps: int = 20  # denoising steps of the pipeline's own scheduler
+    guidance: float = 5.0  # classifier-free guidance scale
+    height: int | None = None  # None: the pipeline's default size
+    width: int | None = None
+
+
+def sample(
+    base: Base | Any, prompt: str, seeds: Sequence[int], config: SampleConfig = SampleConfig()
+) -> list[Image.Image]:
+    """One image per seed; each seed owns its generator, so images do not depend on batch composition."""
+    images: list[Image.Image] = as_base(base).family.generate(
+        [prompt],
+        seeds,
+        steps=config.steps,
+        guidance=config.guidance,
+        output="pil",
+        batch_size=1,
+        height=config.height,
+        width=config.width,
+    )
+    return images
+
+
+def preview(
+    base: Base | Any,
+    patches: Sequence[Patch],
+    prompts: Sequence[str],
+    *,
+    weights: Sequence[float] | None = None,
+    seeds: Sequence[int] = (0,),
+    config: SampleConfig = SampleConfig(),
+    strict: bool = False,
+) -> Image.Image:
+    """A grid with one row per prompt and columns base | patched for each seed; the pipeline is left unpatched."""
+    base = as_base(base)
+    before = [sample(base, p, seeds, config) for p in prompts]
+    names = apply_patches(base, patches, weights, strict=strict)
+    try:
+        patched = [sample(base, p, seeds, config) for p in prompts]
+    finally:
+        remove_patches(base, names)
+    rows = [
+        [img for pair in zip(b, q, strict=True) for img in pair] for b, q in zip(before, patched, strict=True)
+    ]
+    columns = [f"{label} s{seed}" for seed in seeds for label in ("base", "patched")]
+    scale = max(1, 128 // rows[0][0].size[0])
+    return labelled_grid(rows, row_labels=list(prompts), col_labels=columns, scale=scale)

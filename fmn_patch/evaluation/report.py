@@ -1,0 +1,164 @@
+"""Evaluate a base model and the same model with patches stacked on it, over a ConceptBench.
+
+The report (``EvalReport.to_dict``) is what ``fmnpatch eval --json`` prints; its names are stable::
+
+    {"bench": ..., "sampler": {...}, "kept": [...],
+     "models": [{"name": "base", "patches": [], "erased": [], "concepts": {...}, "acc_kept": ...},
+                {"name": "patched", "patches": [...], "erased": [...], "concepts": {...}, "acc_kept": ...}],
+     "comparison": {"base_acc_kept": ..., "patched_acc_kept": ..., "kept_ratio": ...}}
+
+``concepts[name]`` holds ``category``, ``m_score``, ``acc`` and, for concepts with aliases, ``alias_m_score`` and
+``alias_acc``. ``acc_kept`` is the mean ``acc`` over the concepts not in that model's ``erased`` list (a raw
+fraction). ``comparison`` sets both models side by side over the patched model's kept set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..concepts.bench import Bench
+from ..errors import FmnPatchError
+from ..families.base import Base, as_base
+from ..families.stack import apply_patches, remove_patches
+from ..files import atomic_write
+from ..format.patch import Patch
+from .grid import image_grid
+from .judges import Judge
+from .mscore import ModelScore, SamplerConfig, acc_kept, concept_samples, evaluate
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    patches: list[str]
+    erased: list[str]
+    score: ModelScore
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "patches": self.patches,
+            "erased": self.erased,
+            "concepts": {n: s.to_dict() for n, s in self.score.concepts.items()},
+            "acc_kept": self.score.acc_kept,
+        }
+
+
+@dataclass
+class EvalReport:
+    bench: str
+    sampler: SamplerConfig
+    models: list[ModelEntry]
+    grid: Image.Image | None = None
+
+    @property
+    def kept(self) -> list[str]:
+        erased = set(self.models[-1].erased)
+        return [n for n in self.models[0].score.concepts if n not in erased]
+
+    def comparison(self) -> dict[str, float | None]:
+        if len(self.models) < 2:
+            return {}
+        base = acc_kept(self.models[0].score.concepts, self.models[-1].erased)
+        patched = self.models[-1].score.acc_kept
+        ratio = patched / base if base and patched is not None else None
+        return {"base_acc_kept": base, "patched_acc_kept": patched, "kept_ratio": ratio}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bench": self.bench,
+            "sampler": asdict(self.sampler),
+            "kept": self.kept,
+            "models": [m.to_dict() for m in self.models],
+            "comparison": self.comparison(),
+        }
+
+    def to_markdown(self) -> str:
+        names = [m.name for m in self.models]
+        head = "| concept | category | " + " | ".join(f"acc {n} | M-Score {n} | alias acc {n}" for n in names)
+        lines = [head + " |", "|" + "---|" * (2 + 3 * len(names))]
+        first = self.models[0].score.concepts
+        for concept, score in first.items():
+            cells = [concept + (" (erased)" if concept in self.models[-1].erased else ""), score.category]
+            for m in self.models:
+                s = m.score.concepts[concept]
+                alias = "-" if s.alias_acc is None else f"{s.alias_acc:.1%}"
+                cells += [f"{s.acc:.1%}", f"{s.m_score:.3f}", alias]
+            lines.append("| " + " | ".join(cells) + " |")
+        comparison = self.comparison()
+        if comparison.get("kept_ratio") is not None:
+            lines += [
+                "",
+                f"Acc_kept: base {comparison['base_acc_kept']:.1%}, patched {comparison['patched_acc_kept']:.1%} "
+                f"({comparison['kept_ratio']:.1%} of base).",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_patches(
+    base: Base | Any,
+    patches: Sequence[Patch],
+    bench: Bench,
+    judge: Judge,
+    sampler: SamplerConfig = SamplerConfig(),
+    *,
+    patch_names: Sequence[str] = (),
+    weights: Sequence[float] | None = None,
+    concepts: Sequence[str] | None = None,
+    strict: bool = False,
+    grid: bool = True,
+    progress: bool = True,
+) -> EvalReport:
+    """Score the base, then the base with ``patches`` stacked; the pipeline is left unpatched."""
+    base = as_base(base)
+    erased = [n for p in patches for n in p.concept_names]
+    known = set(bench.names) | {a for c in bench.concepts for a in c.aliases}
+    unknown = [e for e in erased if e not in known]
+    if unknown:
+        raise FmnPatchError(
+            f"the patches forget {unknown}, which bench {bench.name!r} does not score; pick a bench that lists "
+            "them (--bench) or a base/patch pair made for it"
+        )
+    erased = [bench.concept(e).name for e in erased]
+    rows = list(concepts) if concepts is not None else bench.names
+    unscored = [r for r in rows if bench.find(r) is None]
+    if unscored:
+        raise FmnPatchError(
+            f"concepts {unscored} are not in bench {bench.name!r}; choose from {', '.join(bench.names)}"
+        )
+    scored_base = evaluate(base, bench, judge, sampler, concepts=rows, erased=(), progress=progress)
+    models = [ModelEntry("base", [], [], scored_base)]
+    columns = {"base": concept_samples(base, bench, rows, sampler, progress=False)} if grid else {}
+    if patches:
+        names = apply_patches(base, patches, weights, strict=strict)
+        try:
+            scored = evaluate(base, bench, judge, sampler, concepts=rows, erased=erased, progress=progress)
+            if grid:
+                columns["patched"] = concept_samples(base, bench, rows, sampler, progress=False)
+        finally:
+            remove_patches(base, names)
+        models.append(ModelEntry("patched", list(patch_names), erased, scored))
+    picture = image_grid(columns, rows) if grid else None
+    return EvalReport(bench.name, sampler, models, picture)
+
+
+def write_report(report: EvalReport, folder: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+    """report.json, report.md and grid.png in ``folder``."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
+    atomic_write(
+        paths["json"], lambda t: t.write_text(json.dumps(report.to_dict(), indent=2)), overwrite=overwrite
+    )
+    atomic_write(paths["markdown"], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)
+    if report.grid is not None:
+        paths["grid"] = folder / "grid.png"
+        atomic_write(paths["grid"], lambda t: report.grid.save(t, format="PNG"), overwrite=overwrite)  # type: ignore[union-attr]
+    return paths

@@ -1,0 +1,59 @@
+"""Layer 2: everything that depends on a model family, behind one protocol (``Family``); detection and loading
+(``load_base``), stacking patches on a base, kohya export, tiny pipelines for tests.
+
+Families: ``unet`` (SD 1.x, 2.x, SDXL). A new family is a new module here plus one ``register_family`` line.
+"""
+
+from . import unet  # registers the UNet family
+from .base import Base, BaseInfo, as_base, load_base, parse_dtype
+from .export import export_kohya, to_kohya
+from .family import Conditioning, Family, Sink, frozen
+from .registry import (
+    NamedBase,
+    families,
+    family_for_architecture,
+    family_of,
+    named_base,
+    register_base,
+    register_family,
+    unregister_family,
+    world_of,
+)
+from .stack import (
+    BaseMismatchWarning,
+    apply_patches,
+    check_compatible,
+    fuse_patches,
+    remove_patches,
+    save_pipeline,
+)
+
+__all__ = [
+    "Base",
+    "BaseInfo",
+    "BaseMismatchWarning",
+    "Conditioning",
+    "Family",
+    "NamedBase",
+    "Sink",
+    "apply_patches",
+    "as_base",
+    "check_compatible",
+    "export_kohya",
+    "families",
+    "family_for_architecture",
+    "family_of",
+    "frozen",
+    "fuse_patches",
+    "load_base",
+    "named_base",
+    "parse_dtype",
+    "register_base",
+    "register_family",
+    "remove_patches",
+    "save_pipeline",
+    "to_kohya",
+    "unet",
+    "unregister_family",
+    "world_of",
+]

@@ -1,0 +1,146 @@
+"""The base model: a loaded diffusers pipeline together with its family and, when it has one, its world.
+
+``load_base`` takes a registered name (``toy``), a local diffusers folder or a Hub repo id. ``as_base`` wraps a
+pipeline you already have. Either way the family is found by asking the registered families, and the world (which
+decides default benches and anchors) by the pipeline's contents, so the toy model loaded by its folder path is the
+same base as ``toy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FmnPatchError
+from .family import Family
+from .registry import NamedBase, family_for_index, family_of, named_base, named_bases, world_of
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """What a patch records about the base it was made for."""
+
+    model: str | None
+    revision: str | None
+    hash: str
+    architecture: str
+
+
+@dataclass
+class Base:
+    """A loaded base model: the diffusers pipeline, its family (the only way the package reaches the model) and
+    the world it belongs to (``toy``) when it is recognised as one of a registered world's models."""
+
+    pipe: Any
+    family: Family
+    ref: str | None = None  # what it was loaded from: a registered name, a folder, a Hub id
+    revision: str | None = None
+    world: NamedBase | None = None
+
+    @property
+    def bench(self) -> str:
+        """The ConceptBench this base is measured on by default: its world's, else ``real``."""
+        return self.world.bench if self.world is not None else "real"
+
+    @property
+    def architecture(self) -> str:
+        """ModelSpec architecture id (``fmn-toy`` for the toy world, else the family's)."""
+        if self.world is not None and self.world.architecture:
+            return self.world.architecture
+        return self.family.architecture()
+
+    def describe(self) -> BaseInfo:
+        """Name, revision, target-weight hash and architecture (before any patch is fused)."""
+        model = self.ref or getattr(self.pipe, "name_or_path", None)
+        if self.world is not None and (model is None or Path(str(model)).exists()):
+            model = self.world.name  # a world's model loaded by path is named by its world, not by the path
+        return BaseInfo(
+            model=str(model) if model else None,
+            revision=self.revision,
+            hash=self.family.target_hash(),
+            architecture=self.architecture,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Generate with the pipeline itself: ``base("a red circle").images[0]``."""
+        return self.pipe(*args, **kwargs)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise FmnPatchError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def default_bench(ref: str) -> str | None:
+    """The bench a base given by a registered name is measured on, known before it loads (None: load it and
+    ask ``Base.bench``)."""
+    named = named_base(ref)
+    return named.bench if named is not None else None
+
+
+def as_base(pipe: Base | Any, *, ref: str | None = None, revision: str | None = None) -> Base:
+    """A ``Base`` for a diffusers pipeline (a ``Base`` is returned as it is)."""
+    if isinstance(pipe, Base):
+        return pipe
+    family = family_of(pipe)
+    return Base(pipe, family(pipe), ref, revision, world_of(pipe))
+
+
+def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision: str | None = None) -> Base:
+    """Load a base: a registered name (``toy``: the bundled toy model), a local diffusers folder, or a Hub repo id."""
+    torch_dtype = parse_dtype(dtype)
+    named = named_base(ref)
+    source: str | os.PathLike[str] = ref
+    if named is not None:
+        source = named.locate()
+        if not (Path(source) / "model_index.json").exists():
+            raise FmnPatchError(f"the {ref} model is not built ({source} is missing); run `make toy-model`")
+    elif Path(ref).exists() and not Path(ref).is_dir():
+        raise FmnPatchError(
+            f"base {ref!r} is a file; give a diffusers pipeline folder (with model_index.json) or a Hub repo id"
+        )
+    elif Path(ref).is_dir() and not (Path(ref) / "model_index.json").exists():
+        raise FmnPatchError(f"base folder {ref!r} has no model_index.json; it is not a diffusers pipeline")
+    elif not Path(ref).exists() and "/" not in ref:
+        names = ", ".join(n.name for n in named_bases())
+        raise FmnPatchError(
+            f"base {ref!r} is not a registered name ({names}), a folder or a Hub repo id (ORG/NAME)"
+        )
+    loader = family_for_index(_model_index(source)) if Path(source).is_dir() else None
+    try:
+        if loader is not None:
+            pipe = loader.load(source, dtype=torch_dtype, revision=revision)
+        else:
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, revision=revision)
+    except (OSError, ValueError) as e:
+        raise FmnPatchError(
+            f"cannot load base {ref!r}: {str(e).splitlines()[0]}; give `toy`, a local pipeline folder, or a Hub "
+            "repo id you can reach (offline: one already in the Hugging Face cache)"
+        ) from e
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    base = as_base(pipe, ref=ref, revision=revision)
+    return base
+
+
+def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise FmnPatchError(
+            f"{folder}/model_index.json cannot be read ({e}); the pipeline folder is damaged"
+        ) from e
+    if not isinstance(data, dict):
+        raise FmnPatchError(f"{folder}/model_index.json is not a JSON object; the pipeline folder is damaged")
+    return data

@@ -1,0 +1,90 @@
+"""Reference images of a concept, as latents: from a user's folder, or drawn by the base model itself and cached
+on disk (safetensors, keyed by the base's target hash, prompts, seeds and sampler) so a retrain does not redraw them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import FmnPatchError
+from ..files import atomic_write
+from .base import Base
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FMNPATCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(root) / "fmn-patch" / "references"
+
+
+@torch.no_grad()
+def generated_latents(
+    base: Base,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    guidance: float,
+    cache: bool = True,
+) -> torch.Tensor:
+    """Latents (N, ...) the base model draws for each prompt and seed, prompt-major, in the denoiser's latent scale."""
+    key = hashlib.sha256(
+        json.dumps([base.family.target_hash(), list(prompts), list(seeds), steps, guidance]).encode()
+    ).hexdigest()[:32]
+    path = cache_dir() / f"{key}.safetensors"
+    if cache and path.exists():
+        return safetensors.torch.load_file(str(path))["latents"]
+    # one pipeline call per prompt, all its seeds together
+    latents = base.family.generate(
+        prompts, seeds, steps=steps, guidance=guidance, output="latent", batch_size=len(seeds)
+    )
+    if cache:
+        atomic_write(
+            path, lambda tmp: safetensors.torch.save_file({"latents": latents}, str(tmp)), overwrite=True
+        )
+    return latents
+
+
+def folder_images(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
+    """Every image in ``folder`` as (N, 3, size, size) in [-1, 1]; unreadable files are reported, none is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FmnPatchError(f"--images {str(folder)!r} is not a folder; give a folder of .png/.jpg images")
+    images, bad = [], []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append(f"{path.name} (not an image file)")
+            continue
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        except (UnidentifiedImageError, OSError) as e:
+            bad.append(f"{path.name} ({e.__class__.__name__})")
+            continue
+        images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    if bad:
+        import sys
+
+        print(f"fmnpatch: skipped {len(bad)} file(s) in {folder}: {'; '.join(bad)}", file=sys.stderr)
+    if not images:
+        raise FmnPatchError(
+            f"--images {str(folder)!r} holds no readable image; add .png or .jpg images of the concept"
+        )
+    return torch.stack(images)
+
+
+def folder_latents(base: Base, folder: str | os.PathLike[str]) -> torch.Tensor:
+    """Latents of every image in ``folder``, resized to the base's image size."""
+    return base.family.encode_images(folder_images(folder, base.family.pixel_size()))

@@ -1,0 +1,154 @@
+"""Putting patches on a base: check, stack (unfused, removable), fuse, and save a full pipeline.
+
+Built on diffusers' own LoRA verbs through the family (``load_lora_weights``, ``set_adapters``, ``fuse_lora``,
+``delete_adapters``), so a patch applied here behaves exactly as one loaded by stock diffusers. Adapters the caller
+loaded before are left loaded and active as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import BaseMismatchError, FmnPatchError
+from ..format.merge import check_weights
+from ..format.patch import Patch
+from .base import Base, as_base
+
+ADAPTER_PREFIX = "fmn"
+
+
+class BaseMismatchWarning(UserWarning):
+    """The patch was made for another base (e.g. a fine-tune of it); it may still work."""
+
+
+def check_compatible(
+    base: Base | Any, patch: Patch, *, strict: bool = False, base_hash: str | None = None
+) -> None:
+    """Refuse a patch whose modules or shapes do not fit the base; warn (or, if ``strict``, refuse) on a base
+    mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
+    base = as_base(base)
+    family = base.family
+    where = f"({patch.info.architecture}, base {patch.info.base_model or 'unknown'})"
+    if patch.component != family.component:
+        raise BaseMismatchError(
+            f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
+            f"patch was made for another model family {where}"
+        )
+    for module, (a, b) in patch.factors.items():
+        try:
+            family.check_module(module, (b.shape[0], a.shape[1]))
+        except BaseMismatchError as e:
+            raise BaseMismatchError(f"{e}; the patch was made for another architecture {where}") from None
+    if patch.info.base_hash:
+        current = base_hash or family.target_hash()
+        if current != patch.info.base_hash:
+            message = (
+                f"patch '{patch.info.title or patch.concept_names}' was made for base "
+                f"{patch.info.base_model or '?'} (target hash {patch.info.base_hash[:12]}), this base has target "
+                f"hash {current[:12]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
+                "fine-tunes of the same architecture usually work, pass --strict to refuse"
+            )
+            if strict:
+                raise BaseMismatchError(message)
+            warnings.warn(message, BaseMismatchWarning, stacklevel=2)
+
+
+def apply_patches(
+    base: Base | Any,
+    patches: Sequence[Patch],
+    weights: Sequence[float] | None = None,
+    *,
+    strict: bool = False,
+) -> list[str]:
+    """Load patches as unfused LoRA adapters and activate them together, each scaled by its weight.
+
+    Returns the adapter names; ``remove_patches(base, names)`` restores the base weights bit for bit.
+    """
+    base = as_base(base)
+    family = base.family
+    if not patches:
+        raise FmnPatchError("no patch given; pass at least one .safetensors patch")
+    weights = check_weights(patches, weights)
+    base_hash = family.target_hash() if any(p.info.base_hash for p in patches) else None
+    for patch in patches:
+        check_compatible(base, patch, strict=strict, base_hash=base_hash)
+    existing = set(family.adapter_names())
+    active = family.active_adapters()
+    names = []
+    try:
+        for patch in patches:
+            name = _fresh_name(existing)
+            existing.add(name)
+            family.load_adapter(patch.state_dict(), name)
+            names.append(name)
+        family.set_adapters(active + names, [1.0] * len(active) + list(weights))
+    except BaseException:
+        family.delete_adapters(names)
+        raise
+    return names
+
+
+def remove_patches(base: Base | Any, names: Sequence[str] | None = None) -> None:
+    """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
+    is left, the peft wrappers go too: the model has its original modules and state-dict keys again."""
+    family = as_base(base).family
+    family.delete_adapters(list(names) if names is not None else family.adapter_names())
+
+
+def fuse_patches(
+    base: Base | Any,
+    patches: Sequence[Patch],
+    weights: Sequence[float] | None = None,
+    *,
+    strict: bool = False,
+) -> Base:
+    """Fold the weighted stack into the model's weights and drop the patches' adapters: a plain pipeline again.
+
+    Adapters loaded before stay loaded, unfused, with their active set restored."""
+    base = as_base(base)
+    family = base.family
+    active = family.active_adapters()
+    names = apply_patches(base, patches, weights, strict=strict)
+    try:
+        family.fuse_adapters(names)
+    finally:
+        family.delete_adapters(names)
+        family.activate([n for n in active if n in family.adapter_names()])
+    return base
+
+
+def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``save_pretrained`` into a temp folder beside ``output``, then rename it into place (safetensors only)."""
+    pipe = as_base(base).pipe
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if output.exists():
+            old = output.with_name(f".{output.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            output.rename(old)
+            tmp.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def _fresh_name(existing: set[str]) -> str:
+    i = 0
+    while f"{ADAPTER_PREFIX}_{i}" in existing:
+        i += 1
+    return f"{ADAPTER_PREFIX}_{i}"

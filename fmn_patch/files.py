@@ -1,0 +1,56 @@
+"""Files: atomic writes that never leave a partial output, and the one reader of line-per-entry text files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import FmnPatchError
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any], *, overwrite: bool) -> Path:
+    """Run ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
+
+    An exception or Ctrl-C leaves no partial file; an existing ``path`` is kept unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FmnPatchError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    if path.exists() and path.is_dir():
+        raise FmnPatchError(
+            f"{path} is a directory; give a file path ending in {path.suffix or '.safetensors'}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The entries of a text file, one per line: ``#`` starts a comment, blank lines are skipped, ends stripped.
+
+    Every list file (``--preserve-file``, ``--from-file``) is read by this one function.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FmnPatchError(f"{path} is not a file; give a text file with one entry per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FmnPatchError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from e
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]

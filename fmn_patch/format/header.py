@@ -1,0 +1,235 @@
+"""The patch file's header and its tensor hash: reading a safetensors header safely, and the typed metadata.
+
+Header values are strings (lists and dicts are JSON). Three namespaces: diffusers' ``lora_adapter_metadata``,
+Stability's ModelSpec 1.0 keys (``modelspec.*``) and this project's ``fmn_patch.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+
+from ..errors import FmnPatchError, PatchFileError
+from .category import Category, category_of
+
+FORMAT_VERSION: Final = 1
+NAMESPACE: Final = "fmn_patch"
+_PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PatchConcept:
+    """A concept the patch makes the model forget."""
+
+    name: str
+    category: Category = "other"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise FmnPatchError(
+                f"a concept name must be non-empty text, got {self.name!r}; give the words the model knows it "
+                "by, e.g. 'Elon Musk'"
+            )
+        object.__setattr__(self, "category", category_of(self.category))
+
+
+@dataclass
+class PatchInfo:
+    """Typed metadata of a patch. Everything here is written to (and read back from) the file header."""
+
+    method: str = "manual"  # how the factors were made: manual, resteer, edit, merge, fmn-baseline, ...
+    concepts: tuple[PatchConcept, ...] = ()  # what the patch forgets
+    base_model: str | None = None  # Hub id or path of the base it was made for
+    base_revision: str | None = None  # Hub commit of that base, when known
+    base_hash: str | None = None  # the family's hash of that base's target weights
+    architecture: str = "stable-diffusion-v1"  # ModelSpec architecture of the base (without "/lora")
+    title: str = ""
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    date: str = ""  # ISO 8601, set on save when empty
+    config: dict[str, Any] = field(default_factory=dict)  # the training / edit config that made it
+    parents: tuple[dict[str, Any], ...] = ()  # for merges: title, hash, weight, concepts of each parent
+    results: dict[str, Any] = field(default_factory=dict)  # evaluation results carried with the patch
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (e.g. SVD residuals)
+    versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
+    format_version: int = FORMAT_VERSION
+
+
+def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors, sorted by key: key, dtype, shape and raw bytes of each."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        # reshape(-1): a (n, 1) factor can be "contiguous" with a last stride != 1, which view(uint8) refuses
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, after checking that it is one (never unpickles)."""
+    if not path.is_file():
+        raise PatchFileError(f"{path}: no such file; check the path (patches are .safetensors files)")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if any(head.startswith(magic) for magic in _PICKLE_MAGICS):
+            raise PatchFileError(
+                f"{path}: a pickled PyTorch checkpoint, refused (unpickling can run arbitrary code); "
+                "fmn-patch reads .safetensors only: convert it with a tool you trust"
+            )
+        if len(head) < 8:
+            raise PatchFileError(f"{path}: not a safetensors file ({size} bytes, too short to hold a header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or n + 8 > size:
+            raise PatchFileError(
+                f"{path}: not a safetensors file, or truncated (header length {n} vs file size {size}); "
+                "download it again"
+            )
+        raw = f.read(n)
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PatchFileError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
+    if not isinstance(parsed, dict):
+        raise PatchFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+    end = max((int(v["data_offsets"][1]) for k, v in parsed.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise PatchFileError(
+            f"{path}: truncated or corrupt (tensors need {8 + n + end} bytes, file has {size}); download it again"
+        )
+    meta = parsed.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def write_header(
+    info: PatchInfo,
+    *,
+    component: str,
+    target_regex: str,
+    projections: tuple[str, ...],
+    target_description: str,
+    ranks: dict[str, int],
+    tensor_digest: str,
+) -> dict[str, str]:
+    """The file header of a patch: diffusers' adapter metadata, ModelSpec keys and the ``fmn_patch.*`` namespace."""
+    from datetime import datetime, timezone
+
+    date = info.date or datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    rank = max(ranks.values())
+    uniform = len(set(ranks.values())) == 1
+    lora_config = {
+        "r": rank,
+        "lora_alpha": rank,
+        "target_modules": target_regex,
+        "rank_pattern": {} if uniform else ranks,
+        "alpha_pattern": {} if uniform else ranks,
+        "use_dora": False,
+        "lora_bias": False,
+    }
+    concepts = [dataclasses.asdict(c) for c in info.concepts]
+    header = {
+        "format": "pt",
+        "lora_adapter_metadata": json.dumps({f"{component}.{k}": v for k, v in lora_config.items()}),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{info.architecture}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": info.title or default_title(info),
+        "modelspec.description": info.description or default_description(info, target_description),
+        "modelspec.date": date,
+        "modelspec.hash_sha256": "0x" + tensor_digest,
+        "modelspec.merged_from": ", ".join(str(p.get("title", "")) for p in info.parents),
+        f"{NAMESPACE}.format_version": str(info.format_version),
+        f"{NAMESPACE}.method": info.method,
+        f"{NAMESPACE}.concepts": json.dumps(concepts),
+        f"{NAMESPACE}.base_model": info.base_model or "",
+        f"{NAMESPACE}.base_revision": info.base_revision or "",
+        f"{NAMESPACE}.base_hash": info.base_hash or "",
+        f"{NAMESPACE}.rank": str(rank),
+        f"{NAMESPACE}.ranks": json.dumps({} if uniform else ranks),
+        f"{NAMESPACE}.target_modules": json.dumps(list(projections)),
+        f"{NAMESPACE}.config": json.dumps(info.config, sort_keys=True),
+        f"{NAMESPACE}.parents": json.dumps(list(info.parents)),
+        f"{NAMESPACE}.results": json.dumps(info.results, sort_keys=True),
+        f"{NAMESPACE}.extra": json.dumps(info.extra, sort_keys=True),
+        f"{NAMESPACE}.versions": json.dumps(info.versions or library_versions(), sort_keys=True),
+    }
+    if info.author:
+        header["modelspec.author"] = info.author
+    if info.license:
+        header["modelspec.license"] = info.license
+    return header
+
+
+def info_from_header(header: Mapping[str, str]) -> PatchInfo:
+    """Typed metadata back from a header written by ``write_header``."""
+
+    def get(key: str) -> str:
+        return header.get(f"{NAMESPACE}.{key}", "")
+
+    def load_json(key: str, default: Any) -> Any:
+        raw = get(key)
+        if not raw:
+            return default
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise PatchFileError(f"header field {NAMESPACE}.{key} is not valid JSON: {e}") from e
+
+    architecture = header.get("modelspec.architecture", "stable-diffusion-v1/lora").removesuffix("/lora")
+    return PatchInfo(
+        method=get("method") or "manual",
+        concepts=tuple(
+            PatchConcept(c["name"], c.get("category", "other")) for c in load_json("concepts", [])
+        ),
+        base_model=get("base_model") or None,
+        base_revision=get("base_revision") or None,
+        base_hash=get("base_hash") or None,
+        architecture=architecture,
+        title=header.get("modelspec.title", ""),
+        description=header.get("modelspec.description", ""),
+        author=header.get("modelspec.author", ""),
+        license=header.get("modelspec.license", ""),
+        date=header.get("modelspec.date", ""),
+        config=load_json("config", {}),
+        parents=tuple(load_json("parents", [])),
+        results=load_json("results", {}),
+        extra=load_json("extra", {}),
+        versions=load_json("versions", {}),
+        format_version=int(get("format_version") or FORMAT_VERSION),
+    )
+
+
+def default_title(info: PatchInfo) -> str:
+    names = ", ".join(c.name for c in info.concepts)
+    return f"forget {names}" if names else f"fmn-patch ({info.method})"
+
+
+def default_description(info: PatchInfo, targets: str = "UNet attn2.to_k/to_v") -> str:
+    names = ", ".join(f"{c.name} ({c.category})" for c in info.concepts) or "no named concept"
+    base = info.base_model or "an unnamed base"
+    return f"fmn-patch LoRA on {targets}, method {info.method}, forgets {names}; made for {base}."
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("fmn-patch", "torch", "diffusers", "peft", "safetensors", "huggingface_hub"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

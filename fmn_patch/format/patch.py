@@ -1,0 +1,233 @@
+"""The patch file: LoRA factors for a family's text-side key/value projections plus a self-describing header.
+
+A patch is an ordinary diffusers/PEFT LoRA ``.safetensors`` file, so stock ``pipe.load_lora_weights(path)`` loads it
+without this package:
+
+- tensors ``<component>.<module>.lora_A.weight`` (r, in) and ``...lora_B.weight`` (out, r), where ``<component>``
+  is the pipeline component (``unet`` for SD 1.x/2.x/XL) and ``<module>`` one of its registered targets
+  (``fmn_patch.format.targets``); alpha is folded into ``lora_B`` and ``lora_alpha == r``, so every loader
+  computes the same delta ``B @ A``;
+- the header of ``fmn_patch.format.header``.
+
+Loading validates everything and never unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from ..errors import FmnPatchError, PatchFileError
+from ..files import atomic_write
+from .header import (
+    FORMAT_VERSION,
+    NAMESPACE,
+    PatchInfo,
+    info_from_header,
+    read_header,
+    tensor_hash,
+    write_header,
+)
+from .lowrank import low_rank
+from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, in), B (out, r))
+_KEY = re.compile(r"^(?P<component>[A-Za-z_][A-Za-z0-9_]*)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+
+
+@dataclass
+class Patch:
+    """LoRA factors per target module plus typed metadata. ``delta(module) = B @ A`` (alpha folded into B)."""
+
+    factors: Factors
+    info: PatchInfo = field(default_factory=PatchInfo)
+    component: str = DEFAULT_COMPONENT  # the pipeline component the modules belong to
+
+    def __post_init__(self) -> None:
+        check_factors(self.factors, self.component)
+
+    # ----------------------------------------------------------------------------------------------- views
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.factors)
+
+    @property
+    def rank(self) -> int:
+        """The largest rank over modules (patches made here have one rank everywhere)."""
+        return max(a.shape[0] for a, _ in self.factors.values())
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {m: a.shape[0] for m, (a, _) in sorted(self.factors.items())}
+
+    @property
+    def concept_names(self) -> list[str]:
+        return [c.name for c in self.info.concepts]
+
+    def delta(self, module: str) -> torch.Tensor:
+        """The dense weight delta of one module, (out, in), in float32."""
+        a, b = self.factors[module]
+        return b.float() @ a.float()
+
+    def norms(self) -> dict[str, float]:
+        """Frobenius norm of each module's delta."""
+        return {m: float(self.delta(m).norm()) for m in self.modules}
+
+    def num_parameters(self) -> int:
+        return sum(a.numel() + b.numel() for a, b in self.factors.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors in the PEFT/diffusers key form, ready for ``pipe.load_lora_weights(state_dict)``."""
+        out: dict[str, torch.Tensor] = {}
+        for module in self.modules:
+            a, b = self.factors[module]
+            out[f"{self.component}.{module}.lora_A.weight"] = a.contiguous()
+            out[f"{self.component}.{module}.lora_B.weight"] = b.contiguous()
+        return out
+
+    def tensor_hash(self) -> str:
+        return tensor_hash(self.state_dict())
+
+    def with_info(self, **changes: Any) -> Patch:
+        return Patch(self.factors, dataclasses.replace(self.info, **changes), self.component)
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_deltas(
+        cls,
+        deltas: Mapping[str, torch.Tensor],
+        rank: int,
+        info: PatchInfo | None = None,
+        component: str = DEFAULT_COMPONENT,
+    ) -> tuple[Patch, dict[str, float]]:
+        """Factor dense deltas (out, in) into rank-``rank`` LoRA factors by truncated SVD.
+
+        Returns the patch and the relative Frobenius residual ``||D - B A|| / ||D||`` of each module (0 when exact).
+        """
+        if rank < 1:
+            raise FmnPatchError(f"rank must be at least 1, got {rank}")
+        factors: Factors = {}
+        residuals: dict[str, float] = {}
+        for module, d in sorted(deltas.items()):
+            a, b, residual = low_rank(d.float(), rank)
+            factors[module] = (a, b)
+            residuals[module] = residual
+        return cls(factors, info or PatchInfo(), component), residuals
+
+    # ------------------------------------------------------------------------------------------ the file
+    def header(self) -> dict[str, str]:
+        """The file header (see ``fmn_patch.format.header``)."""
+        kind = kind_for(self.component, self.modules)
+        return write_header(
+            self.info,
+            component=self.component,
+            target_regex=kind.regex,
+            projections=kind.projections,
+            target_description=kind.description,
+            ranks=self.ranks,
+            tensor_digest=self.tensor_hash(),
+        )
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the patch atomically (temp file + rename). Refuses to replace a file unless ``overwrite``."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise FmnPatchError(f"patch path {str(path)!r} must end in .safetensors")
+        return atomic_write(
+            path,
+            lambda tmp: safetensors.torch.save_file(self.state_dict(), str(tmp), metadata=self.header()),
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Patch:
+        """Read and validate a patch file. Raises ``PatchFileError`` with the reason and the fix."""
+        path = Path(path)
+        header = read_header(path)
+        version = header.get(f"{NAMESPACE}.format_version")
+        if version is None:
+            raise PatchFileError(
+                f"{path}: not an fmn-patch file (its header has no {NAMESPACE}.format_version); "
+                "only patches made by fmn-patch can be loaded"
+            )
+        if not version.isdigit() or int(version) > FORMAT_VERSION:
+            raise PatchFileError(
+                f"{path}: patch format version {version!r} is unknown to this fmn-patch (reads up to "
+                f"{FORMAT_VERSION}); upgrade with `pip install -U fmn-patch`"
+            )
+        try:
+            tensors = safetensors.torch.load_file(str(path), device="cpu")
+        except (safetensors.SafetensorError, OSError, RuntimeError) as e:
+            raise PatchFileError(
+                f"{path}: truncated or corrupt safetensors file ({e}); download it again"
+            ) from e
+        component, factors = factors_from_state_dict(tensors, source=str(path))
+        try:
+            patch = cls(factors, info_from_header(header), component)
+        except FmnPatchError as e:
+            raise PatchFileError(f"{path}: {e}") from e
+        expected = header.get("modelspec.hash_sha256", "").removeprefix("0x")
+        if expected and expected != patch.tensor_hash():
+            raise PatchFileError(
+                f"{path}: tensor hash mismatch (header {expected[:12]}..., tensors {patch.tensor_hash()[:12]}...): "
+                "the file was modified or damaged after it was written; get a fresh copy"
+            )
+        return patch
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def factors_from_state_dict(
+    tensors: Mapping[str, torch.Tensor], source: str = "state dict"
+) -> tuple[str, Factors]:
+    """The component and the ``<component>.<module>.lora_{A,B}.weight`` tensors grouped by module; refuses
+    anything else."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    seen: set[str] = set()
+    for key, t in tensors.items():
+        m = _KEY.match(key)
+        if m is None or kind_of(m["component"], m["module"]) is None:
+            raise PatchFileError(
+                f"{source}: key {key!r} is not a LoRA factor of a text-side key/value projection "
+                f"(expected <component>.<module>.lora_A|lora_B.weight on {describe_targets()}); "
+                "fmn-patch files hold cross-attention key/value LoRA factors only"
+            )
+        seen.add(m["component"])
+        pairs.setdefault(m["module"], {})[m["factor"]] = t
+    if not pairs:
+        raise PatchFileError(f"{source}: holds no LoRA tensors; it is not a patch")
+    if len(seen) > 1:
+        raise PatchFileError(f"{source}: keys of several components {sorted(seen)}; a patch has one")
+    factors = {}
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            missing = "lora_B" if "A" in ab else "lora_A"
+            raise PatchFileError(f"{source}: module {module} has no {missing} factor; the file is incomplete")
+        factors[module] = (ab["A"], ab["B"])
+    return seen.pop(), factors
+
+
+def check_factors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], component: str) -> None:
+    if not factors:
+        raise FmnPatchError("a patch needs at least one module's LoRA factors")
+    for module, (a, b) in factors.items():
+        if kind_of(component, module) is None:
+            raise FmnPatchError(
+                f"module {module!r} of {component!r} is not a text-side key/value projection "
+                f"({describe_targets()})"
+            )
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] < 1:
+            raise FmnPatchError(
+                f"inconsistent shapes for {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
+                "(need A (r, in) and B (out, r) with the same r >= 1)"
+            )
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise FmnPatchError(f"{module}: LoRA factors must be floating point, got {a.dtype} / {b.dtype}")

@@ -1,0 +1,75 @@
+"""What is in a patch, for people (``fmnpatch inspect``) and scripts (``--json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .patch import Patch
+from .targets import kind_for
+
+
+def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
+    """A JSON-ready description: header fields, concepts, base, rank, size and per-module delta norms."""
+    info = patch.info
+    header = patch.header()
+    size = Path(path).stat().st_size if path is not None else None
+    return {
+        "path": str(path) if path is not None else None,
+        "title": header["modelspec.title"],
+        "description": header["modelspec.description"],
+        "method": info.method,
+        "concepts": [dataclasses.asdict(c) for c in info.concepts],
+        "base": {
+            "model": info.base_model,
+            "revision": info.base_revision,
+            "hash": info.base_hash,
+            "architecture": info.architecture,
+        },
+        "component": patch.component,
+        "targets": kind_for(patch.component, patch.modules).description,
+        "rank": patch.rank,
+        "modules": len(patch.factors),
+        "parameters": patch.num_parameters(),
+        "size_bytes": size,
+        "tensor_hash": patch.tensor_hash(),
+        "date": info.date,
+        "format_version": info.format_version,
+        "config": info.config,
+        "parents": list(info.parents),
+        "results": info.results,
+        "extra": info.extra,
+        "versions": info.versions,
+        "norms": patch.norms(),
+    }
+
+
+def render_text(summary: dict[str, Any]) -> str:
+    """The summary as aligned text lines."""
+    concepts = ", ".join(f"{c['name']} ({c['category']})" for c in summary["concepts"]) or "-"
+    base = summary["base"]
+    size = summary["size_bytes"]
+    lines = [
+        f"title        {summary['title']}",
+        f"method       {summary['method']}",
+        f"concepts     {concepts}",
+        f"base         {base['model'] or '-'}  [{base['architecture']}]"
+        + (f"  revision {base['revision']}" if base["revision"] else ""),
+        f"base hash    {base['hash'] or '-'}",
+        f"rank         {summary['rank']}  ({summary['modules']} modules, {summary['parameters']:,} parameters"
+        + (f", {size / 1024:.1f} KiB" if size is not None else "")
+        + ")",
+        f"tensor hash  {summary['tensor_hash']}",
+        f"date         {summary['date'] or '-'}",
+    ]
+    if summary["parents"]:
+        lines.append("parents      " + "; ".join(f"{p['title']} x{p['weight']}" for p in summary["parents"]))
+    if summary["config"]:
+        lines.append("config       " + ", ".join(f"{k}={v}" for k, v in sorted(summary["config"].items())))
+    if summary["results"]:
+        lines.append("results      " + ", ".join(f"{k}={v}" for k, v in sorted(summary["results"].items())))
+    lines.append("delta norms (Frobenius):")
+    width = max(len(m) for m in summary["norms"])
+    lines += [f"  {m:<{width}}  {n:.4g}" for m, n in summary["norms"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Layer 4, how it is forgotten: one LoRA training loop with pluggable losses (``loop``, ``lora``), used by
+re-steering (``resteer``, with its ``robust`` rounds), concept correction (``correct``), textual inversion
+(``inversion``) and the faithful FMN baseline (``baseline``); and the closed-form edit (``edit``, ``editor``,
+``solver``)."""
+
+from .baseline import FMNConfig, FMNReport, train_fmn_baseline
+from .correct import CorrectConfig, attribute_variants, correct_patch, variant_pairs
+from .edit import edit_patch
+from .editor import EditConfig, EditReport
+from .inversion import InversionConfig, LearnedTokens, learn_tokens
+from .resteer import TrainConfig, train_patch, train_patch_with_inversion
+
+__all__ = [
+    "CorrectConfig",
+    "EditConfig",
+    "EditReport",
+    "FMNConfig",
+    "FMNReport",
+    "InversionConfig",
+    "LearnedTokens",
+    "TrainConfig",
+    "attribute_variants",
+    "correct_patch",
+    "edit_patch",
+    "learn_tokens",
+    "train_fmn_baseline",
+    "train_patch",
+    "train_patch_with_inversion",
+    "variant_pairs",
+]

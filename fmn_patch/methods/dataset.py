@@ -1,0 +1,107 @@
+"""What the training loop samples from, prepared once: the concepts' prompts and their anchors encoded, the token
+positions the re-steering loss reads, reference latents, and the preserve prompts' text states."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..families.base import Base
+from ..families.family import Conditioning
+from ..families.references import folder_latents, generated_latents
+
+
+@dataclass
+class TrainingSet:
+    """Everything a step samples from (re-steering builds one from concept plans, correction from variants)."""
+
+    concept: Conditioning  # (P, T, D) the prompts that name the concepts
+    anchor: Conditioning  # (P, T, D) the same prompts with the anchor (or, for correction, the variant)
+    masks: torch.Tensor  # (P, T) positions the re-steering loss reads
+    latents: torch.Tensor  # (L, C, h, w) reference latents
+    latent_prompt: torch.Tensor  # (L,) which prompt each latent belongs to
+    preserve: torch.Tensor  # (M, D) encoder states of the preserve prompts' tokens
+    concepts: int  # how many concepts the patch forgets
+    eta: torch.Tensor  # (P,) negative guidance of each prompt's denoising target
+    preserve_weight: float  # w_p for this patch
+
+    def with_prompts(
+        self, concept: Conditioning, anchor: Conditioning, masks: torch.Tensor, source: TrainingSet
+    ) -> TrainingSet:
+        """These prompts added, each on ``source``'s latents, anchors and eta (the robust rounds' erase set)."""
+        return dataclasses.replace(
+            self,
+            concept=self.concept.cat(concept),
+            anchor=self.anchor.cat(anchor),
+            masks=torch.cat([self.masks, masks]),
+            latents=torch.cat([self.latents, source.latents]),
+            latent_prompt=torch.cat([self.latent_prompt, source.latent_prompt + len(self.concept)]),
+            eta=torch.cat([self.eta, source.eta]),
+        )
+
+
+def reference_latents(
+    base: Base,
+    prompts: Sequence[str],
+    images_per_prompt: int,
+    *,
+    steps: int,
+    guidance: float,
+    images: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference latents (L, C, h, w) and the prompt each belongs to (L,): a folder's images spread over the
+    prompts in turn, or ``images_per_prompt`` drawn by the base for each prompt (cached)."""
+    if images is not None:
+        latents = folder_latents(base, images)
+        return latents, torch.arange(len(latents)) % len(prompts)
+    seeds = list(range(images_per_prompt))
+    latents = generated_latents(base, prompts, seeds, steps=steps, guidance=guidance)
+    return latents, torch.arange(len(prompts)).repeat_interleave(len(seeds))
+
+
+def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], after: bool) -> torch.Tensor:
+    """(P, T) 1 at each prompt's concept positions (and, with ``after``, the positions after it)."""
+    family = base.family
+    masks = torch.zeros(len(prompts), family.max_length)
+    for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
+        masks[i, list(family.place(prompt, word).positions(after=after))] = 1.0
+    return masks
+
+
+def preserve_states(base: Base, prompts: Sequence[str]) -> torch.Tensor:
+    """(M, D): the text states of every token of every preserve prompt, as the targets read them."""
+    return base.family.encode(prompts).states.flatten(0, 1)
+
+
+def encode_set(
+    base: Base,
+    prompts: list[str],
+    anchors: list[str],
+    words: list[str],
+    latents: torch.Tensor,
+    latent_prompt: torch.Tensor,
+    keep: list[str],
+    *,
+    after: bool,
+    etas: list[float],
+    preserve_weight: float,
+    seen: list[str] | None = None,
+) -> TrainingSet:
+    """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``)."""
+    masks = concept_masks(base, seen or prompts, words, after)
+    preserve = preserve_states(base, keep)
+    concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
+    return TrainingSet(
+        base.family.encode(prompts),
+        base.family.encode(anchors),
+        masks,
+        latents,
+        latent_prompt,
+        preserve,
+        concepts,
+        torch.tensor(etas, dtype=torch.float32),
+        preserve_weight,
+    )

@@ -1,0 +1,200 @@
+"""The streaming machinery of the closed-form edit: prompts go through the text encoder in batches at their true
+token length (plus ``padding`` slots) into the shared normal equations, so memory does not grow with the number of
+concepts: only two (dim x dim) sums are kept. ``solver`` solves the ridge least squares once for all layers;
+``fmn_patch.format.lowrank`` turns each layer's delta into LoRA factors of the requested rank.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import FmnPatchError
+from ..families.base import Base
+from ..families.encoding import align
+from ..families.tokens import ConceptNotFoundError
+from ..format.lowrank import NARROW, ResidualKind, factorize, factorize_products
+from .solver import NormalEquations, layer_delta
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """How a closed-form edit is computed; every field is recorded in the patch header."""
+
+    rank: int = 16  # LoRA rank of the patch (truncated SVD of each layer's delta)
+    lam: float = 0.1  # ridge: pull toward the base weights, sum lam ||W' - W||^2
+    erase_weight: float = 1.0  # weight of each erase row (each concept position of each prompt)
+    preserve_weight: float = 1.0  # weight of each preserved row
+    push: float = 1.5  # targets go this far past the anchor, away from the concept: t = a + push (a - c)
+    after: bool = True  # also re-map the positions after the concept (to EOS): the concept lives there too
+    padding: int | None = 0  # padding slots after EOS also re-mapped/preserved; None: all (slow at 77)
+    bench: str | None = (
+        None  # ConceptBench of templates, aliases, preserve set; None: the base's; "none": no bench
+    )
+    bench_preserve: bool = True  # preserve the bench's other concepts (their prompts, every position)
+    vocab_words: int = 1000  # preserve the model's N most frequent whole-word tokens (0: none)
+    batch_size: int = 64  # prompts per text-encoder call
+    # True/False: exact/randomised SVD of each formed delta, exact residuals; None: exact SVD for narrow layers,
+    # wide ones factored without forming their delta (fmn_patch.format.lowrank.factorize_products), residuals estimated
+    exact_svd: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rank >= 1, f"rank={self.rank} must be at least 1, e.g. --rank 8"),
+            (self.lam >= 0, f"lam={self.lam} must be >= 0, e.g. 0.1"),
+            (self.erase_weight > 0, f"erase_weight={self.erase_weight} must be > 0, e.g. 10"),
+            (self.preserve_weight >= 0, f"preserve_weight={self.preserve_weight} must be >= 0, e.g. 1"),
+            (self.push >= 0, f"push={self.push} must be >= 0 (0: map exactly onto the anchor)"),
+            (self.padding is None or self.padding >= 0, f"padding={self.padding} must be >= 0 or None (all)"),
+            (self.vocab_words >= 0, f"vocab_words={self.vocab_words} must be >= 0"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FmnPatchError(message)
+
+
+@dataclass
+class EditReport:
+    """What the edit did: counts, skipped prompts, timings and the SVD residuals."""
+
+    erase_rows: int = 0
+    keep_rows: int = 0
+    prompts: int = 0
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    residuals: dict[str, float] = field(default_factory=dict)  # per module: ||D - B A|| / ||D||
+    residual: float = 0.0  # over all modules
+    residual_kind: ResidualKind = "exact"  # "estimate": some residuals estimated with random probes
+
+
+class Editor:
+    """Streams erase and preserve prompts through the text encoder into the shared normal equations."""
+
+    def __init__(self, base: Base, config: EditConfig) -> None:
+        self.config = config
+        self.family = base.family
+        self.text = self.family.text_states()
+        self.targets = {  # (out, in) float32 on the CPU, where the solve runs
+            name: layer.weight.detach().to("cpu", torch.float32)
+            for name, layer in self.family.targets().items()
+        }
+        dims = {w.shape[1] for w in self.targets.values()}
+        self.dim = self.text.encode(["a"], 0).shape[-1]
+        if dims != {self.dim}:
+            raise FmnPatchError(
+                f"the model's key/value projections read {sorted(dims)}-dim text states but the text encoder gives "
+                f"{self.dim}; load the pipeline whose text encoder and denoiser belong together"
+            )
+        self.normal = NormalEquations(self.dim)
+        self.report = EditReport()
+        self._anchor_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def padding(self) -> int:
+        return self.text.max_length if self.config.padding is None else self.config.padding
+
+    def erase(self, pairs: Iterable[tuple[str, str, str]]) -> None:
+        """Add (prompt, concept words, anchor prompt) triples in batches."""
+        for chunk in _batches(pairs, self.config.batch_size):
+            t0 = time.perf_counter()
+            states = self.text.encode([p for p, _, _ in chunk], self.padding)  # (B, T, dim)
+            anchors = self._anchor_states([a for _, _, a in chunk])
+            ids = self.text.ids([p for p, _, _ in chunk])
+            anchor_ids = self.text.ids([a for _, _, a in chunk])
+            rows, targets = [], []
+            for i, (prompt, words, _) in enumerate(chunk):
+                pairs_i = self._pairs(prompt, words, ids[i], anchor_ids[i])
+                if pairs_i is None:
+                    self.report.skipped.append(prompt)
+                    continue
+                e, a = zip(*pairs_i, strict=True)
+                rows.append(states[i, list(e)])
+                targets.append(anchors[i][list(a)])
+            self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
+            self.report.prompts += len(chunk)
+            if rows:
+                c, a_ = torch.cat(rows), torch.cat(targets)  # (n, dim)
+                self.normal.add_erase(c, a_ + self.config.push * (a_ - c), self.config.erase_weight)
+
+    def _pairs(
+        self, prompt: str, words: str, ids: list[int], anchor_ids: list[int]
+    ) -> list[tuple[int, int]] | None:
+        try:
+            placement = self.family.place(prompt, words)
+        except ConceptNotFoundError:
+            return None
+        sub = self.family.concept_ids(words)
+        start = min(placement.concept)
+        pairs = align(ids, anchor_ids, start, len(sub))
+        if pairs is None:
+            return None
+        if not self.config.after:
+            pairs = [(e, a) for e, a in pairs if e in placement.concept]
+        last_e, last_a = len(ids) - 1, len(anchor_ids) - 1
+        slots = min(self.padding, self.text.max_length - len(ids), self.text.max_length - len(anchor_ids))
+        return pairs + [(last_e + j, last_a + j) for j in range(1, slots + 1) if self.config.after]
+
+    def _anchor_states(self, prompts: list[str]) -> list[torch.Tensor]:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._anchor_cache))
+        if missing:
+            if len(self._anchor_cache) > 4096:
+                self._anchor_cache.clear()
+            states = self.text.encode(missing, self.padding)
+            lengths = [len(x) for x in self.text.ids(missing)]
+            for p, s, n in zip(missing, states, lengths, strict=True):
+                self._anchor_cache[p] = s[: min(n + self.padding, self.text.max_length)]
+        return [self._anchor_cache[p] for p in prompts]
+
+    def keep(self, prompts: Iterable[str]) -> None:
+        """Preserve every position (BOS .. EOS and the padding slots) of each prompt."""
+        for chunk in _batches(prompts, self.config.batch_size):
+            t0 = time.perf_counter()
+            states = self.text.encode(chunk, self.padding)
+            lengths = [len(x) for x in self.text.ids(chunk)]
+            rows = [
+                s[: min(n + self.padding, self.text.max_length)] for s, n in zip(states, lengths, strict=True)
+            ]
+            self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
+            self.normal.add_keep(torch.cat(rows), self.config.preserve_weight)
+
+    def solve(self) -> torch.Tensor:
+        """The shared map P (in, in), float32: every layer's delta is its W @ P."""
+        t0 = time.perf_counter()
+        p = self.normal.solve(self.config.lam).float()
+        self.report.seconds["solve"] = time.perf_counter() - t0
+        self.report.erase_rows, self.report.keep_rows = self.normal.erase_rows, self.normal.keep_rows
+        return p
+
+    def factors(self, p: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it."""
+        t0 = time.perf_counter()
+        rank, exact = self.config.rank, self.config.exact_svd
+        wide = [n for n, w in sorted(self.targets.items()) if exact is None and min(w.shape) > NARROW]
+        done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
+        for name in sorted(set(self.targets) - set(wide)):
+            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=exact)
+        factors, res, tot = {}, 0.0, 0.0
+        for name, (a, b, r, t) in sorted(done.items()):
+            factors[name] = (a, b)
+            self.report.residuals[name] = (r / t) ** 0.5 if t > 0 else 0.0
+            res, tot = res + r, tot + t
+        self.report.residual = (res / tot) ** 0.5 if tot > 0 else 0.0
+        self.report.residual_kind = "estimate" if wide else "exact"
+        self.report.seconds["svd"] = time.perf_counter() - t0
+        return factors
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

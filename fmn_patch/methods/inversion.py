@@ -1,0 +1,119 @@
+"""Textual inversion: learn new token embeddings that make the frozen model draw a set of reference images.
+
+FMN's optional stage A (for concepts a base model knows poorly by name), and the core of the Concept Inversion
+attack. Only the new rows of the input embedding table train; the denoiser, the rest of the text encoder and the
+tokenizer the pipeline came with are restored on exit (tokens are added to a copy, the table is shrunk back).
+
+The learned embeddings are saved in the format stock diffusers reads with
+``pipe.load_textual_inversion(path, token=...)``: one safetensors tensor (n, d) under the token's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from ..families.base import Base
+from ..families.family import frozen
+from ..files import atomic_write
+from .loop import LoopConfig, optimise
+
+
+@dataclass
+class InversionConfig:
+    """FMN's stage A defaults, except the learning rate (per-token updates of a tiny table need a larger one)."""
+
+    num_tokens: int = 4  # vectors that together stand for the concept
+    steps: int = 500
+    lr: float = 5e-3
+    weight_decay: float = 0.1
+    batch_size: int = 8
+    template: str = "a photo of {}"
+    seed: int = 0
+
+
+@dataclass
+class LearnedTokens:
+    """New tokens (``<name>``, ``<name>_1``, ...) and their embeddings (n, d)."""
+
+    token: str
+    embeddings: torch.Tensor
+    losses: list[float]
+
+    @property
+    def words(self) -> str:
+        return " ".join(self.names)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.token] + [f"{self.token}_{i}" for i in range(1, len(self.embeddings))]
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        tensors = {self.token: self.embeddings.contiguous()}
+        return atomic_write(
+            Path(path),
+            lambda t: safetensors.torch.save_file(tensors, str(t), {"format": "pt"}),
+            overwrite=overwrite,
+        )
+
+
+def learn_tokens(
+    base: Base,
+    latents: torch.Tensor,
+    token: str,
+    init_words: str,
+    config: InversionConfig | None = None,
+    *,
+    progress: bool = True,
+) -> LearnedTokens:
+    """Learn ``config.num_tokens`` embeddings for ``token`` from reference latents (N, C, h, w) by the plain
+    noise-prediction loss on ``config.template`` prompts, everything else frozen."""
+    config = config or InversionConfig()
+    family = base.family
+    family.require_one_encoder("textual inversion")
+    names = [token] + [f"{token}_{i}" for i in range(1, config.num_tokens)]
+    init_ids = list(family.token_ids(init_words)) or [family.tokenizer.eos_token_id]
+    with torch.no_grad():
+        base_rows = family.token_table()[init_ids].mean(0)  # (d,)
+    init = base_rows.repeat(config.num_tokens, 1)
+    prompt = config.template.format(" ".join(names))
+    with frozen(family.denoiser, *family.text_encoders()), family.added_tokens(names, init) as weight:
+        first = weight.shape[0] - config.num_tokens
+        weight.requires_grad_(True)
+        frozen_rows = weight.detach().clone()
+
+        def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
+            pick = torch.randint(len(latents), (config.batch_size,), generator=gen)
+            x0 = latents[pick].to(family.device, family.dtype)
+            t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
+                family.device
+            )
+            noise = torch.randn(x0.shape, generator=gen).to(x0)
+            with torch.enable_grad():
+                cond = family.encode_with_grad([prompt] * config.batch_size)
+                pred = family.denoise(family.add_noise(x0, noise, t), t, cond)
+                return {"denoise": F.mse_loss(pred.float(), family.target(x0, noise, t).float())}
+
+        def keep_old_rows() -> None:
+            with torch.no_grad():  # only the new rows learn; AdamW's decay applied to them alone
+                weight[:first] = frozen_rows[:first]
+                weight[first:] -= config.lr * config.weight_decay * weight[first:]
+
+        loop = LoopConfig(
+            steps=config.steps,
+            lr=config.lr,
+            seed=config.seed,
+            max_grad_norm=None,
+            desc="inversion",
+            hint="lower the inversion learning rate",
+        )
+        try:
+            report = optimise([weight], step, loop, after_step=keep_old_rows, progress=progress)
+        finally:
+            weight.requires_grad_(False)
+        learned = weight[first:].detach().clone()
+    return LearnedTokens(token, learned, report.losses)

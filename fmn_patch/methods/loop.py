@@ -1,0 +1,88 @@
+"""The one optimisation loop every trained method runs: re-steering, correction, the robust rounds, textual
+inversion and the FMN baseline differ only in the parameters they train and the loss terms a step returns.
+
+Each step returns named loss terms; the loop weighs and sums them, stops with a message (and writes nothing) on a
+non-finite loss, clips, steps AdamW, times the step and shows the terms on a progress bar. Steps draw their
+randomness from the generator they are handed, never from the global RNG.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import FmnPatchError
+
+#: A step: given the loop's generator, the named loss terms of one batch.
+Step = Callable[[torch.Generator], dict[str, torch.Tensor]]
+
+
+@dataclass
+class LoopConfig:
+    """How the loop optimises: same config, step and seed give the same parameters."""
+
+    steps: int
+    lr: float
+    seed: int = 0
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    weight_decay: float = 0.0
+    desc: str = "train"
+    hint: str = "lower --lr or the loss weights"  # what the divergence message suggests
+
+
+@dataclass
+class LoopReport:
+    """What happened: the total loss and the wall time of every step, and the last step's terms."""
+
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def optimise(
+    params: Sequence[torch.Tensor],
+    step: Step,
+    config: LoopConfig,
+    *,
+    weights: Mapping[str, float] | None = None,
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> LoopReport:
+    """Minimise the weighted sum of ``step``'s terms over ``params`` (weight 1 for a term ``weights`` omits)."""
+    optimiser = torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    report = LoopReport()
+    bar = tqdm(range(config.steps), desc=config.desc, disable=not progress, file=sys.stderr, leave=False)
+    try:
+        for k in bar:
+            tick = time.perf_counter()
+            parts = step(gen)
+            loss = sum((weights or {}).get(name, 1.0) * term for name, term in parts.items())
+            assert isinstance(loss, torch.Tensor), "a step returns at least one loss term"
+            if not torch.isfinite(loss):
+                raise FmnPatchError(
+                    f"training diverged at step {k} (loss {float(loss)}); nothing was written: {config.hint} "
+                    f"(lr now {config.lr})"
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimiser.step()
+            if after_step is not None:
+                after_step()
+            report.step_seconds.append(time.perf_counter() - tick)
+            report.losses.append(loss.item())
+            report.parts = {name: round(term.item(), 6) for name, term in parts.items()}
+            if len(parts) > 1:
+                bar.set_postfix(loss=f"{loss.item():.4f}", **{n: f"{t.item():.3f}" for n, t in parts.items()})
+            else:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    finally:
+        bar.close()
+    return report

@@ -1,0 +1,110 @@
+"""A trainable LoRA adapter on a family's targets, for the length of a ``with`` block.
+
+On entry: a rank-r adapter (alpha = r, so its scale is 1) on every target of the base's family, through peft's
+public ``add_adapter``, initialised from a seeded RNG fork (or from given factors), and made the only active
+adapter; every other parameter frozen. On exit, whatever happened: the adapter is deleted (the peft wrappers go
+too when no adapter is left), and the caller's active adapters, ``requires_grad`` flags and train/eval mode are
+restored, and the global RNG state is as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..families.base import Base
+from ..families.family import frozen
+
+ADAPTER = "fmn_train"
+FactorMap = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LoraSession:
+    """The adapter being trained: its wrapped target layers and trainable parameters."""
+
+    base: Base
+    modules: dict[str, Any]  # target name -> peft layer (``get_base_layer()`` is the frozen projection)
+    params: list[nn.Parameter]
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Within the block the denoiser runs without any adapter: the base model's own prediction."""
+        denoiser: Any = self.base.family.denoiser
+        denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            denoiser.enable_adapters()
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The trained factors as (A, B) copies, alpha folded into B."""
+        from peft import get_peft_model_state_dict
+
+        denoiser: Any = self.base.family.denoiser
+        config = denoiser.peft_config[ADAPTER]
+        scale = config.lora_alpha / config.r
+        state = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER)
+        out = {}
+        for key, a in state.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removesuffix(".lora_A.weight")
+            b = state[f"{module}.lora_B.weight"]
+            out[module] = (a.detach().float().clone(), (b.detach().float() * scale).clone())
+        return out
+
+
+@contextlib.contextmanager
+def lora_adapter(
+    base: Base, rank: int, *, seed: int, start: FactorMap | None = None, train_values: bool = True
+) -> Iterator[LoraSession]:
+    """A fresh trainable adapter on the family's targets (see the module docstring for what is restored)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    family = base.family
+    denoiser: Any = family.denoiser
+    active = family.active_adapters()
+    was_training = denoiser.training
+    if ADAPTER in family.adapter_names():
+        family.delete_adapters([ADAPTER])
+    with frozen(denoiser):
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=family.targets_kind.regex, init_lora_weights=True
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # peft draws lora_A from the global RNG: seeded here, restored after
+            denoiser.add_adapter(config, adapter_name=ADAPTER)
+        try:
+            denoiser.set_adapters([ADAPTER])
+            if start is not None:  # alpha == r, so the adapter's scale is 1 and the factors load as they are
+                state = {
+                    f"{m}.lora_{k}.weight": t for m, (a, b) in start.items() for k, t in (("A", a), ("B", b))
+                }
+                set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER)
+            modules = {
+                n: m
+                for n, m in denoiser.named_modules()
+                if family.is_target(n) and hasattr(m, "get_base_layer")
+            }
+            if (
+                not train_values
+            ):  # an ablation: the value projections (the kind's last projection) stay at start
+                value = "." + family.targets_kind.projections[-1]
+                for name, layer in modules.items():
+                    if name.endswith(value):
+                        for p_name, p in layer.named_parameters():
+                            if "lora_" in p_name:
+                                p.requires_grad_(False)
+            params = [p for p in denoiser.parameters() if p.requires_grad]
+            denoiser.train()
+            yield LoraSession(base, modules, params)
+        finally:
+            denoiser.train(was_training)
+            family.delete_adapters([ADAPTER])
+            family.activate([n for n in active if n in family.adapter_names()])

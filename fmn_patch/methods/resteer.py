@@ -1,0 +1,411 @@
+"""``train_patch``: Forget-Me-Not attention re-steering, trained as a LoRA patch on a family's text-side K/V.
+
+One step, for a batch of the concepts' prompts and noised reference latents x_t:
+
+    loss = w_r * resteer(attention at the concept's positions)                 # FMN: pixels stop looking at it
+         + w_d * || eps'(x_t, concept) - [eps(x_t, anchor) - eta (eps(x_t, concept) - eps(x_t, anchor))] ||^2
+         + w_p * || K'/V'(preserve tokens) - K/V(preserve tokens) ||^2         # nothing else moves
+
+The re-steering term reads attention maps, which depend on Q and K only: it gives the value projections no direct
+gradient (the last cross-attention layer to run gets none at all). The denoising term is what trains them: the
+values that remain attended to must carry the anchor, not the concept. Because K and V see only text, keeping the
+keys and values of every other prompt's tokens keeps those prompts' images, which the preservation term does
+cheaply, without running the denoiser. Only the LoRA factors train; the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..concepts.bench import Bench, load_bench
+from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
+from ..errors import FmnPatchError
+from ..families.base import Base, as_base
+from ..format.header import PatchInfo
+from ..format.patch import Patch
+from .dataset import TrainingSet, encode_set, reference_latents
+from .inversion import InversionConfig, LearnedTokens, learn_tokens
+from .loop import LoopConfig, LoopReport, optimise
+from .lora import LoraSession, lora_adapter
+from .losses import guided_target, preservation, resteer_loss
+
+#: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
+ETA: dict[str, float] = {"style": 1.0}
+ETA_DEFAULT = 2.0
+#: Preservation weight per category when TrainConfig.preserve_weight is None; others get PRESERVE_DEFAULT.
+PRESERVE: dict[str, float] = {"style": 100.0}
+PRESERVE_DEFAULT = 30.0
+
+
+def _positive(value: float, name: str, example: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise FmnPatchError(f"{name}={value} must be a positive finite number, e.g. {example}")
+
+
+def _non_negative(value: float | None, name: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise FmnPatchError(f"{name}={value} must be a finite number >= 0")
+
+
+def _whole(value: int, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise FmnPatchError(f"{name}={value!r} must be a whole number >= {low}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the patch. Same config, inputs and seed give the same tensors."""
+
+    rank: int = 4  # LoRA rank of each key/value factor pair
+    steps: int = 150  # optimisation steps per concept: a patch of N concepts trains N x steps
+    lr: float = 3e-3  # AdamW learning rate of the LoRA factors
+    batch_size: int = 8  # (prompt, reference latent) pairs per step
+    seed: int = 0
+    anchor: str | None = None  # what the concepts are redirected to; None: each concept's, else the bench's
+    # Negative guidance of the denoising target (0: plain redirect to the anchor); None: per category (ETA). An anchor
+    # like the toy "shape" or "person" draws every shape or person, the erased one included: at 1, cross kept 8-12%
+    # of its images over seeds, at 2, 0%. A style's anchor ("plain") never draws the style, and at 2 erasing
+    # checkered cost the other styles 9% of their accuracy: styles keep 1.
+    eta: float | None = None
+    resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
+    denoise_weight: float = (
+        100.0  # w_d, guided denoising target (trains the values); noise MSE is small, hence 100
+    )
+    # w_p, keys/values of the preserve prompts' tokens; None: per category (PRESERVE), the largest of the patch's
+    # concepts. Erasing a style (a fill every shape can wear) reaches everything: at 30 checkered cost the other
+    # concepts 7% of their accuracy, at 100 under 3%; objects and identities erase more cleanly at 30.
+    preserve_weight: float | None = None
+    after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
+    images_per_prompt: int = (
+        2  # reference images drawn by the base per concept prompt (when no folder is given)
+    )
+    image_steps: int = 20  # sampler steps for drawing reference images
+    image_guidance: float = 5.0
+    max_grad_norm: float = 1.0
+    preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
+    bench: str | None = None  # ConceptBench of categories, templates, anchors, preserve set; None: the base's
+    init: Literal["zero", "edit"] = "zero"  # start from zero, or from the closed-form edit (the hybrid)
+    train_values: bool = True  # False: freeze the value projections' factors (an ablation: keys alone)
+    robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
+    robust_attack_steps: int = 100  # textual-inversion steps of each inner attack
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
+            _whole(getattr(self, name), name, 1)
+        for name in ("robust_rounds", "robust_attack_steps", "seed"):
+            _whole(getattr(self, name), name, 0)
+        if self.init not in ("zero", "edit"):
+            raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
+        _positive(self.lr, "lr", "3e-3")
+        _positive(self.max_grad_norm, "max_grad_norm", "1.0")
+        for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
+            _non_negative(getattr(self, name), name)
+        object.__setattr__(self, "preserve_extra", tuple(self.preserve_extra))
+
+
+@dataclass
+class TrainReport:
+    """What happened during training."""
+
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # total loss per step
+    parts: dict[str, float] = field(default_factory=dict)  # last step's loss terms
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
+
+    def add(self, loop: LoopReport) -> None:
+        self.losses += loop.losses
+        self.step_seconds += loop.step_seconds
+        self.parts = loop.parts
+
+
+def train_patch(
+    base: Base | Any,
+    concepts: Sequence[ConceptLike],
+    config: TrainConfig | None = None,
+    *,
+    categories: Sequence[str | None] | str | None = None,
+    images: str | None = None,
+    bench: Bench | None = None,
+    progress: bool = True,
+) -> Patch:
+    """Train a patch that makes ``base`` forget ``concepts``; the base is left exactly as it was.
+
+    ``concepts``: names (``circle``, ``circle=disc``) or ``Concept``s; ``categories`` (one for all, one per concept,
+    None to look them up in the bench); ``images``: a folder of reference images of the single concept (default:
+    drawn by the base model and cached).
+    """
+    patch, _ = _train(
+        as_base(base), concepts, config or TrainConfig(), categories, images, bench, None, progress
+    )
+    return patch
+
+
+def train_patch_with_inversion(
+    base: Base | Any,
+    concepts: Sequence[ConceptLike],
+    config: TrainConfig | None = None,
+    inversion: InversionConfig | None = None,
+    *,
+    categories: Sequence[str | None] | str | None = None,
+    images: str | None = None,
+    bench: Bench | None = None,
+    progress: bool = True,
+) -> tuple[Patch, list[LearnedTokens]]:
+    """FMN's two stages: learn token embeddings of each concept from its reference images (textual inversion), then
+    re-steer on prompts with the name and with the learned tokens. For concepts the base knows poorly by name.
+
+    The embeddings cannot live in the patch file (stock diffusers refuses non-LoRA tensors there): save them beside
+    it with ``LearnedTokens.save`` and load them with ``pipe.load_textual_inversion``.
+    """
+    config, inversion = config or TrainConfig(), inversion or InversionConfig()
+    return _train(as_base(base), concepts, config, categories, images, bench, inversion, progress)
+
+
+def _train(
+    base: Base,
+    concepts: Sequence[ConceptLike],
+    config: TrainConfig,
+    categories: Sequence[str | None] | str | None,
+    images: str | None,
+    bench: Bench | None,
+    inversion: InversionConfig | None,
+    progress: bool,
+) -> tuple[Patch, list[LearnedTokens]]:
+    if not concepts:
+        raise FmnPatchError("no concept given; name at least one, e.g. fmnpatch train circle")
+    bench = bench or load_bench(config.bench or base.bench)
+    plans = [plan(c, bench, config.anchor) for c in resolve(concepts, bench, categories)]
+    if images is not None and len(plans) != 1:
+        raise FmnPatchError(
+            "--images gives pictures of one concept; train one concept at a time with --images"
+        )
+    if config.robust_rounds and inversion is not None:
+        raise FmnPatchError("--robust and --ti do not combine; train with one of them")
+    described = base.describe()
+    started = time.perf_counter()
+    batch, learned = prepare(base, plans, bench, config, images, inversion)
+    start = _edit_factors(base, plans, bench, config) if config.init == "edit" else None
+    report = TrainReport(seconds=0.0)
+    if config.robust_rounds:
+        from .robust import robust_rounds
+
+        factors = robust_rounds(base, plans, batch, config, report, progress, start)
+    else:
+        with lora_adapter(
+            base, config.rank, seed=config.seed, start=start, train_values=config.train_values
+        ) as s:
+            report.add(run_steps(s, batch, config, config.steps * batch.concepts, progress))
+            factors = s.factors()
+    report.seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {
+        "train_seconds": round(report.seconds, 3),
+        "final_loss": report.losses[-1],
+        "loss_terms": report.parts,
+        "loss_curve": _subsample(report.losses, 50),
+        "seconds_per_step": round(statistics.median(report.step_seconds), 4),
+    }
+    if inversion is not None:
+        extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
+    method = (
+        "resteer+ti" if inversion is not None else "resteer+robust" if config.robust_rounds else "resteer"
+    )
+    info = PatchInfo(
+        method=method,
+        concepts=tuple(p.record for p in plans),
+        base_model=described.model,
+        base_revision=described.revision,
+        base_hash=described.hash,
+        architecture=described.architecture,
+        config={
+            **dataclasses.asdict(config),
+            "bench": bench.name,
+            "anchors": {p.concept.name: p.anchor for p in plans},
+        },
+        extra=extra,
+    )
+    return Patch(factors, info, base.family.component), learned
+
+
+# ---------------------------------------------------------------------------------------------- the step
+def run_steps(
+    session: LoraSession, batch: TrainingSet, config: TrainConfig, steps: int, progress: bool
+) -> LoopReport:
+    """Optimise the session's adapter on ``batch`` for ``steps`` steps of the three-term loss."""
+    family = session.base.family
+    maps: list[torch.Tensor] = []
+
+    def sink(_name: str, probs: torch.Tensor) -> None:
+        maps.append(probs)
+
+    def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        pick = torch.randint(len(batch.latents), (config.batch_size,), generator=gen)
+        idx = batch.latent_prompt[pick]
+        x0 = batch.latents[pick].to(family.device, family.dtype)
+        t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
+            family.device
+        )
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        x_t = family.add_noise(x0, noise, t)
+        cond = batch.concept.select(idx)
+        parts: dict[str, torch.Tensor] = {}
+        if config.denoise_weight > 0:
+            with torch.no_grad(), session.disabled():
+                both = cond.cat(batch.anchor.select(idx))
+                eps_c, eps_a = family.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
+            target = guided_target(eps_c, eps_a, batch.eta[idx].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1)))
+        maps.clear()
+        if config.resteer_weight > 0:
+            with family.capture_attention(sink):
+                pred = family.denoise(x_t, t, cond)
+            parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
+        else:  # no attention maps to read (concept correction): the denoiser keeps its fast path
+            pred = family.denoise(x_t, t, cond)
+        if config.denoise_weight > 0:
+            parts["denoise"] = F.mse_loss(pred.float(), target.float())
+        if batch.preserve_weight > 0:
+            states = batch.preserve.to(x_t.device, x_t.dtype)
+            parts["preserve"] = torch.stack(
+                [preservation(m(states) - m.get_base_layer()(states)) for m in session.modules.values()]
+            ).mean()
+        return parts
+
+    weights = {
+        "resteer": config.resteer_weight,
+        "denoise": config.denoise_weight,
+        "preserve": batch.preserve_weight,
+    }
+    loop = LoopConfig(
+        steps=steps,
+        lr=config.lr,
+        seed=config.seed,
+        max_grad_norm=config.max_grad_norm,
+        desc="train",
+        hint="lower --lr or the loss weights",
+    )
+    return optimise(session.params, step, loop, weights=weights, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------- preparation
+def eta_of(config: TrainConfig, category: str) -> float:
+    """The negative guidance for a concept of ``category``: the config's, else the category's default."""
+    return config.eta if config.eta is not None else ETA.get(category, ETA_DEFAULT)
+
+
+def preserve_of(config: TrainConfig, category: str) -> float:
+    """The preservation weight for a concept of ``category``: the config's, else the category's default."""
+    if config.preserve_weight is not None:
+        return config.preserve_weight
+    return PRESERVE.get(category, PRESERVE_DEFAULT)
+
+
+def prepare(
+    base: Base,
+    plans: list[ConceptPlan],
+    bench: Bench,
+    config: TrainConfig,
+    images: str | None,
+    inversion: InversionConfig | None = None,
+) -> tuple[TrainingSet, list[LearnedTokens]]:
+    """The training set of ``plans``: with ``inversion``, also each prompt rewritten with learned tokens."""
+    prompts = [p for pl in plans for p in pl.prompts]
+    anchors = [p for pl in plans for p in pl.anchor_prompts]
+    words = [pl.concept.name for pl in plans for _ in pl.prompts]  # what to find in each prompt
+    latents, latent_prompt = reference_latents(
+        base,
+        prompts,
+        config.images_per_prompt,
+        steps=config.image_steps,
+        guidance=config.image_guidance,
+        images=images,
+    )
+    family = base.family
+    erased = [pl.concept for pl in plans]
+    banned = [family.concept_ids(w) for c in erased for w in c.names]
+    keep = preserve_prompts(
+        bench, erased, last=[*config.preserve_extra, *anchors], names=lambda p: _names_any(family, p, banned)
+    )
+    etas = [eta_of(config, pl.concept.category) for pl in plans for _ in pl.prompts]
+    w_p = max(preserve_of(config, pl.concept.category) for pl in plans)
+    if inversion is None:
+        batch = encode_set(
+            base, prompts, anchors, words, latents, latent_prompt, keep,
+            after=config.after, etas=etas, preserve_weight=w_p,
+        )  # fmt: skip
+        return batch, []
+    owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])
+    learned = [
+        learn_tokens(
+            base, latents[owner[latent_prompt] == k], _token(pl.concept.name), pl.concept.name, inversion
+        )
+        for k, pl in enumerate(plans)
+    ]
+    names = [n for t in learned for n in t.names]
+    with family.added_tokens(names, torch.cat([t.embeddings for t in learned])):
+        # The pipeline's encode_prompt expands "<t>" into "<t> <t>_1 ..." itself (diffusers' multi-vector
+        # convention), so the prompts name the first token only; the masks read the expanded prompts.
+        ti_prompts = [
+            substitute(p, w, learned[int(k)].token) for p, w, k in zip(prompts, words, owner, strict=True)
+        ]
+        seen = [
+            substitute(p, w, learned[int(k)].words) for p, w, k in zip(prompts, words, owner, strict=True)
+        ]
+        n = len(prompts)
+        batch = encode_set(
+            base,
+            prompts + ti_prompts,
+            anchors + anchors,
+            words + [learned[int(k)].words for k in owner],
+            torch.cat([latents, latents]),
+            torch.cat([latent_prompt, latent_prompt + n]),
+            keep,
+            after=config.after,
+            etas=etas + etas,
+            preserve_weight=w_p,
+            seen=prompts + seen,
+        )
+    return dataclasses.replace(batch, concepts=len(plans)), learned
+
+
+def _names_any(family: Any, prompt: str, banned: list[tuple[int, ...]]) -> bool:
+    """Whether ``prompt``'s tokens contain one of the ``banned`` token sequences."""
+    from ..families.tokens import find_subsequence
+
+    ids = family.token_ids(prompt)
+    return any(find_subsequence(ids, sub) for sub in banned)
+
+
+def _token(name: str) -> str:
+    return "<fmn-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ">"
+
+
+def _edit_factors(
+    base: Base, plans: list[ConceptPlan], bench: Bench, config: TrainConfig
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The closed-form edit of the same concepts and anchors at the same rank: the hybrid's starting point."""
+    from .edit import EditConfig, edit_patch
+
+    anchors = {pl.concept.name: pl.anchor for pl in plans}
+    patch = edit_patch(
+        base,
+        [pl.concept for pl in plans],
+        anchor=anchors,
+        config=EditConfig(rank=config.rank, bench=bench.name),
+    )
+    return dict(patch.factors)
+
+
+def _subsample(values: list[float], n: int) -> list[float]:
+    """At most ``n`` evenly spaced values, first and last included."""
+    if len(values) <= n:
+        return [round(v, 6) for v in values]
+    return [round(values[round(i * (len(values) - 1) / (n - 1))], 6) for i in range(n)]

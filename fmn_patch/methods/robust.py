@@ -1,0 +1,93 @@
+"""Adversarial re-steering (``TrainConfig.robust_rounds``), in the spirit of AdvUnlearn / Receler.
+
+The steps are split into rounds; after each round but the last, an inner attack (Concept Inversion: a new token
+learned by textual inversion on the concept's reference latents, against the patch as it stands) finds a prompt
+that brings the concept back, and the concept's prompts written with that token join the erase set of the next
+rounds. Same LoRA targets, same file format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..concepts.prompts import ConceptPlan, substitute
+from ..families.base import Base
+from ..families.stack import apply_patches, remove_patches
+from ..format.header import PatchInfo
+from ..format.patch import Patch
+from .dataset import TrainingSet, concept_masks
+from .inversion import InversionConfig, LearnedTokens, learn_tokens
+from .lora import FactorMap, lora_adapter
+from .resteer import TrainConfig, TrainReport, run_steps
+
+
+def robust_rounds(
+    base: Base,
+    plans: list[ConceptPlan],
+    batch: TrainingSet,
+    config: TrainConfig,
+    report: TrainReport,
+    progress: bool,
+    start: FactorMap | None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Train in ``config.robust_rounds`` rounds with an attack between them; returns the last round's factors."""
+    per_round = dataclasses.replace(config, steps=max(1, math.ceil(config.steps / config.robust_rounds)))
+    owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])[batch.latent_prompt]  # (L,)
+    original, factors = batch, start
+    fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for r in range(config.robust_rounds):
+        with lora_adapter(
+            base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
+        ) as session:
+            report.add(run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress))
+            fresh = session.factors()
+        if r == config.robust_rounds - 1:
+            break
+        factors = dict(fresh)
+        names = apply_patches(base, [Patch(fresh, PatchInfo(), base.family.component)])
+        try:
+            found = [
+                learn_tokens(
+                    base,
+                    original.latents[owner == k],
+                    f"<fmn-adv-{r}-{k}>",
+                    (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
+                    InversionConfig(
+                        num_tokens=1,
+                        steps=config.robust_attack_steps,
+                        template=substitute(pl.prompts[0], pl.concept.name, "{}"),
+                        seed=config.seed + r,
+                    ),
+                    progress=False,
+                )
+                for k, pl in enumerate(plans)
+            ]
+        finally:
+            remove_patches(base, names)
+        batch = _with_adversarial(base, batch, original, plans, found, config)
+    return fresh
+
+
+def _with_adversarial(
+    base: Base,
+    batch: TrainingSet,
+    original: TrainingSet,
+    plans: list[ConceptPlan],
+    found: list[LearnedTokens],
+    config: TrainConfig,
+) -> TrainingSet:
+    """``batch`` plus the original prompts rewritten with the attack's tokens, on the same latents and anchors."""
+    owner = [k for k, pl in enumerate(plans) for _ in pl.prompts]
+    prompts = [p for pl in plans for p in pl.prompts]
+    words = [found[k].words for k in owner]
+    family = base.family
+    with family.added_tokens([n for t in found for n in t.names], torch.cat([t.embeddings for t in found])):
+        adversarial = [
+            substitute(p, plans[k].concept.name, w) for p, k, w in zip(prompts, owner, words, strict=True)
+        ]
+        cond = family.encode(adversarial)
+        masks = concept_masks(base, adversarial, words, config.after)
+    return batch.with_prompts(cond, original.anchor, masks, original)

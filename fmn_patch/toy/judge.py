@@ -1,0 +1,110 @@
+"""The toy world's judge: a small CNN with one head per attribute of the toy world (subject = object or
+identity, style, colour), trained on rendered images (``python -m fmn_patch.toy.train_judge``), stored as
+safetensors. Registered as the judge ``toy``, which the toy bench names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import FmnPatchError, UnknownNameError
+from .paths import toy_judge_path
+from .world import COLOURS, STYLES, SUBJECTS
+
+#: Heads of the toy judge and their classes, in output order.
+TOY_HEADS: dict[str, tuple[str, ...]] = {"subject": SUBJECTS, "style": STYLES, "colour": COLOURS}
+#: Which toy head decides each ConceptBench category (a head's own name works too: ``colour``).
+TOY_HEAD_OF_CATEGORY: dict[str, str] = {"object": "subject", "identity": "subject", "style": "style"}
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
+
+
+class ToyJudgeNet(nn.Module):
+    """CNN over 32x32 images: 32 -> 16 -> 8 -> pooled features, one linear head per attribute."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _block(3, width),  # (N, w, 32, 32)
+            nn.MaxPool2d(2),
+            _block(width, 2 * width),  # (N, 2w, 16, 16)
+            nn.MaxPool2d(2),
+            _block(2 * width, 4 * width),  # (N, 4w, 8, 8)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # (N, 4w)
+        )
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * width, len(v)) for k, v in TOY_HEADS.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (N, 3, H, W) in [0, 1] -> logits per head."""
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, size=(32, 32), mode="area")
+        h = self.features(images * 2 - 1)
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+class ToyJudge:
+    """The toy world's judge; `load()` reads the committed weights."""
+
+    def __init__(self, net: ToyJudgeNet, device: str | torch.device = "cpu") -> None:
+        self.net = net.to(device).eval()
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> ToyJudge:
+        path = Path(path) if path is not None else toy_judge_path()
+        if not path.exists():
+            raise FmnPatchError(
+                f"no toy judge at {path}; train one with `python -m fmn_patch.toy.train_judge`"
+            )
+        net = ToyJudgeNet()
+        net.load_state_dict(load_file(str(path)))
+        return cls(net, device)
+
+    def save(self, path: str | Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt", "heads": repr(TOY_HEADS)})
+
+    @torch.no_grad()
+    def probs(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+        """Softmax per head: {head: (N, classes)}."""
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in TOY_HEADS}
+        for i in range(0, len(images), batch_size):
+            logits = self.net(images[i : i + batch_size].to(self.device, torch.float32))
+            for k, v in logits.items():
+                outs[k].append(v.softmax(-1).cpu())
+        return {k: torch.cat(v) for k, v in outs.items()}
+
+    def predict(self, images: torch.Tensor) -> dict[str, list[str]]:
+        """The most likely class per head, by name."""
+        return {k: [TOY_HEADS[k][int(i)] for i in p.argmax(-1)] for k, p in self.probs(images).items()}
+
+    def classes(self, category: str) -> tuple[str, ...]:
+        return TOY_HEADS[self._head(category)]
+
+    def category_probs(self, images: torch.Tensor, category: str) -> torch.Tensor:
+        return self.probs(images)[self._head(category)]
+
+    @staticmethod
+    def _head(category: str) -> str:
+        if category in TOY_HEADS:
+            return category
+        if category not in TOY_HEAD_OF_CATEGORY:
+            raise UnknownNameError(
+                f"the toy judge has no head for category {category!r}; use one of "
+                f"{', '.join([*TOY_HEAD_OF_CATEGORY, *TOY_HEADS])}"
+            )
+        return TOY_HEAD_OF_CATEGORY[category]

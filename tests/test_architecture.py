@@ -1,0 +1,143 @@
+"""The layout holds: layers import only downward, every file stays small, the public API carries every capability.
+
+Read from the source with ``ast`` (no import side effects): a module may import its own layer or a lower one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import fmn_patch
+
+ROOT = Path(fmn_patch.__file__).parent
+#: Top-level modules and sub-packages by layer (ARCHITECTURE.md). ``__init__``/``__main__`` of the package are
+#: the public face and sit above everything.
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "files": 0,
+    "format": 1,
+    "families": 2,
+    "concepts": 3,
+    "methods": 4,
+    "evaluation": 4,
+    "attacks": 5,
+    "hub": 6,
+    "toy": 6,
+    "cli": 7,
+}
+TOP = 8
+MAX_LINES = 500
+
+
+def _unit(path: Path) -> str:
+    """The layer unit of a file: its sub-package, or its module name at the top."""
+    rel = path.relative_to(ROOT)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported fmn_patch unit) for every import of the package in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ["fmn_patch", *path.relative_to(ROOT).parent.parts]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+            else:
+                parts = (node.module or "").split(".")
+            if parts[0] != "fmn_patch":
+                continue
+            if len(parts) == 1:  # from fmn_patch import x / from . import x
+                found += [(node.lineno, alias.name) for alias in node.names]
+            else:
+                found.append((node.lineno, parts[1]))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "fmn_patch":
+                    found.append((node.lineno, parts[1] if len(parts) > 1 else "__init__"))
+    return found
+
+
+FILES = sorted(ROOT.rglob("*.py"))
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(f) for f in FILES} - {"__init__", "__main__"}
+    assert units <= set(LAYERS), f"give these a layer in ARCHITECTURE.md and here: {sorted(units - set(LAYERS))}"
+    for package in ("format", "families", "concepts", "methods", "evaluation", "attacks", "hub", "cli"):
+        assert (ROOT / package / "__init__.py").is_file(), package
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_upward_import(path: Path):
+    unit = _unit(path)
+    own = TOP if unit in ("__init__", "__main__") else LAYERS[unit]
+    for line, target in _imports(path):
+        if target in ("__init__", "__main__"):
+            assert own == TOP, f"{path.name}:{line} imports the package root, which imports every layer"
+            continue
+        assert target in LAYERS, f"{path.name}:{line} imports {target!r}, which has no layer"
+        assert LAYERS[target] <= own, (
+            f"{path.relative_to(ROOT)}:{line} ({unit}, layer {own}) imports {target} (layer {LAYERS[target]}): "
+            "an upward import; move the shared part down or register it"
+        )
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_file_over_the_limit(path: Path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it along its seams"
+
+
+def test_no_module_outside_families_reaches_into_the_model():
+    """Methods, attacks, evaluation and stacking reach the model only through the family protocol."""
+    reach = ("pipe.unet", "pipe.transformer", "pipe.tokenizer", "pipe.text_encoder", "attn_processors")
+    for path in FILES:
+        if _unit(path) in ("families", "toy"):  # the toy world builds and measures its own model
+            continue
+        text = path.read_text(encoding="utf-8")
+        for needle in reach:
+            assert needle not in text, f"{path.relative_to(ROOT)} reaches into {needle}; ask the family"
+        assert '== "toy"' not in text and "== TOY" not in text, f"{path.relative_to(ROOT)} compares to toy"
+
+
+def test_public_api_exports_every_capability():
+    for name in (
+        "load_base",
+        "Patch",
+        "train_patch",
+        "edit_patch",
+        "correct_patch",
+        "apply_patches",
+        "remove_patches",
+        "fuse_patches",
+        "merge_patches",
+        "export_kohya",
+        "evaluate_patches",
+        "run_attacks",
+        "push",
+        "pull",
+        "search",
+        "TrainConfig",
+        "EditConfig",
+        "CorrectConfig",
+        "AttackConfig",
+        "SamplerConfig",
+    ):
+        assert name in fmn_patch.__all__ and hasattr(fmn_patch, name), name
+
+
+@pytest.mark.parametrize("name", ["TrainConfig", "EditConfig", "CorrectConfig", "AttackConfig", "SamplerConfig"])
+def test_configs_are_frozen_and_validate_themselves(name):
+    import dataclasses
+
+    config = getattr(fmn_patch, name)()
+    assert dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3
