@@ -352,6 +352,18 @@ class Family(ABC):
 
 
 @contextlib.contextmanager
+def kept_grads(*modules: nn.Module) -> Iterator[None]:
+    """Within the block ``requires_grad`` flags may change (peft's adapter verbs set them); each parameter that
+    existed on entry gets its flag back on exit."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
     """Within the block every parameter of ``modules`` has ``requires_grad=False``; each flag is restored after."""
     saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]

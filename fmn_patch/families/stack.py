@@ -19,6 +19,7 @@ from ..errors import BaseMismatchError, FmnPatchError
 from ..format.merge import check_weights
 from ..format.patch import Patch
 from .base import Base, as_base
+from .family import kept_grads
 
 ADAPTER_PREFIX = "fmn"
 
@@ -80,17 +81,18 @@ def apply_patches(
         check_compatible(base, patch, strict=strict, base_hash=base_hash)
     existing = set(family.adapter_names())
     active = family.active_adapters()
-    names = []
-    try:
-        for patch in patches:
-            name = _fresh_name(existing)
-            existing.add(name)
-            family.load_adapter(patch.state_dict(), name)
-            names.append(name)
-        family.set_adapters(active + names, [1.0] * len(active) + list(weights))
-    except BaseException:
-        family.delete_adapters(names)
-        raise
+    names: list[str] = []
+    with kept_grads(family.denoiser):  # peft's verbs set the flags of the adapters already loaded
+        try:
+            for patch in patches:
+                name = _fresh_name(existing)
+                existing.add(name)
+                family.load_adapter(patch.state_dict(), name)
+                names.append(name)
+            family.set_adapters(active + names, [1.0] * len(active) + list(weights))
+        except BaseException:
+            family.delete_adapters(names)
+            raise
     return names
 
 
@@ -98,7 +100,8 @@ def remove_patches(base: Base | Any, names: Sequence[str] | None = None) -> None
     """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
     is left, the peft wrappers go too: the model has its original modules and state-dict keys again."""
     family = as_base(base).family
-    family.delete_adapters(list(names) if names is not None else family.adapter_names())
+    with kept_grads(family.denoiser):
+        family.delete_adapters(list(names) if names is not None else family.adapter_names())
 
 
 def fuse_patches(
@@ -114,12 +117,13 @@ def fuse_patches(
     base = as_base(base)
     family = base.family
     active = family.active_adapters()
-    names = apply_patches(base, patches, weights, strict=strict)
-    try:
-        family.fuse_adapters(names)
-    finally:
-        family.delete_adapters(names)
-        family.activate([n for n in active if n in family.adapter_names()])
+    with kept_grads(family.denoiser):
+        names = apply_patches(base, patches, weights, strict=strict)
+        try:
+            family.fuse_adapters(names)
+        finally:
+            family.delete_adapters(names)
+            family.activate([n for n in active if n in family.adapter_names()])
     return base
 
 

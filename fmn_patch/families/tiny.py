@@ -24,6 +24,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..errors import FmnPatchError
+
 WORDS = [
     "a",
     "photo",
@@ -108,7 +110,7 @@ def build_sd(kind: str, folder: Path, seed: int = 0) -> Path:
     The weights come from the global RNG seeded with ``seed`` inside ``torch.random.fork_rng``: the caller's RNG
     state is left as it was."""
     if kind not in ("sd1", "sd2", "sdxl"):
-        raise ValueError(f"unknown tiny pipeline kind {kind!r}; use sd1, sd2 or sdxl")
+        raise FmnPatchError(f"unknown tiny pipeline kind {kind!r}; use sd1, sd2 or sdxl")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _build(kind, folder)

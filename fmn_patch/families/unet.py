@@ -58,9 +58,6 @@ class UNetFamily(Family):
     def targets(self) -> dict[str, nn.Linear]:
         return find_targets(self.denoiser)
 
-    def is_target(self, name: str) -> bool:
-        return is_target(name)
-
     def architecture(self) -> str:
         config = self.denoiser.config
         if getattr(config, "addition_embed_type", None) == "text_time":
@@ -161,10 +158,11 @@ class UNetFamily(Family):
         if extended.add_tokens(list(names)) != len(names):
             raise FmnPatchError(f"tokens {list(names)} already exist in the tokenizer; choose another name")
         rows, dim = original.weight.shape
-        table = torch.nn.Embedding(len(extended), dim).to(original.weight.device, original.weight.dtype)
-        with torch.no_grad():
-            table.weight[:rows] = original.weight
-            table.weight[rows:] = init.to(table.weight) if init is not None else original.weight.mean(0)
+        with torch.no_grad():  # the grown table, built without drawing from the global RNG
+            weight = original.weight.new_empty(len(extended), dim)
+            weight[:rows] = original.weight
+            weight[rows:] = init.to(weight) if init is not None else original.weight.mean(0)
+        table = torch.nn.Embedding(len(extended), dim, _weight=weight)
         encoder.set_input_embeddings(table)
         pipe.tokenizer = extended
         try:

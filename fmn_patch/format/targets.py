@@ -44,6 +44,12 @@ def register_targets(kind: TargetKind) -> TargetKind:
     return kind
 
 
+def unregister_targets(kind: TargetKind) -> None:
+    """Withdraw a declaration (a family that is unregistered again, as in tests)."""
+    if kind in _KINDS:
+        _KINDS.remove(kind)
+
+
 def target_kinds(component: str | None = None) -> list[TargetKind]:
     """The registered declarations, all or those of one component."""
     return [k for k in _KINDS if component is None or k.component == component]
