@@ -7,20 +7,21 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from typing import Any
 
 import torch
 
 from ..concepts.bench import Bench, Concept
 from ..evaluation.judges import Judge
 from ..evaluation.mscore import SamplerConfig
-from ..families.base import Base
+from ..families.base import Base, as_base
 from ..methods.inversion import InversionConfig, LearnedTokens, learn_tokens
 from .attack import Attack, AttackContext, AttackResult, judge_prompts, register_attack
 from .config import InversionAttackConfig
 
 
 def inversion_attack(
-    base: Base,
+    base: Base | Any,
     concept: Concept,
     bench: Bench,
     judge: Judge,
@@ -33,6 +34,7 @@ def inversion_attack(
     bench's prompts with the token in place of the concept's name and judge them."""
     from .config import AttackConfig
 
+    base = as_base(base)
     family = base.family
     family.require_one_encoder("the inversion attack")
     started = time.perf_counter()

@@ -9,12 +9,12 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..families.base import Base
+from ..families.base import Base, as_base
 from .attack import Attack, AttackContext, AttackResult, judge_prompts, register_attack
 from .config import SearchConfig
 
@@ -34,7 +34,9 @@ class SearchResult:
     stopped: Stop  # which budget ended the search
 
 
-def search_prompt(base: Base, latents: torch.Tensor, config: SearchConfig, seed: int = 0) -> SearchResult:
+def search_prompt(
+    base: Base | Any, latents: torch.Tensor, config: SearchConfig, seed: int = 0
+) -> SearchResult:
     """Greedy coordinate search for `config.length` words minimising the denoising loss on `latents`.
 
     Each round ranks every (position, word) swap by its first-order loss change (e_word - e_current) . grad and
@@ -42,6 +44,7 @@ def search_prompt(base: Base, latents: torch.Tensor, config: SearchConfig, seed:
     When no swap does (a local optimum), it restarts from random words. It returns the best prompt seen when a
     budget is spent; a batch or gradient is not started when the time it took last would overrun `config.seconds`.
     """
+    base = as_base(base)
     family = base.family
     family.require_one_encoder("the search attack")
     started = time.perf_counter()
