@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format typecheck demo bench bench-quick toy-model patches clean
+.PHONY: install test test-slow lint format typecheck demo bench bench-quick fingerprint toy-model patches clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: install
 bench-quick: install
 	$(PY) bench/run.py
 	$(PY) bench/train_quality.py --quick
+
+# Same seeds, same tensors: compare every method's patches with the pre-layout code (see BENCHMARKS.md).
+fingerprint: install
+	$(PY) bench/fingerprint.py --compare bench/results/fingerprint-2d7e8f9.json
+	$(PY) bench/run.py --render
 
 # Model on one core, judge alongside on the other once the VAE exists, then the card: see fmn_patch/toy/build.py.
 toy-model: install

@@ -202,7 +202,45 @@ def write_markdown() -> None:
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
+    lines += fingerprint_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+#: Fingerprints that differ from the pre-layout code on purpose: the default anchor they use changed.
+INTENDED = {
+    "train/bob": "toy identity anchor: train used 'person', now the bench's 'a person' (the edit's)",
+    "train/five": "includes bob (anchor as above)",
+    "tiny/sd1/edit": "a non-toy base with --bench toy: anchors from the bench ('shape'), before from the base ('')",
+    "tiny/sd2/edit": "as tiny/sd1/edit",
+    "tiny/sdxl/edit": "as tiny/sd1/edit",
+}
+
+
+def fingerprint_section() -> list[str]:
+    """The layout change (issue 13) against the pre-layout code: same seeds, same tensors."""
+    now, before = _read("fingerprint"), _read("fingerprint-2d7e8f9")
+    if not now or not before:
+        return []
+    new, old = now["fingerprints"], before["fingerprints"]
+    lines = [
+        "## Same numbers after the layout change",
+        "",
+        _provenance(now) + f" Compared with `{before['meta']['note']}` at {before['meta']['git_revision']}.",
+        "",
+        "Tensor hashes of patches made on fixed seeds (and the eval and attack reports without timings): equal "
+        "hashes mean the same patches and so the same bench numbers. `bench/fingerprint.py --compare "
+        "bench/results/fingerprint-2d7e8f9.json` prints this comparison.",
+        "",
+        "| entry | same as before | why not |",
+        "|---|---|---|",
+    ]
+    for key in sorted(old.keys() & new.keys()):
+        same = json.dumps(old[key], sort_keys=True) == json.dumps(new[key], sort_keys=True)
+        lines.append(
+            f"| {key} | {'yes' if same else 'no'} | {'' if same else INTENDED.get(key, 'UNEXPLAINED')} |"
+        )
+    lines.append("")
+    return lines
 
 
 def train_cost_section() -> list[str]:
@@ -455,7 +493,12 @@ def main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="also run the full-size sections")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--render", action="store_true", help="only regenerate BENCHMARKS.md from the results")
     args = parser.parse_args()
+    if args.render:
+        write_markdown()
+        print(HERE.parent / "BENCHMARKS.md")
+        return
     quiet_libraries()
     save("sizes", bench_sizes())
     save("inference", bench_inference(args.repeats))
