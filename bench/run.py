@@ -493,7 +493,9 @@ def main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="also run the full-size sections")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--render", action="store_true", help="only regenerate BENCHMARKS.md from the results")
+    parser.add_argument(
+        "--render", action="store_true", help="only regenerate BENCHMARKS.md from the results"
+    )
     args = parser.parse_args()
     if args.render:
         write_markdown()
