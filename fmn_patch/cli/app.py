@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     except FmnPatchError as e:
         if _debug[0] or os.environ.get("FMNPATCH_DEBUG"):
             raise
-        print(f"fmnpatch: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under `accelerate launch`: which process says it
+        print(f"fmnpatch: error{'' if rank == '0' else f' (process {rank})'}: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(0)
 
