@@ -23,10 +23,9 @@ import torch
 
 from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, merge_patches, remove_patches
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.provenance import provenance
-from fmn_patch.families.base import toy_path
 from fmn_patch.families.unet import find_targets
+from fmn_patch.toy.paths import toy_pipeline_path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -90,10 +89,9 @@ def bench_sizes() -> dict[str, Any]:
 
 def bench_inference(repeats: int) -> dict[str, Any]:
     """Images/s of base, patched-unfused and fused, measured interleaved in one run on the small model."""
-    try:
-        toy_path()
+    if toy_pipeline_path().is_dir():
         ref = "toy"
-    except FmnPatchError:
+    else:
         from fmn_patch.families.tiny import build_sd
 
         ref = str(build_sd("sd1", Path(tempfile.mkdtemp()) / "tiny"))
@@ -202,6 +200,9 @@ def write_markdown() -> None:
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
+    from scale import scale_section  # bench/scale.py: eval on one process and on several
+
+    lines += scale_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 
