@@ -2,7 +2,7 @@
 
     python bench/scale.py                    # toy eval of a circle patch, 3 interleaved rounds, CPU
     python bench/scale.py --repeats 1 --seeds 1
-    python bench/scale.py --device cuda --processes 8 --repeats 3            # a GPU machine: 1 GPU vs 8
+    python bench/scale.py --device cuda --repeats 3           # a GPU machine: 1 GPU vs all of them
     python bench/scale.py --device cuda --processes 8 --base ./sd15 --bench real --clip openai/clip-vit-large-patch14
 
 CPU rows: one process with one thread, one process with as many threads as processes (the default of a plain
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes", type=int, help="default: 2 on CPU, every GPU with --device cuda")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--base", default="toy")
@@ -111,6 +111,12 @@ def main() -> None:
     from run import save, write_markdown
 
     n = args.processes
+    if n is None:
+        import torch
+
+        n = torch.cuda.device_count() if args.device.startswith("cuda") else 2
+    if n < 2:
+        raise SystemExit(f"{n} process(es): nothing to compare; a GPU comparison needs at least 2 GPUs")
     if args.device == "cpu":
         rows = [
             {"label": "1 process x 1 thread", "processes": 1, "threads": 1},
@@ -203,6 +209,13 @@ def scale_section() -> list[str]:
         lines += ["", f"Speed-up of {last} over {ratios}.", ""]
         if r.get("note"):
             lines += [r["note"], ""]
+    if lines and not _read("scale_gpu"):
+        lines += [
+            "GPU: not measured yet (no GPU on the machines these ran on). On a machine with several GPUs, "
+            "`python bench/scale.py --device cuda` times the same eval on one GPU and on all of them, "
+            "and `--base ./sd15 --bench real --clip MODEL` on a real checkpoint.",
+            "",
+        ]
     return lines
 
 

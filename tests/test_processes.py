@@ -73,8 +73,8 @@ def test_a_batch_depends_on_nothing_but_itself(sd1):
     """What makes a report independent of the number of processes: every process draws a contiguous share of the
     batches, so each batch must give the same result whatever was drawn before it, on whichever model state."""
     bench, judge = load_bench("toy"), ToyJudge.load()
-    sampler = SamplerConfig(steps=2, guidance=3.0, seeds=(0, 1), batch_size=3)
-    groups = score_groups(bench, [bench.concept(n) for n in ("circle", "bob", "square")])
+    sampler = SamplerConfig(steps=2, guidance=3.0, seeds=(0,), batch_size=3)
+    groups = score_groups(bench, [bench.concept(n) for n in ("circle", "bob")])
     patch = random_patch(sd1, concept="circle")
 
     @contextmanager
@@ -88,7 +88,7 @@ def test_a_batch_depends_on_nothing_but_itself(sd1):
     states = {"base": nullcontext, "patched": stacked}
     work = score_batches(groups, sampler, "base") + score_batches(groups, sampler, "patched")
     together, throughput = run_batches(sd1, work, judge, states, progress=False)
-    assert throughput.total == sum(len(b.jobs) for b in work) and len(together) == len(work) > 10
+    assert throughput.total == sum(len(b.jobs) for b in work) and len(together) == len(work) >= 10
     order = list(range(len(work)))
     random.Random(0).shuffle(order)
     for k in order[:5]:  # any batch alone, after others in another order, on the other state
@@ -106,9 +106,10 @@ def _append_many(path: str, tag: int) -> None:
         append_line(path, json.dumps({"tag": tag, "i": i, "pad": "x" * 300}))
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 def test_appends_from_several_processes_never_interleave(tmp_path):
     path = tmp_path / "log.jsonl"
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # the workers only append: no torch in them
     workers = [ctx.Process(target=_append_many, args=(str(path), tag)) for tag in range(3)]
     for w in workers:
         w.start()
