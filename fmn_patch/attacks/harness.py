@@ -148,11 +148,17 @@ def run_attacks(
         ctx = AttackContext(base, concept, bench, judge, latents, config)
         return direct_attack(ctx) if name == DIRECT else get_attack(name).run(ctx)
 
+    # the attacks that learn from pictures (inversion, search) are the long ones: share them apart from the rest, so
+    # that each process gets its part of them (a contiguous share of all the tasks could give one process all)
+    learning = [t for t in tasks if t[1] != DIRECT and get_attack(t[1]).latents(config) > 0]
+    others = [t for t in tasks if t not in learning]
     try:
-        plans, _ = run_shared(tasks, learn, what="attacks", unit="attacks", progress=progress)
+        learned, _ = run_shared(learning, learn, what="attacks", unit="attacks", progress=progress)
+        planned, _ = run_shared(others, learn, progress=False)
     finally:
         held.close()
-    entries = [(model, name, plan) for (model, name), plan in zip(tasks, plans, strict=True)]
+    plans = dict(zip(learning, learned, strict=True)) | dict(zip(others, planned, strict=True))
+    entries = [(model, name, plans[model, name]) for model, name in tasks]
     results = judge_plans(base, entries, concept, judge, config, states, progress=progress)
     names = list(patch_names) if patch_names is not None else [_patch_name(p) for p in patches]
     report = AttackReport(concept, bench.name, names, config, results, time.perf_counter() - started)
