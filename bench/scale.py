@@ -207,6 +207,20 @@ def scale_section() -> list[str]:
             for label, v in r["speedup_wall"].items()
         )
         lines += ["", f"Speed-up of {last} over {ratios}.", ""]
+        if name == "scale":
+            lines += [
+                "Why the ratios are what they are: the processes split the batches, so the drawing alone can approach "
+                f"{r['rows'][-1]['processes']}x on idle cores; the whole command gains less "
+                "because every process pays its own start-up (imports, loading the base and the judge: the "
+                "difference between the wall and drawing columns) and the main process alone writes the report. "
+                f"On a machine shared with other jobs (the load column: tasks wanting a core, averaged over a minute, "
+                f"for {r['cpu_count']} cores) "
+                "the ratio also measures how much of the machine each run gets: the scheduler shares the cores "
+                "between runnable threads, so two processes get more of a busy machine than one. One process "
+                "with two threads is the slowest there: every operator is split between its two threads and "
+                "waits for the slower half, which another job has often taken off its core.",
+                "",
+            ]
         if r.get("note"):
             lines += [r["note"], ""]
     if lines and not _read("scale_gpu"):
