@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/attack_quality.py
 	$(PY) bench/robust_quality.py --rounds 4 --steps 300
 	$(PY) bench/correct_quality.py
+	$(PY) bench/scale.py
 
 bench-quick: install
 	$(PY) bench/run.py

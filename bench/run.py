@@ -203,6 +203,9 @@ def write_markdown() -> None:
     lines += attack_section()
     lines += correct_section()
     lines += fingerprint_section()
+    from scale import scale_section  # bench/scale.py: eval on one process and on several
+
+    lines += scale_section()
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 

@@ -1,4 +1,5 @@
-"""Files: atomic writes that never leave a partial output, and the one reader of line-per-entry text files."""
+"""Files: atomic writes that never leave a partial output, whole-line appends to logs that several processes
+share, and the one reader of line-per-entry text files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FmnPatchError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: O_APPEND alone
+    fcntl = None  # type: ignore[assignment]
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any], *, overwrite: bool) -> Path:
@@ -36,6 +42,30 @@ def atomic_write(path: Path, write: Callable[[Path], Any], *, overwrite: bool) -
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` (created if missing) in one write, under an exclusive lock, and
+    flush it to disk: processes appending to the same log never interleave their lines. A line is half there only
+    if the machine dies inside the one write; the next append starts on a new line, and readers skip the torn one."""
+    if "\n" in line:
+        raise ValueError("append_line writes one line; the text holds a newline")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: do not glue this one to it
+            data = b"\n" + data
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import click
 import typer
@@ -52,9 +54,16 @@ def root(
     quiet_libraries()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(143)  # unwinds like Ctrl-C: atomic writes remove their temp files
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user mistakes print one line to stderr and exit 2; Ctrl-C exits 130."""
+    """Console entry point: user mistakes print one line to stderr and exit 2; Ctrl-C exits 130; SIGTERM (a
+    launcher stopping its processes, a preempted job) exits 143. Neither leaves a partial file."""
     _debug[0] = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         app(args=argv, prog_name="fmnpatch", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -63,13 +72,17 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        print("fmnpatch: interrupted; nothing was written", file=sys.stderr)
+        print("fmnpatch: interrupted; no partial file was left", file=sys.stderr)
         sys.exit(130)
     except FmnPatchError as e:
         if _debug[0] or os.environ.get("FMNPATCH_DEBUG"):
             raise
-        print(f"fmnpatch: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under `accelerate launch`: which process says it
+        print(f"fmnpatch: error{'' if rank == '0' else f' (process {rank})'}: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     sys.exit(0)
 
 

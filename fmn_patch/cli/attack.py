@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..attacks import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
 from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
@@ -17,6 +18,7 @@ from ..families.base import default_bench, load_base
 from ..files import atomic_write
 from .options import (
     BaseArg,
+    BatchOpt,
     BenchOpt,
     ClipOpt,
     Device,
@@ -87,6 +89,7 @@ def attack(
     out: Annotated[
         Path, typer.Option("--out", "--output", "-o", help="Folder for attack.json, attack.md, attack.png.")
     ] = Path("fmnpatch-attack"),
+    batch_size: BatchOpt = SamplerConfig.batch_size,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -98,7 +101,8 @@ def attack(
     vocabulary. Reports, per attack, the share of images judged to show the concept (attack success) and the
     M-Score, on the patched model and on the base, with the budgets spent.
 
-    Deterministic for a seed, unless the search stops on --search-seconds before --search-candidates.
+    Deterministic for a seed, unless the search stops on --search-seconds before --search-candidates. Under
+    `accelerate launch` the processes share the work (the learned parts by model and attack, the images by batch).
 
     Examples:
 
@@ -114,7 +118,9 @@ def attack(
         raise FmnPatchError(f"--seeds {seeds} must be at least 1")
     config = AttackConfig(
         attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
-        sampler=SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds))),
+        sampler=SamplerConfig(
+            steps=steps, guidance=guidance, seeds=tuple(range(seeds)), batch_size=batch_size
+        ),
         inversion=InversionAttackConfig(
             steps=inversion_steps, images=inversion_images, num_tokens=inversion_tokens, lr=inversion_lr
         ),
@@ -131,7 +137,10 @@ def attack(
         if (out / name).exists() and not overwrite:
             raise FmnPatchError(f"{out / name} already exists; pass --overwrite or choose another --out")
     loaded = load_patches(patches or [])
-    info(f"loading base {base} ...")
+    procs = processes.current()
+    device = procs.device(device)
+    if procs.is_main:
+        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
     model = load_base(base, device=device, dtype=dtype)
     the_bench = chosen or load_bench(model.bench)
     judge = load_judge(the_bench, device, clip=clip)
@@ -144,6 +153,8 @@ def attack(
         config,
         patch_names=[str(p) for p in [*(patches or []), *(lora or [])]],
     )
+    if not procs.is_main:  # every process has the whole report; the main one writes and prints it
+        return
     out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     atomic_write(out / OUTPUTS[0], lambda t: t.write_text(json.dumps(data, indent=2)), overwrite=overwrite)

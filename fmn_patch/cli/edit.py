@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from pathlib import Path
@@ -9,14 +10,28 @@ from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import read_lines
+from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
 from ..methods.editor import EditConfig
-from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
+from .options import (
+    BaseOpt,
+    Device,
+    Dtype,
+    EachOpt,
+    JsonOut,
+    Overwrite,
+    ResumeOpt,
+    each_folder,
+    echo_json,
+    info,
+    report_each,
+)
 
 _DEFAULT = EditConfig()
 
@@ -67,6 +82,8 @@ def edit(
         str | None,
         typer.Option(help="ConceptBench for templates and preserve set: toy, real, a JSON path, none."),
     ] = None,
+    each: EachOpt = False,
+    resume: ResumeOpt = False,
     device: Device = "cpu",
     dtype: Dtype = "float32",
     overwrite: Overwrite = False,
@@ -88,8 +105,14 @@ def edit(
       fmnpatch edit --from-file celebrities.txt --preserve-file keep.txt --base ./sd15 -o celebs.safetensors --json
 
       fmnpatch edit --preset nsfw --base ./sd15 -o no-nsfw.safetensors   # nudity, sexual content -> "fully clothed"
+
+      fmnpatch edit --from-file celebrities.txt --each -o celebs/ --base ./sd15   # one patch per line, --resume
     """
     names = list(concepts or []) + (read_lines(from_file) if from_file else [])
+    if resume and not each:
+        raise FmnPatchError("--resume continues an --each run; add --each (one patch per concept)")
+    if each and preset is not None:
+        raise FmnPatchError("--each does not combine with --preset; give the concepts with --from-file")
     chosen = load_preset(preset).with_terms(names) if preset is not None else None
     if chosen is not None and category is not None:
         raise FmnPatchError(
@@ -101,12 +124,25 @@ def edit(
             "no concept given; name one (fmnpatch edit circle), pass --from-file FILE or --preset nsfw"
         )
     preserve = read_lines(preserve_file) if preserve_file else []
+    config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
+    device = processes.current().device(device)
+    if each:
+        target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
+        loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
+        report = build_each(
+            names,
+            lambda c: edit_patch(
+                loaded(), [c], anchor=anchor, preserve=preserve, config=config, category=category
+            ),
+            target,
+        )
+        report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
+        return
     output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
     if output.exists() and not overwrite:
         raise FmnPatchError(
             f"{output} already exists; pass --overwrite to replace it or choose another --output"
         )
-    config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
     erase: list[str | Concept] = list(preset_concepts(chosen, anchor)) if chosen is not None else list(names)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)

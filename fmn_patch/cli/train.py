@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import read_lines
+from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
-from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
+from .options import (
+    Device,
+    Dtype,
+    EachOpt,
+    JsonOut,
+    Overwrite,
+    ResumeOpt,
+    Seed,
+    each_folder,
+    echo_json,
+    info,
+    report_each,
+)
 
 
 def train(
@@ -91,6 +106,11 @@ def train(
     robust_attack_steps: Annotated[
         int, typer.Option(help="Textual-inversion steps of each inner attack (with --robust).")
     ] = TrainConfig.robust_attack_steps,
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="More concepts, one per line (# comments).")
+    ] = None,
+    each: EachOpt = False,
+    resume: ResumeOpt = False,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -116,8 +136,21 @@ def train(
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
 
       fmnpatch train --preset nsfw --base ./sd15 --bench real   # nudity, sexual content -> "fully clothed"
+
+      fmnpatch train --from-file names.txt --each -o patches/   # one patch per line, manifest, --resume
+
+      accelerate launch --num_processes 8 -m fmn_patch train --from-file names.txt --each -o patches/ --device cuda
     """
-    concepts = list(concepts or [])
+    concepts = list(concepts or []) + (read_lines(from_file) if from_file is not None else [])
+    if resume and not each:
+        raise FmnPatchError("--resume continues an --each run; add --each (one patch per concept)")
+    if each and (preset is not None or ti):
+        raise FmnPatchError(
+            f"--each does not combine with {'--preset' if preset is not None else '--ti'}; give the concepts "
+            "with --from-file, or drop --each"
+        )
+    if each and category and len(category) > 1:
+        raise FmnPatchError(f"with --each give one --category for every concept, not {len(category)}")
     chosen = load_preset(preset).with_terms(concepts) if preset is not None else None
     if chosen is not None and category:
         raise FmnPatchError(
@@ -126,19 +159,17 @@ def train(
         )
     if not concepts and chosen is None:
         raise FmnPatchError("no concept given; name one (fmnpatch train circle) or pass --preset nsfw")
-    slug = chosen.name if chosen is not None else "-".join(concepts)
-    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    sibling = output.with_suffix(".ti.safetensors")
-    if ti and sibling.exists() and not overwrite:
-        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
-    if output.suffix != ".safetensors":
-        raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
-    if category and len(category) not in (1, len(concepts)):
-        raise FmnPatchError(
-            f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
+    device = processes.current().device(device)
+    if each:
+        target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
+    else:
+        output = _single_output(
+            output, chosen.name if chosen is not None else "-".join(concepts), ti, overwrite
         )
+        if category and len(category) not in (1, len(concepts)):
+            raise FmnPatchError(
+                f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
+            )
     categories = (category * len(concepts) if len(category) == 1 else category) if category else None
     extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
     config = TrainConfig(
@@ -158,9 +189,20 @@ def train(
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None
+    folder = str(images) if images else None
+    if each:
+        loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
+        report = build_each(
+            concepts,
+            lambda c: train_patch(loaded(), [c], config, categories=category, images=folder, progress=False),
+            target,
+        )
+        report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch train CONCEPT`
+        return
+    assert output is not None
     info(f"loading base {base} ...")
     model = load_base(base, device=device, dtype=dtype)
-    folder = str(images) if images else None
+    sibling = output.with_suffix(".ti.safetensors")
     if ti:
         patch, learned = train_patch_with_inversion(
             model,
@@ -194,3 +236,16 @@ def train(
         )
     else:
         typer.echo(str(path))
+
+
+def _single_output(output: Path | None, slug: str, ti: bool, overwrite: bool) -> Path:
+    """The one patch's path (default ``forget-<slug>.safetensors``), checked before any work."""
+    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
+    if output.exists() and not overwrite:
+        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
+    sibling = output.with_suffix(".ti.safetensors")
+    if ti and sibling.exists() and not overwrite:
+        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
+    if output.suffix != ".safetensors":
+        raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
+    return output

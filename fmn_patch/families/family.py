@@ -271,29 +271,48 @@ class Family(ABC):
         desc: str = "generating",
     ) -> Any:
         """One image per (prompt, seed), prompt-major, each from its own seeded generator, ``batch_size`` per
-        pipeline call. ``output``: ``pt`` (N, 3, H, W) in [0, 1], ``latent`` (N, ...) or ``pil`` (a list)."""
+        pipeline call. ``output``: ``pt`` (N, 3, H, W) in [0, 1], ``latent`` (N, ...) or ``pil`` (a list).
+
+        The same batch size gives the same images; another batch size may change them in the last float bits."""
         jobs = [(p, s) for p in prompts for s in seeds]
         parts: list[Any] = []
-        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
         bar = tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
         try:
             for i in range(0, len(jobs), batch_size):
                 chunk = jobs[i : i + batch_size]
-                out = self.pipe(
-                    [p for p, _ in chunk],
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=[torch.Generator().manual_seed(s) for _, s in chunk],
-                    output_type=output,
-                    **extra,
+                parts.append(
+                    self.draw(
+                        chunk, steps=steps, guidance=guidance, output=output, height=height, width=width
+                    )
                 )
-                parts.append(out.images if output == "pil" else out.images.float().cpu())
                 bar.update(len(chunk))
         finally:
             bar.close()
         if output == "pil":
             return [image for part in parts for image in part]
         return torch.cat(parts)
+
+    def draw(
+        self,
+        pairs: Sequence[tuple[str, int]],
+        *,
+        steps: int,
+        guidance: float,
+        output: str = "pt",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Any:
+        """One pipeline call: an image per (prompt, seed) pair, each from its own seeded generator."""
+        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+        out = self.pipe(
+            [p for p, _ in pairs],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(s) for _, s in pairs],
+            output_type=output,
+            **extra,
+        )
+        return out.images if output == "pil" else out.images.float().cpu()
 
     # ------------------------------------------------------------------------------------------ adapters
     # diffusers' own LoRA verbs, so that a patch applied here behaves exactly as one loaded by stock diffusers.
