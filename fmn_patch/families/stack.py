@@ -8,14 +8,13 @@ loaded before are left loaded and active as they were.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import BaseMismatchError, FmnPatchError
+from ..files import atomic_folder
 from ..format.merge import check_weights
 from ..format.patch import Patch
 from .base import Base, as_base
@@ -128,27 +127,12 @@ def fuse_patches(
 
 
 def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """``save_pretrained`` into a temp folder beside ``output``, then rename it into place (safetensors only)."""
+    """``save_pretrained`` (safetensors) into a temp folder beside ``output``, published whole: never over an
+    existing folder unless ``overwrite``, and a writer that loses a race to the name gets ``OutputExistsError``."""
     pipe = as_base(base).pipe
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+    return atomic_folder(
+        output, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), overwrite=overwrite
+    )
 
 
 def _fresh_name(existing: set[str]) -> str:
