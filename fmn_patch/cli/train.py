@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
-from ..files import read_lines
+from ..files import check_input, check_output, read_lines, slug
 from ..methods.inversion import InversionConfig
 from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
 from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
@@ -126,21 +125,20 @@ def train(
         )
     if not concepts and chosen is None:
         raise FmnPatchError("no concept given; name one (fmnpatch train circle) or pass --preset nsfw")
-    slug = chosen.name if chosen is not None else "-".join(concepts)
-    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
+    name = chosen.name if chosen is not None else "-".join(concepts)
+    output = output or Path(f"forget-{slug(name)}.safetensors")
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     sibling = output.with_suffix(".ti.safetensors")
-    if ti and sibling.exists() and not overwrite:
-        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
-    if output.suffix != ".safetensors":
-        raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
+    if ti:
+        check_output(sibling, overwrite=overwrite, suffixes=(".safetensors",), what="token file")
     if category and len(category) not in (1, len(concepts)):
         raise FmnPatchError(
             f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
         )
     categories = (category * len(concepts) if len(category) == 1 else category) if category else None
     extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
+    if images is not None:
+        check_input(images, folder=True, what="--images")
     config = TrainConfig(
         rank=rank,
         steps=steps,
@@ -155,18 +153,20 @@ def train(
         robust_rounds=robust,
         robust_attack_steps=robust_attack_steps,
     )
+    inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
+    inversion = inversion_config if ti else None
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None
     info(f"loading base {base} ...")
     model = load_base(base, device=device, dtype=dtype)
     folder = str(images) if images else None
-    if ti:
+    if inversion is not None:
         patch, learned = train_patch_with_inversion(
             model,
             wanted,
             config,
-            InversionConfig(steps=ti_steps, seed=seed),
+            inversion,
             categories=categories,
             images=folder,
         )

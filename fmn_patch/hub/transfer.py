@@ -33,7 +33,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_downloa
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import FmnPatchError, PatchFileError
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 from ..format.patch import Patch
 from .card import WEIGHT_NAME, hub_model_id, model_card
 from .errors import LOGIN, SCHEME, FileNotInRepoError, HubError, NotLoggedInError, OfflineError, hub_errors
@@ -85,9 +85,14 @@ def pull(
     Refuses a file that is not a valid patch, or whose tensors do not match its header's hash, before writing.
     """
     ref = as_ref(ref)
+    if output is not None:  # refused before any download
+        output = Path(output)
+        check_output(output, overwrite=True, folder=output.suffix != ".safetensors", what="--output")
+        if output.suffix == ".safetensors":
+            check_output(output, overwrite=overwrite, what="--output")
     cached, filename, commit = _fetch(ref, cache_dir=cache_dir, token=token, force_download=force_download)
     try:
-        patch = Patch.load(cached)
+        patch = Patch.load(cached, require_hash=True)  # "verified" means a hash was checked
     except PatchFileError as e:
         raise PatchFileError(f"{ref} is refused: {e}") from e
     path = cached
