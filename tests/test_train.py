@@ -164,7 +164,8 @@ def test_resteering_lowers_the_attention_mass(pipeline_dirs):
 def test_train_serves_sd2_and_sdxl(kind, pipeline_dirs):
     pipe = load_base(str(pipeline_dirs[kind]))
     patch = train_patch(pipe, ["circle", "bob"], TrainConfig(**FAST), progress=False)
-    assert len(patch.modules) == len(pipe.pipe.unet.attn_processors) // 2 * 2 or patch.modules
+    assert patch.modules == sorted(pipe.family.target_shapes())  # every attn2 to_k/to_v: 14 (sd2), 24 (sdxl)
+    assert len(patch.modules) == {"sd2": 14, "sdxl": 24}[kind]
     assert patch.concept_names == ["circle", "bob"]
     apply_patches(pipe, [patch])
 
