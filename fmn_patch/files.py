@@ -61,7 +61,7 @@ def check_output(
 ) -> Path:
     """Refuse, before any work is done, an output that cannot be written: it exists (and not ``overwrite``), it is
     a folder where a file goes (or the reverse), its name is too long, a suffix is not one of ``suffixes``, or its
-    nearest existing parent is a file or not writable."""
+    nearest existing parent is a file or cannot be written (a probe file is created there and removed)."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise OutputError(f"{what} {str(path)!r} must end in {' or '.join(suffixes)}")
@@ -88,9 +88,12 @@ def check_output(
         parent = parent.parent
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        cause = "read-only file system" if _read_only(parent) else "permission denied"
-        raise OutputError(f"cannot write {path}: {cause} ({parent})")
+    probe = parent / f".{_host()}-{os.getpid()}.{secrets.token_hex(4)}.fmnpatch-probe"
+    try:  # the one sure test (a read-only mount, /proc, permissions, even for root): create a file there
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {describe_os_error(e)} ({parent})") from e
     return path
 
 
@@ -106,13 +109,6 @@ def _name_max(path: Path) -> int:
         return int(os.pathconf(parent, "PC_NAME_MAX"))
     except (OSError, ValueError):
         return 255
-
-
-def _read_only(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -132,6 +128,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any], *, 
     try:
         with _os_errors(path):
             write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # a writer may have made its own file (safetensors: 0600)
             with tmp.open("rb+") as f:
                 os.fsync(f.fileno())
             _publish(tmp, path, overwrite=overwrite, folder=False)
@@ -152,11 +149,37 @@ def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], Any], *,
     try:
         with _os_errors(path):
             write(tmp)
+            _honour_umask(tmp)
             _publish(tmp, path, overwrite=overwrite, folder=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a replaced folder ends up here after the exchange
     _sync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(folder: Path) -> None:
+    """Give a written folder tree the modes a plain ``open``/``mkdir`` would: some writers (safetensors) create
+    their files 0600 whatever the umask."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 @contextlib.contextmanager

@@ -342,6 +342,11 @@ class Family(ABC):
     ) -> Any:
         """One image per (prompt, seed), prompt-major, each from its own seeded generator, ``batch_size`` per
         pipeline call. ``output``: ``pt`` (N, 3, H, W) in [0, 1], ``latent`` (N, ...) or ``pil`` (a list)."""
+        if steps > self.num_train_timesteps:
+            raise FmnPatchError(
+                f"steps={steps} is more than this base's scheduler has timesteps ({self.num_train_timesteps}); "
+                f"give --steps {self.num_train_timesteps} or fewer"
+            )
         jobs = [(p, s) for p in prompts for s in seeds]
         parts: list[Any] = []
         extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}

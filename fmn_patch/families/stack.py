@@ -17,6 +17,7 @@ from ..errors import BaseMismatchError, FmnPatchError
 from ..files import atomic_folder
 from ..format.merge import check_weights
 from ..format.patch import Patch
+from ..text import printable
 from .base import Base, as_base
 from .family import kept_grads
 
@@ -34,7 +35,7 @@ def check_compatible(
     mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
     base = as_base(base)
     family = base.family
-    where = f"({patch.info.architecture}, base {patch.info.base_model or 'unknown'})"
+    where = f"({printable(patch.info.architecture, 100)}, base {printable(patch.info.base_model or 'unknown', 100)})"
     if patch.component != family.component:
         raise BaseMismatchError(
             f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
@@ -49,8 +50,9 @@ def check_compatible(
         current = base_hash or family.target_hash()
         if current != patch.info.base_hash:
             message = (
-                f"patch '{patch.info.title or patch.concept_names}' was made for base "
-                f"{patch.info.base_model or '?'} (target hash {patch.info.base_hash[:12]}), this base has target "
+                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' was made for base "
+                f"{printable(patch.info.base_model or '?', 100)} (target hash {printable(patch.info.base_hash[:12])}), "
+                "this base has target "
                 f"hash {current[:12]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
                 "fine-tunes of the same architecture usually work, pass --strict to refuse"
             )

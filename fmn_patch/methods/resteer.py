@@ -97,7 +97,7 @@ class TrainConfig:
         if self.init not in ("zero", "edit"):
             raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
         values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
-        values.number(self.max_grad_norm, "max_grad_norm", 0, above=True, example="1.0")
+        values.number(self.max_grad_norm, "max_grad_norm", 0, 1e6, above=True, example="1.0")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
             if getattr(self, name) is not None:
                 values.number(getattr(self, name), name, 0, 1e6)
