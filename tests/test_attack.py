@@ -172,7 +172,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
         (["--concept", "circle", "--attack", "nope"], "choose from paraphrase, inversion, search"),
         (["--concept", "circle", "--inversion-steps", "0"], "inversion steps=0"),
         (["--concept", "circle", "--search-seconds", "-1"], "search seconds=-1"),
-        (["--concept", "circle", "--seeds", "0"], "--seeds 0"),
+        (["--concept", "circle", "--seeds", "0"], "seeds=0 must be a whole number"),
         ([], "--concept"),
     ],
 )

@@ -130,7 +130,12 @@ def world(pipeline_dirs, patches, tmp_path, monkeypatch):
     (work / "pictures").mkdir()
     (work / "notes.txt").write_text("not a patch, not a folder")
     (work / "exists.png").write_bytes(b"an existing image")
-    return {"dir": work, "a": work / "a.safetensors", "b": work / "b.safetensors", "base": str(pipeline_dirs["sd1"])}
+    return {
+        "dir": work,
+        "a": work / "a.safetensors",
+        "b": work / "b.safetensors",
+        "base": str(pipeline_dirs["sd1"]),
+    }
 
 
 def valid_args(command: str, w: dict) -> list[str]:

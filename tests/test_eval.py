@@ -41,7 +41,9 @@ def test_report_names_are_stable(pipeline_dirs, tmp_path):
         assert {"category", "m_score", "acc", "alias_acc"} <= set(circle)
         assert "alias_acc" not in model["concepts"]["square"]
         scored = [n for n in model["concepts"] if n not in model["erased"]]
-        assert model["acc_kept"] == pytest.approx(sum(model["concepts"][n]["acc"] for n in scored) / len(scored))
+        assert model["acc_kept"] == pytest.approx(
+            sum(model["concepts"][n]["acc"] for n in scored) / len(scored)
+        )
     assert data["kept"] == ["square", "bob"]
     kept = [patched["concepts"][n]["acc"] for n in ("square", "bob")]
     assert patched["acc_kept"] == pytest.approx(sum(kept) / 2)

@@ -71,10 +71,21 @@ JSON_VALUES: list[object] = [
     ["circle"],
     [[[]]],
 ]
-RAW_JSON = ["1e400", "-1e400", "NaN", "Infinity", "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000, "9" * 5000]
+RAW_JSON = ["1e400", "-1e400", "NaN", "Infinity", "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000]
+RAW_JSON += ["9" * 5000]  # an integer longer than Python converts
 DTYPES = ["F32", "F16", "BF16", "F64", "I32", "I64", "U8", "BOOL", "F8_E4M3", "I8", "Q4", "", None, 3]
 # dtype changes that keep the byte count: (dtype, element size)
-SIZED = [("F32", 4), ("I32", 4), ("U32", 4), ("F16", 2), ("BF16", 2), ("I16", 2), ("F64", 8), ("I64", 8), ("U8", 1)]
+SIZED = [
+    ("F32", 4),
+    ("I32", 4),
+    ("U32", 4),
+    ("F16", 2),
+    ("BF16", 2),
+    ("I16", 2),
+    ("F64", 8),
+    ("I64", 8),
+    ("U8", 1),
+]
 
 
 def _split(data: bytes) -> tuple[dict, bytes]:
@@ -150,7 +161,9 @@ class Mutator:
             meta[key] = self.rng.choice(JSON_VALUES)
             return _join(header, self.body)
         if kind < 0.4:
-            return _join(None, self.body, _header_raw(header, ["__metadata__", key], self.rng.choice(RAW_JSON)))
+            return _join(
+                None, self.body, _header_raw(header, ["__metadata__", key], self.rng.choice(RAW_JSON))
+            )
         if kind < 0.5:
             del meta[key]
             return _join(header, self.body)
@@ -194,7 +207,9 @@ class Mutator:
         header = self.fresh()
         meta = header["__metadata__"]
         text = self.rng.choice(HOSTILE)
-        where = self.rng.choice(["title", "description", "concept", "base", "config", "results", "parents", "new"])
+        where = self.rng.choice(
+            ["title", "description", "concept", "base", "config", "results", "parents", "new"]
+        )
         if where == "title":
             meta["modelspec.title"] = text
         elif where == "description":
@@ -236,7 +251,7 @@ def _apply_all(base, waiting: dict[tuple, Patch], applied: dict[tuple, str]) -> 
         return []
     except FmnPatchError:
         pass
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         return [f"apply of a stack: {type(e).__name__}: {str(e)[:200]}"]
     failures = []
     for key, patch in waiting.items():
@@ -245,7 +260,7 @@ def _apply_all(base, waiting: dict[tuple, Patch], applied: dict[tuple, str]) -> 
             applied[key] = "applied"
         except FmnPatchError as e:
             applied[key] = type(e).__name__
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             failures.append(f"apply: {type(e).__name__}: {str(e)[:200]}")
     return failures
 
@@ -255,7 +270,9 @@ def _terminal_safe(text: str) -> bool:
 
 
 def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
-    start = time.perf_counter()
+    # CPU seconds of this process: on a shared machine the wall time also counts other people's jobs (37 s wall
+    # at load 7, 83 s at load 9 on 2 cores, for about 30 CPU seconds)
+    start = time.process_time()
     base = load_base(str(pipeline_dirs["sd1"]))
     full = random_patch(base, rank=2, seed=11, concept="circle")
     keep = full.modules[:2]  # a two-module patch: small files, the same code paths
@@ -283,7 +300,7 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
             if len(str(e)) > 2000 or "\n" in str(e):
                 failures.append(f"{i} {name}: refusal is not one short line: {str(e)[:200]!r}")
             continue
-        except BaseException as e:  # noqa: BLE001 - any other outcome is the bug this test looks for
+        except BaseException as e:  # any other outcome is the bug this test looks for
             failures.append(f"{i} {name}: {type(e).__name__}: {str(e)[:200]}")
             continue
         tally["loaded"] += 1
@@ -295,12 +312,12 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
             key = (summary["tensor_hash"], loaded.component, loaded.info.base_hash in (None, base_hash))
             if key not in applied and key not in waiting:
                 waiting[key] = loaded
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             failures.append(f"{i} {name}: after load: {type(e).__name__}: {str(e)[:200]}")
         if len(waiting) >= 10 or (i == len(cases) - 1 and waiting):
             failures += _apply_all(base, waiting, applied)
             waiting.clear()
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
 
     assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:20])
     for name, tally in outcomes.items():  # every class was exercised, and none is all one outcome by accident
@@ -310,7 +327,7 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
     assert "applied" in applied.values() and len(applied) >= 5
     for n, w in base.family.targets().items():
         assert torch.equal(w.weight, weights_before[n]), f"{n} changed"
-    assert seconds < 60, f"the fuzz took {seconds:.1f} s"
+    assert seconds < 60, f"the fuzz took {seconds:.1f} CPU seconds"
 
 
 @pytest.mark.parametrize(
@@ -393,7 +410,10 @@ def test_only_float_factor_dtypes_load(sd1, tmp_path):
             Patch.load(path)
     for dtype in (torch.float16, torch.bfloat16):
         half = Patch({m: (a.to(dtype), b.to(dtype)) for m, (a, b) in patch.factors.items()}, patch.info)
-        assert Patch.load(half.save(tmp_path / f"{dtype}.safetensors")).factors[patch.modules[0]][0].dtype == dtype
+        assert (
+            Patch.load(half.save(tmp_path / f"{dtype}.safetensors")).factors[patch.modules[0]][0].dtype
+            == dtype
+        )
 
 
 def test_a_file_path_that_is_a_folder_or_unreadable(tmp_path):

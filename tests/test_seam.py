@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -56,7 +56,7 @@ class UpBlockFamily(UNetFamily):
         projections=("to_k", "to_v"),
         description="UNet up-block attn2.to_k/to_v",
     )
-    calls: dict[str, int] = {}
+    calls: ClassVar[dict[str, int]] = {}
 
     @classmethod
     def claims_index(cls, model_index: dict[str, Any]) -> bool:
