@@ -6,6 +6,7 @@ needed; where that cannot be made they are skipped with the reason.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -360,3 +361,26 @@ def test_base_hash_does_not_depend_on_the_load_dtype(capsys, pipeline_dirs, tmp_
     with torch.no_grad():
         next(iter(changed.family.targets().values())).weight.add_(1.0)
     assert changed.family.target_hash() != f32.family.target_hash()
+
+
+@pytest.mark.parametrize("fallback", ["link", "placeholder"])
+def test_the_no_replace_publish_without_renameat2(tmp_path, monkeypatch, fallback):
+    """Where the C library or file system has no renameat2: a hard link, else an O_EXCL placeholder replaced."""
+    import fmn_patch.files as files
+
+    monkeypatch.setattr(files, "_renameat2", lambda *a: False)
+    if fallback == "placeholder":
+
+        def no_links(src, dst):
+            raise OSError(errno.EPERM, "hard links not supported")
+
+        monkeypatch.setattr(files.os, "link", no_links)
+    target = atomic_write(tmp_path / "a.txt", lambda t: t.write_text("first"), overwrite=False)
+    with pytest.raises(OutputExistsError):
+        atomic_write(target, lambda t: t.write_text("second"), overwrite=False)
+    assert target.read_text() == "first"
+    folder = atomic_folder(tmp_path / "f", lambda t: (t / "x").write_text("1"), overwrite=False)
+    with pytest.raises(OutputExistsError):
+        atomic_folder(folder, lambda t: (t / "y").write_text("2"), overwrite=False)
+    atomic_folder(folder, lambda t: (t / "y").write_text("2"), overwrite=True)  # the rename dance
+    assert sorted(p.name for p in folder.iterdir()) == ["y"] and _temps(tmp_path) == []
