@@ -19,6 +19,8 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "files": 0,
     "processes": 0,
+    "text": 0,
+    "values": 0,
     "format": 1,
     "families": 2,
     "concepts": 3,

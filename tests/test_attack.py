@@ -24,9 +24,6 @@ from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.mscore import SamplerConfig
 from fmn_patch.families.base import load_base
 from fmn_patch.toy.judge import ToyJudge
-from fmn_patch.toy.paths import toy_judge_path
-
-pytestmark = pytest.mark.skipif(not toy_judge_path().exists(), reason="toy judge not built (make toy-model)")
 
 FAST_SAMPLER = SamplerConfig(steps=6, seeds=(0,))
 # Ten steps at a large learning rate are enough for one token on the toy base; 48 candidates find "circle".
@@ -175,7 +172,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
         (["--concept", "circle", "--attack", "nope"], "choose from paraphrase, inversion, search"),
         (["--concept", "circle", "--inversion-steps", "0"], "inversion steps=0"),
         (["--concept", "circle", "--search-seconds", "-1"], "search seconds=-1"),
-        (["--concept", "circle", "--seeds", "0"], "--seeds 0"),
+        (["--concept", "circle", "--seeds", "0"], "seeds=0 must be a whole number"),
         ([], "--concept"),
     ],
 )

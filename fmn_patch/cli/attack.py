@@ -15,7 +15,7 @@ from ..errors import FmnPatchError
 from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
 from ..families.base import default_bench, load_base
-from ..files import atomic_write
+from ..files import atomic_write, check_input, check_output
 from .options import (
     BaseArg,
     BatchOpt,
@@ -114,12 +114,10 @@ def attack(
     """
     if not concept:
         raise FmnPatchError("no concept given; name the erased concept with --concept, e.g. --concept circle")
-    if seeds < 1:
-        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
     config = AttackConfig(
         attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
         sampler=SamplerConfig(
-            steps=steps, guidance=guidance, seeds=tuple(range(seeds)), batch_size=batch_size
+            steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
         ),
         inversion=InversionAttackConfig(
             steps=inversion_steps, images=inversion_images, num_tokens=inversion_tokens, lr=inversion_lr
@@ -133,9 +131,13 @@ def attack(
     chosen = load_bench(early) if early is not None else None
     if chosen is not None:
         chosen.concept(concept)
+    if images is not None:
+        check_input(images, folder=True, what="--images")
+    for path in lora or []:
+        check_input(path, what="--lora")
+    check_output(out, overwrite=True, folder=True, what="--out")
     for name in OUTPUTS:
-        if (out / name).exists() and not overwrite:
-            raise FmnPatchError(f"{out / name} already exists; pass --overwrite or choose another --out")
+        check_output(out / name, overwrite=overwrite, what="--out")
     loaded = load_patches(patches or [])
     procs = processes.current()
     device = procs.device(device)
@@ -155,7 +157,6 @@ def attack(
     )
     if not procs.is_main:  # every process has the whole report; the main one writes and prints it
         return
-    out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     atomic_write(out / OUTPUTS[0], lambda t: t.write_text(json.dumps(data, indent=2)), overwrite=overwrite)
     atomic_write(out / OUTPUTS[1], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)

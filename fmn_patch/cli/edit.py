@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +14,7 @@ from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
-from ..files import read_lines
+from ..files import check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
 from ..methods.editor import EditConfig
@@ -139,10 +138,7 @@ def edit(
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
         return
     output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(
-            f"{output} already exists; pass --overwrite to replace it or choose another --output"
-        )
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     erase: list[str | Concept] = list(preset_concepts(chosen, anchor)) if chosen is not None else list(names)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
@@ -171,5 +167,5 @@ def edit(
 
 
 def _slug(names: list[str]) -> str:
-    first = re.sub(r"[^a-z0-9]+", "-", names[0].split("=")[0].lower()).strip("-") or "concept"
+    first = slug(names[0].split("=")[0]) or "concept"
     return first if len(names) == 1 else f"{first}-and-{len(names) - 1}-more"

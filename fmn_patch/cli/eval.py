@@ -9,11 +9,12 @@ import typer
 
 from .. import processes
 from ..concepts.bench import load_bench
-from ..errors import FmnPatchError
 from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
 from ..evaluation.report import evaluate_patches, write_report
 from ..families.base import default_bench, load_base
+from ..files import check_output
+from ..format.merge import check_weights
 from .options import (
     BaseArg,
     BatchOpt,
@@ -75,17 +76,16 @@ def eval_command(
     Under `accelerate launch` the processes share the images (the report is the same as one process's) and the
     main process alone writes the report and prints.
     """
-    loaded = load_patches(patches or [])
+    sampler = SamplerConfig(
+        steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
+    )
+    check_output(output, overwrite=True, folder=True, what="--output")
+    for path in ("report.json", "report.md", "grid.png"):
+        check_output(output / path, overwrite=overwrite, what="--output")
+    loaded = load_patches(patches or [], require_hash=strict)
+    check_weights(loaded, weight)
     early = bench or default_bench(base)  # a bench known before the base loads fails fast
     chosen = load_bench(early) if early is not None else None
-    if seeds < 1:
-        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
-    sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)), batch_size=batch_size)
-    for path in ("report.json", "report.md", "grid.png"):
-        if (output / path).exists() and not overwrite:
-            raise FmnPatchError(
-                f"{output / path} already exists; pass --overwrite or choose another --output"
-            )
     procs = processes.current()
     device = procs.device(device)
     if procs.is_main:

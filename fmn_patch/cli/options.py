@@ -93,9 +93,10 @@ def patch_path(ref: str | Path) -> Path:
     return Path(resolve(ref)) if is_hub_ref(ref) else Path(ref)
 
 
-def load_patches(paths: Sequence[str | Path]) -> list[Patch]:
-    """Load and validate patches from local paths or Hub references."""
-    return [Patch.load(patch_path(p)) for p in paths]
+def load_patches(paths: Sequence[str | Path], *, require_hash: bool = False) -> list[Patch]:
+    """Load and validate patches from local paths or Hub references (``require_hash``: refuse a file whose header
+    carries no tensor hash, as ``--strict`` does)."""
+    return [Patch.load(patch_path(p), require_hash=require_hash) for p in paths]
 
 
 def report_each(report: EachReport, json_out: bool) -> None:

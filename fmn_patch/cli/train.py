@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
-from ..files import read_lines
+from ..files import check_input, check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
@@ -172,6 +171,8 @@ def train(
             )
     categories = (category * len(concepts) if len(category) == 1 else category) if category else None
     extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
+    if images is not None:
+        check_input(images, folder=True, what="--images")
     config = TrainConfig(
         rank=rank,
         steps=steps,
@@ -186,6 +187,8 @@ def train(
         robust_rounds=robust,
         robust_attack_steps=robust_attack_steps,
     )
+    inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
+    inversion = inversion_config if ti else None
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None
@@ -203,12 +206,12 @@ def train(
     info(f"loading base {base} ...")
     model = load_base(base, device=device, dtype=dtype)
     sibling = output.with_suffix(".ti.safetensors")
-    if ti:
+    if inversion is not None:
         patch, learned = train_patch_with_inversion(
             model,
             wanted,
             config,
-            InversionConfig(steps=ti_steps, seed=seed),
+            inversion,
             categories=categories,
             images=folder,
         )
@@ -238,14 +241,15 @@ def train(
         typer.echo(str(path))
 
 
-def _single_output(output: Path | None, slug: str, ti: bool, overwrite: bool) -> Path:
+def _single_output(output: Path | None, name: str, ti: bool, overwrite: bool) -> Path:
     """The one patch's path (default ``forget-<slug>.safetensors``), checked before any work."""
-    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    sibling = output.with_suffix(".ti.safetensors")
-    if ti and sibling.exists() and not overwrite:
-        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
-    if output.suffix != ".safetensors":
-        raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
+    output = output or Path(f"forget-{slug(name)}.safetensors")
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
+    if ti:
+        check_output(
+            output.with_suffix(".ti.safetensors"),
+            overwrite=overwrite,
+            suffixes=(".safetensors",),
+            what="token file",
+        )
     return output

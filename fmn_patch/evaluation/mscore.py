@@ -20,7 +20,6 @@ Definitions (for a model G, a ConceptBench B, a judge J, seeds S and a sampler c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,9 +27,11 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..values import MAX_BATCH, MAX_SEEDS, MAX_STEPS
 from .batches import BatchResult, ImageBatch, ImageJob, batches, mean_scores, run_batches
 from .judges import Judge, class_index
 
@@ -45,15 +46,19 @@ class SamplerConfig:
     batch_size: int = 64  # images per pipeline call (the same batch size gives the same numbers)
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise FmnPatchError(f"steps={self.steps!r} must be a whole number >= 1, e.g. 20")
-        if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)):
-            raise FmnPatchError(f"guidance={self.guidance!r} must be a finite number, e.g. 5")
+        values.whole(self.steps, "steps", 1, MAX_STEPS, example=20)
+        values.number(self.guidance, "guidance", 0, 1000, example=5)
         object.__setattr__(self, "seeds", tuple(self.seeds))
         if not self.seeds:
             raise FmnPatchError("seeds is empty; give at least one seed, e.g. seeds=(0, 1)")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise FmnPatchError(f"batch_size={self.batch_size!r} must be a whole number >= 1")
+        for s in self.seeds:
+            values.seed(s)
+        values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=64)
+
+    @staticmethod
+    def first_seeds(count: int) -> tuple[int, ...]:
+        """Seeds 0..count-1 for ``count`` images per prompt (``--seeds``), checked before they are made."""
+        return tuple(range(values.whole(count, "seeds", 1, MAX_SEEDS, example=2)))
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,6 @@ def write_report(report: EvalReport, folder: str | Path, *, overwrite: bool = Fa
     import json
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
     atomic_write(
         paths["json"], lambda t: t.write_text(json.dumps(report.to_dict(), indent=2)), overwrite=overwrite

@@ -111,15 +111,85 @@ class Family(ABC):
         return self.targets_kind.matches(name)
 
     def target_hash(self) -> str:
-        """SHA-256 of the base weights a patch touches: name, shape and float32 bytes of each target, by name."""
+        """SHA-256 of the base weights a patch touches: name, shape and float32 bytes of each target, by name.
+
+        Independent of the dtype the pipeline was loaded in: when the weights in memory are of lower precision than
+        float32, they are hashed from the tensors in the denoiser's own safetensors files instead, once each is
+        checked to be exactly what is in memory after casting (so a patch made on a float32 model fits the same
+        files loaded in bfloat16 or float16, while a modified model, e.g. one with a patch fused in, still hashes
+        as what it is)."""
         import hashlib
 
+        weights = {name: layer.weight.detach().cpu() for name, layer in self.targets().items()}
+        if any(w.dtype != torch.float32 for w in weights.values()):
+            weights = self._stored_weights(weights) or weights
         digest = hashlib.sha256()
-        for name, layer in sorted(self.targets().items()):
-            weight = layer.weight.detach().to("cpu", torch.float32).contiguous()
+        for name, weight in sorted(weights.items()):
+            weight = weight.to(torch.float32).contiguous()
             digest.update(name.encode())
             digest.update(str(tuple(weight.shape)).encode())
             digest.update(weight.numpy().tobytes())
+        return digest.hexdigest()
+
+    def _stored_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``weights`` as stored in the denoiser's safetensors files (the most precise file first),
+        each one equal to the weight in memory once cast to its dtype; None if any is missing or differs."""
+        from pathlib import Path
+
+        import safetensors
+
+        folder = Path(str(getattr(self.denoiser.config, "_name_or_path", "") or ""))
+        if not folder.is_dir():
+            return None
+        found: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (itemsize, stored tensor)
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safetensors.safe_open(str(path), "pt", device="cpu") as f:
+                    keys = set(f.keys())
+                    for name, weight in weights.items():
+                        key = f"{name}.weight"
+                        if key not in keys:
+                            continue
+                        stored = f.get_tensor(key)
+                        size = stored.element_size()
+                        if size > found.get(name, (0, None))[0] and torch.equal(
+                            stored.to(weight.dtype), weight
+                        ):
+                            found[name] = (size, stored)
+            except (OSError, safetensors.SafetensorError):
+                continue
+        if set(found) != set(weights):
+            return None
+        return {name: stored for name, (_, stored) in found.items()}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that decides the pipeline's images: every component's weights (name, dtype, shape,
+        bytes), its config (paths left out) and class, the scheduler's config, the tokenizers' vocabularies and the
+        device type. Two bases that differ anywhere (a fine-tuned UNet, another VAE or text encoder, a scheduler,
+        a dtype, a fused patch) differ here; the same files loaded twice do not."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256()
+        digest.update(self.device.type.encode())
+        for name, component in sorted(self.pipe.components.items()):
+            digest.update(f"|{name}:{type(component).__module__}.{type(component).__qualname__}|".encode())
+            config = getattr(component, "config", None)
+            if config is not None:
+                items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                kept = {
+                    k: v for k, v in items.items() if not k.startswith("_") and k != "transformers_version"
+                }
+                digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
+            if isinstance(component, nn.Module):
+                for key, tensor in component.state_dict().items():
+                    t = tensor.detach().cpu().contiguous()
+                    digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                    if t.numel():
+                        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+            elif hasattr(component, "get_vocab"):
+                digest.update(json.dumps(sorted(component.get_vocab().items())).encode())
+                digest.update(str(getattr(component, "model_max_length", "")).encode())
         return digest.hexdigest()
 
     @abstractmethod
@@ -303,6 +373,11 @@ class Family(ABC):
         width: int | None = None,
     ) -> Any:
         """One pipeline call: an image per (prompt, seed) pair, each from its own seeded generator."""
+        if steps > self.num_train_timesteps:
+            raise FmnPatchError(
+                f"steps={steps} is more than this base's scheduler has timesteps ({self.num_train_timesteps}); "
+                f"give --steps {self.num_train_timesteps} or fewer"
+            )
         extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
         out = self.pipe(
             [p for p, _ in pairs],

@@ -8,16 +8,16 @@ loaded before are left loaded and active as they were.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import BaseMismatchError, FmnPatchError
+from ..files import atomic_folder
 from ..format.merge import check_weights
 from ..format.patch import Patch
+from ..text import printable
 from .base import Base, as_base
 from .family import kept_grads
 
@@ -35,7 +35,7 @@ def check_compatible(
     mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
     base = as_base(base)
     family = base.family
-    where = f"({patch.info.architecture}, base {patch.info.base_model or 'unknown'})"
+    where = f"({printable(patch.info.architecture, 100)}, base {printable(patch.info.base_model or 'unknown', 100)})"
     if patch.component != family.component:
         raise BaseMismatchError(
             f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
@@ -50,8 +50,9 @@ def check_compatible(
         current = base_hash or family.target_hash()
         if current != patch.info.base_hash:
             message = (
-                f"patch '{patch.info.title or patch.concept_names}' was made for base "
-                f"{patch.info.base_model or '?'} (target hash {patch.info.base_hash[:12]}), this base has target "
+                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' was made for base "
+                f"{printable(patch.info.base_model or '?', 100)} (target hash {printable(patch.info.base_hash[:12])}), "
+                "this base has target "
                 f"hash {current[:12]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
                 "fine-tunes of the same architecture usually work, pass --strict to refuse"
             )
@@ -128,27 +129,12 @@ def fuse_patches(
 
 
 def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """``save_pretrained`` into a temp folder beside ``output``, then rename it into place (safetensors only)."""
+    """``save_pretrained`` (safetensors) into a temp folder beside ``output``, published whole: never over an
+    existing folder unless ``overwrite``, and a writer that loses a race to the name gets ``OutputExistsError``."""
     pipe = as_base(base).pipe
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+    return atomic_folder(
+        output, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), overwrite=overwrite
+    )
 
 
 def _fresh_name(existing: set[str]) -> str:

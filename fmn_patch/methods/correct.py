@@ -33,7 +33,7 @@ from ..families.base import Base, as_base
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
 from .dataset import TrainingSet, preserve_states, reference_latents
-from .lora import lora_adapter
+from .lora import check_rank, lora_adapter
 from .resteer import TrainConfig, run_steps
 
 #: Prompts naming a concept without the attribute being corrected, "{}" = the concept.
@@ -128,6 +128,7 @@ def correct_patch(
     variants = [v.strip() for v in variants]
     if not concept:
         raise FmnPatchError("no concept given; name the concept to correct, e.g. fmnpatch correct circle")
+    check_rank(base, config.rank)
     if len(variants) < 2:
         raise FmnPatchError(
             f"got {len(variants)} variant(s) {variants!r}; give at least two, e.g. --into 'red circle' "

@@ -16,7 +16,6 @@ cheaply, without running the denoiser. Only the LoRA factors train; the model is
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import statistics
 import time
@@ -27,16 +26,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .. import values
 from ..concepts.bench import Bench, load_bench
 from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..format.header import PatchInfo
 from ..format.patch import Patch
+from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
 from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
-from .lora import LoraSession, lora_adapter
+from .lora import LoraSession, check_rank, lora_adapter
 from .losses import guided_target, preservation, resteer_loss
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
@@ -45,21 +46,6 @@ ETA_DEFAULT = 2.0
 #: Preservation weight per category when TrainConfig.preserve_weight is None; others get PRESERVE_DEFAULT.
 PRESERVE: dict[str, float] = {"style": 100.0}
 PRESERVE_DEFAULT = 30.0
-
-
-def _positive(value: float, name: str, example: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise FmnPatchError(f"{name}={value} must be a positive finite number, e.g. {example}")
-
-
-def _non_negative(value: float | None, name: str) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise FmnPatchError(f"{name}={value} must be a finite number >= 0")
-
-
-def _whole(value: int, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise FmnPatchError(f"{name}={value!r} must be a whole number >= {low}")
 
 
 @dataclass(frozen=True)
@@ -100,16 +86,21 @@ class TrainConfig:
     robust_attack_steps: int = 100  # textual-inversion steps of each inner attack
 
     def __post_init__(self) -> None:
-        for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
-            _whole(getattr(self, name), name, 1)
-        for name in ("robust_rounds", "robust_attack_steps", "seed"):
-            _whole(getattr(self, name), name, 0)
+        values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
+        for name in ("steps", "image_steps"):
+            values.whole(getattr(self, name), name, 1, MAX_STEPS, example=150)
+        for name in ("batch_size", "images_per_prompt"):
+            values.whole(getattr(self, name), name, 1, MAX_BATCH, example=8)
+        values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
+        values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
+        values.seed(self.seed)
         if self.init not in ("zero", "edit"):
             raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
-        _positive(self.lr, "lr", "3e-3")
-        _positive(self.max_grad_norm, "max_grad_norm", "1.0")
+        values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
+        values.number(self.max_grad_norm, "max_grad_norm", 0, 1e6, above=True, example="1.0")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
-            _non_negative(getattr(self, name), name)
+            if getattr(self, name) is not None:
+                values.number(getattr(self, name), name, 0, 1e6)
         object.__setattr__(self, "preserve_extra", tuple(self.preserve_extra))
 
 
@@ -183,6 +174,7 @@ def _train(
 ) -> tuple[Patch, list[LearnedTokens]]:
     if not concepts:
         raise FmnPatchError("no concept given; name at least one, e.g. fmnpatch train circle")
+    check_rank(base, config.rank)
     bench = bench or load_bench(config.bench or base.bench)
     plans = [plan(c, bench, config.anchor) for c in resolve(concepts, bench, categories)]
     if images is not None and len(plans) != 1:
