@@ -49,11 +49,13 @@ def check_compatible(
     if patch.info.base_hash:
         current = base_hash or family.target_hash()
         if current != patch.info.base_hash:
+            # enough characters to tell the two hashes apart
+            shown = 12 if current[:12] != patch.info.base_hash[:12] else 64
             message = (
                 f"patch '{printable(patch.info.title or patch.concept_names, 100)}' was made for base "
-                f"{printable(patch.info.base_model or '?', 100)} (target hash {printable(patch.info.base_hash[:12])}), "
-                "this base has target "
-                f"hash {current[:12]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
+                f"{printable(patch.info.base_model or '?', 100)} "
+                f"(target hash {printable(patch.info.base_hash[:shown])}), this base has target "
+                f"hash {current[:shown]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
                 "fine-tunes of the same architecture usually work, pass --strict to refuse"
             )
             if strict:
