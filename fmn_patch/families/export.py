@@ -10,7 +10,6 @@ import safetensors.torch
 import torch
 
 from ..files import atomic_write
-from ..format.kohya import to_kohya as _layout
 from ..format.patch import Patch
 from .registry import family_for_architecture
 
@@ -18,8 +17,7 @@ from .registry import family_for_architecture
 def to_kohya(patch: Patch, *, layers_per_block: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of the kohya form of ``patch`` (``layers_per_block`` matters for SDXL names only)."""
     family = family_for_architecture(patch.info.architecture)
-    names = family.kohya_names(patch.modules, patch.info.architecture, layers_per_block=layers_per_block)
-    return _layout(patch, names, family.kohya_version(patch.info.architecture))
+    return family.to_kohya(patch, layers_per_block=layers_per_block)
 
 
 def export_kohya(

@@ -141,6 +141,14 @@ class Family(ABC):
     def kohya_version(cls, architecture: str) -> str:
         """kohya's ``ss_base_model_version`` for the architecture."""
 
+    @classmethod
+    def to_kohya(cls, patch: Any, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and header of the kohya form of ``patch`` (a ``Patch``): one kohya stem per module."""
+        from ..format.kohya import to_kohya
+
+        names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
+        return to_kohya(patch, names, cls.kohya_version(patch.info.architecture))
+
     # ----------------------------------------------------------------------------------------------- text
     @property
     @abstractmethod
@@ -162,6 +170,10 @@ class Family(ABC):
     @abstractmethod
     def text_states(self) -> Any:
         """The text states the targets read, at each prompt's true length (``encoding.TextStates``)."""
+
+    def require_closed_form(self) -> None:
+        """Refuse (one line, with the reason) where the closed-form edit does not serve the family."""
+        return None
 
     def place(self, prompt: str, concept: str) -> Placement:
         """Where ``concept``'s tokens (and the positions after it) sit in ``prompt``."""
