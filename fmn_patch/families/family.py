@@ -245,6 +245,14 @@ class Family(ABC):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """One prediction of the denoiser, in the same parametrisation as ``target``."""
 
+    def preserve_inputs(
+        self, prompts: Sequence[str], latents: torch.Tensor | None = None, *, seed: int = 0
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What the targets read for prompts whose keys and values must not move: one (M, in) tensor for every
+        target where they read the text encoder's output alone (a UNet's cross-attention: every token of every
+        prompt, no denoiser pass), else {target: (M, in)} (families whose text stream also reads the image)."""
+        return self.encode(prompts).states.flatten(0, 1)
+
     @abstractmethod
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
         """Within the block, every targeted attention layer hands its image-query to text-key probabilities

@@ -104,7 +104,7 @@ def build_mmdit(kind: str, folder: Path, seed: int = 0) -> Path:
         raise FmnPatchError(f"unknown tiny MMDiT kind {kind!r}; use one of {', '.join(KINDS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        write_tokenizer(folder / "_clip")
+        write_tokenizer(folder / "_clip", extra_symbols="-0123456789")  # the real bench's "close-up" too
         clip = CLIPTokenizer.from_pretrained(folder / "_clip", model_max_length=77)
         t5_tok = T5Tokenizer.from_pretrained(write_t5_tokenizer(folder / "_t5", WORDS, 32))
         pipe = _sd3(clip, t5_tok) if kind == "sd3" else _flux(clip, t5_tok)
