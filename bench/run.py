@@ -25,12 +25,23 @@ from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, 
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.provenance import provenance
-from fmn_patch.families.base import toy_path
 from fmn_patch.families.unet import find_targets
+from fmn_patch.toy.paths import toy_pipeline_path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from mmdit_report import mmdit_sections  # noqa: E402  (a sibling script module)
+
 RESULTS = HERE / "results"
 ARCHITECTURES = {"SD-1.5": "sd15.json", "SD-2.1": "sd21.json", "SDXL": "sdxl.json"}
+
+
+def toy_path() -> Path:
+    """The committed toy pipeline's folder; raises when it is not built."""
+    path = toy_pipeline_path()
+    if not (path / "model_index.json").exists():
+        raise FmnPatchError(f"no toy pipeline at {path}; train it with `make toy-model`")
+    return path
 
 
 def machine() -> dict[str, Any]:
@@ -202,6 +213,7 @@ def write_markdown() -> None:
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
+    lines += mmdit_sections(_read, _provenance)
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 

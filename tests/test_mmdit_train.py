@@ -12,8 +12,8 @@ from conftest import render
 from fmn_patch.families.base import load_base
 from fmn_patch.families.stack import apply_patches
 from fmn_patch.methods.dataset import preserve_states
-from fmn_patch.methods.losses import resteer_loss
 from fmn_patch.methods.lora import lora_adapter
+from fmn_patch.methods.losses import resteer_loss
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 
 FAST = dict(steps=4, images_per_prompt=1, image_steps=2, batch_size=2)
@@ -37,7 +37,9 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(mkind, mmdit_dirs)
     assert a.info.architecture == base.architecture and a.info.config["anchors"] == {"Elon Musk": "a person"}
     assert set(a.info.extra["loss_terms"]) == {"resteer", "denoise", "preserve"}
     apply_patches(base, [a])
-    assert not torch.equal(render(base, "a photo of Elon Musk"), render(load_base(folder), "a photo of Elon Musk"))
+    assert not torch.equal(
+        render(base, "a photo of Elon Musk"), render(load_base(folder), "a photo of Elon Musk")
+    )
 
 
 def test_resteering_reads_keys_and_the_last_values_get_no_resteer_gradient(mkind, mmdit_dirs):
@@ -73,7 +75,10 @@ def test_preservation_reads_each_blocks_own_inputs(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
     inputs = preserve_states(base, ["a photo of a cat", ""], torch.randn(2, *base.family.latent_shape()))
     assert isinstance(inputs, dict) and set(inputs) == set(base.family.targets())
-    first, second = inputs["transformer_blocks.0.attn.add_k_proj"], inputs["transformer_blocks.1.attn.add_k_proj"]
+    first, second = (
+        inputs["transformer_blocks.0.attn.add_k_proj"],
+        inputs["transformer_blocks.1.attn.add_k_proj"],
+    )
     assert first.shape == second.shape and not torch.allclose(first, second)
 
 

@@ -99,7 +99,7 @@ class LearnedTokenMixin:
             )
         if init is None:
             init = self.token_table().mean(0).repeat(len(names), 1)
-        learned = init.detach().clone().float()
+        learned = nn.Parameter(init.detach().clone().float())  # trainable, as a grown nn.Embedding table is
         before = {tok: getattr(self.pipe, tok) for _, tok in encoders}  # tokenizer and tokenizer_2 may be one
         copies: dict[int, Any] = {}
         for tokenizer in before.values():
