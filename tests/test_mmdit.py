@@ -247,3 +247,46 @@ def test_edit_is_refused_with_a_reason(mmdit_dirs):
     base = load_base(str(mmdit_dirs["sd3"]))
     with pytest.raises(FmnPatchError, match=r"closed-form edit is not offered for sd3.*fmnpatch train"):
         edit_patch(base, ["circle"])
+
+
+def _comfy_stems(kind: str, blocks: int) -> set[str]:
+    """LoRA key stems ComfyUI maps onto an SD3 / Flux model's text q/k/v (comfy/lora.py, model_lora_keys_unet):
+    ``transformer.<diffusers module>`` for both (through mmdit_to_diffusers / flux_to_diffusers, which send
+    ``transformer_blocks.N.attn.add_{q,k,v}_proj`` to row slices of the fused context qkv), and for Flux also
+    kohya's ``lora_unet_<original name>``, the fused ``double_blocks.N.txt_attn.qkv`` with rows q, k, v."""
+    stems = {f"transformer.transformer_blocks.{i}.attn.add_{p}_proj" for i in range(blocks) for p in "qkv"}
+    if kind == "flux":
+        stems |= {f"lora_unet_double_blocks_{i}_txt_attn_qkv" for i in range(blocks)}
+    return stems
+
+
+def test_files_use_the_keys_comfyui_maps(mkind, mmdit_dirs, tmp_path):
+    base = load_base(str(mmdit_dirs[mkind]))
+    blocks = len(base.family.attention_layers())
+    stems = _comfy_stems(mkind, blocks)
+    patch = random_patch(base)
+    native = safetensors.torch.load_file(str(patch.save(tmp_path / "p.safetensors")))
+    # diffusers form, no .alpha: ComfyUI then scales by 1, and alpha is folded into lora_B
+    assert {k.rsplit(".", 2)[0] for k in native} <= stems
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in native)
+    if mkind == "flux":
+        kohya = safetensors.torch.load_file(str(export_kohya(patch, tmp_path / "k.safetensors")))
+        assert {
+            k.rsplit(".", 2)[0] if "lora_" in k.rsplit(".", 2)[-2] else k.rsplit(".", 1)[0] for k in kohya
+        } <= stems
+        for i in range(
+            blocks
+        ):  # ComfyUI: (alpha / rank) * up @ down onto the fused (3 * width, width) weight
+            stem = f"lora_unet_double_blocks_{i}_txt_attn_qkv"
+            up, down, alpha = (
+                kohya[f"{stem}.lora_up.weight"],
+                kohya[f"{stem}.lora_down.weight"],
+                kohya[f"{stem}.alpha"],
+            )
+            fused = float(alpha) / down.shape[0] * (up @ down)
+            width = fused.shape[1]
+            expected = torch.cat(
+                [torch.zeros(width, width)]
+                + [patch.delta(f"transformer_blocks.{i}.attn.add_{p}_proj") for p in "kv"]
+            )
+            torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)

@@ -82,7 +82,7 @@ def apply(
         image.save(grid)
         result["grid"] = str(grid)
     if output is not None:
-        info("fusing patches into the UNet ...")
+        info("fusing patches into the model's weights ...")
         fuse_patches(pipe, loaded, weight, strict=strict)
         result["output"] = str(save_pipeline(pipe, output, overwrite=overwrite))
     if json_out:
