@@ -2,6 +2,8 @@
 
     python bench/toy_sd3_quality.py                       # every concept alone, five at once, --robust on circle
     python bench/toy_sd3_quality.py --models toy-sd3 --concepts circle bob striped --no-robust
+    python bench/toy_sd3_quality.py --models toy --part unet &   # one model per core, then:
+    python bench/toy_sd3_quality.py --models toy-sd3 --part mmdit; python bench/toy_sd3_quality.py --merge unet mmdit
 
 For each model: the base's scores on ConceptBench-toy, then a re-steering patch (`train_patch`, default config)
 per concept and one for five concepts at once: Acc_erased, alias Acc_erased, Acc_kept relative to the base, train
@@ -164,7 +166,14 @@ def main() -> None:
     parser.add_argument("--no-robust", action="store_true")
     parser.add_argument("--robust-concept", default="circle")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--part", default=None, help="write toy_sd3_quality.PART.json (merge the parts later)"
+    )
+    parser.add_argument("--merge", nargs="+", default=None, help="combine these parts into one result")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     torch.set_num_threads(args.threads)
     quiet_libraries()
     bench = load_bench("toy")
@@ -196,7 +205,7 @@ def main() -> None:
                 pipe, bench.prompts(bench.concept("bob")) + bench.prompts(bench.concept("circle")), latents
             )
     save(
-        "toy_sd3_quality",
+        f"toy_sd3_quality.{args.part}" if args.part else "toy_sd3_quality",
         {
             "models": args.models,
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
@@ -207,6 +216,31 @@ def main() -> None:
             "dependence": deps,
         },
     )
+    if not args.part:
+        write_markdown()
+
+
+def merge(parts: list[str]) -> None:
+    """One result from parts run side by side (same sampler and train config), in the order given."""
+    import json
+
+    from run import RESULTS
+
+    records = [json.loads((RESULTS / f"toy_sd3_quality.{p}.json").read_text()) for p in parts]
+    first = records[0]["result"]
+    for record in records[1:]:
+        for key in ("sampler", "train_config"):
+            if record["result"][key] != first[key]:
+                raise SystemExit(f"the parts differ in {key}; rerun them with the same options")
+    merged = dict(first)
+    for key in ("models", "rows", "robust"):
+        merged[key] = [x for r in records for x in r["result"][key]]
+    merged["bases"] = {k: v for r in records for k, v in r["result"]["bases"].items()}
+    merged["dependence"] = next((r["result"]["dependence"] for r in records if r["result"]["dependence"]), [])
+    meta = dict(records[0]["meta"])
+    meta["command"] = " + ".join(r["meta"]["command"] for r in records) + " (side by side)"
+    out = {"meta": meta, "result": merged}
+    (RESULTS / "toy_sd3_quality.json").write_text(json.dumps(out, indent=2) + "\n")
     write_markdown()
 
 

@@ -87,3 +87,34 @@ def test_robust_training_serves_mmdit(mmdit_dirs):
     assert a.info.method == "resteer+robust" and _tokenizers(base) == sizes
     b = train_patch(load_base(str(mmdit_dirs["sd3"])), ["Elon Musk"], config, progress=False)
     assert a.tensor_hash() == b.tensor_hash()
+
+
+def test_attack_harness_serves_mmdit(mmdit_dirs):
+    from fmn_patch.attacks import AttackConfig, InversionAttackConfig, run_attacks
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.evaluation.mscore import SamplerConfig
+    from fmn_patch.toy.judge import ToyJudge
+    from fmn_patch.toy.paths import toy_judge_path
+
+    if not toy_judge_path().exists():
+        pytest.skip("toy judge not built (make toy-model)")
+    from conftest import random_patch
+
+    base = load_base(str(mmdit_dirs["flux"]))
+    before = base.family.target_hash()
+    config = AttackConfig(
+        attacks=("paraphrase", "inversion", "search"),
+        sampler=SamplerConfig(steps=2, seeds=(0,)),
+        inversion=InversionAttackConfig(steps=2, images=4, batch_size=2),
+        search=SearchConfig(max_candidates=8, batch_size=4, images=2),
+        image_steps=2,
+        grid_images=2,
+    )
+    judge, bench = ToyJudge.load(), load_bench("toy")
+    patch = random_patch(base, concept="circle")
+    first = run_attacks(base, [patch], "circle", judge, bench, config)
+    again = run_attacks(base, [patch], "circle", judge, bench, config)
+    assert first.models == ["base", "patched"]
+    assert {r.attack for r in first.results} == {"direct", "paraphrase", "inversion", "search"}
+    assert [r.acc for r in first.results] == [r.acc for r in again.results]
+    assert base.family.target_hash() == before and not getattr(base.pipe.transformer, "peft_config", None)
