@@ -39,6 +39,7 @@ PATH_ROLES: dict[tuple[str, str], tuple[str, str]] = {
     ("train", "output"): ("out_file", ".safetensors"),
     ("train", "images"): ("in_folder", ""),
     ("train", "preserve_file"): ("in_file", ""),
+    ("train", "from_file"): ("in_file", ""),
     ("correct", "output"): ("out_file", ".safetensors"),
     ("eval", "patches"): ("patch", ""),
     ("eval", "output"): ("out_folder", ""),
