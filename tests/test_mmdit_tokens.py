@@ -89,6 +89,7 @@ def test_robust_training_serves_mmdit(mmdit_dirs):
     assert a.tensor_hash() == b.tensor_hash()
 
 
+@pytest.mark.slow  # about 6 min on 2 loaded cores: every attack, twice, on the tiny Flux
 def test_attack_harness_serves_mmdit(mmdit_dirs):
     from fmn_patch.attacks import AttackConfig, InversionAttackConfig, run_attacks
     from fmn_patch.concepts.bench import load_bench

@@ -50,6 +50,8 @@ class Sd3TrainConfig:
     save_every: int = 500  # also save a checkpoint every this many steps
     stop_at: int = 0  # > 0: stop after this many steps, keeping the LR schedule of `steps`
     threads: int = 1
+    resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
+    state: Path | None = None  # where that state goes (~5x the model); None: a cache folder (state_dir)
 
 
 def lr_at(step: int, cfg: Sd3TrainConfig) -> float:
@@ -87,6 +89,76 @@ def save(parts: dict, ema: Ema, out: Path, record: dict) -> None:
             p.copy_(v)
     (out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     log(f"saved {out}")
+
+
+def state_dir(cfg: Sd3TrainConfig) -> Path:
+    """The folder of the resumable training state: ``cfg.state``, else under $FMNPATCH_CACHE (or ~/.cache/fmn-patch),
+    named after the output, so that it never lands in the package's data folder."""
+    if cfg.state is not None:
+        return cfg.state
+    import hashlib
+
+    from fmn_patch.families.references import cache_dir
+
+    key = hashlib.sha256(str(cfg.out.resolve()).encode()).hexdigest()[:12]
+    return cache_dir().parent / "toy-sd3-train" / key
+
+
+def save_state(
+    folder: Path, step: int, params: list, opt: Any, ema: Ema, gen: torch.Generator, losses: list
+) -> None:
+    """Everything the loop carries from one step to the next, as safetensors (never pickled): the live weights,
+    the EMA's shadow and start, AdamW's moments and step counts, the data generator's and the global RNG's states
+    (T5's dropout draws from it), and the loss history. Written to a temp folder and renamed into place."""
+    import shutil
+
+    import safetensors.torch
+
+    tensors: dict[str, torch.Tensor] = {
+        "gen_state": gen.get_state(),
+        "global_rng": torch.get_rng_state(),
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    for i, p in enumerate(params):
+        tensors[f"param.{i}"] = p.detach().clone()
+        tensors[f"ema.shadow.{i}"] = ema.shadow[i]
+        tensors[f"ema.initial.{i}"] = ema.initial[i]
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in state:
+                tensors[f"opt.{key}.{i}"] = torch.as_tensor(state[key]).clone()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps}) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(folder: Path, params: list, opt: Any, ema: Ema, gen: torch.Generator) -> tuple[int, list]:
+    """Put the state ``save_state`` wrote back into the loop's objects; return (steps done, loss history)."""
+    import safetensors.torch
+
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = safetensors.torch.load_file(str(folder / "state.safetensors"))
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"])
+            ema.shadow[i].copy_(tensors[f"ema.shadow.{i}"])
+            ema.initial[i].copy_(tensors[f"ema.initial.{i}"])
+            if f"opt.step.{i}" in tensors:
+                opt.state[p] = {
+                    key: tensors[f"opt.{key}.{i}"].clone() for key in ("step", "exp_avg", "exp_avg_sq")
+                }
+    ema.steps = int(meta["ema_steps"])
+    gen.set_state(tensors["gen_state"])
+    torch.set_rng_state(tensors["global_rng"])
+    return int(meta["step"]), [float(x) for x in tensors["losses"]]
 
 
 def train(cfg: Sd3TrainConfig) -> dict:
@@ -146,7 +218,21 @@ def train(cfg: Sd3TrainConfig) -> dict:
     losses: list[float] = []
     for m in modules:
         m.train()
-    for step in range(cfg.steps):
+    first = 0
+    if cfg.resume:
+        if not (state_dir(cfg) / "state.json").exists():
+            raise SystemExit(f"--resume: no training state in {state_dir(cfg)}; start without --resume")
+        done = json.loads((cfg.out / "training.json").read_text())
+        same = ("resume", "stop_at", "state", "threads")  # may differ between the parts of one run
+        now = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k not in same}
+        if {k: v for k, v in done["config"].items() if k not in same} != now:
+            raise SystemExit(
+                "--resume: the options differ from the run being resumed (see its training.json)"
+            )
+        first, losses = load_state(state_dir(cfg), params, opt, ema, gen)
+        t2 -= done["timings_s"].get("transformer", 0.0)  # the time already spent counts
+        log(f"resuming after step {first} of {cfg.steps}")
+    for step in range(first, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = torch.randint(len(mean), (cfg.batch,), generator=gen)
@@ -187,6 +273,7 @@ def train(cfg: Sd3TrainConfig) -> dict:
                 "loss_every_100": [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)],
             }
             save(parts, ema, cfg.out, record)
+            save_state(state_dir(cfg), step + 1, params, opt, ema, gen, losses)
         if stop:
             log(f"stopping after {step + 1} of {cfg.steps} scheduled steps (--stop-at)")
             break
@@ -200,7 +287,12 @@ def parse_args(argv: list[str] | None = None) -> Sd3TrainConfig:
     defaults = Sd3TrainConfig()
     for f in fields(Sd3TrainConfig):
         default = getattr(defaults, f.name)
-        kind = Path if isinstance(default, Path) else type(default)
+        kind = Path if isinstance(default, Path) or f.name == "state" else type(default)
+        if isinstance(default, bool):
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}", action="store_true", help=f"(default {default})"
+            )
+            continue
         parser.add_argument(
             f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default {default})"
         )
