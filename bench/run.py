@@ -23,13 +23,25 @@ import torch
 
 from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, merge_patches, remove_patches
 from fmn_patch.cli.options import quiet_libraries
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.provenance import provenance
 from fmn_patch.families.unet import find_targets
 from fmn_patch.toy.paths import toy_pipeline_path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from mmdit_report import mmdit_sections  # noqa: E402  (a sibling script module)
+
 RESULTS = HERE / "results"
 ARCHITECTURES = {"SD-1.5": "sd15.json", "SD-2.1": "sd21.json", "SDXL": "sdxl.json"}
+
+
+def toy_path() -> Path:
+    """The committed toy pipeline's folder; raises when it is not built."""
+    path = toy_pipeline_path()
+    if not (path / "model_index.json").exists():
+        raise FmnPatchError(f"no toy pipeline at {path}; train it with `make toy-model`")
+    return path
 
 
 def machine() -> dict[str, Any]:
@@ -206,6 +218,7 @@ def write_markdown() -> None:
     from scale import scale_section  # bench/scale.py: eval on one process and on several
 
     lines += scale_section()
+    lines += mmdit_sections(_read, _provenance)
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 

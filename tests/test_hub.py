@@ -439,3 +439,21 @@ def test_pull_refuses_a_patch_without_a_hash_and_says_verified_only_when_checked
     assert not (tmp_path / "out.safetensors").exists()
     push(patch_file, "acme/hashed")
     assert pull("acme/hashed").patch.verified
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_mmdit_patch_round_trips_through_the_hub(hub, mmdit_dirs, kind, tmp_path):
+    base = load_base(str(mmdit_dirs[kind]))
+    path = random_patch(base, seed=2, concept="bob").save(tmp_path / "p.safetensors")
+    push(path, f"acme/{kind}-forget-bob")
+    card = ModelCard.load(f"acme/{kind}-forget-bob")
+    assert "transformer" in card.text or "MMDiT" in card.text
+    pulled = pull(f"acme/{kind}-forget-bob", tmp_path / "pulled")
+    assert pulled.path.read_bytes() == path.read_bytes()
+    names = apply_patches(base, load_patches([f"hf://acme/{kind}-forget-bob"]))
+    ours = render(base)
+    remove_patches(base, names)
+    base.pipe.load_lora_weights(
+        f"acme/{kind}-forget-bob", weight_name=WEIGHT_NAME, cache_dir=str(tmp_path / "dcache")
+    )
+    assert torch.equal(render(base), ours)

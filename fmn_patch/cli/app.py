@@ -21,7 +21,8 @@ from .planned import PLANNED, planned_command
 app = typer.Typer(
     name="fmnpatch",
     help=(
-        "Make text-to-image diffusion models forget: small LoRA patches on UNet cross-attention keys/values.\n\n"
+        "Make text-to-image diffusion models forget: small LoRA patches on the text-side keys/values of\n"
+        "cross-attention (SD 1.x/2.x/XL UNets) or of joint attention (SD 3/3.5, FLUX.1).\n\n"
         "Patches are .safetensors files that stock diffusers loads; stack, merge, fuse and export them here."
     ),
     no_args_is_help=True,

@@ -80,7 +80,7 @@ def apply(
         image = preview(pipe, loaded, prompt, weights=weights, seeds=seeds, config=config, strict=strict)
         result["grid"] = str(save_image(image, grid, overwrite=overwrite))
     if output is not None:
-        info("fusing patches into the UNet ...")
+        info("fusing patches into the model's weights ...")
         fuse_patches(pipe, loaded, weights, strict=strict)
         result["output"] = str(save_pipeline(pipe, output, overwrite=overwrite))
     if json_out:

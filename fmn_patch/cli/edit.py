@@ -95,6 +95,12 @@ def edit(
     The result is an ordinary patch that stacks, merges and loads in stock diffusers. The residual of the rank-R
     truncation is reported and kept in the patch header.
 
+    What it is: a least-squares solve per key/value projection that treats the projection's input as a function of
+    the text alone. That holds for UNet models (SD 1.x, 2.x, SDXL), whose cross-attention reads the text encoder's
+    output. It is refused for SD3/3.5 and Flux: their text keys/values read the text stream, which from block 1 on
+    has attended over the image and at every block is modulated by the timestep (the assumption is exact only at
+    block 0, per timestep); use `fmnpatch train` there.
+
     Examples:
 
       fmnpatch edit circle=disc -o no-circle.safetensors

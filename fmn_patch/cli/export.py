@@ -24,7 +24,10 @@ def export(
 ) -> None:
     """Export a patch for AUTOMATIC1111 / ComfyUI (kohya keys lora_down/lora_up/alpha, ss_network_* header).
 
-    diffusers re-imports the exported file to the same result.
+    diffusers re-imports the exported file to the same result. FLUX.1 patches become kohya's fused
+    lora_unet_double_blocks_N_txt_attn_qkv form (q rows zero). SD 3/3.5 patches are not exported: diffusers has no
+    SD3 kohya converter, and the patch file itself (transformer.* lora_A/lora_B keys) loads in diffusers and
+    ComfyUI.
 
     Examples:
 

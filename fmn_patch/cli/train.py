@@ -118,9 +118,12 @@ def train(
 ) -> None:
     """Train a patch that makes the base model forget CONCEPTS and draw everything else as before.
 
-    LoRA on the UNet's cross-attention keys/values only; the re-steering loss moves the pixels' attention off the
-    concept, a guided denoising term redirects what remains to the anchor, and a preservation term keeps every
-    other prompt's keys/values. Same inputs and seed give the same patch, bit for bit.
+    LoRA on the text-side keys/values only (UNet: cross-attention to_k/to_v; SD3/3.5 and FLUX.1: the text stream's
+    add_k_proj/add_v_proj of each joint block); the re-steering loss moves the pixels' attention off the concept
+    (in every text encoder's part of the sequence), a guided denoising term redirects what remains to the anchor
+    (in the model's own parametrisation: eps, v or flow), and a preservation term keeps every other prompt's
+    keys/values. The family is read from the base's contents. Same inputs and seed give the same patch, bit for
+    bit.
 
     Examples:
 
@@ -139,6 +142,10 @@ def train(
       fmnpatch train --from-file names.txt --each -o patches/   # one patch per line, manifest, --resume
 
       accelerate launch --num_processes 8 -m fmn_patch train --from-file names.txt --each -o patches/ --device cuda
+
+      fmnpatch train circle --base toy-sd3   # the toy MMDiT (SD3.5-style)
+
+      fmnpatch train "Van Gogh" --base ./sd35-medium --bench real   # an SD 3.5 or FLUX.1 folder
     """
     concepts = list(concepts or []) + (read_lines(from_file) if from_file is not None else [])
     if resume and not each:

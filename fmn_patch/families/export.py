@@ -11,7 +11,6 @@ import torch
 
 from .. import values
 from ..files import atomic_write, check_output
-from ..format.kohya import to_kohya as _layout
 from ..format.patch import Patch
 from .registry import family_for_architecture
 
@@ -25,8 +24,7 @@ def to_kohya(
         values.whole(layers_per_block, "layers_per_block", 1, 64, example=2)
     family = family_for_architecture(patch.info.architecture)
     layout = {} if layers_per_block is None else {"layers_per_block": layers_per_block}
-    names = family.kohya_names(patch.modules, patch.info.architecture, **layout)
-    return _layout(patch, names, family.kohya_version(patch.info.architecture))
+    return family.to_kohya(patch, **layout)
 
 
 def export_kohya(

@@ -211,6 +211,14 @@ class Family(ABC):
     def kohya_version(cls, architecture: str) -> str:
         """kohya's ``ss_base_model_version`` for the architecture."""
 
+    @classmethod
+    def to_kohya(cls, patch: Any, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and header of the kohya form of ``patch`` (a ``Patch``): one kohya stem per module."""
+        from ..format.kohya import to_kohya
+
+        names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
+        return to_kohya(patch, names, cls.kohya_version(patch.info.architecture))
+
     # ----------------------------------------------------------------------------------------------- text
     @property
     @abstractmethod
@@ -232,6 +240,10 @@ class Family(ABC):
     @abstractmethod
     def text_states(self) -> Any:
         """The text states the targets read, at each prompt's true length (``encoding.TextStates``)."""
+
+    def require_closed_form(self) -> None:
+        """Refuse (one line, with the reason) where the closed-form edit does not serve the family."""
+        return None
 
     def place(self, prompt: str, concept: str) -> Placement:
         """Where ``concept``'s tokens (and the positions after it) sit in ``prompt``."""
@@ -302,6 +314,14 @@ class Family(ABC):
     @abstractmethod
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """One prediction of the denoiser, in the same parametrisation as ``target``."""
+
+    def preserve_inputs(
+        self, prompts: Sequence[str], latents: torch.Tensor | None = None, *, seed: int = 0
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What the targets read for prompts whose keys and values must not move: one (M, in) tensor for every
+        target where they read the text encoder's output alone (a UNet's cross-attention: every token of every
+        prompt, no denoiser pass), else {target: (M, in)} (families whose text stream also reads the image)."""
+        return self.encode(prompts).states.flatten(0, 1)
 
     @abstractmethod
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:

@@ -19,7 +19,7 @@ from ..format.merge import check_weights
 from ..format.patch import Patch
 from ..text import printable
 from .base import Base, as_base
-from .family import kept_grads
+from .family import Family, kept_grads
 
 ADAPTER_PREFIX = "fmn"
 
@@ -40,6 +40,16 @@ def check_compatible(
         raise BaseMismatchError(
             f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
             f"patch was made for another model family {where}"
+        )
+    other = _family_serving(patch.info.architecture)
+    if (
+        other is not None
+        and other is not type(family)
+        and not family.serves_architecture(patch.info.architecture)
+    ):
+        raise BaseMismatchError(
+            f"the patch was made for a {other.name} model ({patch.info.architecture}); this base is a "
+            f"{family.name} model ({base.architecture}): give a base of the patch's architecture"
         )
     for module, (a, b) in patch.factors.items():
         try:
@@ -137,6 +147,16 @@ def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite
     return atomic_folder(
         output, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), overwrite=overwrite
     )
+
+
+def _family_serving(architecture: str) -> type[Family] | None:
+    from ..errors import UnknownNameError
+    from .registry import family_for_architecture
+
+    try:
+        return family_for_architecture(architecture)
+    except UnknownNameError:
+        return None
 
 
 def _fresh_name(existing: set[str]) -> str:

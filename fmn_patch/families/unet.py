@@ -69,7 +69,8 @@ class UNetFamily(Family):
 
     @classmethod
     def serves_architecture(cls, architecture: str) -> bool:
-        return architecture.startswith("stable-diffusion-") or architecture == "fmn-toy"
+        sd3 = architecture.startswith("stable-diffusion-v3")
+        return (architecture.startswith("stable-diffusion-") and not sd3) or architecture == "fmn-toy"
 
     @classmethod
     def kohya_names(cls, modules: Sequence[str], architecture: str, **layout: int) -> dict[str, str]:

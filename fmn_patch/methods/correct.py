@@ -155,7 +155,7 @@ def correct_patch(
         masks=torch.zeros(len(prompts), family.max_length),
         latents=latents,
         latent_prompt=latent_prompt,
-        preserve=preserve_states(base, keep),
+        preserve=preserve_states(base, keep, latents),
         concepts=1,
         eta=torch.zeros(len(prompts)),
         preserve_weight=config.preserve_weight,

@@ -265,10 +265,7 @@ def run_steps(
         if config.denoise_weight > 0:
             parts["denoise"] = F.mse_loss(pred.float(), target.float())
         if batch.preserve_weight > 0:
-            states = batch.preserve.to(x_t.device, x_t.dtype)
-            parts["preserve"] = torch.stack(
-                [preservation(m(states) - m.get_base_layer()(states)) for m in session.modules.values()]
-            ).mean()
+            parts["preserve"] = _preservation(session, batch.preserve, x_t)
         return parts
 
     weights = {
@@ -285,6 +282,22 @@ def run_steps(
         hint="lower --lr or the loss weights",
     )
     return optimise(session.params, step, loop, weights=weights, progress=progress)
+
+
+def _preservation(
+    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
+    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs."""
+    if isinstance(inputs, torch.Tensor):  # every target reads the same text states
+        states = inputs.to(like.device, like.dtype)
+        return torch.stack(
+            [preservation(m(states) - m.get_base_layer()(states)) for m in session.modules.values()]
+        ).mean()
+    terms = []
+    for name, m in session.modules.items():
+        x = inputs[name].to(like.device, like.dtype)
+        terms.append(preservation(m(x) - m.get_base_layer()(x)))
+    return torch.stack(terms).mean()
 
 
 # --------------------------------------------------------------------------------------------- preparation

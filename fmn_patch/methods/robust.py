@@ -47,7 +47,9 @@ def robust_rounds(
         if r == config.robust_rounds - 1:
             break
         factors = dict(fresh)
-        names = apply_patches(base, [Patch(fresh, PatchInfo(), base.family.component)])
+        names = apply_patches(
+            base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+        )
         try:
             found = [
                 learn_tokens(
