@@ -398,7 +398,8 @@ class Family(ABC):
                 f"steps={steps} is more than this base's scheduler has timesteps ({self.num_train_timesteps}); "
                 f"give --steps {self.num_train_timesteps} or fewer"
             )
-        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+        extra = self.sampler_kwargs()
+        extra.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
         out = self.pipe(
             [p for p, _ in pairs],
             num_inference_steps=steps,
@@ -407,7 +408,18 @@ class Family(ABC):
             output_type=output,
             **extra,
         )
-        return out.images if output == "pil" else out.images.float().cpu()
+        images = out.images
+        if output == "latent":
+            images = self.unpack(images, extra.get("height"), extra.get("width"))
+        return images if output == "pil" else images.float().cpu()
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments every pipeline call of this family gets (image size, text length)."""
+        return {}
+
+    def unpack(self, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """The sampler's latent output in the (N, C, h, w) layout ``encode_images`` gives."""
+        return latents
 
     # ------------------------------------------------------------------------------------------ adapters
     # diffusers' own LoRA verbs, so that a patch applied here behaves exactly as one loaded by stock diffusers.

@@ -174,8 +174,10 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         b, _, d = packed.shape
         return packed.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
 
-    def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        scale = int(self.pipe.vae_scale_factor)
+    def unpack(self, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """Flux's sampler returns 2x2-packed latents (B, h/2 * w/2, 4C)."""
+        scale, size = int(self.pipe.vae_scale_factor), self.pixel_size()
+        height, width = height or size, width or size
         return self._unpack(latents, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
 
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:

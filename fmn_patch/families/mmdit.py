@@ -16,7 +16,6 @@ Flux), the noise levels the sampler visits.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
@@ -157,56 +156,6 @@ class MMDiTFamily(Family):
     def sampler_kwargs(self) -> dict[str, Any]:
         size = self.pixel_size()
         return {"height": size, "width": size, "max_sequence_length": self.t5_length}
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        *,
-        steps: int,
-        guidance: float,
-        output: str = "pt",
-        batch_size: int = 64,
-        height: int | None = None,
-        width: int | None = None,
-        progress: bool = False,
-        desc: str = "generating",
-    ) -> Any:
-        """The pipeline's own sampler at this package's sequence length and image size; ``latent`` output in the
-        (C, h, w) layout ``encode_images`` gives."""
-        from tqdm.auto import tqdm
-
-        jobs = [(p, s) for p in prompts for s in seeds]
-        kwargs = self.sampler_kwargs()
-        kwargs.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
-        parts: list[Any] = []
-        bar = tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
-        try:
-            for i in range(0, len(jobs), batch_size):
-                chunk = jobs[i : i + batch_size]
-                out = self.pipe(
-                    [p for p, _ in chunk],
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=[torch.Generator().manual_seed(s) for _, s in chunk],
-                    output_type=output,
-                    **kwargs,
-                )
-                images = out.images
-                if output == "latent":
-                    images = self.unpack(images, kwargs["height"], kwargs["width"])
-                parts.append(images if output == "pil" else images.float().cpu())
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-        if output == "pil":
-            return [image for part in parts for image in part]
-        return torch.cat(parts)
-
-    def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The sampler's latent output in (B, C, h, w) (Flux packs 2x2 patches)."""
-        return latents
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
