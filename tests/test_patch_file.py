@@ -188,7 +188,7 @@ def test_foreign_keys_are_refused(tmp_path):
         {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
         header,
     )
-    _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
+    _assert_refused(p, "a kohya LoRA whose keys .* are not all cross-attention key/value projections")
 
 
 def test_inconsistent_shapes_are_refused(tmp_path):

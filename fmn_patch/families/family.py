@@ -217,7 +217,14 @@ class Family(ABC):
         from ..format.kohya import to_kohya
 
         names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
-        return to_kohya(patch, names, cls.kohya_version(patch.info.architecture))
+        return to_kohya(patch, names, cls.kohya_header(patch.info.architecture, patch.modules, **layout))
+
+    @classmethod
+    def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
+        """The header keys a kohya export of ``modules`` carries for the UIs: ``ss_base_model_version`` and what
+        else the family knows (``ss_v2``, ``modelspec.implementation`` of the key format, the layout that reads the
+        names back, ...)."""
+        return {"ss_base_model_version": cls.kohya_version(architecture)}
 
     # ----------------------------------------------------------------------------------------------- text
     @property
@@ -419,8 +426,15 @@ class Family(ABC):
             return []
         return list(self.pipe.get_active_adapters())
 
-    def load_adapter(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
-        self.pipe.load_lora_weights(state_dict, adapter_name=name)
+    def load_adapter(
+        self, state_dict: dict[str, torch.Tensor], name: str, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Load LoRA factors keyed ``<component>.<module>.lora_A|B.weight`` as adapter ``name`` through diffusers'
+        own loader, with the patch's LoraConfig (``metadata``, keyed ``<component>.<key>`` as in the file header)
+        rather than one guessed from the shapes. Layers are made on the meta device (no draw from the global RNG)."""
+        self.denoiser.load_lora_adapter(
+            state_dict, prefix=self.component, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
+        )
 
     def load_lora_file(self, path: str, name: str) -> None:
         """A third-party LoRA file (diffusers or kohya keys), through diffusers' own loader."""

@@ -35,6 +35,8 @@ from .registry import register_family
 from .tokens_mmdit import LearnedTokenMixin
 
 ARCHITECTURES: Final = ("Flux.1-dev", "Flux.1-schnell")
+#: ModelSpec's implementation id of Black Forest Labs' reference code, whose block names kohya Flux files use
+IMPLEMENTATION_BFL: Final = "https://github.com/black-forest-labs/flux"
 DEFAULT_GUIDANCE = 3.5  # FLUX.1 [dev]'s usual guidance embedding
 _MODULE = re.compile(r"^transformer_blocks\.(\d+)\.attn\.(add_k_proj|add_v_proj)$")
 
@@ -76,6 +78,12 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         return "flux1"
 
     @classmethod
+    def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
+        """The fused ``double_blocks`` names are Black Forest Labs' own, so that is the key format's implementation;
+        FLUX.1 is a flow model (ModelSpec has no prediction type for it)."""
+        return {"ss_base_model_version": cls.kohya_version(architecture), "modelspec.implementation": IMPLEMENTATION_BFL}
+
+    @classmethod
     def to_kohya(cls, patch: Patch, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """One fused LoRA per double block: down = [0; A_k; A_v] (3r x in), up = blockdiag(0, B_k, B_v)."""
         fused: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -90,7 +98,7 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
             up[out : 2 * out, r : 2 * r] = b_k
             up[2 * out :, 2 * r :] = b_v
             fused[stem] = (down, up)
-        return kohya_layout(fused, patch, cls.kohya_version(patch.info.architecture))
+        return kohya_layout(fused, patch, cls.kohya_header(patch.info.architecture, patch.modules))
 
     # ----------------------------------------------------------------------------------------------- text
     @property
