@@ -17,7 +17,7 @@ def pull(
     ref: Annotated[
         str,
         typer.Argument(
-            help="ORG/NAME[@REVISION], or hf://ORG/NAME[/FILE.safetensors][@REVISION].", show_default=False
+            help="ORG/NAME[@REVISION], or hf://ORG/NAME[@REVISION][/FILE.safetensors].", show_default=False
         ),
     ],
     output: Annotated[
@@ -46,7 +46,7 @@ def pull(
 
       fmnpatch pull acme/forget-elon@v1 -o forget-elon.safetensors
 
-      HF_HUB_OFFLINE=1 fmnpatch pull hf://acme/celebs/elon.safetensors --json
+      HF_HUB_OFFLINE=1 fmnpatch pull hf://acme/celebs@v1/elon.safetensors --json
     """
     pulled = pull_patch(ref, output, overwrite=overwrite, cache_dir=cache_dir, force_download=force_download)
     patch = pulled.patch
