@@ -28,14 +28,14 @@ from typing import Any, Final
 
 import safetensors
 import torch
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY  # the header key of an adapter's LoraConfig
 
 from ..errors import FmnPatchError, PatchFileError
 from .category import Category, category_of
 
 FORMAT_VERSION: Final = 2  # 2: modelspec.hash_sha256 is the ModelSpec hash, ours is fmn_patch.tensor_hash
 NAMESPACE: Final = "fmn_patch"
-#: diffusers' header key for the LoraConfig of an adapter (``diffusers.loaders.lora_base``)
-LORA_ADAPTER_METADATA_KEY: Final = "lora_adapter_metadata"
+
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 

@@ -208,6 +208,7 @@ class Patch:
         patch.verified = check_hashes(
             path, header, version, digest or patch.tensor_hash(), require=require_hash
         )
+        patch.form = "kohya" if digest else "native"
         return patch
 
 
