@@ -38,8 +38,8 @@ from fmn_patch.hub import (
     resolve,
 )
 from fmn_patch.hub.card import WEIGHT_NAME
-from fmn_patch.hub.refs import DeprecatedReferenceWarning
 from fmn_patch.hub.catalog import search
+from fmn_patch.hub.refs import DeprecatedReferenceWarning
 
 TOKEN = "hf_test_write"
 RESULTS = {

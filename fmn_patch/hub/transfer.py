@@ -118,15 +118,29 @@ def _fetch(
     ref: HubRef, *, cache_dir: Path | None, token: str | None, force_download: bool
 ) -> tuple[Path, str, str | None]:
     def download(filename: str) -> tuple[Path, str, str | None]:
-        where = {"revision": ref.revision, "cache_dir": cache_dir, "token": token}
         try:
-            local = hf_hub_download(ref.repo_id, filename, force_download=force_download, **where)
+            local = hf_hub_download(
+                ref.repo_id,
+                filename,
+                revision=ref.revision,
+                cache_dir=cache_dir,
+                token=token,
+                force_download=force_download,
+            )
         except ValueError as e:  # force_download wraps the Hub's error: "Force download failed due to ..."
             if force_download and isinstance(e.__cause__, Exception):
                 raise e.__cause__ from None
             raise
         # the commit from huggingface_hub itself (a dry run on the cache just written), not from folder names
-        found = hf_hub_download(ref.repo_id, filename, local_files_only=True, dry_run=True, **where)
+        found = hf_hub_download(
+            ref.repo_id,
+            filename,
+            revision=ref.revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=True,
+            dry_run=True,
+        )
         return Path(local), filename, found.commit_hash
 
     if force_download and is_offline_mode():
