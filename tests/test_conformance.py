@@ -32,6 +32,7 @@ from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.families.tiny import build_sd
 from fmn_patch.format import Patch
 from fmn_patch.format.header import LORA_ADAPTER_METADATA_KEY, tensor_hash
+from fmn_patch.format.kohya import kohya_path
 from fmn_patch.hub import pull, push
 from fmn_patch.hub.card import WEIGHT_NAME, local_paths
 
@@ -117,6 +118,39 @@ def test_modelspec_hash_of_native_and_kohya_files_follows_the_spec(pipeline_dirs
     assert header_of(native)["modelspec.implementation"] == "diffusers"  # PEFT keys: diffusers' names
     expected = "https://github.com/Stability-AI/generative-models" if kind == "sdxl" else "diffusers"
     assert header_of(kohya)["modelspec.implementation"] == expected  # SGM block names for SDXL
+
+
+def test_flux_kohya_export_has_its_own_hashes_bfl_names_and_reads_back_bit_for_bit(
+    capsys, mmdit_dirs, tmp_path
+):
+    base = load_base(str(mmdit_dirs["flux"]))
+    patch = random_patch(base, seed=3)
+    native = patch.save(tmp_path / "p.safetensors")
+    kohya = export_kohya(Patch.load(native), kohya_path(native))
+    for path in (native, kohya):
+        assert header_of(path)["modelspec.hash_sha256"] == spec_hash(path), path.name
+    header = header_of(kohya)
+    assert (
+        header["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
+    )  # double_blocks_N
+    assert (
+        header["ss_base_model_version"] == "flux1"
+        and header_of(native)["modelspec.implementation"] == "diffusers"
+    )
+    loaded = Patch.load(kohya, require_hash=True)
+    assert loaded.verified and loaded.form == "kohya" and loaded.modules == patch.modules
+    for module, (a, b) in patch.factors.items():
+        assert torch.equal(loaded.factors[module][0], a) and torch.equal(loaded.factors[module][1], b), module
+    code, out, err = run(capsys, "apply", str(mmdit_dirs["flux"]), str(kohya), "-o", str(tmp_path / "fused"))
+    assert code == 0, err[-800:]
+    # a fused qkv LoRA that also moves q is no text K/V patch: refused, not read as one
+    tensors = safetensors.torch.load_file(str(kohya))
+    up = next(k for k in tensors if k.endswith("lora_up.weight"))
+    tensors[up][0, 0] = 1.0
+    touched = tmp_path / "q.safetensors"
+    safetensors.torch.save_file(tensors, str(touched), metadata=header)
+    with pytest.raises(PatchFileError, match="not all cross-attention key/value projections"):
+        Patch.load(touched)
 
 
 def test_a_tampered_file_fails_either_hash(sd1, tmp_path):

@@ -498,6 +498,16 @@ def test_mmdit_patch_round_trips_through_the_hub(hub, mmdit_dirs, kind, tmp_path
     push(path, f"acme/{kind}-forget-bob")
     card = ModelCard.load(f"acme/{kind}-forget-bob")
     assert "transformer" in card.text or "MMDiT" in card.text
+    files = set(hub.repos[f"acme/{kind}-forget-bob"].files("main"))
+    rows = card.text.split("## Files", 1)[1].split("##", 1)[0]
+    if kind == "flux":  # the fused-qkv kohya export beside the native file, for ComfyUI
+        assert files == {WEIGHT_NAME, "pytorch_lora_weights.kohya.safetensors", "README.md"}
+        assert "`pytorch_lora_weights.kohya.safetensors` | ComfyUI" in rows
+    else:  # SD3 has no kohya form: ComfyUI reads the native file's transformer.* keys, and the card says so
+        assert files == {WEIGHT_NAME, "README.md"}
+        assert (
+            f"`{WEIGHT_NAME}` | diffusers (pipe.load_lora_weights), ComfyUI" in rows and "kohya" not in rows
+        )
     pulled = pull(f"acme/{kind}-forget-bob", tmp_path / "pulled")
     assert pulled.path.read_bytes() == path.read_bytes()
     names = apply_patches(base, load_patches([f"hf://acme/{kind}-forget-bob"]))

@@ -92,7 +92,7 @@ def correct(
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(f"corrected {concept!r} toward {len(variants)} variants in {seconds:.1f} s")
-    info(where_to_use(path))
+    info(where_to_use(patch, path))
     if json_out:
         echo_json({"output": str(path), "concept": concept, "variants": variants, "seconds": seconds})
     else:

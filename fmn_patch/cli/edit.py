@@ -159,7 +159,7 @@ def edit(
         f"erased {len(patch.info.concepts)} concept(s) into rank-{patch.rank} patch: residual {extra['residual']:.3g}, "
         f"{extra['rows']['erase']} erase / {extra['rows']['preserve']} preserve rows, {seconds['total']:.2f} s"
     )
-    info(where_to_use(path))
+    info(where_to_use(patch, path))
     if json_out:
         echo_json(
             {

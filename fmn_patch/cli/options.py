@@ -14,8 +14,8 @@ import typer
 
 from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
+from ..families.export import use_with
 from ..families.registry import named_bases
-from ..format.kohya import kohya_path
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
@@ -107,12 +107,9 @@ def _knows(bench: Any, name: str) -> bool:
     return True
 
 
-def where_to_use(path: Path) -> str:
+def where_to_use(patch: Patch, path: Path) -> str:
     """Which file to use where: the native file for diffusers and fmnpatch, its kohya export for the UIs."""
-    return (
-        f"use {path} with diffusers (pipe.load_lora_weights) or fmnpatch; for ComfyUI or AUTOMATIC1111 export it: "
-        f"fmnpatch export {path} -o {kohya_path(path)}"
-    )
+    return f"use {path} with {use_with(patch, path)}"
 
 
 def quiet_libraries() -> None:

@@ -238,7 +238,7 @@ def train(
     info(
         f"trained {', '.join(patch.concept_names)} in {seconds:.1f}s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
     )
-    info(where_to_use(path))
+    info(where_to_use(patch, path))
     if json_out:
         echo_json(
             {

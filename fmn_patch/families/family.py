@@ -69,6 +69,7 @@ class Family(ABC):
     name: ClassVar[str]  # registry name, e.g. "unet"
     component: ClassVar[str]  # the pipeline attribute LoRA sits on, and the patch-key prefix: "unet"
     targets_kind: ClassVar[TargetKind]  # what its patches may touch (registered with the file format)
+    kohya_form: ClassVar[bool] = True  # False: no kohya export (its UIs read the native file)
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -221,9 +222,7 @@ class Family(ABC):
 
     @classmethod
     def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
-        """The header keys a kohya export of ``modules`` carries for the UIs: ``ss_base_model_version`` and what
-        else the family knows (``ss_v2``, ``modelspec.implementation`` of the key format, the layout that reads the
-        names back, ...)."""
+        """A kohya export's header keys: ``ss_base_model_version``, ``ss_v2``, the keys' implementation..."""
         return {"ss_base_model_version": cls.kohya_version(architecture)}
 
     # ----------------------------------------------------------------------------------------------- text
@@ -426,12 +425,9 @@ class Family(ABC):
             return []
         return list(self.pipe.get_active_adapters())
 
-    def load_adapter(
-        self, state_dict: dict[str, torch.Tensor], name: str, metadata: dict[str, Any] | None = None
-    ) -> None:
-        """Load LoRA factors keyed ``<component>.<module>.lora_A|B.weight`` as adapter ``name`` through diffusers'
-        own loader, with the patch's LoraConfig (``metadata``, keyed ``<component>.<key>`` as in the file header)
-        rather than one guessed from the shapes. Layers are made on the meta device (no draw from the global RNG)."""
+    def load_adapter(self, state_dict: dict[str, torch.Tensor], name: str, metadata: Any = None) -> None:
+        """``<component>.<module>.lora_A|B.weight`` factors as adapter ``name``, with the patch's LoraConfig
+        (``metadata``, not one guessed from shapes); layers made on the meta device (no global RNG draw)."""
         self.denoiser.load_lora_adapter(
             state_dict, prefix=self.component, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
         )
@@ -455,7 +451,7 @@ class Family(ABC):
             self.denoiser.set_adapter(list(names))  # type: ignore[operator]
 
     def delete_adapters(self, names: Sequence[str]) -> None:
-        """Delete adapters; when none is left, the peft wrappers go too (the original modules come back)."""
+        """Delete adapters; with none left the peft wrappers go too (the original modules come back)."""
         if names:
             self.pipe.delete_adapters(list(names))
         if not self.adapter_names():

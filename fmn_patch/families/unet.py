@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import BaseMismatchError, FmnPatchError
-from ..format.kohya import register_kohya_reader
+from ..format.kohya import by_name, register_kohya_reader
 from ..format.targets import TargetKind, register_targets
 from .capture import capture_cross_attention
 from .encoding import TextStates
@@ -356,4 +356,4 @@ def _fits(module: str, index: int, most: int, layers: int) -> None:
         )
 
 
-register_kohya_reader(read_kohya)
+register_kohya_reader(by_name(read_kohya))

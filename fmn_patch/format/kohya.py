@@ -27,8 +27,11 @@ SUFFIX: Final = ".kohya.safetensors"  # the kohya export of forget-x.safetensors
 _KEY = re.compile(
     r"^(?P<stem>lora_[a-z0-9]+_[A-Za-z0-9_]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$"
 )
-#: stems of a kohya file and its header -> {stem: (component, module)}, or None when the reader does not serve it
-KohyaReader = Callable[[Sequence[str], Mapping[str, str]], dict[str, tuple[str, str]] | None]
+Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # kohya stem -> (down, up), alpha / rank folded into up
+#: a kohya file's pairs and header -> (component, factors by module), or None when the reader does not serve it
+KohyaReader = Callable[[Pairs, Mapping[str, str]], tuple[str, Factors] | None]
+#: stems and header -> {stem: (component, module)}, or None: the reader of families whose stems name one module each
+KohyaNames = Callable[[Sequence[str], Mapping[str, str]], dict[str, tuple[str, str]] | None]
 _READERS: list[KohyaReader] = []
 
 
@@ -39,10 +42,29 @@ def kohya_path(path: str | Path) -> Path:
 
 
 def register_kohya_reader(reader: KohyaReader) -> KohyaReader:
-    """Let a family read kohya names back into its modules (families call this once, at import)."""
+    """Let a family read kohya stems back into its modules' factors (families call this once, at import); a
+    family that fuses projections (Flux's text qkv) splits them here."""
     if reader not in _READERS:
         _READERS.append(reader)
     return reader
+
+
+def by_name(names: KohyaNames) -> KohyaReader:
+    """A reader for a family whose kohya stems each name one module (the UNet's)."""
+
+    def read(pairs: Pairs, header: Mapping[str, str]) -> tuple[str, Factors] | None:
+        mapping = names(sorted(pairs), header)
+        components = {component for component, _ in (mapping or {}).values()}
+        if mapping is None or len(components) != 1:
+            return None
+        factors: Factors = {}
+        for stem, (_, module) in mapping.items():
+            if module in factors:
+                raise PatchFileError(f"two kohya names map to {module}; the file is ambiguous")
+            factors[module] = pairs[stem]
+        return components.pop(), factors
+
+    return read
 
 
 def to_kohya(
@@ -106,27 +128,15 @@ def from_kohya(
     tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], source: str
 ) -> tuple[str, Factors]:
     """The component and factors of a kohya-form file: A = lora_down, B = lora_up * alpha / rank (alpha folded in,
-    as in every file this package writes). Refused unless a registered family reads every name back to one of its
+    as in every file this package writes). Refused unless a registered family reads every stem back into its
     text-side key/value projections."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _KEY.match(key)
         assert m is not None  # is_kohya
         parts.setdefault(m["stem"], {})[m["part"]] = tensor
-    stems = sorted(parts)
-    mapping = next((found for reader in _READERS if (found := reader(stems, header)) is not None), None)
-    if mapping is None:
-        raise PatchFileError(
-            f"{source}: a kohya LoRA whose keys ({stems[0]}, ...) are not all cross-attention key/value projections "
-            "of a known model family; fmn-patch reads kohya files it can map back to text-side K/V only"
-        )
-    components = {component for component, _ in mapping.values()}
-    if len(components) != 1:
-        raise PatchFileError(
-            f"{source}: kohya keys of several components {sorted(components)}; a patch has one"
-        )
-    factors: Factors = {}
-    for stem, part in parts.items():
+    pairs: Pairs = {}
+    for stem, part in sorted(parts.items()):
         if "lora_down.weight" not in part or "lora_up.weight" not in part:
             raise PatchFileError(
                 f"{source}: {stem} has no lora_down or lora_up weight; the file is incomplete"
@@ -145,11 +155,17 @@ def from_kohya(
             raise PatchFileError(
                 f"{source}: {stem}.alpha gives the scale {scale}; it must be a finite non-zero number"
             )
-        module = mapping[stem][1]
-        if module in factors:
-            raise PatchFileError(f"{source}: two kohya names map to {module}; the file is ambiguous")
-        factors[module] = (a, (b.float() * scale).to(b.dtype) if scale != 1.0 else b)
-    return components.pop(), factors
+        pairs[stem] = (a, (b.float() * scale).to(b.dtype) if scale != 1.0 else b)
+    try:
+        found = next((got for reader in _READERS if (got := reader(pairs, header)) is not None), None)
+    except PatchFileError as e:
+        raise PatchFileError(f"{source}: {e}") from e
+    if found is None:
+        raise PatchFileError(
+            f"{source}: a kohya LoRA whose keys ({min(pairs)}, ...) are not all cross-attention key/value "
+            "projections of a known model family; fmn-patch reads kohya files it can map back to text-side K/V only"
+        )
+    return found
 
 
 def _short(regex: str, projections: tuple[str, ...]) -> list[str]:

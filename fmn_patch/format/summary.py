@@ -19,8 +19,10 @@ USE_WITH = {
 }
 
 
-def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
-    """A JSON-ready description: header fields, concepts, base, rank, size and per-module delta norms."""
+def summarize(patch: Patch, path: str | Path | None = None, use_with: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description: header fields, concepts, base, rank, size and per-module delta norms.
+    ``use_with`` says which tools read the file (``families.export.use_with`` knows the family's; by default
+    the generic line of its form)."""
     info = patch.info
     header = patch.header()
     size = Path(path).stat().st_size if path is not None else None
@@ -45,7 +47,7 @@ def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
         "tensor_hash": patch.tensor_hash(),
         "verified": patch.verified,  # the header's hash was checked against the tensors on load
         "form": patch.form,  # native (diffusers/PEFT keys) or kohya (the UIs' keys)
-        "use_with": USE_WITH[patch.form],
+        "use_with": use_with or USE_WITH[patch.form],
         "date": info.date,
         "format_version": info.format_version,
         "config": info.config,

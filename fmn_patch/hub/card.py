@@ -20,6 +20,7 @@ from typing import Any, Final
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..families.export import KOHYA_TOOLS, NATIVE_ONLY_TOOLS, NATIVE_TOOLS
 from ..format.patch import Patch
 from ..format.targets import kind_for
 from ..text import is_printable
@@ -149,15 +150,12 @@ def model_card(
 
 
 def _files(filename: str, kohya_filename: str | None) -> str:
-    """Which file is for which tool: the native file does nothing in ComfyUI or AUTOMATIC1111."""
-    rows = [
-        f"| {code_span(filename)} | diffusers (`pipe.load_lora_weights`), fmn-patch (`fmnpatch apply`, `pull`) |",
-    ]
+    """Which file is for which tool: the native file does nothing in ComfyUI or AUTOMATIC1111 where a kohya
+    export exists (UNet families, Flux); SD3's UIs read the native file itself."""
+    native = NATIVE_TOOLS if kohya_filename else NATIVE_ONLY_TOOLS
+    rows = [f"| {code_span(filename)} | {native} |"]
     if kohya_filename:
-        rows.append(
-            f"| {code_span(kohya_filename)} | ComfyUI (`models/loras`), AUTOMATIC1111 (`models/Lora`), "
-            "kohya sd-scripts; diffusers and fmn-patch read it too |"
-        )
+        rows.append(f"| {code_span(kohya_filename)} | {KOHYA_TOOLS} |")
     return "\n".join(["## Files", "", "| file | use it with |", "|---|---|", *rows])
 
 

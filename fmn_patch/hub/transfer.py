@@ -36,7 +36,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_downloa
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import FmnPatchError, PatchFileError
-from ..families.export import to_kohya
+from ..families.export import has_kohya_form, to_kohya
 from ..files import atomic_write, check_output
 from ..format.header import read_header
 from ..format.kohya import SUFFIX as KOHYA_SUFFIX
@@ -223,10 +223,11 @@ def push(
 
     ``repo_id`` is ``ORG/NAME``, optionally with a revision and a file name as in a reference
     (``ORG/NAME@dev/elon.safetensors``); the file is diffusers' ``pytorch_lora_weights.safetensors`` by default and
-    its kohya export (for ComfyUI and AUTOMATIC1111) goes beside it as ``NAME.kohya.safetensors``; the card says
-    which file is for which tool. ``grid`` is a before/after PNG (e.g. from ``fmnpatch apply --prompt``) shown in
-    the card. ``base_model`` overrides the header's base in the card's front matter (for a patch made on a local
-    copy of a Hub model). A header that names an absolute local path is refused unless ``force``.
+    its kohya export (for ComfyUI and AUTOMATIC1111) goes beside it as ``NAME.kohya.safetensors`` where the family
+    has one (not SD3, whose UIs read the native file); the card says which file is for which tool. ``grid`` is a
+    before/after PNG (e.g. from ``fmnpatch apply --prompt``) shown in the card. ``base_model`` overrides the
+    header's base in the card's front matter (for a patch made on a local copy of a Hub model). A header that
+    names an absolute local path is refused unless ``force``.
     """
     ref = as_ref(repo_id)
     if revision and ref.revision and revision != ref.revision:
@@ -260,8 +261,7 @@ def push(
         raise NotLoggedInError(f"pushing to {ref.repo_id} needs a Hugging Face login: {LOGIN}")
     api = HfApi(token=token)
     card_title = header.get("modelspec.title") or patch.header()["modelspec.title"]
-    kohya_file = kohya_path(filename).as_posix()
-    kohya_tensors, kohya_header = to_kohya(patch)
+    kohya_file = kohya_path(filename).as_posix() if has_kohya_form(patch) else None
     card = model_card(
         patch,
         repo_id=ref.repo_id,
@@ -272,14 +272,14 @@ def push(
         license=license,
         kohya_filename=kohya_file,
     )
-    operations = [
-        CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path)),
-        CommitOperationAdd(
-            path_in_repo=kohya_file,
-            path_or_fileobj=safetensors.torch.save(kohya_tensors, metadata=kohya_header),
-        ),
-        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
-    ]
+    operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
+    if (
+        kohya_file is not None
+    ):  # the file ComfyUI and AUTOMATIC1111 read (SD3 has none: its UIs read the native one)
+        kohya_tensors, kohya_header = to_kohya(patch)
+        kohya_bytes = safetensors.torch.save(kohya_tensors, metadata=kohya_header)
+        operations.append(CommitOperationAdd(path_in_repo=kohya_file, path_or_fileobj=kohya_bytes))
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     if grid is not None:
         operations.append(CommitOperationAdd(path_in_repo=GRID_NAME, path_or_fileobj=str(grid)))
     with hub_errors(ref.repo_id, writing=True):
