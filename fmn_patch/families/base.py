@@ -113,7 +113,7 @@ class Base:
             if recorded is not None:
                 return recorded, self.revision
             return local.resolve().name or None, self.revision
-        return ref, self.revision
+        return Path(ref).name or None, self.revision  # neither a folder here nor a Hub id: no path recorded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Generate with the pipeline itself: ``base("a red circle").images[0]``."""
