@@ -244,6 +244,14 @@ def test_inspect_and_completion_lines_say_which_file_to_use_where(capsys, pipeli
     assert code == 0 and f"fmnpatch export {out_path} -o {tmp_path / 'e.kohya.safetensors'}" in err
 
 
+def test_an_sd3_patch_is_said_to_load_in_comfyui_as_it_is(capsys, mmdit_dirs, tmp_path):
+    """SD3 has no kohya form (diffusers has no SD3 kohya converter); ComfyUI reads the native transformer.* keys."""
+    path = random_patch(load_base(str(mmdit_dirs["sd3"]))).save(tmp_path / "p.safetensors")
+    code, out, _ = run(capsys, "inspect", str(path))
+    line = next(x for x in out.splitlines() if x.startswith("use with"))
+    assert code == 0 and "ComfyUI (models/loras)" in line and "export" not in line
+
+
 def test_adapter_metadata_is_passed_to_diffusers(sd1, monkeypatch):
     patch = random_patch(sd1)
     seen = []
