@@ -141,7 +141,7 @@ def test_flux_kohya_export_has_its_own_hashes_bfl_names_and_reads_back_bit_for_b
     assert loaded.verified and loaded.form == "kohya" and loaded.modules == patch.modules
     for module, (a, b) in patch.factors.items():
         assert torch.equal(loaded.factors[module][0], a) and torch.equal(loaded.factors[module][1], b), module
-    code, out, err = run(capsys, "apply", str(mmdit_dirs["flux"]), str(kohya), "-o", str(tmp_path / "fused"))
+    code, _, err = run(capsys, "apply", str(mmdit_dirs["flux"]), str(kohya), "-o", str(tmp_path / "fused"))
     assert code == 0, err[-800:]
     # a fused qkv LoRA that also moves q is no text K/V patch: refused, not read as one
     tensors = safetensors.torch.load_file(str(kohya))
