@@ -131,7 +131,9 @@ def test_apply_alone_saves_a_fused_pipeline_to_a_new_default_folder(capsys, tmp_
     assert "load it with DiffusionPipeline.from_pretrained('toy-with-forget-circle')" in err
     from diffusers import DiffusionPipeline
 
-    fused = DiffusionPipeline.from_pretrained(tmp_path / "toy-with-forget-circle")
+    from fmn_patch.families.base import as_base
+
+    fused = as_base(DiffusionPipeline.from_pretrained(tmp_path / "toy-with-forget-circle"))
     from fmn_patch.families.stack import apply_patches
 
     apply_patches(toy, [Patch.load(patch)])
