@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..families.export import use_with
 from ..format.summary import summarize
 from ..hub.transfer import pull as pull_patch
 from ..text import printable
@@ -65,6 +66,12 @@ def pull(
         )
     )
     if json_out:
-        echo_json({**summarize(patch, pulled.path), "ref": str(pulled.ref), "pinned": str(pulled.pinned)})
+        echo_json(
+            {
+                **summarize(patch, pulled.path, use_with(patch)),
+                "ref": str(pulled.ref),
+                "pinned": str(pulled.pinned),
+            }
+        )
     else:
         typer.echo(str(pulled.path))
