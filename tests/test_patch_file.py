@@ -183,12 +183,15 @@ def test_foreign_keys_are_refused(tmp_path):
         header,
     )
     _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
+    stem = "lora_unet_down_blocks_0_attn2_to_k"  # no attentions_J_transformer_blocks_T: no UNet module
     p = _write(
         tmp_path / "b.safetensors",
-        {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
+        {f"{stem}.lora_down.weight": torch.zeros(2, 4), f"{stem}.lora_up.weight": torch.zeros(4, 2)},
         header,
     )
     _assert_refused(p, "a kohya LoRA whose keys .* are not all cross-attention key/value projections")
+    p = _write(tmp_path / "c.safetensors", {f"{stem}.lora_down.weight": torch.zeros(2, 4)}, header)
+    _assert_refused(p, f"{stem} has no lora_down or lora_up weight; the file is incomplete")
 
 
 def test_inconsistent_shapes_are_refused(tmp_path):
