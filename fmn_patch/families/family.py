@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind
+from .grads import frozen as frozen  # re-exported: importers of family keep their import
+from .grads import kept_grads as kept_grads
 from .tokens import Placement
 
 #: A sink for attention probabilities: (layer name, probs (B, heads, image tokens, text tokens)).
@@ -473,28 +475,3 @@ class Family(ABC):
                 f"shape mismatch at {module}: patch delta is {shape[0]}x{shape[1]}, the layer is "
                 f"{shapes[module][0]}x{shapes[module][1]}"
             )
-
-
-@contextlib.contextmanager
-def kept_grads(*modules: nn.Module) -> Iterator[None]:
-    """Within the block ``requires_grad`` flags may change (peft's adapter verbs set them); each parameter that
-    existed on entry gets its flag back on exit."""
-    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Within the block every parameter of ``modules`` has ``requires_grad=False``; each flag is restored after."""
-    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
