@@ -88,7 +88,7 @@ def toy_demo() -> None:
         f"5. stock diffusers vs fmn-patch apply: max pixel difference "
         f"{same_in_stock_diffusers('toy', path, 'a red circle'):.1e}"
     )
-    export_kohya(patch, OUT / "forget-circle-kohya.safetensors", overwrite=True)
+    export_kohya(patch, OUT / "forget-circle.kohya.safetensors", overwrite=True)  # ComfyUI, A1111
     bob = train_patch(pipe, ["bob"], TrainConfig(), progress=False)
     merged, _ = merge_patches([patch, bob], title="forget circle and bob")
     merged.save(OUT / "forget-circle+bob.safetensors", overwrite=True)

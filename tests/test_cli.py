@@ -121,9 +121,25 @@ def test_apply_prompt_writes_grid(capsys, patch_files, pipeline_dirs, tmp_path):
     assert image.size[0] > image.size[1]  # 4 columns (base/patched x 2 seeds), 1 row
 
 
-def test_apply_needs_something_to_do(capsys, patch_files, pipeline_dirs):
-    code, _, err = run(capsys, "apply", str(pipeline_dirs["sd1"]), str(patch_files[0]))
-    assert code == 2 and "--output" in err and "--prompt" in err
+def test_apply_alone_saves_a_fused_pipeline_to_a_new_default_folder(capsys, tmp_path, monkeypatch):
+    """`fmnpatch apply toy PATCH`, the mission's own command line: a loadable fused pipeline, never replacing one."""
+    monkeypatch.chdir(tmp_path)
+    toy = load_base("toy")
+    patch = random_patch(toy, seed=2, concept="circle").save(tmp_path / "forget-circle.safetensors")
+    code, out, err = run(capsys, "apply", "toy", str(patch))
+    assert code == 0 and out.strip() == "toy-with-forget-circle", err
+    assert "load it with DiffusionPipeline.from_pretrained('toy-with-forget-circle')" in err
+    from diffusers import DiffusionPipeline
+
+    from fmn_patch.families.base import as_base
+
+    fused = as_base(DiffusionPipeline.from_pretrained(tmp_path / "toy-with-forget-circle"))
+    from fmn_patch.families.stack import apply_patches
+
+    apply_patches(toy, [Patch.load(patch)])
+    torch.testing.assert_close(render(fused), render(toy), rtol=0, atol=1e-4)  # the fused model is the stack
+    code, out, _ = run(capsys, "apply", "toy", str(patch))
+    assert code == 0 and out.strip() == "toy-with-forget-circle-2"  # a second run never replaces the first
 
 
 def test_apply_strict_refuses_other_base(capsys, pipeline_dirs, tmp_path):

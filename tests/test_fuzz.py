@@ -74,6 +74,7 @@ JSON_VALUES: list[object] = [
 RAW_JSON = ["1e400", "-1e400", "NaN", "Infinity", "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000]
 RAW_JSON += ["9" * 5000]  # an integer longer than Python converts
 DTYPES = ["F32", "F16", "BF16", "F64", "I32", "I64", "U8", "BOOL", "F8_E4M3", "I8", "Q4", "", None, 3]
+HASHES = ("modelspec.hash_sha256", "fmn_patch.tensor_hash")  # every hash a header may carry
 # dtype changes that keep the byte count: (dtype, element size)
 SIZED = [
     ("F32", 4),
@@ -189,14 +190,16 @@ class Mutator:
         shapes += [[d, count // d] for d in (2, 4, 8) if count % d == 0]
         shapes += [[1, 1, count]]
         entry["dtype"], entry["shape"] = dtype, self.rng.choice(shapes)
-        if self.rng.random() < 0.3:  # and the hash dropped, so tensor content alone decides
-            header["__metadata__"].pop("modelspec.hash_sha256", None)
+        if self.rng.random() < 0.3:  # and the hashes dropped, so tensor content alone decides
+            for key in HASHES:
+                header["__metadata__"].pop(key, None)
         return _join(header, self.body)
 
     def data_without_hash(self) -> bytes:
         """Tensor bytes changed in a file whose hash was removed: loads unverified unless the values are bad."""
         header = self.fresh()
-        header["__metadata__"].pop("modelspec.hash_sha256")
+        for key in HASHES:
+            header["__metadata__"].pop(key, None)
         body = bytearray(self.body)
         for _ in range(self.rng.randint(1, 4)):
             i = self.rng.randrange(len(body))

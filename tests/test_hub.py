@@ -39,6 +39,7 @@ from fmn_patch.hub import (
 )
 from fmn_patch.hub.card import WEIGHT_NAME
 from fmn_patch.hub.catalog import search
+from fmn_patch.hub.refs import DeprecatedReferenceWarning
 
 TOKEN = "hf_test_write"
 RESULTS = {
@@ -80,9 +81,11 @@ def patch_file(sd1, tmp_path) -> Path:
     [
         ("hf://acme/forget-bob", HubRef("acme/forget-bob")),
         ("hf://acme/forget-bob@v1", HubRef("acme/forget-bob", None, "v1")),
-        ("hf://acme/celebs/bob.safetensors@3f2a9c", HubRef("acme/celebs", "bob.safetensors", "3f2a9c")),
+        ("hf://acme/celebs@3f2a9c/bob.safetensors", HubRef("acme/celebs", "bob.safetensors", "3f2a9c")),
         ("hf://acme/celebs/sub/bob.safetensors", HubRef("acme/celebs", "sub/bob.safetensors")),
         ("hf://acme/x@refs/pr/1", HubRef("acme/x", None, "refs/pr/1")),
+        ("hf://acme/x@refs/pr/1/f.safetensors", HubRef("acme/x", "f.safetensors", "refs/pr/1")),
+        ("hf://models/acme/x@v2", HubRef("acme/x", None, "v2")),  # huggingface_hub's explicit type prefix
         (Path("hf://acme/forget-bob@v1"), HubRef("acme/forget-bob", None, "v1")),  # pathlib collapses "//"
         ("acme/forget-bob@main", HubRef("acme/forget-bob", None, "main")),  # bare form (pull)
     ],
@@ -94,10 +97,22 @@ def test_reference_forms(text, expected):
     assert str(ref).startswith("hf://")
 
 
-@pytest.mark.parametrize("text", ["hf://acme", "hf://acme/x/readme.md", "hf://acme/x@", "hf://a b/c"])
+@pytest.mark.parametrize(
+    "text", ["hf://acme", "hf://acme/x/readme.md", "hf://acme/x@", "hf://a b/c", "hf://datasets/acme/x"]
+)
 def test_bad_reference_names_the_form(text):
-    with pytest.raises(HubError, match=r"hf://ORG/NAME"):
+    with pytest.raises(HubError, match=r"hf://ORG/NAME\[@REVISION\]\[/FILE.safetensors\]"):
         HubRef.parse(text)
+
+
+def test_the_old_reference_form_is_read_with_a_deprecation_message():
+    with pytest.warns(DeprecatedReferenceWarning, match=r"write hf://acme/celebs@v1/bob.safetensors"):
+        ref = HubRef.parse("hf://acme/celebs/bob.safetensors@v1")
+    assert ref == HubRef("acme/celebs", "bob.safetensors", "v1")
+    with pytest.warns(DeprecatedReferenceWarning):
+        assert HubRef.parse("hf://acme/x/sub/b.safetensors@refs/pr/2") == HubRef(
+            "acme/x", "sub/b.safetensors", "refs/pr/2"
+        )
 
 
 def test_only_hf_scheme_is_a_hub_ref(tmp_path):
@@ -113,7 +128,7 @@ def test_push_search_pull_apply_round_trip(hub, pipeline_dirs, patch_file, tmp_p
     pushed = push(patch_file, "acme/forget-bob", grid=grid, base_model="acme/tiny-sd")
     assert str(pushed.ref) == "hf://acme/forget-bob" and len(pushed.commit) == 40
     files = hub.repos["acme/forget-bob"].files("main")
-    assert set(files) == {WEIGHT_NAME, "README.md", GRID_NAME}
+    assert set(files) == {WEIGHT_NAME, "pytorch_lora_weights.kohya.safetensors", "README.md", GRID_NAME}
     assert files[WEIGHT_NAME] == patch_file.read_bytes()
 
     # search reads headers remotely with byte ranges: the file itself is never fetched whole
@@ -129,6 +144,7 @@ def test_push_search_pull_apply_round_trip(hub, pipeline_dirs, patch_file, tmp_p
     assert pulled.commit == pushed.commit and pulled.pinned == HubRef(
         "acme/forget-bob", WEIGHT_NAME, pushed.commit
     )
+    assert str(pulled.pinned) == f"hf://acme/forget-bob@{pushed.commit}/{WEIGHT_NAME}"
     assert (
         pulled.path == tmp_path / "pulled" / WEIGHT_NAME
         and pulled.path.read_bytes() == patch_file.read_bytes()
@@ -161,7 +177,14 @@ def test_card_follows_the_diffusers_lora_convention(hub, patch_file, tmp_path):
     data = card.data.to_dict()
     assert data["base_model"] == "acme/tiny-sd" and data["library_name"] == "diffusers"
     assert data["license"] == "mit" and data["pipeline_tag"] == "text-to-image"
-    assert data["tags"] == ["lora", "diffusers", "text-to-image", "fmn-patch", "forget-object"]
+    assert data["tags"] == [
+        "lora",
+        "diffusers",
+        "text-to-image",
+        "fmn-patch",
+        "forget-object",
+        "base_model:adapter:acme/tiny-sd",
+    ]
     text = card.text
     patch = Patch.load(patch_file)
     for needle in [
@@ -196,34 +219,59 @@ def test_card_leaves_out_a_local_base_and_missing_parts(hub, sd1, tmp_path):
 
 def test_branch_named_file_and_pinned_commit(hub, sd1, patch_file, tmp_path):
     pushed = push(patch_file, "acme/celebs/bob.safetensors", revision="dev")
-    assert str(pushed.ref) == "hf://acme/celebs/bob.safetensors@dev"
-    assert WEIGHT_NAME not in hub.repos["acme/celebs"].files("dev")
-    assert pull("hf://acme/celebs@dev").filename == "bob.safetensors"  # the repo's only patch
+    assert str(pushed.ref) == "hf://acme/celebs@dev/bob.safetensors"
+    assert set(hub.repos["acme/celebs"].files("dev")) == {
+        "bob.safetensors",
+        "bob.kohya.safetensors",
+        "README.md",
+    }
+    assert (
+        pull("hf://acme/celebs@dev").filename == "bob.safetensors"
+    )  # the only patch (its kohya export aside)
     assert pull(str(pushed.pinned)).patch.tensor_hash() == Patch.load(patch_file).tensor_hash()
     with pytest.raises(FileNotInRepoError, match=r"acme/celebs holds no \.safetensors patch"):
         pull("hf://acme/celebs")  # main has none
 
     other = random_patch(sd1, seed=5, concept="alice").save(tmp_path / "alice.safetensors")
-    push(other, "acme/celebs/alice.safetensors", revision="dev")
+    push(other, "acme/celebs@dev/alice.safetensors")
     with pytest.raises(
-        FileNotInRepoError, match=r"alice\.safetensors, bob\.safetensors.*hf://acme/celebs/alice"
+        FileNotInRepoError, match=r"alice\.kohya\.safetensors, alice\.safetensors.*hf://acme/celebs@dev/"
     ):
         pull("hf://acme/celebs@dev")  # two patches and no default: name one
 
 
 def test_search_filters_by_text_base_and_category(hub, sd1, tmp_path):
+    sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     for seed, concept in [(1, PatchConcept("Van Gogh", "style")), (2, PatchConcept("Elon Musk", "identity"))]:
         patch = random_patch(sd1, seed=seed).with_info(concepts=(concept,))
         path = patch.save(tmp_path / f"{seed}.safetensors")
-        push(path, f"acme/forget-{seed}", base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+        push(path, f"acme/forget-{concept.name.lower().replace(' ', '-')}", base_model=sd15)
+    push(
+        random_patch(sd1, seed=3).save(tmp_path / "3.safetensors"),
+        "acme/forget-circle",
+        base_model="acme/other",
+    )
     hub.repos["acme/unrelated"] = Repo()  # an untagged repo is never listed
 
-    assert [p.repo_id for p in search()] == ["acme/forget-1", "acme/forget-2"]
-    assert [p.repo_id for p in search("elon")] == ["acme/forget-2"]  # matched on a concept name
-    assert [p.repo_id for p in search(categories=["style"])] == ["acme/forget-1"]
-    assert [p.repo_id for p in search(categories=["id"])] == ["acme/forget-2"]
-    assert len(search(base="stable-diffusion-v1-5")) == 2 and search(base="sdxl") == []
-    assert len(search(limit=1)) == 1
+    assert [p.repo_id for p in search()] == [
+        "acme/forget-circle",
+        "acme/forget-elon-musk",
+        "acme/forget-van-gogh",
+    ]
+    assert [p.repo_id for p in search("elon")] == ["acme/forget-elon-musk"]  # the Hub's search, on repo ids
+    assert [p.repo_id for p in search(categories=["style"])] == ["acme/forget-van-gogh"]
+    assert [p.repo_id for p in search(categories=["id"])] == ["acme/forget-elon-musk"]
+    assert [p.repo_id for p in search(base=sd15)] == ["acme/forget-elon-musk", "acme/forget-van-gogh"]
+    assert search(base="stabilityai/sdxl") == [] and len(search(limit=1)) == 1
+    (found,) = search("elon", base=sd15)
+    assert found.concepts == (PatchConcept("Elon Musk", "identity"),) and found.filename == WEIGHT_NAME
+    # the Hub did the filtering: one list request, with the tags and the text, and one header per result
+    hub.log.clear()
+    search("van", base=sd15, categories=["style"])
+    listing = [line for line in hub.log if line == "GET /api/models"]
+    assert len(listing) == 1
+    with pytest.raises(FmnPatchError, match="--base 'sd15' is not a Hub model id"):
+        search(base="sd15")
     with pytest.raises(FmnPatchError, match="unknown category 'celebrity'; use one of identity"):
         search(categories=["celebrity"])
 
@@ -299,7 +347,7 @@ def test_offline_pull_from_a_prepopulated_cache(hub, offline, patch_file, tmp_pa
     )
     pulled = pull("acme/forget-bob", tmp_path / "copy.safetensors")
     assert pulled.commit == commit and pulled.path.read_bytes() == patch_file.read_bytes()
-    assert str(pulled.pinned) == f"hf://acme/forget-bob/{WEIGHT_NAME}@{commit}"
+    assert str(pulled.pinned) == f"hf://acme/forget-bob@{commit}/{WEIGHT_NAME}"
     assert pull(f"hf://acme/forget-bob@{commit}").commit == commit  # a pinned commit resolves offline too
     (patch,) = load_patches(["hf://acme/forget-bob"])
     assert patch.tensor_hash() == Patch.load(patch_file).tensor_hash()
@@ -333,7 +381,8 @@ def test_private_repo_without_login_reads_as_not_found(hub, patch_file, monkeypa
 def test_file_not_in_repo_lists_what_is_there(hub, patch_file):
     push(patch_file, "acme/forget-bob")
     with pytest.raises(
-        FileNotInRepoError, match=rf"has no file 'other.safetensors' \(it has {WEIGHT_NAME}\)"
+        FileNotInRepoError,
+        match=rf"has no file 'other.safetensors' \(it has pytorch_lora_weights.kohya.safetensors, {WEIGHT_NAME}\)",
     ):
         pull("hf://acme/forget-bob/other.safetensors")
 
@@ -426,6 +475,7 @@ def test_pull_refuses_a_patch_without_a_hash_and_says_verified_only_when_checked
     patch = Patch.load(patch_file)
     header = patch.header()
     header.pop("modelspec.hash_sha256")
+    header.pop("fmn_patch.tensor_hash")
     unhashed = tmp_path / "unhashed.safetensors"
     safetensors.torch.save_file(patch.state_dict(), str(unhashed), metadata=header)
     with pytest.raises(PatchFileError, match="carries no tensor hash"):
@@ -448,6 +498,16 @@ def test_mmdit_patch_round_trips_through_the_hub(hub, mmdit_dirs, kind, tmp_path
     push(path, f"acme/{kind}-forget-bob")
     card = ModelCard.load(f"acme/{kind}-forget-bob")
     assert "transformer" in card.text or "MMDiT" in card.text
+    files = set(hub.repos[f"acme/{kind}-forget-bob"].files("main"))
+    rows = card.text.split("## Files", 1)[1].split("##", 1)[0]
+    if kind == "flux":  # the fused-qkv kohya export beside the native file, for ComfyUI
+        assert files == {WEIGHT_NAME, "pytorch_lora_weights.kohya.safetensors", "README.md"}
+        assert "`pytorch_lora_weights.kohya.safetensors` | ComfyUI" in rows
+    else:  # SD3 has no kohya form: ComfyUI reads the native file's transformer.* keys, and the card says so
+        assert files == {WEIGHT_NAME, "README.md"}
+        assert (
+            f"`{WEIGHT_NAME}` | diffusers (pipe.load_lora_weights), ComfyUI" in rows and "kohya" not in rows
+        )
     pulled = pull(f"acme/{kind}-forget-bob", tmp_path / "pulled")
     assert pulled.path.read_bytes() == path.read_bytes()
     names = apply_patches(base, load_patches([f"hf://acme/{kind}-forget-bob"]))

@@ -44,7 +44,10 @@ def test_push_search_pull(capsys, hub, patch_files, tmp_path):
     assert code == 0 and out.strip() == "hf://acme/forget-circle" and "committed" in err
     code, out, _ = run(capsys, "push", str(patch_files[1]), "acme/forget-bob", "--revision", "v1", "--json")
     pushed = json.loads(out)
-    assert pushed["ref"] == "hf://acme/forget-bob@v1" and pushed["pinned"].endswith(f"@{pushed['commit']}")
+    assert (
+        pushed["ref"] == "hf://acme/forget-bob@v1"
+        and pushed["pinned"] == f"hf://acme/forget-bob@{pushed['commit']}/{WEIGHT_NAME}"
+    )
 
     code, out, _ = run(capsys, "search")
     assert code == 0 and "hf://acme/forget-circle" in out and "forgets circle (object)" in out
@@ -59,13 +62,15 @@ def test_push_search_pull(capsys, hub, patch_files, tmp_path):
     code, out, err = run(capsys, "pull", "acme/forget-bob@v1", "-o", str(tmp_path / "pulled.safetensors"))
     assert code == 0 and out.strip() == str(tmp_path / "pulled.safetensors")
     assert (
-        "verified hf://acme/forget-bob/" in err and "forgets bob (object)" in err and "made for base" in err
+        "verified hf://acme/forget-bob@" in err and "forgets bob (object)" in err and "made for base" in err
     )
     assert (tmp_path / "pulled.safetensors").read_bytes() == patch_files[1].read_bytes()
     code, out, _ = run(capsys, "pull", "hf://acme/forget-circle", "--json")
     data = json.loads(out)
     assert data["concepts"] == [{"name": "circle", "category": "object"}] and data["size_bytes"] > 0
-    assert data["pinned"].startswith(f"hf://acme/forget-circle/{WEIGHT_NAME}@")
+    assert data["pinned"].startswith("hf://acme/forget-circle@") and data["pinned"].endswith(
+        f"/{WEIGHT_NAME}"
+    )
 
 
 def test_push_with_grid_and_card_options(capsys, hub, patch_files, tmp_path):
@@ -113,7 +118,7 @@ def test_inspect_a_hub_reference(capsys, hub, patch_files):
         (["pull", "acme/forget-circle@nope"], "no such revision"),
         (["merge", "hf://acme/nope", "hf://acme/forget-circle", "-o", "m.safetensors"], "no such repo"),
         (["pull", "hf://acme"], "is not a Hub reference; write hf://ORG/NAME"),
-        (["pull", "acme/x..y"], "a repo id is ORG/NAME"),
+        (["pull", "acme/x..y"], "is not a Hub reference; write hf://ORG/NAME[@REVISION][/FILE.safetensors]"),
         (["search", "--category", "celebrity"], "unknown category 'celebrity'"),
     ],
 )

@@ -183,12 +183,15 @@ def test_foreign_keys_are_refused(tmp_path):
         header,
     )
     _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
+    stem = "lora_unet_down_blocks_0_attn2_to_k"  # no attentions_J_transformer_blocks_T: no UNet module
     p = _write(
         tmp_path / "b.safetensors",
-        {"lora_unet_down_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(2, 4)},
+        {f"{stem}.lora_down.weight": torch.zeros(2, 4), f"{stem}.lora_up.weight": torch.zeros(4, 2)},
         header,
     )
-    _assert_refused(p, "not a LoRA factor of a text-side key/value projection")
+    _assert_refused(p, "a kohya LoRA whose keys .* are not all cross-attention key/value projections")
+    p = _write(tmp_path / "c.safetensors", {f"{stem}.lora_down.weight": torch.zeros(2, 4)}, header)
+    _assert_refused(p, f"{stem} has no lora_down or lora_up weight; the file is incomplete")
 
 
 def test_inconsistent_shapes_are_refused(tmp_path):
@@ -210,7 +213,7 @@ def test_inconsistent_shapes_are_refused(tmp_path):
 def test_unknown_format_version_and_foreign_lora(sd1, tmp_path):
     tensors = random_patch(sd1).state_dict()
     p = _write(tmp_path / "v9.safetensors", tensors, {"fmn_patch.format_version": str(FORMAT_VERSION + 8)})
-    _assert_refused(p, "format version '9' is unknown")
+    _assert_refused(p, f"format version '{FORMAT_VERSION + 8}' is unknown")
     p = _write(tmp_path / "plain.safetensors", tensors, {"format": "pt"})
     _assert_refused(p, "not an fmn-patch file")
 

@@ -146,11 +146,11 @@ def test_a_patch_info_round_trips_unchanged():  # the schema reads back what the
     header = write_header(
         info,
         component="unet",
-        target_regex=".*",
         projections=("to_k",),
         target_description="d",
         ranks={"m": 2},
         tensor_digest="0" * 64,
+        spec_hash="0x" + "0" * 64,
     )
     back = info_from_header(header)
     assert back.config == info.config and back.results == info.results and back.method == "edit"

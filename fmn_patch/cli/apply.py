@@ -8,11 +8,10 @@ from typing import Annotated
 import typer
 
 from .. import values
-from ..errors import FmnPatchError
 from ..evaluation.grid import check_image_output, save_image
 from ..evaluation.preview import SampleConfig, preview
 from ..families.base import load_base
-from ..families.stack import fuse_patches, save_pipeline
+from ..families.stack import default_output, fuse_patches, save_new_pipeline, save_pipeline
 from ..files import check_output
 from ..format.merge import check_weights
 from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Strict, Weights, echo_json, info
@@ -47,11 +46,14 @@ def apply(
 ) -> None:
     """Apply patches to a base model (stacked, with per-patch weights).
 
-    With --output, the stack is fused into the weights and a full diffusers pipeline is saved (loads anywhere, no
-    LoRA needed). With --prompt, the prompt is rendered by the base and the patched model side by side into one
-    PNG grid.
+    The stack is fused into the weights and saved as a full diffusers pipeline (loads anywhere, no LoRA needed):
+    to --output, or, with no --output and no --prompt, to a new folder named after the base and the patches
+    (never replacing one). With --prompt, the prompt is rendered by the base and the patched model side by side
+    into one PNG grid.
 
     Examples:
+
+      fmnpatch apply toy forget-circle.safetensors   # -> ./toy-with-forget-circle
 
       fmnpatch apply toy forget-circle.safetensors --prompt "a red circle" --seed 0
 
@@ -59,11 +61,12 @@ def apply(
 
       fmnpatch apply runwayml/stable-diffusion-v1-5 forget-elon.safetensors --output ./sd15-patched --strict
     """
-    if output is None and not prompt:
-        raise FmnPatchError(
-            "nothing to do: pass --output DIR to save a fused model, or --prompt TEXT to render"
-        )
     # every argument is checked before anything is loaded or computed
+    fresh = output is None and not prompt  # neither: save the fused model to a new folder named after both
+    if fresh:
+        check_output(
+            default_output(base, [str(p) for p in patches]), overwrite=True, folder=True, what="output"
+        )
     config = SampleConfig(steps, guidance)
     seeds = [values.seed(s) for s in seed or [0]]
     if output is not None:
@@ -79,10 +82,15 @@ def apply(
         info(f"rendering {len(prompt)} prompt(s) with base and patched model ...")
         image = preview(pipe, loaded, prompt, weights=weights, seeds=seeds, config=config, strict=strict)
         result["grid"] = str(save_image(image, grid, overwrite=overwrite))
-    if output is not None:
+    if output is not None or fresh:
         info("fusing patches into the model's weights ...")
         fuse_patches(pipe, loaded, weights, strict=strict)
-        result["output"] = str(save_pipeline(pipe, output, overwrite=overwrite))
+        if output is not None:
+            saved = save_pipeline(pipe, output, overwrite=overwrite)
+        else:
+            saved = save_new_pipeline(pipe, default_output(base, [str(p) for p in patches]))
+        result["output"] = str(saved)
+        info(f"load it with DiffusionPipeline.from_pretrained({str(saved)!r})")
     if json_out:
         echo_json(result)
     else:

@@ -11,7 +11,17 @@ from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import check_output, slug
 from ..methods.correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
-from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
+from .options import (
+    BaseOpt,
+    Device,
+    Dtype,
+    JsonOut,
+    Overwrite,
+    configured_base,
+    echo_json,
+    info,
+    where_to_use,
+)
 
 _DEFAULT = CorrectConfig()
 
@@ -34,7 +44,7 @@ def correct(
             help=f"Prompt naming the concept, '{{}}' for it (repeat it) [default: {', '.join(DEFAULT_TEMPLATES)}]"
         ),
     ] = None,
-    base: BaseOpt = "toy",
+    base: BaseOpt = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="The patch (.safetensors); default correct-CONCEPT.safetensors."),
@@ -75,12 +85,14 @@ def correct(
     check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     templates = tuple(template) if template else DEFAULT_TEMPLATES
     config = CorrectConfig(rank=rank, steps=steps, lr=lr, seed=seed, templates=templates, bench=bench)
+    base = configured_base(base, [concept])
     model = load_base(base, device=device, dtype=dtype)
     variants = list(into) if into else attribute_variants(concept, str(attribute), bench or model.bench)
     patch = correct_patch(model, concept, variants, config)
     path = patch.save(output, overwrite=overwrite)
     seconds = patch.info.extra["train_seconds"]
     info(f"corrected {concept!r} toward {len(variants)} variants in {seconds:.1f} s")
+    info(where_to_use(patch, path))
     if json_out:
         echo_json({"output": str(path), "concept": concept, "variants": variants, "seconds": seconds})
     else:

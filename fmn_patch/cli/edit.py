@@ -26,10 +26,12 @@ from .options import (
     JsonOut,
     Overwrite,
     ResumeOpt,
+    configured_base,
     each_folder,
     echo_json,
     info,
     report_each,
+    where_to_use,
 )
 
 _DEFAULT = EditConfig()
@@ -46,7 +48,7 @@ def edit(
         str | None,
         typer.Option(help="Forget a shipped concept list (nsfw); CONCEPTS join its terms, with its anchor."),
     ] = None,
-    base: BaseOpt = "toy",
+    base: BaseOpt = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="The patch (.safetensors); default forget-CONCEPT.safetensors."),
@@ -131,6 +133,7 @@ def edit(
     preserve = read_lines(preserve_file) if preserve_file else []
     config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
     device = processes.current().device(device)
+    base = configured_base(base, [chosen.name] if chosen is not None else names)
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
@@ -156,6 +159,7 @@ def edit(
         f"erased {len(patch.info.concepts)} concept(s) into rank-{patch.rank} patch: residual {extra['residual']:.3g}, "
         f"{extra['rows']['erase']} erase / {extra['rows']['preserve']} preserve rows, {seconds['total']:.2f} s"
     )
+    info(where_to_use(patch, path))
     if json_out:
         echo_json(
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..families.export import use_with
 from ..format.patch import Patch
 from ..format.summary import render_text, summarize
 from .options import JsonOut, PatchArg, echo_json, patch_path
@@ -19,7 +20,8 @@ def inspect(patch: PatchArg, json_out: JsonOut = False) -> None:
       fmnpatch inspect forget-circle.safetensors --json | jq .concepts
     """
     path = patch_path(patch)
-    summary = summarize(Patch.load(path), path)
+    loaded = Patch.load(path)
+    summary = summarize(loaded, path, use_with=use_with(loaded))
     if json_out:
         echo_json(summary)
     else:

@@ -12,7 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
+from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
+from ..families.export import use_with
+from ..families.registry import named_bases
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
@@ -38,7 +41,17 @@ Strict = Annotated[
 Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
-BaseOpt = Annotated[str, typer.Option(help="Base model: `toy`, a local diffusers folder, or a Hub repo id.")]
+BASE_ENV = "FMNPATCH_BASE"
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=BASE_ENV,
+        help="Base model: `toy`, a local diffusers folder, or a Hub repo id. Set it once with FMNPATCH_BASE "
+        "(e.g. `export FMNPATCH_BASE=./sd15`). [default: $FMNPATCH_BASE; without it, the bundled toy model for "
+        "toy-world concepts]",
+        show_default=False,
+    ),
+]
 # Evaluation options shared by `eval` and `attack`.
 BenchOpt = Annotated[
     str | None,
@@ -69,6 +82,36 @@ BatchOpt = Annotated[
 ]
 
 
+def configured_base(base: str | None, concepts: Sequence[str]) -> str:
+    """The base a command runs on: ``--base``, else FMNPATCH_BASE (typer reads it into ``base``), else the named
+    world (the bundled toy model) whose bench knows every concept; otherwise one line saying how to set one."""
+    if base:
+        return base
+    names = [c.split("=")[0].strip() for c in concepts]
+    for world in named_bases():
+        bench = load_bench(world.bench)
+        if names and all(_knows(bench, n) for n in names):
+            return world.name
+    shown = ", ".join(repr(n) for n in names[:3]) or "these concepts"
+    raise FmnPatchError(
+        f"no base model for {shown}: pass --base (a diffusers folder, a Hub repo id, or toy) or set it once with "
+        f"{BASE_ENV}, e.g. `export {BASE_ENV}=./sd15`"
+    )
+
+
+def _knows(bench: Any, name: str) -> bool:
+    try:
+        bench.concept(name)
+    except FmnPatchError:
+        return False
+    return True
+
+
+def where_to_use(patch: Patch, path: Path) -> str:
+    """Which file to use where: the native file for diffusers and fmnpatch, its kohya export for the UIs."""
+    return f"use {path} with {use_with(patch, path)}"
+
+
 def quiet_libraries() -> None:
     """Keep stderr for our own progress: silence the libraries' info logs and deprecation chatter."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -89,7 +132,7 @@ def quiet_libraries() -> None:
 
 
 def patch_path(ref: str | Path) -> Path:
-    """A local patch file for a local path or a Hub reference (``hf://ORG/NAME[/FILE][@REVISION]``, downloaded)."""
+    """A local patch file for a local path or a Hub reference (``hf://ORG/NAME[@REVISION][/FILE]``, downloaded)."""
     return Path(resolve(ref)) if is_hub_ref(ref) else Path(ref)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..families.export import use_with
 from ..format.summary import summarize
 from ..hub.transfer import pull as pull_patch
 from ..text import printable
@@ -17,7 +18,7 @@ def pull(
     ref: Annotated[
         str,
         typer.Argument(
-            help="ORG/NAME[@REVISION], or hf://ORG/NAME[/FILE.safetensors][@REVISION].", show_default=False
+            help="ORG/NAME[@REVISION], or hf://ORG/NAME[@REVISION][/FILE.safetensors].", show_default=False
         ),
     ],
     output: Annotated[
@@ -46,7 +47,7 @@ def pull(
 
       fmnpatch pull acme/forget-elon@v1 -o forget-elon.safetensors
 
-      HF_HUB_OFFLINE=1 fmnpatch pull hf://acme/celebs/elon.safetensors --json
+      HF_HUB_OFFLINE=1 fmnpatch pull hf://acme/celebs@v1/elon.safetensors --json
     """
     pulled = pull_patch(ref, output, overwrite=overwrite, cache_dir=cache_dir, force_download=force_download)
     patch = pulled.patch
@@ -65,6 +66,12 @@ def pull(
         )
     )
     if json_out:
-        echo_json({**summarize(patch, pulled.path), "ref": str(pulled.ref), "pinned": str(pulled.pinned)})
+        echo_json(
+            {
+                **summarize(patch, pulled.path, use_with(patch)),
+                "ref": str(pulled.ref),
+                "pinned": str(pulled.pinned),
+            }
+        )
     else:
         typer.echo(str(pulled.path))

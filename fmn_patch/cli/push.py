@@ -16,7 +16,7 @@ def push(
     repo_id: Annotated[
         str,
         typer.Argument(
-            help="ORG/NAME of the model repo (created if needed); ORG/NAME/FILE.safetensors names the file."
+            help="ORG/NAME of the model repo (created if needed); ORG/NAME[@BRANCH]/FILE.safetensors names the file."
         ),
     ],
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
@@ -35,13 +35,17 @@ def push(
         str | None, typer.Option(help="Hub license id for the card (default: the header's, else `other`).")
     ] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Publish a header that names local paths (refused by default).")
+    ] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Push a patch to the Hub with a model card generated from its header, in one commit.
+    """Push a patch, its kohya export and a model card generated from its header, in one commit.
 
-    The card lists the concepts forgotten, method, rank, size, the base it was made for, how to load it (stock
-    diffusers and `fmnpatch apply`), the results the patch carries, and the --grid image. Needs a login:
-    `hf auth login` or HF_TOKEN. Prints the reference to use it by.
+    The native file is for diffusers and fmn-patch, the kohya export (NAME.kohya.safetensors) for ComfyUI and
+    AUTOMATIC1111; the card says so, lists the concepts forgotten, method, rank, size, the base it was made for,
+    how to load it, the results the patch carries, and the --grid image. A header naming an absolute local path is
+    refused unless --force. Needs a login: `hf auth login` or HF_TOKEN. Prints the reference to use it by.
 
     Examples:
 
@@ -49,7 +53,7 @@ def push(
 
       fmnpatch push forget-elon.safetensors acme/forget-elon --grid fmnpatch-preview.png --private
 
-      fmnpatch push forget-elon.safetensors acme/celebs/elon.safetensors --revision dev --json
+      fmnpatch push forget-elon.safetensors acme/celebs@dev/elon.safetensors --json
     """
     pushed = push_patch(
         patch,
@@ -60,6 +64,7 @@ def push(
         base_model=base_model,
         license=license,
         commit_message=message,
+        force=force,
     )
     info(f"committed {pushed.commit[:12]}: {pushed.url}")
     if json_out:
@@ -67,6 +72,7 @@ def push(
             {
                 "repo_id": pushed.repo_id,
                 "filename": pushed.filename,
+                "kohya_filename": pushed.kohya_filename,
                 "revision": pushed.revision,
                 "commit": pushed.commit,
                 "url": pushed.url,

@@ -12,11 +12,9 @@ from .options import JsonOut, echo_json
 
 
 def search(
-    text: Annotated[
-        str | None, typer.Argument(help="Words to match in the repo id, title or a concept name.")
-    ] = None,
+    text: Annotated[str | None, typer.Argument(help="Words the Hub's search matches in repo ids.")] = None,
     base: Annotated[
-        str | None, typer.Option(help="Only patches made for this base (ORG/NAME or NAME).")
+        str | None, typer.Option(help="Only patches made for this base: its Hub id ORG/NAME (the Hub's tag).")
     ] = None,
     category: Annotated[
         list[str] | None,
@@ -29,14 +27,15 @@ def search(
 ) -> None:
     """Search community patches (Hub repos tagged `fmn-patch`), most downloaded first.
 
-    Concepts, base, method and rank are read from each patch's header on the Hub without downloading it. Use a
+    The Hub filters by text, base and category; concepts, base, method and rank are then read from each patch's
+    header on the Hub without downloading it (a malformed one is skipped with a warning that says why). Use a
     result with `fmnpatch pull REF` or directly as `fmnpatch apply BASE REF`.
 
     Examples:
 
       fmnpatch search
 
-      fmnpatch search elon --base stable-diffusion-v1-5/stable-diffusion-v1-5
+      fmnpatch search forget-elon --base stable-diffusion-v1-5/stable-diffusion-v1-5
 
       fmnpatch search --category style --json
     """

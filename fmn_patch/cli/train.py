@@ -19,6 +19,7 @@ from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
 from .options import (
+    BaseOpt,
     Device,
     Dtype,
     EachOpt,
@@ -26,10 +27,12 @@ from .options import (
     Overwrite,
     ResumeOpt,
     Seed,
+    configured_base,
     each_folder,
     echo_json,
     info,
     report_each,
+    where_to_use,
 )
 
 
@@ -42,9 +45,7 @@ def train(
         str | None,
         typer.Option(help="Forget a shipped concept list (nsfw); CONCEPTS join its terms, with its anchor."),
     ] = None,
-    base: Annotated[
-        str, typer.Option(help="Base model: toy, a local diffusers folder, or a Hub repo id.")
-    ] = "toy",
+    base: BaseOpt = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Patch file (default: forget-<concepts>.safetensors)."),
@@ -127,7 +128,9 @@ def train(
 
     Examples:
 
-      fmnpatch train circle
+      fmnpatch train circle   # a toy-world concept: the bundled toy model
+
+      FMNPATCH_BASE=./sd15 fmnpatch train "Elon Musk"   # the real bench, as the base is not the toy
 
       fmnpatch train circle bob striped -o forget-3.safetensors --steps 200
 
@@ -135,9 +138,9 @@ def train(
 
       fmnpatch train circle --robust 4   # adversarial rounds against Concept Inversion
 
-      fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
+      fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5
 
-      fmnpatch train --preset nsfw --base ./sd15 --bench real   # nudity, sexual content -> "fully clothed"
+      fmnpatch train --preset nsfw --base ./sd15   # nudity, sexual content -> "fully clothed"
 
       fmnpatch train --from-file names.txt --each -o patches/   # one patch per line, manifest, --resume
 
@@ -145,7 +148,7 @@ def train(
 
       fmnpatch train circle --base toy-sd3   # the toy MMDiT (SD3.5-style)
 
-      fmnpatch train "Van Gogh" --base ./sd35-medium --bench real   # an SD 3.5 or FLUX.1 folder
+      fmnpatch train "Van Gogh" --base ./sd35-medium   # an SD 3.5 or FLUX.1 folder
     """
     concepts = list(concepts or []) + (read_lines(from_file) if from_file is not None else [])
     if resume and not each:
@@ -196,6 +199,7 @@ def train(
     )
     inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
     inversion = inversion_config if ti else None
+    base = configured_base(base, [chosen.name] if chosen is not None else concepts)
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None
@@ -234,6 +238,7 @@ def train(
     info(
         f"trained {', '.join(patch.concept_names)} in {seconds:.1f}s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
     )
+    info(where_to_use(patch, path))
     if json_out:
         echo_json(
             {

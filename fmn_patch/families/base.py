@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,27 @@ from .family import Family
 from .registry import NamedBase, family_for_index, family_of, named_base, named_bases, world_of
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SNAPSHOT = re.compile(r"^models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)$")
+
+
+def _hub_snapshot(folder: Path) -> tuple[str, str] | None:
+    """(Hub id, commit) of a folder inside the Hugging Face cache: ``models--ORG--NAME/snapshots/<commit>/...``."""
+    parts = folder.parts
+    for i in range(len(parts) - 2):
+        m = _SNAPSHOT.match(parts[i])
+        if m and parts[i + 1] == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parts[i + 2]):
+            return f"{m['org']}/{m['name']}", parts[i + 2]
+    return None
+
+
+def _recorded_hub_id(folder: Path) -> str | None:
+    """The Hub id a pipeline folder records as ``_name_or_path`` in its ``model_index.json``, if it is one."""
+    try:
+        value = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and _HUB_ID.match(value) and not Path(value).exists() else None
 
 
 @dataclass(frozen=True)
@@ -57,16 +79,41 @@ class Base:
         return self.family.architecture()
 
     def describe(self) -> BaseInfo:
-        """Name, revision, target-weight hash and architecture (before any patch is fused)."""
-        model = self.ref or getattr(self.pipe, "name_or_path", None)
-        if self.world is not None and (model is None or Path(str(model)).exists()):
-            model = self.world.name  # a world's model loaded by path is named by its world, not by the path
+        """Name, revision, target-weight hash and architecture (before any patch is fused).
+
+        The name never leaks a local path into a patch header: a registered world's model is named by its world;
+        a model from the Hub (or a local copy of one: a Hugging Face cache snapshot, or a folder whose
+        ``model_index.json`` records a Hub id as ``_name_or_path``) by its Hub id and commit; any other folder by its
+        folder name only (the weight hash identifies it)."""
+        model, revision = self._identity()
         return BaseInfo(
-            model=str(model) if model else None,
-            revision=self.revision,
-            hash=self.family.target_hash(),
-            architecture=self.architecture,
+            model=model, revision=revision, hash=self.family.target_hash(), architecture=self.architecture
         )
+
+    def _identity(self) -> tuple[str | None, str | None]:
+        ref = self.ref or getattr(self.pipe, "name_or_path", None)
+        if ref is None:
+            return (self.world.name if self.world is not None else None), self.revision
+        ref = str(ref)
+        local = Path(ref).expanduser()
+        if self.world is not None and (ref == self.world.name or local.exists()):
+            return (
+                self.world.name,
+                None,
+            )  # a world's model loaded by path is named by its world, not by the path
+        snapshot = _hub_snapshot(Path(str(getattr(self.family.denoiser.config, "_name_or_path", "") or "")))
+        if not local.exists() and _HUB_ID.match(ref):  # from the Hub
+            return ref, (snapshot[1] if snapshot and snapshot[0] == ref else self.revision)
+        if local.exists():
+            recorded = _recorded_hub_id(local)
+            if snapshot is None:
+                snapshot = _hub_snapshot(local)
+            if snapshot is not None:
+                return snapshot
+            if recorded is not None:
+                return recorded, self.revision
+            return local.resolve().name or None, self.revision
+        return Path(ref).name or None, self.revision  # neither a folder here nor a Hub id: no path recorded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Generate with the pipeline itself: ``base("a red circle").images[0]``."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind
+from .grads import frozen as frozen  # re-exported: importers of family keep their import
+from .grads import kept_grads as kept_grads
 from .tokens import Placement
 
 #: A sink for attention probabilities: (layer name, probs (B, heads, image tokens, text tokens)).
@@ -69,6 +71,7 @@ class Family(ABC):
     name: ClassVar[str]  # registry name, e.g. "unet"
     component: ClassVar[str]  # the pipeline attribute LoRA sits on, and the patch-key prefix: "unet"
     targets_kind: ClassVar[TargetKind]  # what its patches may touch (registered with the file format)
+    kohya_form: ClassVar[bool] = True  # False: no kohya export (its UIs read the native file)
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -217,7 +220,12 @@ class Family(ABC):
         from ..format.kohya import to_kohya
 
         names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
-        return to_kohya(patch, names, cls.kohya_version(patch.info.architecture))
+        return to_kohya(patch, names, cls.kohya_header(patch.info.architecture, patch.modules, **layout))
+
+    @classmethod
+    def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
+        """A kohya export's header keys: ``ss_base_model_version``, ``ss_v2``, the keys' implementation..."""
+        return {"ss_base_model_version": cls.kohya_version(architecture)}
 
     # ----------------------------------------------------------------------------------------------- text
     @property
@@ -431,8 +439,12 @@ class Family(ABC):
             return []
         return list(self.pipe.get_active_adapters())
 
-    def load_adapter(self, state_dict: dict[str, torch.Tensor], name: str) -> None:
-        self.pipe.load_lora_weights(state_dict, adapter_name=name)
+    def load_adapter(self, state_dict: dict[str, torch.Tensor], name: str, metadata: Any = None) -> None:
+        """``<component>.<module>.lora_A|B.weight`` factors as adapter ``name``, with the patch's LoraConfig
+        (``metadata``, not one guessed from shapes); layers made on the meta device (no global RNG draw)."""
+        self.denoiser.load_lora_adapter(
+            state_dict, prefix=self.component, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
+        )
 
     def load_lora_file(self, path: str, name: str) -> None:
         """A third-party LoRA file (diffusers or kohya keys), through diffusers' own loader."""
@@ -453,7 +465,7 @@ class Family(ABC):
             self.denoiser.set_adapter(list(names))  # type: ignore[operator]
 
     def delete_adapters(self, names: Sequence[str]) -> None:
-        """Delete adapters; when none is left, the peft wrappers go too (the original modules come back)."""
+        """Delete adapters; with none left the peft wrappers go too (the original modules come back)."""
         if names:
             self.pipe.delete_adapters(list(names))
         if not self.adapter_names():
@@ -475,28 +487,3 @@ class Family(ABC):
                 f"shape mismatch at {module}: patch delta is {shape[0]}x{shape[1]}, the layer is "
                 f"{shapes[module][0]}x{shapes[module][1]}"
             )
-
-
-@contextlib.contextmanager
-def kept_grads(*modules: nn.Module) -> Iterator[None]:
-    """Within the block ``requires_grad`` flags may change (peft's adapter verbs set them); each parameter that
-    existed on entry gets its flag back on exit."""
-    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Within the block every parameter of ``modules`` has ``requires_grad=False``; each flag is restored after."""
-    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)

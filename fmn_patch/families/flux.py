@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import torch
 
 from ..errors import FmnPatchError
+from ..format.kohya import Pairs, register_kohya_reader
 from ..format.kohya import layout as kohya_layout
-from ..format.patch import Patch
+from ..format.patch import Factors, Patch
 from .family import Conditioning, Sink
 from .joint import capture_joint_attention, flux_probs
 from .mmdit import MMDiTFamily
@@ -35,8 +36,11 @@ from .registry import register_family
 from .tokens_mmdit import LearnedTokenMixin
 
 ARCHITECTURES: Final = ("Flux.1-dev", "Flux.1-schnell")
+#: ModelSpec's implementation id of Black Forest Labs' reference code, whose block names kohya Flux files use
+IMPLEMENTATION_BFL: Final = "https://github.com/black-forest-labs/flux"
 DEFAULT_GUIDANCE = 3.5  # FLUX.1 [dev]'s usual guidance embedding
 _MODULE = re.compile(r"^transformer_blocks\.(\d+)\.attn\.(add_k_proj|add_v_proj)$")
+_KOHYA_QKV = re.compile(r"^lora_unet_double_blocks_(\d+)_txt_attn_qkv$")
 
 
 class FluxFamily(LearnedTokenMixin, MMDiTFamily):
@@ -76,6 +80,15 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         return "flux1"
 
     @classmethod
+    def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
+        """The fused ``double_blocks`` names are Black Forest Labs' own, so that is the key format's implementation;
+        FLUX.1 is a flow model (ModelSpec has no prediction type for it)."""
+        return {
+            "ss_base_model_version": cls.kohya_version(architecture),
+            "modelspec.implementation": IMPLEMENTATION_BFL,
+        }
+
+    @classmethod
     def to_kohya(cls, patch: Patch, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """One fused LoRA per double block: down = [0; A_k; A_v] (3r x in), up = blockdiag(0, B_k, B_v)."""
         fused: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -90,7 +103,7 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
             up[out : 2 * out, r : 2 * r] = b_k
             up[2 * out :, 2 * r :] = b_v
             fused[stem] = (down, up)
-        return kohya_layout(fused, patch, cls.kohya_version(patch.info.architecture))
+        return kohya_layout(fused, patch, cls.kohya_header(patch.info.architecture, patch.modules))
 
     # ----------------------------------------------------------------------------------------------- text
     @property
@@ -193,4 +206,27 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         return (int(self.denoiser.config.in_channels) // 4, side, side)
 
 
+def read_kohya(pairs: Pairs, header: Mapping[str, str]) -> tuple[str, Factors] | None:
+    """Fused text-qkv stems back into ``add_k_proj`` / ``add_v_proj`` factors (``register_kohya_reader``): K's
+    factors are up's K rows (out x R) with down (R x in), V's likewise; the columns of up that are zero for a
+    projection go with their rows of down, so an export reads back at its own rank, bit for bit. None unless every
+    stem is a double block's text qkv whose q rows are zero (a patch touches text K/V only)."""
+    factors: Factors = {}
+    for stem, (down, up) in pairs.items():
+        m = _KOHYA_QKV.match(stem)
+        if m is None or up.shape[0] % 3 or bool(up[: up.shape[0] // 3].any()):
+            return None
+        out = up.shape[0] // 3
+        for i, projection in ((1, "add_k_proj"), (2, "add_v_proj")):
+            b = up[i * out : (i + 1) * out]  # (out, R)
+            keep = b.any(dim=0)
+            keep[0] |= not bool(keep.any())  # a zero delta keeps one (zero) column
+            factors[f"transformer_blocks.{m[1]}.attn.{projection}"] = (
+                down[keep].contiguous(),
+                b[:, keep].contiguous(),
+            )
+    return "transformer", factors
+
+
 register_family(FluxFamily)
+register_kohya_reader(read_kohya)

@@ -40,6 +40,9 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
     """StableDiffusion3Pipeline and its relatives."""
 
     name = "sd3"
+    kohya_form = (
+        False  # ComfyUI reads the native file's transformer.* keys; diffusers has no SD3 kohya converter
+    )
     sequence_cap = 256  # StableDiffusion3Pipeline's default max_sequence_length
     token_encoders = (
         ("text_encoder", "tokenizer"),

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BaseMismatchError, FmnPatchError
-from ..files import atomic_folder
+from ..errors import BaseMismatchError, FmnPatchError, OutputExistsError
+from ..files import atomic_folder, slug
 from ..format.merge import check_weights
 from ..format.patch import Patch
 from ..text import printable
@@ -100,7 +100,7 @@ def apply_patches(
             for patch in patches:
                 name = _fresh_name(existing)
                 existing.add(name)
-                family.load_adapter(patch.state_dict(), name)
+                family.load_adapter(patch.state_dict(), name, patch.adapter_metadata())
                 names.append(name)
             family.set_adapters(active + names, [1.0] * len(active) + list(weights))
         except BaseException:
@@ -157,6 +157,29 @@ def _family_serving(architecture: str) -> type[Family] | None:
         return family_for_architecture(architecture)
     except UnknownNameError:
         return None
+
+
+def save_new_pipeline(base: Base | Any, folder: str | os.PathLike[str]) -> Path:
+    """``save_pipeline`` to ``folder``, or, when that exists, to the first free ``folder-2``, ``folder-3``, ...:
+    never replacing a folder, also when another run takes a name meanwhile."""
+    folder = Path(folder)
+    for i in range(1, 1000):
+        candidate = folder if i == 1 else folder.with_name(f"{folder.name}-{i}")
+        if candidate.exists() or candidate.is_symlink():
+            continue
+        try:
+            return save_pipeline(base, candidate)
+        except OutputExistsError:
+            continue  # taken by another run since the check
+    raise FmnPatchError(f"{folder} and 998 numbered folders beside it exist; pass --output DIR")
+
+
+def default_output(base_ref: str, patches: Sequence[str | os.PathLike[str]]) -> Path:
+    """The folder a fused pipeline goes to when none is given: named after the base and the patches,
+    ``toy-with-forget-circle``, in the current folder (local paths and Hub ids reduced to their last part)."""
+    base = slug(Path(str(base_ref).rstrip("/")).name or str(base_ref)) or "base"
+    names = [slug(Path(str(p)).name.removesuffix(".safetensors").split("@")[0]) or "patch" for p in patches]
+    return Path(slug(f"{base}-with-{'-and-'.join(names)}", limit=80))
 
 
 def _fresh_name(existing: set[str]) -> str:

@@ -51,9 +51,12 @@ WORDS = [
 
 
 def write_tokenizer(folder: Path, extra_symbols: str = "") -> CLIPTokenizer:
-    """A CLIPTokenizer over a small vocab: byte symbols (plus ``extra_symbols``) and one merge chain per test word."""
+    """A CLIPTokenizer over a small vocab: byte symbols plus one merge chain per test word. ``extra_symbols``
+    (e.g. digits and ``-``) join the symbols, so that prompts using them do not read as unknown tokens, which
+    this vocab maps to the end-of-text token."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'" + extra_symbols)
+    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'")
+    symbols += [c for c in dict.fromkeys(extra_symbols) if c not in symbols and not c.isspace()]
     vocab: dict[str, int] = {}
     for s in symbols:
         vocab.setdefault(s, len(vocab))
@@ -104,8 +107,9 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def build_sd(kind: str, folder: Path, seed: int = 0) -> Path:
+def build_sd(kind: str, folder: Path, seed: int = 0, extra_symbols: str = "") -> Path:
     """Build and save a tiny pipeline of ``kind`` in ``sd1``, ``sd2``, ``sdxl``; returns the folder.
+    ``extra_symbols`` widen the tokenizer (``write_tokenizer``), e.g. for the real bench's prompts.
 
     The weights come from the global RNG seeded with ``seed`` inside ``torch.random.fork_rng``: the caller's RNG
     state is left as it was."""
@@ -113,11 +117,11 @@ def build_sd(kind: str, folder: Path, seed: int = 0) -> Path:
         raise FmnPatchError(f"unknown tiny pipeline kind {kind!r}; use sd1, sd2 or sdxl")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build(kind, folder)
+        return _build(kind, folder, extra_symbols)
 
 
-def _build(kind: str, folder: Path) -> Path:
-    tokenizer = write_tokenizer(folder / "_tok")
+def _build(kind: str, folder: Path, extra_symbols: str = "") -> Path:
+    tokenizer = write_tokenizer(folder / "_tok", extra_symbols)
     vocab = len(tokenizer)
     scheduler = DDIMScheduler(
         beta_start=0.00085,

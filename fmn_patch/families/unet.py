@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import torch
 from torch import nn
 
 from ..errors import BaseMismatchError, FmnPatchError
+from ..format.kohya import by_name, register_kohya_reader
 from ..format.targets import TargetKind, register_targets
 from .capture import capture_cross_attention
 from .encoding import TextStates
@@ -37,6 +38,8 @@ UNET_TARGETS: Final = register_targets(
         description="UNet attn2.to_k/to_v",
     )
 )
+#: ModelSpec's implementation id of Stability's original (SGM) code, whose block names SDXL kohya files use
+IMPLEMENTATION_SGM: Final = "https://github.com/Stability-AI/generative-models"
 _DOWN = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
 _UP = re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
 _MID = re.compile(r"^mid_block\.attentions\.0\.(.+)$")
@@ -84,11 +87,32 @@ class UNetFamily(Family):
 
     @classmethod
     def kohya_version(cls, architecture: str) -> str:
+        """sd-scripts' ``ss_base_model_version``: sd_v1, sd_v2, sd_v2_v (v-prediction), sdxl_base_v1-0."""
         if architecture.startswith("stable-diffusion-xl"):
             return "sdxl_base_v1-0"
         if architecture.startswith("stable-diffusion-v2"):
-            return "sd_v2"
+            return "sd_v2_v" if _v_prediction(architecture) else "sd_v2"
         return "sd_v1"
+
+    @classmethod
+    def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
+        """What sd-scripts writes and the UIs read: ``ss_v2`` (AUTOMATIC1111 files an SD-2.x LoRA as SD1 and hides it
+        without it), ``ss_v_parameterization``, the ModelSpec prediction type, and the implementation whose names
+        the keys use: diffusers block names for SD 1.x/2.x, Stability's SGM names for SDXL."""
+        v_pred = _v_prediction(architecture)
+        sdxl = architecture.startswith("stable-diffusion-xl")
+        keys = {
+            "ss_base_model_version": cls.kohya_version(architecture),
+            "ss_v2": str(architecture.startswith("stable-diffusion-v2")),
+            "ss_v_parameterization": str(v_pred),
+            "modelspec.prediction_type": "v" if v_pred else "epsilon",
+            "modelspec.implementation": IMPLEMENTATION_SGM if sdxl else "diffusers",
+        }
+        if sdxl:  # SGM block numbers depend on it: recorded so that the names read back
+            keys["fmn_patch.layers_per_block"] = str(
+                layout.get("layers_per_block") or layers_per_block(modules)
+            )
+        return keys
 
     # ----------------------------------------------------------------------------------------------- text
     @property
@@ -251,6 +275,47 @@ def find_targets(unet: nn.Module) -> dict[str, nn.Linear]:
     return found
 
 
+def _v_prediction(architecture: str) -> bool:
+    return architecture.startswith("stable-diffusion-v2") and architecture.endswith("-v")
+
+
+_KOHYA_DIFFUSERS = re.compile(
+    r"^lora_unet_(?:(?P<block>down_blocks|up_blocks)_(?P<i>\d+)_attentions_(?P<j>\d+)|(?P<mid>mid_block_attentions_0))"
+    r"_transformer_blocks_(?P<t>\d+)_attn2_(?P<p>to_k|to_v)$"
+)
+_KOHYA_SGM = re.compile(
+    r"^lora_unet_(?:(?P<block>input_blocks|output_blocks)_(?P<n>\d+)_1|(?P<mid>middle_block_1))"
+    r"_transformer_blocks_(?P<t>\d+)_attn2_(?P<p>to_k|to_v)$"
+)
+
+
+def read_kohya(stems: Sequence[str], header: Mapping[str, str]) -> dict[str, tuple[str, str]] | None:
+    """kohya names back to UNet modules (``register_kohya_reader``): diffusers-style names (SD 1.x/2.x) directly,
+    SGM names (SDXL) with the header's ``fmn_patch.layers_per_block`` (2, SDXL's, when absent). None unless every
+    name is an attn2 to_k/to_v."""
+    raw = header.get("fmn_patch.layers_per_block", "2")
+    per_block = int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) < 64 else 2
+    out = {}
+    for stem in stems:
+        if m := _KOHYA_DIFFUSERS.match(stem):
+            where = "mid_block.attentions.0" if m["mid"] else f"{m['block']}.{m['i']}.attentions.{m['j']}"
+        elif m := _KOHYA_SGM.match(stem):
+            if m["mid"]:
+                where = "mid_block.attentions.0"
+            elif m["block"] == "input_blocks":
+                i, j = divmod(int(m["n"]) - 1, per_block + 1)
+                if int(m["n"]) < 1 or j == per_block:  # input_blocks 0 and each block's downsampler hold none
+                    return None
+                where = f"down_blocks.{i}.attentions.{j}"
+            else:
+                i, j = divmod(int(m["n"]), per_block + 1)
+                where = f"up_blocks.{i}.attentions.{j}"
+        else:
+            return None
+        out[stem] = ("unet", f"{where}.transformer_blocks.{m['t']}.attn2.{m['p']}")
+    return out
+
+
 def layers_per_block(modules: Sequence[str]) -> int:
     """The UNet's ``layers_per_block`` L as the module names show it: down blocks have attentions 0..L-1, up blocks
     0..L (2 for SDXL when neither kind is in the patch)."""
@@ -289,3 +354,6 @@ def _fits(module: str, index: int, most: int, layers: int) -> None:
             f"{module} does not fit layers_per_block={layers} (its attention index is {index}); give the UNet's "
             "own value with --layers-per-block, or leave it out to read it from the patch"
         )
+
+
+register_kohya_reader(by_name(read_kohya))

@@ -1,7 +1,17 @@
-"""The patch file's header and its tensor hash: reading a safetensors header safely, and the typed metadata.
+"""The patch file's header and its hashes: reading a safetensors file safely, and the typed metadata.
 
-Header values are strings (lists and dicts are JSON). Three namespaces: diffusers' ``lora_adapter_metadata``,
-Stability's ModelSpec 1.0 keys (``modelspec.*``) and this project's ``fmn_patch.*``.
+Header values are strings (lists and dicts are JSON). Three namespaces: diffusers' adapter metadata
+(``LORA_ADAPTER_METADATA_KEY``), Stability's ModelSpec keys (``modelspec.*``) and this project's ``fmn_patch.*``.
+
+Two hashes, both checked on load:
+
+- ``modelspec.hash_sha256``: the ModelSpec (and sd-scripts) definition, ``0x`` + SHA-256 of the file's tensor data,
+  everything after the header (``modelspec_hash``, ``file_data_hash``), so spec-following tools can check it;
+- ``fmn_patch.tensor_hash``: this project's SHA-256 over the tensors sorted by key (key, dtype, shape, bytes), which
+  does not depend on how a writer lays the tensors out (``tensor_hash``).
+
+Format version 1 (fmn-patch 0.1) wrote the project's hash under ``modelspec.hash_sha256``; such files still load,
+checked against that hash.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +28,14 @@ from typing import Any, Final
 
 import safetensors
 import torch
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY  # the header key of an adapter's LoraConfig
 
 from ..errors import FmnPatchError, PatchFileError
 from .category import Category, category_of
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: modelspec.hash_sha256 is the ModelSpec hash, ours is fmn_patch.tensor_hash
 NAMESPACE: Final = "fmn_patch"
+
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
@@ -63,6 +76,27 @@ class PatchInfo:
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (e.g. SVD residuals)
     versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
     format_version: int = FORMAT_VERSION
+
+
+def modelspec_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """``0x`` + SHA-256 of the tensor data of the safetensors file these tensors make, excluding the header (the
+    ModelSpec ``hash_sha256``); the data part does not depend on the metadata, so it is known before the header."""
+    import safetensors.torch
+
+    data = safetensors.torch.save({k: t.detach().cpu().contiguous() for k, t in tensors.items()})
+    (n,) = struct.unpack("<Q", data[:8])  # the header's length, the first 8 bytes of every safetensors file
+    return "0x" + hashlib.sha256(memoryview(data)[8 + n :]).hexdigest()
+
+
+def file_data_hash(path: str | os.PathLike[str]) -> str:
+    """``0x`` + SHA-256 of a safetensors file's bytes after its header: the ModelSpec hash as a checker computes it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + n)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "0x" + digest.hexdigest()
 
 
 def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -124,40 +158,35 @@ def write_header(
     info: PatchInfo,
     *,
     component: str,
-    target_regex: str,
     projections: tuple[str, ...],
     target_description: str,
     ranks: dict[str, int],
     tensor_digest: str,
+    spec_hash: str,
 ) -> dict[str, str]:
-    """The file header of a patch: diffusers' adapter metadata, ModelSpec keys and the ``fmn_patch.*`` namespace."""
+    """The file header of a patch: diffusers' adapter metadata, ModelSpec keys and the ``fmn_patch.*`` namespace.
+
+    ``tensor_digest`` is ``tensor_hash`` of the tensors, ``spec_hash`` their ``modelspec_hash``; the header always
+    carries the current format version, whatever version the patch was read from."""
     from datetime import datetime, timezone
 
     date = info.date or datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     rank = max(ranks.values())
     uniform = len(set(ranks.values())) == 1
-    lora_config = {
-        "r": rank,
-        "lora_alpha": rank,
-        "target_modules": target_regex,
-        "rank_pattern": {} if uniform else ranks,
-        "alpha_pattern": {} if uniform else ranks,
-        "use_dora": False,
-        "lora_bias": False,
-    }
     concepts = [dataclasses.asdict(c) for c in info.concepts]
     header = {
         "format": "pt",
-        "lora_adapter_metadata": json.dumps({f"{component}.{k}": v for k, v in lora_config.items()}),
+        LORA_ADAPTER_METADATA_KEY: json.dumps(adapter_metadata(component, ranks)),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{info.architecture}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": info.title or default_title(info),
         "modelspec.description": info.description or default_description(info, target_description),
         "modelspec.date": date,
-        "modelspec.hash_sha256": "0x" + tensor_digest,
+        "modelspec.hash_sha256": spec_hash,
         "modelspec.merged_from": ", ".join(str(p.get("title", "")) for p in info.parents),
-        f"{NAMESPACE}.format_version": str(info.format_version),
+        f"{NAMESPACE}.format_version": str(FORMAT_VERSION),
+        f"{NAMESPACE}.tensor_hash": tensor_digest,
         f"{NAMESPACE}.method": info.method,
         f"{NAMESPACE}.concepts": json.dumps(concepts),
         f"{NAMESPACE}.base_model": info.base_model or "",
@@ -177,6 +206,23 @@ def write_header(
     if info.license:
         header["modelspec.license"] = info.license
     return header
+
+
+def adapter_metadata(component: str, ranks: Mapping[str, int]) -> dict[str, Any]:
+    """diffusers' adapter metadata for a patch: the portable LoraConfig keys, on exactly the patched modules
+    (alpha is folded into lora_B, so lora_alpha == r), keyed ``<component>.<key>`` as diffusers writes them."""
+    rank = max(ranks.values())
+    uniform = len(set(ranks.values())) == 1
+    config = {
+        "r": rank,
+        "lora_alpha": rank,
+        "target_modules": sorted(ranks),
+        "rank_pattern": {} if uniform else dict(ranks),
+        "alpha_pattern": {} if uniform else dict(ranks),
+        "use_dora": False,
+        "lora_bias": False,
+    }
+    return {f"{component}.{k}": v for k, v in config.items()}
 
 
 def default_title(info: PatchInfo) -> str:

@@ -28,7 +28,17 @@ import torch
 
 from ..errors import FmnPatchError, PatchFileError
 from ..files import atomic_write, check_output
-from .header import FORMAT_VERSION, NAMESPACE, PatchInfo, read_file, tensor_hash, write_header
+from .header import (
+    FORMAT_VERSION,
+    NAMESPACE,
+    PatchInfo,
+    adapter_metadata,
+    file_data_hash,
+    modelspec_hash,
+    read_file,
+    tensor_hash,
+    write_header,
+)
 from .lowrank import low_rank
 from .schema import format_version, info_from_header
 from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
@@ -51,6 +61,9 @@ class Patch:
     # True when loaded from a file whose header hash was checked against its tensors (False: made in memory, or
     # read from a file whose header carries no hash)
     verified: bool = field(default=False, compare=False, repr=False)
+    form: str = field(
+        default="native", compare=False, repr=False
+    )  # the file's layout: native (PEFT) or kohya
 
     def __post_init__(self) -> None:
         check_factors(self.factors, self.component)
@@ -128,17 +141,22 @@ class Patch:
 
     # ------------------------------------------------------------------------------------------ the file
     def header(self) -> dict[str, str]:
-        """The file header (see ``fmn_patch.format.header``)."""
+        """The file header (see ``fmn_patch.format.header``), with both hashes of these tensors."""
         kind = kind_for(self.component, self.modules)
+        tensors = self.state_dict()
         return write_header(
             self.info,
             component=self.component,
-            target_regex=kind.regex,
             projections=kind.projections,
             target_description=kind.description,
             ranks=self.ranks,
-            tensor_digest=self.tensor_hash(),
+            tensor_digest=tensor_hash(tensors),
+            spec_hash=modelspec_hash(tensors),
         )
+
+    def adapter_metadata(self) -> dict[str, Any]:
+        """diffusers' adapter metadata (the LoraConfig) of this patch, as written in its header."""
+        return adapter_metadata(self.component, self.ranks)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the patch atomically (temp file + no-replace publish). Refuses to replace a file unless
@@ -155,8 +173,9 @@ class Patch:
     def load(cls, path: str | os.PathLike[str], *, require_hash: bool = False) -> Patch:
         """Read and validate a patch file: it loads whole or raises ``PatchFileError`` with the reason and the fix.
 
-        The header's tensor hash is checked when present (``verified`` says so); ``require_hash`` refuses a file
-        without one."""
+        The native (diffusers/PEFT) form and this package's kohya export (``fmnpatch export``) both load, to the same
+        factors. The header's hashes are checked when present (``verified`` says so); ``require_hash`` refuses a
+        file without one."""
         path = Path(path)
         header, tensors = read_file(path)
         try:
@@ -174,29 +193,51 @@ class Patch:
             info = info_from_header(header)
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
-        component, factors = factors_from_state_dict(tensors, source=str(path))
+        from .kohya import from_kohya, is_kohya  # kohya.py lays out Patch: imported here, not at the top
+
+        if is_kohya(list(tensors)):  # our kohya export (for the UIs): read back into the same factors
+            component, factors = from_kohya(tensors, header, str(path))
+            digest = tensor_hash(tensors)  # its hashes are of the kohya tensors
+        else:
+            component, factors = factors_from_state_dict(tensors, source=str(path))
+            digest = ""
         try:
             patch = cls(factors, info, component)
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
-        expected = header.get("modelspec.hash_sha256", "").removeprefix("0x")
-        if expected:
-            actual = patch.tensor_hash()
-            if expected != actual:
-                raise PatchFileError(
-                    f"{path}: tensor hash mismatch (header {expected[:12]}..., tensors {actual[:12]}...): "
-                    "the file was modified or damaged after it was written; get a fresh copy"
-                )
-            patch.verified = True
-        elif require_hash:
-            raise PatchFileError(
-                f"{path}: the header carries no tensor hash (modelspec.hash_sha256), so its integrity cannot be "
-                "checked; get the file from its maker again, or drop --strict to use it unverified"
-            )
+        patch.verified = check_hashes(
+            path, header, version, digest or patch.tensor_hash(), require=require_hash
+        )
+        patch.form = "kohya" if digest else "native"
         return patch
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def check_hashes(path: Path, header: Mapping[str, str], version: int, digest: str, *, require: bool) -> bool:
+    """Check every hash the header carries: ``fmn_patch.tensor_hash`` against ``digest`` (``tensor_hash`` of the
+    file's tensors) and ``modelspec.hash_sha256`` against the file's data (in format version 1 that key held the
+    project's hash). True when at least one was checked; a mismatch, or none with ``require``, is refused."""
+    ours = header.get(f"{NAMESPACE}.tensor_hash", "")
+    spec = header.get("modelspec.hash_sha256", "")
+    if version < 2:  # fmn-patch 0.1: the project's hash under the ModelSpec key
+        ours, spec = spec.removeprefix("0x"), ""
+    checks = [(ours, digest, f"{NAMESPACE}.tensor_hash")] if ours else []
+    if spec:
+        checks.append((spec.lower(), file_data_hash(path), "modelspec.hash_sha256"))
+    for expected, actual, key in checks:
+        if expected != actual:
+            raise PatchFileError(
+                f"{path}: tensor hash mismatch ({key} in the header is {expected[:14]}..., the tensors give "
+                f"{actual[:14]}...): the file was modified or damaged after it was written; get a fresh copy"
+            )
+    if not checks and require:
+        raise PatchFileError(
+            f"{path}: the header carries no tensor hash (modelspec.hash_sha256, {NAMESPACE}.tensor_hash), so its "
+            "integrity cannot be checked; get the file from its maker again, or drop --strict to use it unverified"
+        )
+    return bool(checks)
+
+
 def factors_from_state_dict(
     tensors: Mapping[str, torch.Tensor], source: str = "state dict"
 ) -> tuple[str, Factors]:

@@ -10,9 +10,19 @@ from ..text import printable
 from .patch import Patch
 from .targets import kind_for
 
+#: Which tools read a patch file of each form (the native form does nothing in ComfyUI or AUTOMATIC1111).
+USE_WITH = {
+    "native": "diffusers (pipe.load_lora_weights) and fmnpatch; for ComfyUI or AUTOMATIC1111 export it with "
+    "`fmnpatch export FILE -o FILE.kohya.safetensors`",
+    "kohya": "ComfyUI (models/loras), AUTOMATIC1111 (models/Lora) and kohya sd-scripts; diffusers and fmnpatch read "
+    "it too",
+}
 
-def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
-    """A JSON-ready description: header fields, concepts, base, rank, size and per-module delta norms."""
+
+def summarize(patch: Patch, path: str | Path | None = None, use_with: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description: header fields, concepts, base, rank, size and per-module delta norms.
+    ``use_with`` says which tools read the file (``families.export.use_with`` knows the family's; by default
+    the generic line of its form)."""
     info = patch.info
     header = patch.header()
     size = Path(path).stat().st_size if path is not None else None
@@ -36,6 +46,8 @@ def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
         "size_bytes": size,
         "tensor_hash": patch.tensor_hash(),
         "verified": patch.verified,  # the header's hash was checked against the tensors on load
+        "form": patch.form,  # native (diffusers/PEFT keys) or kohya (the UIs' keys)
+        "use_with": use_with or USE_WITH[patch.form],
         "date": info.date,
         "format_version": info.format_version,
         "config": info.config,
@@ -67,6 +79,7 @@ def render_text(summary: dict[str, Any]) -> str:
         + ")",
         f"tensor hash  {summary['tensor_hash']}  ({integrity})",
         f"date         {show(summary['date'] or '-')}",
+        f"use with     {summary['use_with']}",
     ]
     if summary["parents"]:
         parents = "; ".join(f"{p.get('title', '?')} x{p.get('weight', '?')}" for p in summary["parents"])

@@ -17,14 +17,16 @@ import shlex
 from pathlib import Path
 from typing import Any, Final
 
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..families.export import KOHYA_TOOLS, NATIVE_ONLY_TOOLS, NATIVE_TOOLS
 from ..format.patch import Patch
 from ..format.targets import kind_for
 from ..text import is_printable
 
 PROJECT_TAG: Final = "fmn-patch"
-WEIGHT_NAME: Final = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name: what push uploads
+WEIGHT_NAME: Final = LORA_WEIGHT_NAME_SAFE  # diffusers' default weight_name: what push uploads
 BASE_TAGS: Final = ("lora", "diffusers", "text-to-image", PROJECT_TAG)
 DEFAULT_LICENSE: Final = "other"
 _SCORE_ORDER: Final = ("m_score", "acc", "alias_m_score", "alias_acc")
@@ -75,9 +77,26 @@ def hub_model_id(ref: str | None) -> str | None:
     return ref
 
 
-def card_tags(patch: Patch) -> list[str]:
+def base_tag(base: str) -> str:
+    """The Hub's tag for an adapter of ``base`` (``base_model:adapter:ORG/NAME``): ``search --base`` filters on it."""
+    return f"base_model:adapter:{base}"
+
+
+def card_tags(patch: Patch, base: str | None = None) -> list[str]:
     categories = sorted({c.category for c in patch.info.concepts})
-    return [*BASE_TAGS, *(category_tag(c) for c in categories)]
+    return [*BASE_TAGS, *(category_tag(c) for c in categories), *([base_tag(base)] if base else [])]
+
+
+_ABSOLUTE = re.compile(r"(?:^|[\s\"'(=,;])((?:/|~/|[A-Za-z]:[\\/])[^\s\"',;)]*[\\/][^\s\"',;)]+)")
+
+
+def local_paths(header: dict[str, str]) -> list[str]:
+    """Absolute local paths (``/home/me/sd15``, ``~/models/x``, ``C:\\models\\x``) anywhere in a header's values,
+    JSON ones included: what ``push`` refuses to publish unless forced."""
+    found: list[str] = []
+    for value in header.values():
+        found += [m for m in _ABSOLUTE.findall(value) if m not in found]
+    return found
 
 
 def model_card(
@@ -89,8 +108,10 @@ def model_card(
     grid: str | None = None,
     base_model: str | None = None,
     license: str | None = None,
+    kohya_filename: str | None = None,
 ) -> ModelCard:
-    """The card for ``patch`` uploaded as ``repo_id/filename``; ``grid`` is the path in the repo of a PNG.
+    """The card for ``patch`` uploaded as ``repo_id/filename``; ``grid`` is the path in the repo of a PNG,
+    ``kohya_filename`` that of its kohya export (the card says which file is for which tool).
 
     ``base_model`` overrides the header's base for the front matter (e.g. when the patch was made on a local copy).
     """
@@ -102,7 +123,7 @@ def model_card(
         library_name="diffusers",
         license=(license or info.license or DEFAULT_LICENSE).lower(),
         pipeline_tag="text-to-image",
-        tags=card_tags(patch),
+        tags=card_tags(patch, base),
     )
     title = header["modelspec.title"]
     names = ", ".join(f"**{md(c.name)}**" for c in info.concepts) or "no named concept"
@@ -113,6 +134,7 @@ def model_card(
         f"({kind_for(patch.component, patch.modules).description}). "
         "Prompts naming a forgotten concept no longer draw it; everything else is meant to stay as the base draws it.",
         _concepts_table(patch),
+        _files(filename, kohya_filename),
         _details(patch, size_bytes, header, base),
         _usage(patch, repo_id, filename, base),
     ]
@@ -125,6 +147,16 @@ def model_card(
         )
     body = "\n\n".join(sections)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _files(filename: str, kohya_filename: str | None) -> str:
+    """Which file is for which tool: the native file does nothing in ComfyUI or AUTOMATIC1111 where a kohya
+    export exists (UNet families, Flux); SD3's UIs read the native file itself."""
+    native = NATIVE_TOOLS if kohya_filename else NATIVE_ONLY_TOOLS
+    rows = [f"| {code_span(filename)} | {native} |"]
+    if kohya_filename:
+        rows.append(f"| {code_span(kohya_filename)} | {KOHYA_TOOLS} |")
+    return "\n".join(["## Files", "", "| file | use it with |", "|---|---|", *rows])
 
 
 def _concepts_table(patch: Patch) -> str:
@@ -143,7 +175,8 @@ def _details(patch: Patch, size_bytes: int | None, header: dict[str, str], base:
         f"- made for: {code_span(base or info.base_model or 'unknown')} \\[{md(info.architecture)}\\]"
         + (f" at revision {code_span(info.base_revision)}" if info.base_revision else ""),
         f"- base target hash: {code_span(info.base_hash or '-')} (a different base warns; `--strict` refuses)",
-        f"- tensor hash: {code_span(header['modelspec.hash_sha256'])} (checked on every load)",
+        f"- hashes (checked on every load): ModelSpec {code_span(header['modelspec.hash_sha256'])} (SHA-256 of "
+        f"the file's tensor data), fmn-patch {code_span(header['fmn_patch.tensor_hash'])}",
         f"- date: {md(info.date or header['modelspec.date'])}",
     ]
     if info.parents:

@@ -1,14 +1,19 @@
 """The catalog of community patches: Hub models tagged ``fmn-patch``, searched by text, base and category.
 
-Each patch's concepts, base, method and rank are read from its safetensors header on the Hub with byte-range
-requests (``HfApi.parse_safetensors_file_metadata``): nothing is downloaded. A repo whose header cannot be read
-(gated, private, not a patch) is still listed, with what its card's tags say.
+The Hub does the filtering: ``list_models(search=TEXT, filter=[tags])`` with the project tag, one ``forget-<category>``
+tag per category and the Hub's ``base_model:ORG/NAME`` tag (the Hub derives it from the card's ``base_model``,
+which ``push`` writes, next to an explicit ``base_model:adapter:ORG/NAME`` tag). Each patch's concepts, base,
+method and rank are then read from its safetensors header on the Hub with byte-range requests
+(``HfApi.parse_safetensors_file_metadata``), a bounded number at a time: nothing is downloaded. A repo whose header
+cannot be fetched (gated, private) is still listed with what its card says; one whose header is malformed is
+skipped, and every skip is reported as a ``SkippedPatchWarning`` that says why.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,12 +22,13 @@ from huggingface_hub import HfApi, is_offline_mode
 from huggingface_hub.errors import HfHubHTTPError, SafetensorsParsingError
 
 from .. import values
-from ..errors import PatchFileError
+from ..errors import FmnPatchError, PatchFileError
 from ..format.category import CATEGORIES, category_of
 from ..format.header import NAMESPACE, PatchConcept
+from ..format.kohya import SUFFIX as KOHYA_SUFFIX
 from ..format.schema import check_strings, info_from_header
 from ..text import printable
-from .card import PROJECT_TAG, WEIGHT_NAME, category_tag
+from .card import PROJECT_TAG, WEIGHT_NAME, category_tag, hub_model_id
 from .errors import OfflineError, hub_errors
 from .refs import HubRef
 
@@ -62,46 +68,66 @@ def search(
     base: str | None = None,
     categories: Sequence[str] = (),
     limit: int = 20,
-    scan: int = 200,
     token: str | None = None,
+    workers: int = 8,
 ) -> list[HubPatch]:
     """Community patches (Hub models tagged ``fmn-patch``), most downloaded first, read from their headers remotely.
 
-    ``text`` matches the repo id, title or a concept name; ``base`` the base model (``org/name`` or ``name``);
-    ``categories`` are all required (``identity``, ``object``, ``style``, ``nsfw``, ``other``). At most ``scan`` tagged
-    repos are looked at and ``limit`` returned.
+    ``text`` is the Hub's search (it matches repo ids); ``base`` the Hub id of the base model (``ORG/NAME``);
+    ``categories`` are all required (``identity``, ``object``, ``style``, ``nsfw``, ``other``). The Hub filters and
+    returns at most ``limit`` repos; their headers are read ``workers`` at a time.
     """
     values.whole(limit, "limit", 1, 1000, example=20)
+    values.whole(workers, "workers", 1, 64, example=8)
     wanted = [category_of(c) for c in categories]
+    if base is not None and hub_model_id(base) is None:
+        raise FmnPatchError(
+            f"--base {base!r} is not a Hub model id; write ORG/NAME, e.g. stabilityai/sdxl-turbo"
+        )
     if is_offline_mode():
         raise OfflineError(
             "searching the Hub needs the network and HF_HUB_OFFLINE is set; unset it (pulled patches still work "
             "offline by reference)"
         )
     api = HfApi(token=token)
-    found: list[HubPatch] = []
+    tags = [PROJECT_TAG, *(category_tag(c) for c in wanted), *([f"base_model:{base}"] if base else [])]
     with hub_errors("the Hub search"):
-        models = api.list_models(
-            filter=[PROJECT_TAG, *(category_tag(c) for c in wanted)],
-            sort="downloads",
-            limit=scan,
-            expand=["siblings", "cardData", "tags", "downloads", "likes", "lastModified", "sha"],
+        models = list(
+            api.list_models(
+                search=text or None,
+                filter=tags,
+                sort="downloads",
+                limit=limit,
+                expand=["siblings", "cardData", "tags", "downloads", "likes", "lastModified", "sha"],
+            )
         )
-        for model in models:
-            try:
-                entry = _describe(api, model)
-            except PatchFileError as e:
-                warnings.warn(f"skipped {printable(model.id, 100)}: {e}", SkippedPatchWarning, stacklevel=2)
-                continue
-            if _matches(entry, text, base):
-                found.append(entry)
-            if len(found) >= limit:
-                break
+    if not models:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(models))) as pool:
+        described = list(pool.map(lambda model: _read(api, model), models))
+    found = []
+    for model, entry in zip(models, described, strict=True):
+        if isinstance(entry, str):
+            warnings.warn(f"skipped {printable(model.id, 100)}: {entry}", SkippedPatchWarning, stacklevel=2)
+        else:
+            found.append(entry)
     return found
 
 
+def _read(api: HfApi, model: Any) -> HubPatch | str:
+    """The entry of one repo, or why it is skipped."""
+    try:
+        return _describe(api, model)
+    except PatchFileError as e:
+        return str(e)
+
+
 def _describe(api: HfApi, model: Any) -> HubPatch:
-    names = sorted(s.rfilename for s in model.siblings or [] if s.rfilename.endswith(".safetensors"))
+    names = sorted(
+        s.rfilename
+        for s in model.siblings or []
+        if s.rfilename.endswith(".safetensors") and not s.rfilename.endswith(KOHYA_SUFFIX)
+    )
     filename = WEIGHT_NAME if WEIGHT_NAME in names else (names[0] if len(names) == 1 else None)
     tags = list(model.tags or [])
     card_base = getattr(model.card_data, "base_model", None) if model.card_data else None
@@ -133,16 +159,3 @@ def _describe(api: HfApi, model: Any) -> HubPatch:
         last_modified=model.last_modified.isoformat() if model.last_modified else None,
         from_header=info is not None,
     )
-
-
-def _matches(entry: HubPatch, text: str | None, base: str | None) -> bool:
-    if text:
-        needle = text.lower()
-        haystack = [entry.repo_id, entry.title, *(c.name for c in entry.concepts)]
-        if not any(needle in h.lower() for h in haystack):
-            return False
-    if base:
-        model = (entry.base_model or "").lower()
-        if base.lower() not in (model, model.rsplit("/", 1)[-1]):
-            return False
-    return True

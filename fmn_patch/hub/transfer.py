@@ -1,17 +1,19 @@
 """Patches on the Hugging Face Hub: references, pull and push (with a model card); ``catalog`` searches.
 
-A Hub reference works wherever a patch path does (``fmnpatch apply``, ``merge``, ``inspect``, ``eval``, ``export``)::
+A Hub reference works wherever a patch path does (``fmnpatch apply``, ``merge``, ``inspect``, ``eval``, ``export``,
+``attack``), in huggingface_hub's own syntax (``refs``), which ``HfFileSystem`` and the ``hf`` CLI read too::
 
-    hf://ORG/NAME[/PATH/IN/REPO.safetensors][@REVISION]
+    hf://ORG/NAME[@REVISION][/PATH/IN/REPO.safetensors]
 
-    hf://acme/forget-elon                   the repo's patch, branch main
-    hf://acme/forget-elon@v1                a branch or tag
-    hf://acme/forget-elon@3f2a9c1e...       a commit: pinned (``pull`` prints the pinned form)
-    hf://acme/celebs/elon.safetensors       a named file, in a repo that holds several
+    hf://acme/forget-elon                      the repo's patch, branch main
+    hf://acme/forget-elon@v1                   a branch or tag
+    hf://acme/forget-elon@3f2a9c1e...          a commit: pinned (``pull`` prints the pinned form)
+    hf://acme/celebs/elon.safetensors          a named file, in a repo that holds several
+    hf://acme/celebs@v1/elon.safetensors       both
 
-Without a file name the repo's ``pytorch_lora_weights.safetensors`` is used (diffusers' default ``weight_name``,
-the name ``push`` gives), or else its only ``.safetensors`` file. ``fmnpatch pull`` also takes the bare
-``ORG/NAME[@REVISION]``.
+Without a file name the repo's ``pytorch_lora_weights.safetensors`` is used (diffusers' ``LORA_WEIGHT_NAME_SAFE``,
+the name ``push`` gives), or else its only patch file (a ``.kohya.safetensors`` export beside it does not count).
+``fmnpatch pull`` also takes the bare ``ORG/NAME[@REVISION]``.
 
 Pulled files live in the standard huggingface_hub cache, so with ``HF_HUB_OFFLINE=1`` a reference pulled before
 resolves without the network (name the file in the reference if it is not the default). A pulled file is checked
@@ -29,14 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import safetensors.torch
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, is_offline_mode
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import FmnPatchError, PatchFileError
+from ..families.export import has_kohya_form, to_kohya
 from ..files import atomic_write, check_output
+from ..format.header import read_header
+from ..format.kohya import SUFFIX as KOHYA_SUFFIX
+from ..format.kohya import kohya_path
 from ..format.patch import Patch
-from .card import WEIGHT_NAME, hub_model_id, model_card
-from .errors import LOGIN, SCHEME, FileNotInRepoError, HubError, NotLoggedInError, OfflineError, hub_errors
+from ..text import printable
+from .card import WEIGHT_NAME, hub_model_id, local_paths, model_card
+from .errors import LOGIN, FileNotInRepoError, HubError, NotLoggedInError, OfflineError, hub_errors
 from .refs import HubRef, as_ref
 
 GRID_NAME: Final = "fmnpatch-grid.png"  # the before/after image beside the patch in the repo
@@ -111,21 +119,29 @@ def _fetch(
 ) -> tuple[Path, str, str | None]:
     def download(filename: str) -> tuple[Path, str, str | None]:
         try:
-            local = Path(
-                hf_hub_download(
-                    ref.repo_id,
-                    filename,
-                    revision=ref.revision,
-                    cache_dir=cache_dir,
-                    token=token,
-                    force_download=force_download,
-                )
+            local = hf_hub_download(
+                ref.repo_id,
+                filename,
+                revision=ref.revision,
+                cache_dir=cache_dir,
+                token=token,
+                force_download=force_download,
             )
         except ValueError as e:  # force_download wraps the Hub's error: "Force download failed due to ..."
             if force_download and isinstance(e.__cause__, Exception):
                 raise e.__cause__ from None
             raise
-        return local, filename, _commit_of(local, filename)
+        # the commit from huggingface_hub itself (a dry run on the cache just written), not from folder names
+        found = hf_hub_download(
+            ref.repo_id,
+            filename,
+            revision=ref.revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=True,
+            dry_run=True,
+        )
+        return Path(local), filename, found.commit_hash
 
     if force_download and is_offline_mode():
         raise OfflineError("--force-download needs the network and HF_HUB_OFFLINE is set; unset one of them")
@@ -137,8 +153,11 @@ def _fetch(
             raise
         except EntryNotFoundError:
             names = _patch_files(HfApi(token=token), ref)
-            if ref.filename is None and len(names) == 1:
-                return download(names[0])
+            native = [
+                n for n in names if not n.endswith(KOHYA_SUFFIX)
+            ]  # a patch's kohya export is not a second patch
+            if ref.filename is None and len(native) == 1:
+                return download(native[0])
             raise _missing(ref, names) from None
 
 
@@ -157,17 +176,8 @@ def _missing(ref: HubRef, names: Sequence[str]) -> FileNotInRepoError:
     asked = ref.filename or WEIGHT_NAME
     has = ", ".join(names)
     return FileNotInRepoError(
-        f"{where} has no file {asked!r} (it has {has}); name one, e.g. {SCHEME}{ref.repo_id}/{names[0]}"
+        f"{where} has no file {asked!r} (it has {has}); name one, e.g. {HubRef(ref.repo_id, names[0], ref.revision)}"
     )
-
-
-def _commit_of(local: Path, filename: str) -> str | None:
-    """The commit hash of a file in the cache: ``.../snapshots/<commit>/<filename>``."""
-    parts = local.parts
-    depth = len(Path(filename).parts)
-    if len(parts) > depth + 1 and parts[-depth - 2] == "snapshots":
-        return parts[-depth - 1]
-    return None
 
 
 # --------------------------------------------------------------------------------------------------- push
@@ -180,6 +190,7 @@ class Pushed:
     revision: str
     commit: str
     url: str  # the commit's page
+    kohya_filename: str | None = None  # its kohya export beside it, for ComfyUI and AUTOMATIC1111
 
     @property
     def ref(self) -> HubRef:
@@ -205,13 +216,18 @@ def push(
     license: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
+    force: bool = False,
 ) -> Pushed:
-    """Upload a patch and a model card made from its header, in one commit (the repo is created if needed).
+    """Upload a patch, its kohya export and a model card made from its header, in one commit (the repo is created
+    if needed).
 
-    ``repo_id`` is ``ORG/NAME``, optionally with a file name and revision as in a reference
-    (``ORG/NAME/elon.safetensors@dev``); the file is ``pytorch_lora_weights.safetensors`` by default. ``grid`` is a
+    ``repo_id`` is ``ORG/NAME``, optionally with a revision and a file name as in a reference
+    (``ORG/NAME@dev/elon.safetensors``); the file is diffusers' ``pytorch_lora_weights.safetensors`` by default and
+    its kohya export (for ComfyUI and AUTOMATIC1111) goes beside it as ``NAME.kohya.safetensors`` where the family
+    has one (not SD3, whose UIs read the native file); the card says which file is for which tool. ``grid`` is a
     before/after PNG (e.g. from ``fmnpatch apply --prompt``) shown in the card. ``base_model`` overrides the
-    header's base in the card's front matter (for a patch made on a local copy of a Hub model).
+    header's base in the card's front matter (for a patch made on a local copy of a Hub model). A header that
+    names an absolute local path is refused unless ``force``.
     """
     ref = as_ref(repo_id)
     if revision and ref.revision and revision != ref.revision:
@@ -219,6 +235,18 @@ def push(
     revision = revision or ref.revision or "main"
     filename = ref.filename or WEIGHT_NAME
     patch = Patch.load(path, require_hash=True)  # refuse, before any network call, what pull would refuse
+    header = read_header(path)
+    if "ss_network_module" in header:
+        raise FmnPatchError(
+            f"{path} is a kohya export; push the patch it was made from (its kohya export is uploaded beside it)"
+        )
+    leaks = local_paths(header)
+    if leaks and not force:
+        raise HubError(
+            f"the header of {path} names local paths ({', '.join(printable(p, 80) for p in leaks[:3])}) that would "
+            "be published; remake the patch (headers now name a local base by its folder name and weight hash), "
+            "or pass --force to publish them"
+        )
     size = Path(path).stat().st_size
     if grid is not None and not Path(grid).is_file():
         raise FmnPatchError(
@@ -232,7 +260,8 @@ def push(
     if token is None:
         raise NotLoggedInError(f"pushing to {ref.repo_id} needs a Hugging Face login: {LOGIN}")
     api = HfApi(token=token)
-    card_title = patch.header()["modelspec.title"]
+    card_title = header.get("modelspec.title") or patch.header()["modelspec.title"]
+    kohya_file = kohya_path(filename).as_posix() if has_kohya_form(patch) else None
     card = model_card(
         patch,
         repo_id=ref.repo_id,
@@ -241,11 +270,16 @@ def push(
         grid=GRID_NAME if grid is not None else None,
         base_model=base_model,
         license=license,
+        kohya_filename=kohya_file,
     )
-    operations = [
-        CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path)),
-        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
-    ]
+    operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
+    if (
+        kohya_file is not None
+    ):  # the file ComfyUI and AUTOMATIC1111 read (SD3 has none: its UIs read the native one)
+        kohya_tensors, kohya_header = to_kohya(patch)
+        kohya_bytes = safetensors.torch.save(kohya_tensors, metadata=kohya_header)
+        operations.append(CommitOperationAdd(path_in_repo=kohya_file, path_or_fileobj=kohya_bytes))
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     if grid is not None:
         operations.append(CommitOperationAdd(path_in_repo=GRID_NAME, path_or_fileobj=str(grid)))
     with hub_errors(ref.repo_id, writing=True):
@@ -258,4 +292,4 @@ def push(
             commit_message=commit_message or f"fmn-patch: {card_title}",
             revision=revision,
         )
-    return Pushed(ref.repo_id, filename, revision, commit.oid, commit.commit_url)
+    return Pushed(ref.repo_id, filename, revision, commit.oid, commit.commit_url, kohya_file)
