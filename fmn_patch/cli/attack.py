@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 
-from .. import processes
 from ..attacks import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
 from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
-from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
-from ..families.base import default_bench, load_base
+from ..families.base import default_bench
 from ..files import atomic_write, check_input, check_output
 from .options import (
     BaseArg,
@@ -31,6 +29,7 @@ from .options import (
     StepsOpt,
     echo_json,
     info,
+    load_judged,
     load_patches,
 )
 
@@ -139,13 +138,7 @@ def attack(
     for name in OUTPUTS:
         check_output(out / name, overwrite=overwrite, what="--out")
     loaded = load_patches(patches or [])
-    procs = processes.current()
-    device = procs.device(device)
-    if procs.is_main:
-        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
-    model = load_base(base, device=device, dtype=dtype)
-    the_bench = chosen or load_bench(model.bench)
-    judge = load_judge(the_bench, device, clip=clip)
+    model, the_bench, judge, procs = load_judged(base, chosen, device, dtype, clip)
     report = run_attacks(
         model,
         [*loaded, *(lora or [])],

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .. import processes
 from ..concepts.bench import load_bench
-from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
 from ..evaluation.report import evaluate_patches, write_report
-from ..families.base import default_bench, load_base
+from ..families.base import default_bench
 from ..files import check_output
 from ..format.merge import check_weights
 from .options import (
@@ -31,6 +29,7 @@ from .options import (
     Weights,
     echo_json,
     info,
+    load_judged,
     load_patches,
 )
 
@@ -86,13 +85,7 @@ def eval_command(
     check_weights(loaded, weight)
     early = bench or default_bench(base)  # a bench known before the base loads fails fast
     chosen = load_bench(early) if early is not None else None
-    procs = processes.current()
-    device = procs.device(device)
-    if procs.is_main:
-        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
-    model = load_base(base, device=device, dtype=dtype)
-    the_bench = chosen or load_bench(model.bench)
-    judge = load_judge(the_bench, device, clip=clip)
+    model, the_bench, judge, procs = load_judged(base, chosen, device, dtype, clip)
     report = evaluate_patches(
         model,
         loaded,

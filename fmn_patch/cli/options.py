@@ -12,15 +12,17 @@ from typing import Annotated, Any
 
 import typer
 
-from ..concepts.bench import load_bench
+from ..concepts.bench import Bench, load_bench
 from ..errors import FmnPatchError
+from ..evaluation.judges import Judge, load_judge
+from ..families.base import Base, load_base
 from ..families.export import use_with
 from ..families.registry import named_bases
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
 from ..methods.each import MANIFEST, EachReport
-from ..processes import current
+from ..processes import Processes, current
 
 BaseArg = Annotated[
     str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
@@ -173,3 +175,17 @@ def echo_json(obj: Any) -> None:
 def info(message: str) -> None:
     """Progress and logs go to stderr; results (paths, JSON) go to stdout."""
     print(message, file=sys.stderr)
+
+
+def load_judged(
+    base: str, chosen: Bench | None, device: str, dtype: str, clip: str | None
+) -> tuple[Base, Bench, Judge, Processes]:
+    """The base, the bench (``chosen``, else the base's own) and its judge, in this process and each process
+    `accelerate launch` started; the device is this process's share of them."""
+    procs = current()
+    device = procs.device(device)
+    if procs.is_main:
+        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
+    model = load_base(base, device=device, dtype=dtype)
+    bench = chosen or load_bench(model.bench)
+    return model, bench, load_judge(bench, device, clip=clip), procs

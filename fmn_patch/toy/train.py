@@ -137,6 +137,28 @@ class Ema:
             p.copy_((s - d * i) / (1 - d) if self.steps else s)
 
 
+def take_step(
+    loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, ema: Ema, losses: list[float]
+) -> None:
+    """One optimiser step of a toy trainer: backward, gradients clipped to norm 1, the step, the EMA, the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema.update()
+    losses.append(loss.item())
+
+
+def log_step(name: str, step: int, steps: int, losses: list[float], lr: float, elapsed: float) -> None:
+    """The progress line every 50 steps and at the last: mean loss of the last 50, rate and time left."""
+    if step % 50 == 0 or step == steps - 1:
+        rate = elapsed / (step + 1)
+        log(
+            f"{name} step {step:5d}/{steps}  loss {np.mean(losses[-50:]):.4f}  "
+            f"lr {lr:.2e}  {rate:.2f} s/step  eta {rate * (steps - step) / 60:.1f} min"
+        )
+
+
 def save(pipe_parts: dict, ema: Ema, out: Path, record: dict) -> None:
     """Save the EMA weights as a pipeline without disturbing the training weights."""
     live = [p.detach().clone() for p in ema.params]
@@ -213,20 +235,9 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
         t = torch.randint(mcfg.train_timesteps, (cfg.unet_batch,), generator=gen)
         noisy = scheduler.add_noise(z0, noise, t)
         context = text_encoder(tokens)[0]  # (B, T, D)
-        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        losses.append(loss.item())
+        take_step(F.mse_loss(unet(noisy, t, context).sample, noise), opt, params, ema, losses)
         elapsed = time.perf_counter() - t2
-        if step % 50 == 0 or step == cfg.unet_steps - 1:
-            rate = elapsed / (step + 1)
-            log(
-                f"unet step {step:5d}/{cfg.unet_steps}  loss {np.mean(losses[-50:]):.4f}  "
-                f"lr {lr_at(step, cfg):.2e}  {rate:.2f} s/step  eta {rate * (cfg.unet_steps - step) / 60:.1f} min"
-            )
+        log_step("unet", step, cfg.unet_steps, losses, lr_at(step, cfg), elapsed)
         stop = (cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60) or step + 1 == cfg.stop_at
         last = stop or step == cfg.unet_steps - 1
         if (step + 1) % cfg.save_every == 0 or last:

@@ -26,7 +26,7 @@ from diffusers import AutoencoderKL
 
 from fmn_patch.toy import model_sd3
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
-from fmn_patch.toy.train import Ema, encode_all, log, to_tensor, tokenize
+from fmn_patch.toy.train import Ema, encode_all, log, log_step, take_step, to_tensor, tokenize
 from fmn_patch.toy.vocab import build_t5_tokenizer, build_tokenizer
 from fmn_patch.toy.world import dataset
 
@@ -248,20 +248,9 @@ def train(cfg: Sd3TrainConfig) -> dict:
         pred = transformer(
             x_t, encoder_hidden_states=states, pooled_projections=pooled, timestep=s * 1000
         ).sample
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        losses.append(loss.item())
+        take_step(F.mse_loss(pred, noise - x0), opt, params, ema, losses)
         elapsed = time.perf_counter() - t2
-        if step % 50 == 0 or step == cfg.steps - 1:
-            rate = elapsed / (step + 1)
-            log(
-                f"mmdit step {step:5d}/{cfg.steps}  loss {np.mean(losses[-50:]):.4f}  lr {lr_at(step, cfg):.2e}  "
-                f"{rate:.2f} s/step  eta {rate * (cfg.steps - step) / 60:.1f} min"
-            )
+        log_step("mmdit", step, cfg.steps, losses, lr_at(step, cfg), elapsed)
         stop = step + 1 == cfg.stop_at
         if (step + 1) % cfg.save_every == 0 or stop or step == cfg.steps - 1:
             record["timings_s"]["transformer"] = elapsed
