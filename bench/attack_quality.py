@@ -3,7 +3,7 @@
     python bench/attack_quality.py                    # circle, default budgets (a few minutes on one CPU thread)
     python bench/attack_quality.py --concept bob --search-seconds 30
 
-Attacks (fmn_patch/attack.py): direct (the bench's prompts, no attack), paraphrase (unseen word orders and
+Attacks (fmn_patch/attacks/): direct (the bench's prompts, no attack), paraphrase (unseen word orders and
 aliases), inversion (Concept Inversion: a new token learned against the patched model from the base's pictures of
 the concept) and search (greedy coordinate search over the vocabulary for a prompt that minimises the patched
 model's denoising loss on those pictures). acc = share of the attack's images that the toy judge calls the
@@ -43,8 +43,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
+    train_config = TrainConfig()
     started = time.perf_counter()
-    patch = train_patch(pipe, [args.concept], TrainConfig())
+    patch = train_patch(pipe, [args.concept], train_config)
     train_seconds = time.perf_counter() - started
     config = AttackConfig(search=SearchConfig(seconds=args.search_seconds))
     report = run_attacks(
@@ -56,7 +57,7 @@ def main() -> None:
         "patch": {
             "method": patch.info.method,
             "train_seconds": round(train_seconds, 1),
-            "config": TrainConfig(),
+            "config": {**dataclasses.asdict(train_config), "bench": bench.name},  # bench None: the base's
         },
         "budgets": {
             "inversion": config.inversion,

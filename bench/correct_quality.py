@@ -26,8 +26,9 @@ from run import save, write_markdown
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
+from fmn_patch.evaluation.correction import score_correction
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
-from fmn_patch.methods.correct import CorrectConfig, attribute_variants, correct_patch, score_correction
+from fmn_patch.methods.correct import CorrectConfig, attribute_variants, correct_patch
 from fmn_patch.toy.judge import ToyJudge
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
-    variants = attribute_variants(args.concept, "colour")
+    variants = attribute_variants(args.concept, "colour", bench.name)
     seeds = tuple(range(args.seeds))
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
     before = score_correction(pipe, judge, args.concept, variants, seeds=seeds)
@@ -62,7 +63,7 @@ def main() -> None:
     result = {
         "concept": args.concept,
         "variants": variants,
-        "config": dataclasses.asdict(config),
+        "config": {**dataclasses.asdict(config), "bench": config.bench or pipe.bench},  # None: the base's
         "seeds": len(seeds),
         "before": before.to_dict(),
         "after": after.to_dict(),

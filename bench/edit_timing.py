@@ -109,7 +109,8 @@ def sd15_pipe(tokenizer: Any, seed: int = 0) -> Any:
     torch.manual_seed(seed)
     unet = _unet("sd15.json")
     encoder = _text_encoder(768, 12, 12, "quick_gelu", pad=49407)  # CLIP ViT-L/14's text tower
-    return SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=tokenizer, _fmn_base_ref="sd15-random")
+    # name_or_path: what the patch header records as the base model (as_base finds the UNet family by pipe.unet)
+    return SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=tokenizer, name_or_path="sd15-random")
 
 
 def sdxl_pipe(tokenizer: Any, seed: int = 0) -> Any:
@@ -136,7 +137,7 @@ def sdxl_pipe(tokenizer: Any, seed: int = 0) -> Any:
         text_encoder_2=second,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
-        _fmn_base_ref="sdxl-random",
+        name_or_path="sdxl-random",  # the UNet family reads SDXL from text_encoder_2 (and tokenizer_2)
     )
 
 
@@ -170,9 +171,9 @@ def _vocab_words(tokenizer: Any) -> list[str]:
 
 def check_causal_padding(pipe: Any) -> float:
     """Max |difference| of the real tokens' states between true-length and padded-to-77 encoding."""
-    from fmn_patch.families.encoding import TextStates
+    from fmn_patch.families.base import as_base
 
-    text = TextStates(pipe)
+    text = as_base(pipe).family.text_states()
     prompts = ["a photo of Elon Musk", "a landscape painted by Claude Monet", "a cat"]
     short, full = text.encode(prompts, 0), text.encode(prompts, 77)
     return max(

@@ -6,7 +6,7 @@ baseline, side by side in one run.
 
 For each model: Acc_erased and Acc_kept ratio on the bench prompts, and the share of images the judge calls the
 concept when the attacker's learned token replaces its name (Concept Inversion, the harness's default budget:
-`fmn_patch.attack.InversionAttackConfig`), learned on the base's own images of the concept. Writes
+`fmn_patch.attacks.InversionAttackConfig`), learned on the base's own images of the concept. Writes
 bench/results/robust.json and regenerates BENCHMARKS.md.
 """
 
@@ -104,7 +104,8 @@ def main() -> None:
         "robust",
         {
             "concept": args.concept,
-            "train_config": dataclasses.asdict(TrainConfig(steps=args.steps)),
+            # bench None in the config: the base's (toy)
+            "train_config": {**dataclasses.asdict(TrainConfig(steps=args.steps)), "bench": bench.name},
             "attack": dataclasses.asdict(attack),
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
             "rows": rows,

@@ -31,14 +31,8 @@ from run import RESULTS, machine, write_markdown
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
-from fmn_patch.evaluation.mscore import (
-    ModelScore,
-    SamplerConfig,
-    acc_kept,
-    concept_samples,
-    evaluate,
-    image_grid,
-)
+from fmn_patch.evaluation.grid import image_grid
+from fmn_patch.evaluation.mscore import ModelScore, SamplerConfig, acc_kept, concept_samples, evaluate
 from fmn_patch.format import Patch
 from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
 from fmn_patch.methods.edit import edit_patch
@@ -220,7 +214,8 @@ def main() -> None:
         image_grid(columns, bench.names, RESULTS / "train_quality.png")
     result = {
         "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
-        "train_config": config.__dict__ | {"preserve_extra": list(config.preserve_extra)},
+        # the config's bench None means the base's: recorded as the bench it resolved to (toy)
+        "train_config": {**config.__dict__, "preserve_extra": list(config.preserve_extra), "bench": bench.name},
         "base": {n: s.to_dict() for n, s in base.concepts.items()},
         "grid": "train_quality.png",
         "rows": rows,
