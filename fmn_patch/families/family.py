@@ -233,6 +233,22 @@ class Family(ABC):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """One prediction of the denoiser, in the same parametrisation as ``target``."""
 
+    @contextlib.contextmanager
+    def gradient_checkpointing(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block (when ``enabled``) the denoiser recomputes activations in backward instead of keeping
+        them (diffusers' ``enable_gradient_checkpointing``): less memory for about one more forward pass. Every
+        forward runs twice under autograd, so an attention sink sees each layer twice per step. The denoiser's
+        own setting comes back on exit."""
+        denoiser = self.denoiser
+        was = bool(getattr(denoiser, "is_gradient_checkpointing", False))
+        if enabled and not was:
+            denoiser.enable_gradient_checkpointing()
+        try:
+            yield
+        finally:
+            if enabled and not was:
+                denoiser.disable_gradient_checkpointing()
+
     @abstractmethod
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
         """Within the block, every targeted attention layer hands its image-query to text-key probabilities

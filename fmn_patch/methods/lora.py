@@ -2,9 +2,10 @@
 
 On entry: a rank-r adapter (alpha = r, so its scale is 1) on every target of the base's family, through peft's
 public ``add_adapter``, initialised from a seeded RNG fork (or from given factors), and made the only active
-adapter; every other parameter frozen. On exit, whatever happened: the adapter is deleted (the peft wrappers go
-too when no adapter is left), and the caller's active adapters, ``requires_grad`` flags and train/eval mode are
-restored, and the global RNG state is as it was.
+adapter; every other parameter frozen. The factors are float32 whatever the base's dtype (peft's layers cast their
+input to the factors' dtype and the sum back to the base's). On exit, whatever happened: the adapter is deleted
+(the peft wrappers go too when no adapter is left), and the caller's active adapters, ``requires_grad`` flags and
+train/eval mode are restored, and the global RNG state is as it was.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class LoraSession:
             yield
         finally:
             denoiser.enable_adapters()
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds to target ``name``'s output for inputs ``x`` (M, in), in float32: the patch's own
+        change of those keys/values, without the base projection (so no difference of two large numbers)."""
+        layer = self.modules[name]
+        a, b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        return b(a(x.to(a.weight.dtype))) * layer.scaling[ADAPTER]
 
     def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The trained factors as (A, B) copies, alpha folded into B."""
@@ -82,6 +90,10 @@ def lora_adapter(
             denoiser.add_adapter(config, adapter_name=ADAPTER)
         try:
             denoiser.set_adapters([ADAPTER])
+            # a base in half precision trains float32 factors, as diffusers' own LoRA training scripts cast them
+            for p in denoiser.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
             if start is not None:  # alpha == r, so the adapter's scale is 1 and the factors load as they are
                 state = {
                     f"{m}.lora_{k}.weight": t for m, (a, b) in start.items() for k, t in (("A", a), ("B", b))

@@ -15,6 +15,7 @@ cheaply, without running the denoiser. Only the LoRA factors train; the model is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -37,7 +38,8 @@ from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
 from .lora import LoraSession, lora_adapter
-from .losses import guided_target, preservation, resteer_loss
+from .losses import preservation, resteer_loss
+from .samples import at_size, draw, guided_targets, sample_pool
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
 ETA: dict[str, float] = {"style": 1.0}
@@ -98,16 +100,37 @@ class TrainConfig:
     train_values: bool = True  # False: freeze the value projections' factors (an ablation: keys alone)
     robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
     robust_attack_steps: int = 100  # textual-inversion steps of each inner attack
+    robust_attack_batch: int = 8  # reference latents per inner-attack step
+    robust_attack_lr: float = 5e-3  # the inner attack's learning rate
+    # What a step costs (see methods/samples.py). pool: fixed (latent, t, noise) samples whose guided targets are
+    # computed once, before the first step (0: every step draws fresh samples and runs the base twice for them).
+    pool: int = 0
+    train_size: int | None = (
+        None  # image side (px) the steps run at, below the base's: latents area-downsampled
+    )
+    checkpointing: bool = (
+        False  # gradient checkpointing of the denoiser: less memory for about one more forward
+    )
 
     def __post_init__(self) -> None:
-        for name in ("rank", "steps", "batch_size", "images_per_prompt", "image_steps"):
+        for name in (
+            "rank",
+            "steps",
+            "batch_size",
+            "images_per_prompt",
+            "image_steps",
+            "robust_attack_batch",
+        ):
             _whole(getattr(self, name), name, 1)
-        for name in ("robust_rounds", "robust_attack_steps", "seed"):
+        for name in ("robust_rounds", "robust_attack_steps", "seed", "pool"):
             _whole(getattr(self, name), name, 0)
+        if self.train_size is not None:
+            _whole(self.train_size, "train_size", 8)
         if self.init not in ("zero", "edit"):
             raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
         _positive(self.lr, "lr", "3e-3")
         _positive(self.max_grad_norm, "max_grad_norm", "1.0")
+        _positive(self.robust_attack_lr, "robust_attack_lr", "5e-3")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
             _non_negative(getattr(self, name), name)
         object.__setattr__(self, "preserve_extra", tuple(self.preserve_extra))
@@ -121,11 +144,29 @@ class TrainReport:
     losses: list[float] = field(default_factory=list)  # total loss per step
     parts: dict[str, float] = field(default_factory=dict)  # last step's loss terms
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
+    # where the time went: seconds and denoiser samples by phase (prepare, edit, pool, steps, attacks)
+    phases: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
 
-    def add(self, loop: LoopReport) -> None:
+    def add(self, loop: LoopReport, batch_size: int) -> None:
         self.losses += loop.losses
         self.step_seconds += loop.step_seconds
         self.parts = loop.parts
+        self.spend("steps", sum(loop.step_seconds), len(loop.step_seconds) * batch_size)
+        for phase, seconds in loop.phases.items():
+            self.spend(phase, seconds, loop.samples.get(phase, 0))
+
+    def spend(self, phase: str, seconds: float, samples: int = 0) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        if samples:
+            self.samples[phase] = self.samples.get(phase, 0) + samples
+
+    def cost(self) -> dict[str, Any]:
+        """Seconds and samples per phase, as the patch header records them."""
+        return {
+            "seconds": {k: round(v, 3) for k, v in self.phases.items()},
+            "samples": dict(self.samples),
+        }
 
 
 def train_patch(
@@ -193,9 +234,14 @@ def _train(
         raise FmnPatchError("--robust and --ti do not combine; train with one of them")
     described = base.describe()
     started = time.perf_counter()
-    batch, learned = prepare(base, plans, bench, config, images, inversion)
-    start = _edit_factors(base, plans, bench, config) if config.init == "edit" else None
     report = TrainReport(seconds=0.0)
+    batch, learned = prepare(base, plans, bench, config, images, inversion)
+    batch = at_size(batch, base.family.pixel_size(), config.train_size)
+    report.spend("prepare", time.perf_counter() - started)
+    tick = time.perf_counter()
+    start = _edit_factors(base, plans, bench, config) if config.init == "edit" else None
+    if start is not None:
+        report.spend("edit", time.perf_counter() - tick)
     if config.robust_rounds:
         from .robust import robust_rounds
 
@@ -204,7 +250,9 @@ def _train(
         with lora_adapter(
             base, config.rank, seed=config.seed, start=start, train_values=config.train_values
         ) as s:
-            report.add(run_steps(s, batch, config, config.steps * batch.concepts, progress))
+            report.add(
+                run_steps(s, batch, config, config.steps * batch.concepts, progress), config.batch_size
+            )
             factors = s.factors()
     report.seconds = time.perf_counter() - started
     extra: dict[str, Any] = {
@@ -213,6 +261,7 @@ def _train(
         "loss_terms": report.parts,
         "loss_curve": _subsample(report.losses, 50),
         "seconds_per_step": round(statistics.median(report.step_seconds), 4),
+        "cost": report.cost(),
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
@@ -243,39 +292,47 @@ def run_steps(
     """Optimise the session's adapter on ``batch`` for ``steps`` steps of the three-term loss."""
     family = session.base.family
     maps: list[torch.Tensor] = []
+    recording = [
+        False
+    ]  # with gradient checkpointing the forward runs again in backward: read the first one only
 
     def sink(_name: str, probs: torch.Tensor) -> None:
-        maps.append(probs)
+        if recording[0]:
+            maps.append(probs)
+
+    guided = config.denoise_weight > 0
+    tick = time.perf_counter()
+    pool = (
+        sample_pool(session, batch, config.pool, seed=config.seed, chunk=config.batch_size, targets=guided)
+        if config.pool
+        else None
+    )
+    pool_seconds = time.perf_counter() - tick
 
     def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        pick = torch.randint(len(batch.latents), (config.batch_size,), generator=gen)
-        idx = batch.latent_prompt[pick]
-        x0 = batch.latents[pick].to(family.device, family.dtype)
-        t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
-            family.device
-        )
-        noise = torch.randn(x0.shape, generator=gen).to(x0)
-        x_t = family.add_noise(x0, noise, t)
-        cond = batch.concept.select(idx)
+        if pool is not None:
+            s = pool.select(torch.randint(len(pool), (config.batch_size,), generator=gen))
+        else:
+            s = draw(family, batch, config.batch_size, gen)
+            if guided:
+                s.target = guided_targets(session, batch, s, config.batch_size)
+        cond = batch.concept.select(s.prompt)
         parts: dict[str, torch.Tensor] = {}
-        if config.denoise_weight > 0:
-            with torch.no_grad(), session.disabled():
-                both = cond.cat(batch.anchor.select(idx))
-                eps_c, eps_a = family.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
-            target = guided_target(eps_c, eps_a, batch.eta[idx].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1)))
         maps.clear()
+        recording[0] = config.resteer_weight > 0
+        try:
+            pred = family.denoise(s.x_t, s.t, cond)
+        finally:
+            recording[0] = False
         if config.resteer_weight > 0:
-            with family.capture_attention(sink):
-                pred = family.denoise(x_t, t, cond)
-            parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
-        else:  # no attention maps to read (concept correction): the denoiser keeps its fast path
-            pred = family.denoise(x_t, t, cond)
-        if config.denoise_weight > 0:
-            parts["denoise"] = F.mse_loss(pred.float(), target.float())
+            parts["resteer"] = resteer_loss(maps, batch.masks[s.prompt].to(s.x_t.device))
+        if guided:
+            assert s.target is not None
+            parts["denoise"] = F.mse_loss(pred.float(), s.target.float())
         if batch.preserve_weight > 0:
-            states = batch.preserve.to(x_t.device, x_t.dtype)
+            states = batch.preserve.to(s.x_t.device)
             parts["preserve"] = torch.stack(
-                [preservation(m(states) - m.get_base_layer()(states)) for m in session.modules.values()]
+                [preservation(session.delta(n, states)) for n in session.modules]
             ).mean()
         return parts
 
@@ -292,7 +349,14 @@ def run_steps(
         desc="train",
         hint="lower --lr or the loss weights",
     )
-    return optimise(session.params, step, loop, weights=weights, progress=progress)
+    # The capture stays on through backward (a checkpointed forward is recomputed there, with the same processors);
+    # without re-steering the denoiser keeps its fast attention everywhere (concept correction).
+    capture = family.capture_attention(sink) if config.resteer_weight > 0 else contextlib.nullcontext()
+    with family.gradient_checkpointing(config.checkpointing), capture:
+        report = optimise(session.params, step, loop, weights=weights, progress=progress)
+    if pool is not None:
+        report.phases["pool"], report.samples["pool"] = pool_seconds, len(pool)
+    return report
 
 
 # --------------------------------------------------------------------------------------------- preparation

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 
@@ -42,33 +43,54 @@ def robust_rounds(
         with lora_adapter(
             base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
         ) as session:
-            report.add(run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress))
+            report.add(
+                run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress),
+                config.batch_size,
+            )
             fresh = session.factors()
         if r == config.robust_rounds - 1:
             break
         factors = dict(fresh)
         names = apply_patches(base, [Patch(fresh, PatchInfo(), base.family.component)])
+        tick = time.perf_counter()
         try:
-            found = [
-                learn_tokens(
-                    base,
-                    original.latents[owner == k],
-                    f"<fmn-adv-{r}-{k}>",
-                    (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
-                    InversionConfig(
-                        num_tokens=1,
-                        steps=config.robust_attack_steps,
-                        template=substitute(pl.prompts[0], pl.concept.name, "{}"),
-                        seed=config.seed + r,
-                    ),
-                    progress=False,
-                )
-                for k, pl in enumerate(plans)
-            ]
+            with base.family.gradient_checkpointing(config.checkpointing):
+                found = _attack(base, plans, original.latents, owner, r, config)
         finally:
             remove_patches(base, names)
+        spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
+        report.spend("attacks", time.perf_counter() - tick, spent)
         batch = _with_adversarial(base, batch, original, plans, found, config)
     return fresh
+
+
+def _attack(
+    base: Base,
+    plans: list[ConceptPlan],
+    latents: torch.Tensor,
+    owner: torch.Tensor,
+    r: int,
+    config: TrainConfig,
+) -> list[LearnedTokens]:
+    """Round ``r``'s inner attack: one token per concept, learned against the patch as it stands."""
+    return [
+        learn_tokens(
+            base,
+            latents[owner == k],
+            f"<fmn-adv-{r}-{k}>",
+            (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
+            InversionConfig(
+                num_tokens=1,
+                steps=config.robust_attack_steps,
+                batch_size=config.robust_attack_batch,
+                lr=config.robust_attack_lr,
+                template=substitute(pl.prompts[0], pl.concept.name, "{}"),
+                seed=config.seed + r,
+            ),
+            progress=False,
+        )
+        for k, pl in enumerate(plans)
+    ]
 
 
 def _with_adversarial(

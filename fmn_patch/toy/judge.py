@@ -70,7 +70,9 @@ class ToyJudge:
             raise FmnPatchError(
                 f"no toy judge at {path}; train one with `python -m fmn_patch.toy.train_judge`"
             )
-        with torch.device("meta"):  # no initialisation drawn from the global RNG: the weights come from the file
+        with torch.device(
+            "meta"
+        ):  # no initialisation drawn from the global RNG: the weights come from the file
             net = ToyJudgeNet()
         net.load_state_dict(load_file(str(path)), assign=True)
         return cls(net, device)
