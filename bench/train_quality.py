@@ -3,8 +3,9 @@
     python bench/train_quality.py            # every toy concept one at a time, five at once, stacking, ablations
     python bench/train_quality.py --quick    # three concepts (one per category) and five at once
 
-Methods: the re-steering patch (``train_patch``), the closed-form edit (``edit_patch``), the hybrid (re-steering
-started from the edit, ``TrainConfig(init="edit")``) and the faithful FMN baseline (whole UNet). Stacking: two
+Methods: the re-steering patch (``train_patch``) with today's defaults and with the defaults before issue 16
+(``OLD_DEFAULTS``: 150 steps x batch 8 from zero, fresh samples every step), side by side; the closed-form edit
+(``edit_patch``, where today's default training starts) and the faithful FMN baseline (whole UNet). Stacking: two
 single-concept patches applied together vs one patch trained on both. For each: Acc_erased (share of the concept's
 images the judge still calls the concept), alias Acc_erased, Acc_kept (mean acc over the other concepts) and its
 ratio to the base model's over the same set, M-Score before/after, wall time and patch size. Writes
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, machine, write_markdown
+from run import OLD_DEFAULTS, RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
@@ -42,7 +43,7 @@ from fmn_patch.toy.judge import ToyJudge
 FIVE = ["circle", "square", "bob", "striped", "star"]
 QUICK = ["circle", "bob", "striped"]
 STACK = ["circle", "bob"]
-HYBRID = TrainConfig(init="edit")
+OLD = TrainConfig(**OLD_DEFAULTS)
 # Ablations, run on QUICK: what each part of our objective buys.
 ABLATIONS = {
     "keys-only (to_v frozen)": TrainConfig(train_values=False),
@@ -51,7 +52,13 @@ ABLATIONS = {
 
 
 def row(
-    method: str, erased: list[str], score: ModelScore, base: ModelScore, seconds: float, size: int | None
+    method: str,
+    erased: list[str],
+    score: ModelScore,
+    base: ModelScore,
+    seconds: float,
+    size: int | None,
+    samples: dict[str, int] | None = None,
 ) -> dict:
     kept_base = acc_kept(base.concepts, erased)
     kept = score.acc_kept
@@ -70,6 +77,7 @@ def row(
         "kept_ratio": kept / kept_base if kept is not None and kept_base else None,
         "seconds": round(seconds, 2),
         "patch_bytes": size,
+        "samples": samples,  # denoiser samples by phase (pool, steps, attacks), from the patch headers
     }
 
 
@@ -92,7 +100,11 @@ def scored(
         score = evaluate(pipe, bench, judge, sampler, erased=concepts, progress=False)
     finally:
         remove_patches(pipe, names)
-    return row(label, concepts, score, base, seconds, size)
+    samples: dict[str, int] = {}
+    for patch in patches:
+        for phase, n in patch.info.extra.get("cost", {}).get("samples", {}).items():
+            samples[phase] = samples.get(phase, 0) + n
+    return row(label, concepts, score, base, seconds, size, samples or None)
 
 
 def trained(pipe: Any, concepts: list[str], config: TrainConfig) -> tuple[Patch, float]:
@@ -177,10 +189,10 @@ def main() -> None:
         patch, seconds = trained(pipe, [concept], config)
         single_patches[concept] = patch, seconds
         add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "resteer"))
+        add(ours(pipe, [concept], judge, bench, sampler, base, OLD, "resteer, old defaults"))
         if concept in QUICK:
             patch, seconds = edited(pipe, [concept])
             add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
-            add(ours(pipe, [concept], judge, bench, sampler, base, HYBRID, "hybrid"))
         if not args.no_baseline:
             add(baseline([concept], judge, bench, sampler, base))
     if args.part in (0, 1):
@@ -199,7 +211,7 @@ def main() -> None:
         five = {
             "resteer": trained(pipe, FIVE, config),
             "edit": edited(pipe, FIVE),
-            "hybrid": trained(pipe, FIVE, HYBRID),
+            "resteer, old defaults": trained(pipe, FIVE, OLD),
         }
         columns["base"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
         for label, (patch, seconds) in five.items():
@@ -215,7 +227,11 @@ def main() -> None:
     result = {
         "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
         # the config's bench None means the base's: recorded as the bench it resolved to (toy)
-        "train_config": {**config.__dict__, "preserve_extra": list(config.preserve_extra), "bench": bench.name},
+        "train_config": {
+            **config.__dict__,
+            "preserve_extra": list(config.preserve_extra),
+            "bench": bench.name,
+        },
         "base": {n: s.to_dict() for n, s in base.concepts.items()},
         "grid": "train_quality.png",
         "rows": rows,

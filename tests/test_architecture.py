@@ -69,7 +69,9 @@ FILES = sorted(ROOT.rglob("*.py"))
 
 def test_every_unit_has_a_layer():
     units = {_unit(f) for f in FILES} - {"__init__", "__main__"}
-    assert units <= set(LAYERS), f"give these a layer in ARCHITECTURE.md and here: {sorted(units - set(LAYERS))}"
+    assert units <= set(LAYERS), (
+        f"give these a layer in ARCHITECTURE.md and here: {sorted(units - set(LAYERS))}"
+    )
     for package in ("format", "families", "concepts", "methods", "evaluation", "attacks", "hub", "cli"):
         assert (ROOT / package / "__init__.py").is_file(), package
 
@@ -133,7 +135,9 @@ def test_public_api_exports_every_capability():
         assert name in fmn_patch.__all__ and hasattr(fmn_patch, name), name
 
 
-@pytest.mark.parametrize("name", ["TrainConfig", "EditConfig", "CorrectConfig", "AttackConfig", "SamplerConfig"])
+@pytest.mark.parametrize(
+    "name", ["TrainConfig", "EditConfig", "CorrectConfig", "AttackConfig", "SamplerConfig"]
+)
 def test_configs_are_frozen_and_validate_themselves(name):
     import dataclasses
 

@@ -4,7 +4,8 @@
   run twice per step.
 - A sample pool computes the base's guided targets once: the denoiser runs ceil(pool / batch) times before the first
   step and once per step after it, instead of twice per step; the pool's targets are the base's own (adapter off).
-- ``train_size`` runs the steps on area-downsampled latents; a size that does not divide the base's is refused.
+- ``train_size`` runs the steps on area-downsampled latents; a size that does not divide the base's is refused;
+  a folder's images are encoded one at a time.
 - A half-precision base trains float32 factors and writes the same patch format.
 """
 
@@ -22,12 +23,13 @@ from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
 from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.format import Patch
-from fmn_patch.methods.dataset import TrainingSet
 from fmn_patch.methods.lora import lora_adapter
 from fmn_patch.methods.resteer import TrainConfig, train_patch
-from fmn_patch.methods.samples import at_size, guided_targets, sample_pool
+from fmn_patch.methods.samples import guided_targets, sample_pool, smaller
 
-FAST = dict(steps=3, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy", seed=3)
+FAST = dict(
+    steps=3, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy", seed=3, pool=0, init="zero"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +60,7 @@ def test_checkpointing_gives_the_same_patch_and_recomputes_the_forward(pipeline_
         return real(lambda name, probs: (seen.append(name), sink(name, probs)))
 
     monkeypatch.setattr(pipe.family, "capture_attention", counting_capture)
-    b = train_patch(pipe, ["circle"], TrainConfig(**FAST, checkpointing=True), progress=False)
+    b = train_patch(pipe, ["circle"], TrainConfig(**{**FAST, "checkpointing": True}), progress=False)
     assert a.tensor_hash() == b.tensor_hash() and a.info.extra["loss_curve"] == b.info.extra["loss_curve"]
     layers = len(pipe.family.targets()) // 2
     # per step: the no-grad target passes (capture on, nothing recorded), the forward, its recomputation
@@ -70,20 +72,22 @@ def test_a_pool_computes_the_targets_once(pipeline_dirs, monkeypatch):
     pipe = load_base(str(pipeline_dirs["sd1"]))
     fresh = _counting(monkeypatch, pipe.family, "denoise")
     train_patch(pipe, ["circle"], TrainConfig(**FAST), progress=False)
-    assert (
-        len(fresh) == 2 * FAST["steps"]
-    )  # per step: concept + anchor together (no grad), then the trained one
+    # per step: concept + anchor together (no grad), then the trained one
+    assert len(fresh) == 2 * FAST["steps"]
     pipe = load_base(str(pipeline_dirs["sd1"]))
     pooled = _counting(monkeypatch, pipe.family, "denoise")
-    config = TrainConfig(**{**FAST, "steps": 6}, pool=5)
+    config = TrainConfig(**{**FAST, "steps": 6, "pool": 5})
     a = train_patch(pipe, ["circle"], config, progress=False)
     assert len(pooled) == math.ceil(5 / FAST["batch_size"]) + 6
     assert [s[0][0] for s in pooled[:3]] == [4, 4, 2]  # two samples' concept + anchor, the last one alone
     b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
     assert a.tensor_hash() == b.tensor_hash()
-    other = train_patch(
-        load_base(str(pipeline_dirs["sd1"])), ["circle"], dataclasses.replace(config, pool=6), progress=False
-    )
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    capped = _counting(monkeypatch, pipe.family, "denoise")
+    train_patch(pipe, ["circle"], dataclasses.replace(config, pool=1000), progress=False)
+    assert len(capped) == 6 + 6  # never more targets than the steps draw: 6 steps x 2 = 12 samples, 6 chunks
+    bigger = dataclasses.replace(config, pool=6)
+    other = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], bigger, progress=False)
     assert other.tensor_hash() != a.tensor_hash()
 
 
@@ -113,34 +117,33 @@ def test_pool_targets_are_the_bases_own_whatever_the_adapter(sd1):
 @settings(max_examples=25, deadline=None)
 @given(
     side=st.sampled_from([8, 16, 32]),
-    factor=st.sampled_from([1, 2, 4, 8]),
+    factor=st.sampled_from([1, 2, 3, 4, 8]),
     channels=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_at_size_averages_whole_blocks(side, factor, channels, seed):
+def test_smaller_averages_whole_blocks(side, factor, channels, seed):
     latents = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(seed))
-    batch = TrainingSet(*([None] * 3), latents, *([None] * 5))  # type: ignore[arg-type]
     pixels = side * 8
     if side % factor:
         with pytest.raises(FmnPatchError, match="train_size"):
-            at_size(batch, pixels, pixels // factor)
+            smaller(latents, pixels, pixels // factor)
         return
-    small = at_size(batch, pixels, pixels // factor).latents
+    small = smaller(latents, pixels, pixels // factor)
     assert small.shape == (3, channels, side // factor, side // factor)
     i, j = seed % (side // factor), (seed // 7) % (side // factor)
     block = latents[:, :, i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
     torch.testing.assert_close(small[:, :, i, j], block.mean((-1, -2)))
-    assert at_size(batch, pixels, None) is batch and at_size(batch, pixels, pixels * 2) is batch
+    assert smaller(latents, pixels, None) is latents and smaller(latents, pixels, pixels * 2) is latents
 
 
 def test_train_size_runs_the_steps_smaller_and_refuses_a_bad_size(sd1, monkeypatch):
     shapes = _counting(monkeypatch, sd1.family, "denoise")
     side = sd1.family.pixel_size()
-    train_patch(sd1, ["circle"], TrainConfig(**FAST, train_size=side // 2), progress=False)
+    train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "train_size": side // 2}), progress=False)
     full = sd1.family.denoiser.config.sample_size
     assert {s[0][-1] for s in shapes} == {full // 2}
     with pytest.raises(FmnPatchError, match=r"train_size=24 must divide the base's image side"):
-        train_patch(sd1, ["circle"], TrainConfig(**FAST, train_size=24), progress=False)
+        train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "train_size": 24}), progress=False)
     with pytest.raises(FmnPatchError, match="train_size=4"):
         TrainConfig(train_size=4)
     with pytest.raises(FmnPatchError, match="pool=-1"):
@@ -155,7 +158,7 @@ def test_bfloat16_base_trains_float32_factors_in_the_same_format(pipeline_dirs, 
         assert {p.dtype for n, p in half.family.denoiser.named_parameters() if "lora_" not in n} == {
             torch.bfloat16
         }
-    patch = train_patch(half, ["circle"], TrainConfig(**FAST, pool=4), progress=False)
+    patch = train_patch(half, ["circle"], TrainConfig(**{**FAST, "pool": 4}), progress=False)
     assert all(a.dtype == b.dtype == torch.float32 for a, b in patch.factors.values())
     full = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], TrainConfig(**FAST), progress=False)
     assert set(patch.factors) == set(full.factors)

@@ -4,21 +4,25 @@ The guided target of a sample needs the frozen base's own predictions for the co
 two no-grad denoiser passes. The base never changes while a patch trains, so for a fixed pool of (latent, t, noise)
 samples the targets can be computed once and every step draws from the pool (``TrainConfig.pool``); without a pool
 each step draws fresh samples and pays the two passes itself. Steps can also run below the base's image size
-(``TrainConfig.train_size``): the text-side keys and values a patch changes see only the prompt, never the pixels.
+(``TrainConfig.train_size``): the text-side keys and values a patch changes see only the prompt, never the pixels;
+the reference latents are then area-downsampled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import FmnPatchError
 from ..families.family import Family
-from .dataset import TrainingSet
 from .lora import LoraSession
 from .losses import guided_target
+
+if TYPE_CHECKING:
+    from .dataset import TrainingSet
 
 
 @dataclass
@@ -72,18 +76,23 @@ def sample_pool(
     return pool
 
 
-def at_size(batch: TrainingSet, pixels: int, size: int | None) -> TrainingSet:
-    """``batch`` with its reference latents area-downsampled from a ``pixels`` image side to ``size`` (None, or a
-    size not below ``pixels``: unchanged). The factor must be a whole number that divides the latent side."""
-    import dataclasses
-
+def smaller(latents: torch.Tensor, pixels: int, size: int | None) -> torch.Tensor:
+    """Latents (L, C, h, w) of ``pixels``-side images area-downsampled to the latents of ``size``-side ones (None,
+    or a size not below ``pixels``: unchanged). The factor must be a whole number that divides the latent side."""
+    check_size(latents.shape[-1], pixels, size)
     if size is None or size >= pixels:
-        return batch
-    side = batch.latents.shape[-1]
+        return latents
+    return F.avg_pool2d(latents.float(), pixels // size)
+
+
+def check_size(side: int, pixels: int, size: int | None) -> None:
+    """Refuse a ``size`` that does not divide the base's ``pixels`` by a whole number that also divides the latent
+    ``side``."""
+    if size is None or size >= pixels:
+        return
     factor, rest = divmod(pixels, size)
-    if rest or factor < 1 or side % factor:
+    if rest or side % factor:
         raise FmnPatchError(
             f"train_size={size} must divide the base's image side {pixels} by a whole number that also divides "
             f"its latent side {side}, e.g. {pixels // 2}"
         )
-    return dataclasses.replace(batch, latents=F.avg_pool2d(batch.latents.float(), factor))
