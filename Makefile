@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format typecheck demo bench bench-quick toy-model patches clean
+.PHONY: install test test-slow lint format typecheck demo bench bench-quick fingerprint toy-model toy-sd3 patches clean
 
 install: $(STAMP)
 
@@ -47,14 +47,28 @@ bench: install
 	$(PY) bench/attack_quality.py
 	$(PY) bench/robust_quality.py --rounds 4 --steps 300
 	$(PY) bench/correct_quality.py
+	$(PY) bench/scale.py
+	$(PY) bench/mmdit_sizes.py
+	$(PY) bench/toy_sd3_quality.py
 
 bench-quick: install
 	$(PY) bench/run.py
 	$(PY) bench/train_quality.py --quick
 
+# Same seeds, same tensors: compare every method's patches with the pre-layout code (see BENCHMARKS.md).
+fingerprint: install
+	$(PY) bench/fingerprint.py --compare bench/results/fingerprint-2d7e8f9.json
+	$(PY) bench/run.py --render
+
 # Model on one core, judge alongside on the other once the VAE exists, then the card: see fmn_patch/toy/build.py.
+# Then the toy MMDiT, which reuses that VAE (about an hour of one core more): see fmn_patch/toy/build_sd3.py.
 toy-model: install
 	$(PY) -m fmn_patch.toy.build
+	$(PY) -m fmn_patch.toy.build_sd3
+
+# The toy MMDiT alone, on the committed UNet toy's VAE.
+toy-sd3: install
+	$(PY) -m fmn_patch.toy.build_sd3
 
 patches: install
 	$(PY) patches/make.py

@@ -57,7 +57,8 @@ def main() -> None:
         "patch": {
             "method": patch.info.method,
             "train_seconds": round(train_seconds, 1),
-            "config": {**dataclasses.asdict(train_config), "bench": bench.name},  # bench None: the base's
+            # the config's bench None means the base's: recorded as the bench it resolved to (toy)
+            "config": {**dataclasses.asdict(train_config), "bench": bench.name},
         },
         "budgets": {
             "inversion": config.inversion,

@@ -63,7 +63,8 @@ def main() -> None:
     result = {
         "concept": args.concept,
         "variants": variants,
-        "config": {**dataclasses.asdict(config), "bench": config.bench or pipe.bench},  # None: the base's
+        # the config's bench None means the base's: recorded as the bench it resolved to (toy)
+        "config": {**dataclasses.asdict(config), "bench": config.bench or pipe.bench},
         "seeds": len(seeds),
         "before": before.to_dict(),
         "after": after.to_dict(),

@@ -23,11 +23,15 @@ import torch
 
 from fmn_patch import Patch, PatchInfo, apply_patches, fuse_patches, load_base, merge_patches, remove_patches
 from fmn_patch.cli.options import quiet_libraries
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.provenance import provenance
 from fmn_patch.families.unet import find_targets
 from fmn_patch.toy.paths import toy_pipeline_path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from mmdit_report import mmdit_sections  # noqa: E402  (a sibling script module)
+
 RESULTS = HERE / "results"
 #: TrainConfig's defaults before issue 16 (150 steps x batch 8 from zero, fresh samples every step at the base's
 #: size, 100-step inner attacks of batch 8): the quality benches train them beside today's defaults.
@@ -39,11 +43,20 @@ OLD_DEFAULTS: dict[str, Any] = {
     "pool": 0,
     "train_size": None,
     "checkpointing": False,
+    "robust_attack": "inversion",
     "robust_attack_steps": 100,
     "robust_attack_batch": 8,
     "robust_attack_lr": 5e-3,
 }
 ARCHITECTURES = {"SD-1.5": "sd15.json", "SD-2.1": "sd21.json", "SDXL": "sdxl.json"}
+
+
+def toy_path() -> Path:
+    """The committed toy pipeline's folder; raises when it is not built."""
+    path = toy_pipeline_path()
+    if not (path / "model_index.json").exists():
+        raise FmnPatchError(f"no toy pipeline at {path}; train it with `make toy-model`")
+    return path
 
 
 def machine() -> dict[str, Any]:
@@ -216,7 +229,49 @@ def write_markdown() -> None:
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
+    lines += fingerprint_section()
+    from scale import scale_section  # bench/scale.py: eval on one process and on several
+
+    lines += scale_section()
+    lines += mmdit_sections(_read, _provenance)
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+#: Fingerprints that differ from the pre-layout code on purpose: the default anchor they use changed.
+INTENDED = {
+    "train/bob": "toy identity anchor: train used 'person', now the bench's 'a person' (the edit's)",
+    "train/five": "includes bob (anchor as above)",
+    "tiny/sd1/edit": "a non-toy base with --bench toy: anchors from the bench ('shape'), before from the base ('')",
+    "tiny/sd2/edit": "as tiny/sd1/edit",
+    "tiny/sdxl/edit": "as tiny/sd1/edit",
+}
+
+
+def fingerprint_section() -> list[str]:
+    """The layout change (issue 13) against the pre-layout code: same seeds, same tensors."""
+    now, before = _read("fingerprint"), _read("fingerprint-2d7e8f9")
+    if not now or not before:
+        return []
+    new, old = now["fingerprints"], before["fingerprints"]
+    lines = [
+        "## Same numbers after the layout change",
+        "",
+        _provenance(now) + f" Compared with `{before['meta']['note']}` at {before['meta']['git_revision']}.",
+        "",
+        "Tensor hashes of patches made on fixed seeds (and the eval and attack reports without timings): equal "
+        "hashes mean the same patches and so the same bench numbers. `bench/fingerprint.py --compare "
+        "bench/results/fingerprint-2d7e8f9.json` prints this comparison.",
+        "",
+        "| entry | same as before | why not |",
+        "|---|---|---|",
+    ]
+    for key in sorted(old.keys() & new.keys()):
+        same = json.dumps(old[key], sort_keys=True) == json.dumps(new[key], sort_keys=True)
+        lines.append(
+            f"| {key} | {'yes' if same else 'no'} | {'' if same else INTENDED.get(key, 'UNEXPLAINED')} |"
+        )
+    lines.append("")
+    return lines
 
 
 def train_cost_section() -> list[str]:
@@ -542,7 +597,14 @@ def main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="also run the full-size sections")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--render", action="store_true", help="only regenerate BENCHMARKS.md from the results"
+    )
     args = parser.parse_args()
+    if args.render:
+        write_markdown()
+        print(HERE.parent / "BENCHMARKS.md")
+        return
     quiet_libraries()
     save("sizes", bench_sizes())
     save("inference", bench_inference(args.repeats))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import statistics
@@ -123,9 +124,13 @@ def extrapolate(cost: dict[str, Any], config: Any, default: Any) -> dict[str, An
     seconds, samples = cost["seconds"], cost["samples"]
     rounds = max(1, default.robust_rounds)
     counts = {
-        "pool": default.pool * rounds,
-        "steps": default.steps * default.batch_size,
-        "attacks": (rounds - 1) * default.robust_attack_steps * default.robust_attack_batch,
+        # each round computes its own pool, never more targets than the round's steps draw (resteer.run_steps)
+        "pool": min(default.pool, math.ceil(default.steps / rounds) * default.batch_size) * rounds,
+        "steps": math.ceil(default.steps / rounds) * rounds * default.batch_size,
+        # inner-attack samples as robust.py counts them: latents per inversion step; one prompt per kv step
+        "attacks": (rounds - 1)
+        * default.robust_attack_steps
+        * (default.robust_attack_batch if default.robust_attack == "inversion" else 1),
     }
     phases: dict[str, Any] = {}
     for phase in ("prepare", "edit"):
@@ -202,7 +207,7 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
             )  # fmt: skip
             cost = patch.info.extra["cost"] | {"median_step_s": patch.info.extra["seconds_per_step"]}
             keys = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init", "robust_rounds")
-            keys += ("robust_attack_steps", "robust_attack_batch")
+            keys += ("robust_attack", "robust_attack_steps", "robust_attack_batch")
             row |= {
                 "config": {k: getattr(default, k) for k in keys},
                 "trainable_parameters": sum(a.numel() + b.numel() for a, b in patch.factors.values()),

@@ -20,7 +20,6 @@ import torch
 
 from fmn_patch import Patch, apply_patches, export_kohya, load_base, merge_patches, remove_patches, summarize
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.grid import labelled_grid
 from fmn_patch.format.summary import render_text
 
@@ -34,7 +33,7 @@ def log(msg: str) -> None:
 def same_in_stock_diffusers(ref: str, path: Path, prompt: str) -> float:
     """Max pixel difference between stock `load_lora_weights` and our apply, same seed."""
     stock = load_base(ref)
-    stock.load_lora_weights(str(path))
+    stock.pipe.load_lora_weights(str(path))  # stock diffusers' own loader, on the pipeline itself
     ours = load_base(ref)
     apply_patches(ours, [Patch.load(path)])
     images = [
@@ -98,9 +97,7 @@ def toy_demo() -> None:
 
 def tiny_demo() -> None:
     """Without the toy model: a hand-made patch (random factors) on a tiny random SD-1.x pipeline."""
-    from fmn_patch.preview import SampleConfig
-
-    from fmn_patch import PatchInfo, describe_base, find_targets, preview
+    from fmn_patch import PatchInfo, SampleConfig, preview
     from fmn_patch.families.tiny import build_sd
 
     log(
@@ -114,9 +111,9 @@ def tiny_demo() -> None:
             torch.randn(2, layer.in_features, generator=gen) * 0.05,
             torch.randn(layer.out_features, 2, generator=gen) * 0.3,
         )
-        for m, layer in find_targets(pipe.unet).items()
+        for m, layer in pipe.family.targets().items()
     }
-    base = describe_base(pipe)
+    base = pipe.describe()
     patch = Patch(factors, PatchInfo(method="manual", base_model=base.model, base_hash=base.hash))
     path = patch.save(OUT / "hand-made.safetensors", overwrite=True)
     print(render_text(summarize(Patch.load(path), path)).split("delta norms")[0])
@@ -132,15 +129,9 @@ def tiny_demo() -> None:
 def main() -> None:
     quiet_libraries()
     OUT.mkdir(parents=True, exist_ok=True)
-    try:
-        from fmn_patch.families.base import toy_path
+    from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 
-        toy_path()
-        from fmn_patch.toy.paths import toy_judge_path
-
-        if not toy_judge_path().exists():
-            raise FmnPatchError("toy judge missing")
-    except FmnPatchError:
+    if not (toy_pipeline_path() / "model_index.json").exists() or not toy_judge_path().exists():
         tiny_demo()
         return
     toy_demo()

@@ -29,3 +29,11 @@ class BenchError(FmnPatchError):
 
 class NotBuiltError(FmnPatchError):
     """A capability that is planned but not built in this release."""
+
+
+class OutputError(FmnPatchError):
+    """An output that cannot be written (a bad path, a full disk, a read-only folder); nothing was written."""
+
+
+class OutputExistsError(OutputError):
+    """The output exists and ``--overwrite`` was not given (or another process published it meanwhile)."""

@@ -17,6 +17,7 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 KINDS = ("sd1", "sd2", "sdxl")
+MMDIT_KINDS = ("sd3", "flux")
 # One thread: the models here are tiny, and on a busy 2-core machine two threads each ran many times slower.
 torch.set_num_threads(1)
 
@@ -34,13 +35,27 @@ def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def mmdit_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SD3.5-like and Flux-like pipelines (tokenizers written here), built once per session."""
+    from fmn_patch.families.tiny_mmdit import build_mmdit
+
+    root = tmp_path_factory.mktemp("mmdit")
+    return {kind: build_mmdit(kind, root) for kind in MMDIT_KINDS}
+
+
+@pytest.fixture(params=MMDIT_KINDS)
+def mkind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
 def sd1(pipeline_dirs: dict[str, Path]):
     return load_base(str(pipeline_dirs["sd1"]))
 
 
 def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept: str = "circle") -> Patch:
-    """A hand-made patch: random factors on every attn2 to_k/to_v of the pipeline, sized to change images."""
+    """A hand-made patch: random factors on every target of the pipeline's family, sized to change images."""
     gen = torch.Generator().manual_seed(seed)
     factors = {}
     for module, (out_f, in_f) in pipe.family.target_shapes().items():
@@ -56,11 +71,13 @@ def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept
         architecture=base.architecture,
         config={"seed": seed, "rank": rank, "scale": scale},
     )
-    return Patch(factors, info)
+    return Patch(factors, info, pipe.family.component)
 
 
 def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) -> torch.Tensor:
-    """Images as a float tensor, deterministic for a seed."""
+    """Images as a float tensor, deterministic for a seed (MMDiTs at the family's sequence length)."""
+    if pipe.family.component != "unet":
+        return pipe.family.generate([prompt], [seed], steps=steps, guidance=3.0)
     out = pipe(
         prompt,
         num_inference_steps=steps,

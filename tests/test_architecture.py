@@ -18,6 +18,9 @@ ROOT = Path(fmn_patch.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0,
     "files": 0,
+    "processes": 0,
+    "text": 0,
+    "values": 0,
     "format": 1,
     "families": 2,
     "concepts": 3,

@@ -11,7 +11,9 @@ from test_cli import run
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.correction import entropy_bits
 from fmn_patch.families.base import load_base
+from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.families.unet import is_target
+from fmn_patch.format import Patch
 from fmn_patch.methods.correct import (
     CorrectConfig,
     attribute_variants,
@@ -101,5 +103,7 @@ def test_cli_correct(capsys, pipeline_dirs, tmp_path):
     assert '"variants"' in stdout and "yellow circle" in stdout
     code, _, err = run(capsys, *args)
     assert code == 2 and "--overwrite" in err
-    pipe = load_base(base)
-    assert pipe is not None
+    pipe = load_base(base)  # the written patch is a correction of circle that applies to its base
+    patch = Patch.load(out)
+    assert patch.verified and patch.info.method == "correct" and patch.concept_names == ["circle"]
+    remove_patches(pipe, apply_patches(pipe, [patch], strict=True))

@@ -171,13 +171,13 @@ def test_card_follows_the_diffusers_lora_convention(hub, patch_file, tmp_path):
         f"{patch_file.stat().st_size / 1024:.1f} KiB",
         'pipe = AutoPipelineForText2Image.from_pretrained("acme/tiny-sd")',
         f'pipe.load_lora_weights("acme/forget-bob", weight_name="{WEIGHT_NAME}")',
-        'fmnpatch apply acme/tiny-sd hf://acme/forget-bob --prompt "a photo of bob"',
+        "fmnpatch apply acme/tiny-sd hf://acme/forget-bob --prompt 'a photo of bob'",
         "## Results (ConceptBench / M-Score)",
-        "| concept | m_score | acc |",
+        "| concept | m\\_score | acc |",
         "| bob | 0.91 | 0.05 |",
-        "made for: `acme/tiny-sd` [stable-diffusion-v1]",
+        "made for: `acme/tiny-sd` \\[stable-diffusion-v1\\]",
         "fmnpatch pull acme/forget-bob -o forget-bob.safetensors",
-        "| acc_kept | 0.88 |",
+        "| acc\\_kept | 0.88 |",
         f"![before / after]({GRID_NAME})",
         patch.tensor_hash(),
     ]:
@@ -399,3 +399,61 @@ def test_unreachable_hub(hub, patch_file):
         resolve("hf://acme/other")
     with pytest.raises(HubError, match="cannot reach the Hub"):
         search()
+
+
+# ------------------------------------------------------------------------------------- malformed and unhashed
+def test_search_skips_a_malformed_community_header_with_a_warning(hub, patch_file):
+    import struct
+
+    from fmn_patch.hub.catalog import SkippedPatchWarning
+
+    push(patch_file, "acme/good")
+    push(patch_file, "mallory/bad")
+    repo = hub.repos["mallory/bad"]
+    data = repo.files("main")[WEIGHT_NAME]
+    (n,) = struct.unpack("<Q", data[:8])
+    header = b'{"__metadata__": {"fmn_patch.format_version": "1", "fmn_patch.concepts": "{\\"name\\": 1}"}}'
+    header += b" " * (n - len(header))  # the same length: the rest of the file still lines up
+    repo.commits[repo.branches["main"]][WEIGHT_NAME] = data[:8] + header + data[8 + n :]
+    with pytest.warns(SkippedPatchWarning, match=r"skipped mallory/bad: .*concepts must be a JSON list"):
+        found = search()
+    assert [p.repo_id for p in found] == ["acme/good"]
+
+
+def test_pull_refuses_a_patch_without_a_hash_and_says_verified_only_when_checked(hub, patch_file, tmp_path):
+    import safetensors.torch
+
+    patch = Patch.load(patch_file)
+    header = patch.header()
+    header.pop("modelspec.hash_sha256")
+    unhashed = tmp_path / "unhashed.safetensors"
+    safetensors.torch.save_file(patch.state_dict(), str(unhashed), metadata=header)
+    with pytest.raises(PatchFileError, match="carries no tensor hash"):
+        push(unhashed, "acme/unhashed")  # push publishes nothing pull would refuse
+    huggingface_hub.HfApi().create_repo("acme/unhashed")  # uploaded by other means
+    huggingface_hub.HfApi().upload_file(
+        path_or_fileobj=unhashed, path_in_repo=WEIGHT_NAME, repo_id="acme/unhashed"
+    )
+    with pytest.raises(PatchFileError, match="carries no tensor hash"):
+        pull("acme/unhashed", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    push(patch_file, "acme/hashed")
+    assert pull("acme/hashed").patch.verified
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_mmdit_patch_round_trips_through_the_hub(hub, mmdit_dirs, kind, tmp_path):
+    base = load_base(str(mmdit_dirs[kind]))
+    path = random_patch(base, seed=2, concept="bob").save(tmp_path / "p.safetensors")
+    push(path, f"acme/{kind}-forget-bob")
+    card = ModelCard.load(f"acme/{kind}-forget-bob")
+    assert "transformer" in card.text or "MMDiT" in card.text
+    pulled = pull(f"acme/{kind}-forget-bob", tmp_path / "pulled")
+    assert pulled.path.read_bytes() == path.read_bytes()
+    names = apply_patches(base, load_patches([f"hf://acme/{kind}-forget-bob"]))
+    ours = render(base)
+    remove_patches(base, names)
+    base.pipe.load_lora_weights(
+        f"acme/{kind}-forget-bob", weight_name=WEIGHT_NAME, cache_dir=str(tmp_path / "dcache")
+    )
+    assert torch.equal(render(base), ours)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from fmn_patch.concepts.bench import load_bench
-from fmn_patch.evaluation.judges import ClipJudge, concept_probs
+from fmn_patch.evaluation.judges import ClipJudge, class_index, concept_probs
 from fmn_patch.evaluation.mscore import judged
 from fmn_patch.toy.vocab import build_tokenizer
 
@@ -53,4 +54,8 @@ def test_clip_judge_returns_a_distribution_per_category(tmp_path: Path) -> None:
         assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
     p = concept_probs(judge, images, bench.concept("Van Gogh"))
     m, acc = judged(judge, images, bench.concept("Van Gogh"))
-    assert p.shape == (3,) and 0 <= m <= 1 and 0 <= acc <= 1
+    probs = judge.category_probs(images, "style")
+    index = class_index(judge, bench.concept("Van Gogh"))
+    assert p.shape == (3,) and torch.equal(p, probs[:, index])
+    assert m == pytest.approx(float(probs[:, index].mean()))
+    assert acc == pytest.approx(float((probs.argmax(-1) == index).float().mean()))

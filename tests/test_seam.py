@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -56,7 +56,7 @@ class UpBlockFamily(UNetFamily):
         projections=("to_k", "to_v"),
         description="UNet up-block attn2.to_k/to_v",
     )
-    calls: dict[str, int] = {}
+    calls: ClassVar[dict[str, int]] = {}
 
     @classmethod
     def claims_index(cls, model_index: dict[str, Any]) -> bool:
@@ -154,7 +154,7 @@ def test_toy_defaults_are_the_same_by_name_and_by_path(tmp_path, monkeypatch):
         assert trained.info.config["bench"] == "toy" and trained.info.concepts[0].category == "identity"
         seen.append((trained.info.config["anchors"], edited.info.extra["anchors"], trained.tensor_hash()))
     assert seen[0] == seen[1]
-    assert seen[0][0] == {"bob": "person"} and seen[0][1] == {"bob": "person", "circle": "shape"}
+    assert seen[0][0] == {"bob": "a person"} and seen[0][1] == {"bob": "a person", "circle": "shape"}
 
 
 def test_a_copy_of_the_toy_is_still_the_toy_world(tmp_path):
@@ -241,7 +241,7 @@ def test_train_restores_the_state_when_interrupted(busy, monkeypatch):
 def test_no_library_call_seeds_the_global_rng():
     """Only inside a fork (``torch.random.fork_rng``); the toy world's trainers are scripts, run as processes."""
     root = Path(__file__).parent.parent / "fmn_patch"
-    scripts = {root / "toy" / "train.py", root / "toy" / "train_judge.py"}
+    scripts = {root / "toy" / "train.py", root / "toy" / "train_judge.py", root / "toy" / "train_sd3.py"}
     for path in set(root.rglob("*.py")) - scripts:
         for line in path.read_text(encoding="utf-8").splitlines():
             if re.search(r"torch\.manual_seed\(", line):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fmn_patch.concepts.bench import load_bench
-from fmn_patch.evaluation.judges import concept_probs
+from fmn_patch.evaluation.judges import class_index, concept_probs
 from fmn_patch.toy import toy_judge_path
 from fmn_patch.toy.judge import TOY_HEADS, ToyJudge
 from fmn_patch.toy.train_judge import targets, to_unit
@@ -36,5 +36,7 @@ def test_concept_probs_follow_the_category_head() -> None:
     x = to_unit(images)
     for name in ["circle", "striped", "bob"]:
         p = concept_probs(judge, x, bench.concept(name))
-        assert p.shape == (8,) and bool(((p >= 0) & (p <= 1)).all())
+        concept = bench.concept(name)
+        head = judge.category_probs(x, concept.category)[:, class_index(judge, concept)]
+        assert p.shape == (8,) and torch.equal(p, head)
     assert torch.allclose(judge.category_probs(x, "identity"), judge.category_probs(x, "object"))

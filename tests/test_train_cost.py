@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
-from fmn_patch.families.stack import apply_patches, remove_patches
+from fmn_patch.families.stack import BaseMismatchWarning, apply_patches, remove_patches
 from fmn_patch.format import Patch
 from fmn_patch.methods.lora import lora_adapter
 from fmn_patch.methods.resteer import TrainConfig, train_patch
@@ -172,7 +173,11 @@ def test_bfloat16_base_trains_float32_factors_in_the_same_format(pipeline_dirs, 
     assert loaded.tensor_hash() == patch.tensor_hash() and loaded.info.method == "resteer"
     remove_patches(half, apply_patches(half, [loaded]))
     full_pipe = load_base(str(pipeline_dirs["sd1"]))
-    with pytest.warns(UserWarning, match="target hash"):  # the header hashes the bf16-rounded weights it saw
+    # the header's target hash is of the stored float32 weights the bf16 base was loaded from: the same files in
+    # float32 take the patch without a base-mismatch warning
+    assert loaded.info.base_hash == full_pipe.family.target_hash()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaseMismatchWarning)
         remove_patches(full_pipe, apply_patches(full_pipe, [loaded]))
 
 

@@ -2,12 +2,21 @@
 (``paraphrase``, ``inversion``: Concept Inversion, ``search``: a prompt search)."""
 
 from . import inversion, paraphrase, search  # register the built-in attacks
-from .attack import DIRECT, Attack, AttackContext, AttackResult, attack_names, register_attack
+from .attack import (
+    DIRECT,
+    Attack,
+    AttackContext,
+    AttackPlan,
+    AttackResult,
+    attack_names,
+    judge_plans,
+    register_attack,
+)
 from .config import AttackConfig, InversionAttackConfig, SearchConfig
 from .harness import patched, reference_latents, run_attacks
-from .inversion import inversion_attack
+from .inversion import inversion_attack, inversion_plan
 from .report import AttackReport, attack_grid
-from .search import SearchResult, search_prompt
+from .search import SearchResult, search_attack, search_prompt
 
 ATTACKS = attack_names()
 
@@ -17,6 +26,7 @@ __all__ = [
     "Attack",
     "AttackConfig",
     "AttackContext",
+    "AttackPlan",
     "AttackReport",
     "AttackResult",
     "InversionAttackConfig",
@@ -26,11 +36,14 @@ __all__ = [
     "attack_names",
     "inversion",
     "inversion_attack",
+    "inversion_plan",
+    "judge_plans",
     "paraphrase",
     "patched",
     "reference_latents",
     "register_attack",
     "run_attacks",
     "search",
+    "search_attack",
     "search_prompt",
 ]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import values
 from ..errors import FmnPatchError
 from ..evaluation.mscore import SamplerConfig
+from ..values import MAX_BATCH, MAX_STEPS
 
 
-def _at_least(obj: Any, names: Sequence[str], low: int, what: str) -> None:
+def _at_least(obj: Any, names: Sequence[str], low: int, what: str, high: int = MAX_BATCH) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not (isinstance(value, int) and value >= low):
-            raise FmnPatchError(f"{what} {name}={value!r} must be a whole number >= {low}")
+        values.whole(getattr(obj, name), f"{what} {name}", low, high)
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,10 @@ class InversionAttackConfig:
     template: str | None = None  # None: the bench's inversion_template
 
     def __post_init__(self) -> None:
-        _at_least(self, ("steps", "images", "num_tokens", "batch_size"), 1, "inversion")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise FmnPatchError(f"inversion lr={self.lr} must be a positive number, e.g. 5e-3")
+        _at_least(self, ("steps",), 1, "inversion", MAX_STEPS)
+        _at_least(self, ("images", "batch_size"), 1, "inversion")
+        _at_least(self, ("num_tokens",), 1, "inversion", 75)  # the text encoder's 77 positions hold them
+        values.number(self.lr, "inversion lr", 0, 10, above=True, example="5e-3")
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,9 @@ class SearchConfig:
     images: int = 8  # reference latents the loss averages over (fixed noise and timesteps)
 
     def __post_init__(self) -> None:
-        _at_least(self, ("length", "max_candidates", "batch_size", "images"), 1, "search")
-        if not (self.seconds > 0 and math.isfinite(self.seconds)):
-            raise FmnPatchError(
-                f"search seconds={self.seconds} must be a positive number of seconds, e.g. 60"
-            )
+        _at_least(self, ("max_candidates", "batch_size", "images"), 1, "search", 10_000_000)
+        _at_least(self, ("length",), 1, "search", 75)
+        values.number(self.seconds, "search seconds", 0, 7 * 24 * 3600, above=True, example=60)
 
 
 @dataclass(frozen=True)
@@ -80,5 +78,7 @@ class AttackConfig:
                 f"unknown attack(s) {unknown or '(none given)'}; choose from {', '.join(attack_names())} "
                 "(repeat --attack)"
             )
-        _at_least(self, ("image_steps", "grid_images", "seed"), 0, "attack")
-        _at_least(self, ("image_steps", "grid_images"), 1, "attack")
+        _at_least(self, ("image_steps",), 1, "attack", MAX_STEPS)
+        _at_least(self, ("grid_images",), 1, "attack")
+        values.seed(self.seed, "attack seed")
+        values.number(self.image_guidance, "attack image_guidance", 0, 1000, example=5)

@@ -13,10 +13,10 @@ attack is a module that calls ``register_attack``.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ import torch
 
 from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
+from ..evaluation.batches import ModelStates
 from ..evaluation.judges import Judge
 from ..families.base import Base, as_base
 from ..families.references import folder_latents, generated_latents
 from ..families.stack import apply_patches, remove_patches
 from ..format.patch import Patch
-from .attack import AttackContext, AttackResult, direct_attack, get_attack
+from ..processes import run_shared
+from .attack import DIRECT, AttackContext, AttackPlan, direct_attack, get_attack, judge_plans
 from .config import AttackConfig
 from .report import AttackReport, attack_grid
 
@@ -43,15 +45,26 @@ def reference_latents(
     steps: int,
     guidance: float,
     images: str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """``count`` latents (N, C, h, w) of the concept: the first of a folder, or drawn by the base (cached) from the
-    bench's prompts, every prompt once per seed so that any prefix covers the prompts evenly."""
+    bench's prompts, every prompt once per seed so that any prefix covers the prompts evenly. One pipeline call per
+    prompt, the prompts shared between the job's processes (a collective call)."""
     base = as_base(base)
     if images is not None:
         return folder_latents(base, images)[:count]
     prompts = bench.prompts(concept)
     per_prompt = -(-count // len(prompts))
-    latents = generated_latents(base, prompts, list(range(per_prompt)), steps=steps, guidance=guidance)
+    seeds = list(range(per_prompt))
+    drawn, _ = run_shared(
+        prompts,
+        lambda p: generated_latents(base, [p], seeds, steps=steps, guidance=guidance),
+        size=lambda _p: per_prompt,
+        what=f"pictures of {concept.name}",
+        unit="images",
+        progress=progress,
+    )
+    latents = torch.cat(drawn)  # prompt-major
     seed_major = torch.arange(len(latents)).view(len(prompts), per_prompt).T.flatten()
     return latents[seed_major[:count]]
 
@@ -87,11 +100,17 @@ def run_attacks(
     config: AttackConfig | None = None,
     *,
     patch_names: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> AttackReport:
     """Attack the base with ``patches`` stacked (and the base alone, if ``config.attack_base`` or no patch is given).
 
     Pictures of the concept for the attacks that learn from them are drawn by the base before any patch is applied
     (or read from ``config.images``). The base is left unpatched.
+
+    Under ``accelerate launch`` the work is shared: the pictures by prompt, the attacks' learned parts (inversion,
+    search) by (model, attack), each run whole by one process, and the drawing and judging of every attack's
+    prompts by batch. Every process gets the whole report; apart from the timings and a search stopped by its
+    seconds, it is the same as one process's.
     """
     base = as_base(base)
     config = config or AttackConfig()
@@ -113,22 +132,38 @@ def run_attacks(
             steps=config.image_steps,
             guidance=config.image_guidance,
             images=config.images,
+            progress=progress,
         )
-    results: list[AttackResult] = []
-    if config.attack_base or not patches:
-        results += _attack_model(AttackContext(base, concept, bench, judge, latents, config), "base")
-    if patches:
-        with patched(base, patches):
-            results += _attack_model(AttackContext(base, concept, bench, judge, latents, config), "patched")
+    models = (["base"] if config.attack_base or not patches else []) + (["patched"] if patches else [])
+    states: dict[str, Callable[[], AbstractContextManager[Any]]] = {
+        "base": contextlib.nullcontext,
+        "patched": lambda: patched(base, patches),
+    }
+    tasks = [(model, name) for model in models for name in (DIRECT, *config.attacks)]
+    held = ModelStates(states)
+
+    def learn(task: tuple[str, str]) -> AttackPlan:
+        model, name = task
+        held.use(model)
+        ctx = AttackContext(base, concept, bench, judge, latents, config)
+        return direct_attack(ctx) if name == DIRECT else get_attack(name).run(ctx)
+
+    # the attacks that learn from pictures (inversion, search) are the long ones: share them apart from the rest, so
+    # that each process gets its part of them (a contiguous share of all the tasks could give one process all)
+    learning = [t for t in tasks if t[1] != DIRECT and get_attack(t[1]).latents(config) > 0]
+    others = [t for t in tasks if t not in learning]
+    try:
+        learned, _ = run_shared(learning, learn, what="attacks", unit="attacks", progress=progress)
+        planned, _ = run_shared(others, learn, progress=False)
+    finally:
+        held.close()
+    plans = dict(zip(learning, learned, strict=True)) | dict(zip(others, planned, strict=True))
+    entries = [(model, name, plans[model, name]) for model, name in tasks]
+    results = judge_plans(base, entries, concept, judge, config, states, progress=progress)
     names = list(patch_names) if patch_names is not None else [_patch_name(p) for p in patches]
     report = AttackReport(concept, bench.name, names, config, results, time.perf_counter() - started)
     report.grid = attack_grid(results, config.grid_images)
     return report
-
-
-def _attack_model(ctx: AttackContext, model: str) -> list[AttackResult]:
-    results = [direct_attack(ctx)] + [get_attack(name).run(ctx) for name in ctx.config.attacks]
-    return [dataclasses.replace(r, model=model) for r in results]
 
 
 def _patch_name(patch: Patch | str | Path) -> str:

@@ -4,35 +4,33 @@ patched model, then the bench's prompts with the token in place of the name."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
+from typing import Any
 
 import torch
 
 from ..concepts.bench import Bench, Concept
 from ..evaluation.judges import Judge
 from ..evaluation.mscore import SamplerConfig
-from ..families.base import Base
+from ..families.base import Base, as_base
 from ..methods.inversion import InversionConfig, LearnedTokens, learn_tokens
-from .attack import Attack, AttackContext, AttackResult, judge_prompts, register_attack
+from .attack import Attack, AttackContext, AttackPlan, AttackResult, judge_plans, register_attack
 from .config import InversionAttackConfig
 
 
-def inversion_attack(
+def inversion_plan(
     base: Base,
     concept: Concept,
     bench: Bench,
-    judge: Judge,
     latents: torch.Tensor,
     config: InversionAttackConfig,
-    sampler: SamplerConfig,
     seed: int = 0,
-) -> tuple[AttackResult, LearnedTokens]:
-    """Learn a new token on ``latents`` (N, C, h, w) against ``base`` as it is now (patched), then generate the
-    bench's prompts with the token in place of the concept's name and judge them."""
-    from .config import AttackConfig
-
+) -> AttackPlan:
+    """Learn a new token on ``latents`` (N, C, h, w) against ``base`` as it is now (patched): the plan is the
+    bench's prompts with the token in place of the concept's name, drawn with the token added."""
     family = base.family
     family.require_one_encoder("the inversion attack")
     started = time.perf_counter()
@@ -51,24 +49,38 @@ def inversion_attack(
     learn_seconds = time.perf_counter() - started
     # a pipeline whose prompt conversion expands a multi-vector token (`<t>` -> `<t> <t>_1 ...`) gets `<t>` alone
     words = learned.token if family.expands_tokens else learned.words
-    prompts = bench.prompts(concept, words)
-    ctx = AttackContext(base, concept, bench, judge, latents, AttackConfig(sampler=sampler))
-    with family.added_tokens(learned.names, learned.embeddings):
-        acc, m, images = judge_prompts(ctx, prompts, "inversion")
     budget = {**dataclasses.asdict(config), "init_words": init, "template": template}
     budget["images"] = min(config.images, len(latents))
     details = {"token": learned.token, "final_loss": learned.losses[-1], "learn_seconds": learn_seconds}
-    seconds = time.perf_counter() - started
-    return AttackResult(
-        "inversion", "", acc, m, len(images), seconds, prompts, budget, details, images
-    ), learned
+    return AttackPlan(bench.prompts(concept, words), budget, details, learn_seconds, tokens=learned)
 
 
-def _run(ctx: AttackContext) -> AttackResult:
+def inversion_attack(
+    base: Base | Any,
+    concept: Concept,
+    bench: Bench,
+    judge: Judge,
+    latents: torch.Tensor,
+    config: InversionAttackConfig,
+    sampler: SamplerConfig,
+    seed: int = 0,
+) -> tuple[AttackResult, LearnedTokens]:
+    """``inversion_plan``, then its prompts drawn with ``sampler`` on ``base`` as it is now and judged."""
+    from .config import AttackConfig
+
+    base = as_base(base)
+    plan = inversion_plan(base, concept, bench, latents, config, seed)
+    states = {"": contextlib.nullcontext}
+    [result] = judge_plans(
+        base, [("", "inversion", plan)], concept, judge, AttackConfig(sampler=sampler), states, progress=False
+    )
+    assert plan.tokens is not None
+    return result, plan.tokens
+
+
+def _run(ctx: AttackContext) -> AttackPlan:
     c = ctx.config
-    return inversion_attack(
-        ctx.base, ctx.concept, ctx.bench, ctx.judge, ctx.latents, c.inversion, c.sampler, c.seed
-    )[0]
+    return inversion_plan(ctx.base, ctx.concept, ctx.bench, ctx.latents, c.inversion, c.seed)
 
 
 register_attack(

@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import time
-
-from .attack import Attack, AttackContext, AttackResult, judge_prompts, register_attack
+from .attack import Attack, AttackContext, AttackPlan, register_attack
 
 
-def paraphrase_attack(ctx: AttackContext) -> AttackResult:
-    """Generate and judge the bench's paraphrase prompts of the concept."""
-    started = time.perf_counter()
+def paraphrase_attack(ctx: AttackContext) -> AttackPlan:
+    """The bench's paraphrase prompts of the concept."""
     prompts = ctx.bench.paraphrase_prompts(ctx.concept)
-    acc, m, images = judge_prompts(ctx, prompts, "paraphrase")
-    budget = {"prompts": len(prompts), "names": len(ctx.concept.names)}
-    return AttackResult(
-        "paraphrase", "", acc, m, len(images), time.perf_counter() - started, prompts, budget, {}, images
-    )
+    return AttackPlan(prompts, budget={"prompts": len(prompts), "names": len(ctx.concept.names)})
 
 
 register_attack(Attack("paraphrase", paraphrase_attack, order=10))

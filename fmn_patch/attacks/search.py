@@ -9,13 +9,13 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..families.base import Base
-from .attack import Attack, AttackContext, AttackResult, judge_prompts, register_attack
+from ..families.base import Base, as_base
+from .attack import Attack, AttackContext, AttackPlan, register_attack
 from .config import SearchConfig
 
 Stop = Literal["candidates", "seconds"]
@@ -34,7 +34,9 @@ class SearchResult:
     stopped: Stop  # which budget ended the search
 
 
-def search_prompt(base: Base, latents: torch.Tensor, config: SearchConfig, seed: int = 0) -> SearchResult:
+def search_prompt(
+    base: Base | Any, latents: torch.Tensor, config: SearchConfig, seed: int = 0
+) -> SearchResult:
     """Greedy coordinate search for `config.length` words minimising the denoising loss on `latents`.
 
     Each round ranks every (position, word) swap by its first-order loss change (e_word - e_current) . grad and
@@ -42,6 +44,7 @@ def search_prompt(base: Base, latents: torch.Tensor, config: SearchConfig, seed:
     When no swap does (a local optimum), it restarts from random words. It returns the best prompt seen when a
     budget is spent; a batch or gradient is not started when the time it took last would overrun `config.seconds`.
     """
+    base = as_base(base)
     family = base.family
     family.require_one_encoder("the search attack")
     started = time.perf_counter()
@@ -131,24 +134,20 @@ def _embedding_gradient(
     return grad[-len(tokens) :].float()
 
 
-def search_attack(ctx: AttackContext) -> AttackResult:
-    """``search_prompt`` on the model as it is now, then the found prompt generated with as many seeds as the
-    bench's prompts of the concept have images (prompts x seeds), and judged."""
-    started = time.perf_counter()
+def search_attack(ctx: AttackContext) -> AttackPlan:
+    """``search_prompt`` on the model as it is now; the found prompt is drawn with as many seeds as the bench's
+    prompts of the concept have images (prompts x seeds)."""
     config, sampler, concept = ctx.config.search, ctx.sampler, ctx.concept
-    latents = ctx.latents
-    found = search_prompt(ctx.base, latents, config, ctx.config.seed)
+    found = search_prompt(ctx.base, ctx.latents, config, ctx.config.seed)
     count = len(ctx.bench.prompts(concept)) * len(sampler.seeds)
-    many = dataclasses.replace(sampler, seeds=tuple(range(count)))
-    acc, m, images = judge_prompts(ctx, [found.prompt], "search", many)
     names = {w.lower() for w in concept.names}
     details = {
         **dataclasses.asdict(found),
         "uses_concept_words": any(w in found.prompt.split() for n in names for w in n.split()),
     }
-    budget = {**dataclasses.asdict(config), "images": min(config.images, len(latents))}
-    seconds = time.perf_counter() - started
-    return AttackResult("search", "", acc, m, len(images), seconds, [found.prompt], budget, details, images)
+    budget = {**dataclasses.asdict(config), "images": min(config.images, len(ctx.latents))}
+    many = dataclasses.replace(sampler, seeds=tuple(range(count)))
+    return AttackPlan([found.prompt], budget, details, found.seconds, sampler=many)
 
 
 register_attack(

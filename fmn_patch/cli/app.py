@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import warnings
+from typing import NoReturn
 
-import click
 import typer
 
 from ..errors import FmnPatchError
+from ..files import describe_os_error
+from ..text import printable
 from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
@@ -16,7 +21,8 @@ from .planned import PLANNED, planned_command
 app = typer.Typer(
     name="fmnpatch",
     help=(
-        "Make text-to-image diffusion models forget: small LoRA patches on UNet cross-attention keys/values.\n\n"
+        "Make text-to-image diffusion models forget: small LoRA patches on the text-side keys/values of\n"
+        "cross-attention (SD 1.x/2.x/XL UNets) or of joint attention (SD 3/3.5, FLUX.1).\n\n"
         "Patches are .safetensors files that stock diffusers loads; stack, merge, fuse and export them here."
     ),
     no_args_is_help=True,
@@ -52,25 +58,88 @@ def root(
     quiet_libraries()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(143)  # unwinds like Ctrl-C: atomic writes remove their temp files
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user mistakes print one line to stderr and exit 2; Ctrl-C exits 130."""
+    """Console entry point. User mistakes print one line to stderr and exit 2 (a usage error prints the usage line
+    first); Ctrl-C exits 130; SIGTERM (a launcher stopping its processes, a preempted job) exits 143. Neither
+    leaves a partial file. Text from files is escaped before it reaches the terminal."""
     _debug[0] = False
-    try:
-        app(args=argv, prog_name="fmnpatch", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        _fail(
+            "no command given; run `fmnpatch --help` to see the commands",
+            usage="fmnpatch [OPTIONS] COMMAND ...",
+        )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            code = app(args=args, prog_name="fmnpatch", standalone_mode=False)
+        except typer.Abort:
+            code = 130
+        except KeyboardInterrupt:
+            code = 130
+        except (
+            typer.TyperException
+        ) as e:  # typer's usage errors: bad values, unknown options, missing arguments
+            if _debugging():
+                raise
+            ctx = getattr(e, "ctx", None)
+            _fail(
+                _usage_message(e),
+                usage=ctx.get_usage().removeprefix("Usage: ") if ctx is not None else None,
+                code=getattr(e, "exit_code", 2) or 2,
+            )
+        except FmnPatchError as e:
+            if _debugging():
+                raise
+            _fail(str(e))
+        except OSError as e:  # the environment, not the user's input: a full disk, a read-only mount, /proc
+            if _debugging():
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            _fail(f"{describe_os_error(e)}{where}")
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    if code == 130:
         print("fmnpatch: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
-    except FmnPatchError as e:
-        if _debug[0] or os.environ.get("FMNPATCH_DEBUG"):
-            raise
-        print(f"fmnpatch: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _debugging() -> bool:
+    return _debug[0] or bool(os.environ.get("FMNPATCH_DEBUG"))
+
+
+def _fail(message: str, *, usage: str | None = None, code: int = 2) -> NoReturn:
+    if usage is not None:
+        print(f"usage: {printable(usage, 300)}", file=sys.stderr)
+    rank = os.environ.get("RANK", "0")  # under `accelerate launch`: which process says it
+    who = "" if rank == "0" else f" (process {printable(rank, 8)})"
+    print(f"fmnpatch: error{who}: {printable(message, 2000)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _usage_message(e: Exception) -> str:
+    """typer's message for a usage error, with the value that was refused when typer knows it."""
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    errors = getattr(e.__cause__, "errors", None)  # pydantic's ValidationError, from typer's coercion
+    if callable(errors):
+        try:
+            value = errors()[0].get("input")
+        except (IndexError, AttributeError, TypeError):
+            value = None
+        if isinstance(value, str):
+            message = message.replace(": ", f": {value[:60]!r}: ", 1)
+    return " ".join(message.split())
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    print(f"fmnpatch: warning: {printable(message, 1000)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
+from .. import values
 from ..errors import FmnPatchError
+from ..evaluation.grid import check_image_output, save_image
 from ..evaluation.preview import SampleConfig, preview
 from ..families.base import load_base
 from ..families.stack import fuse_patches, save_pipeline
+from ..files import check_output
+from ..format.merge import check_weights
 from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Strict, Weights, echo_json, info
 from .options import load_patches as load_patch_files
 
@@ -59,31 +63,25 @@ def apply(
         raise FmnPatchError(
             "nothing to do: pass --output DIR to save a fused model, or --prompt TEXT to render"
         )
-    loaded = load_patch_files(patches)
-    if output is not None and output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    if grid.exists() and prompt and not overwrite:
-        raise FmnPatchError(f"{grid} already exists; pass --overwrite or choose another --grid path")
+    # every argument is checked before anything is loaded or computed
+    config = SampleConfig(steps, guidance)
+    seeds = [values.seed(s) for s in seed or [0]]
+    if output is not None:
+        check_output(output, overwrite=overwrite, folder=True, what="--output")
+    if prompt:
+        check_image_output(grid, overwrite=overwrite)
+    loaded = load_patch_files(patches, require_hash=strict)
+    weights = check_weights(loaded, weight)
     info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
     result: dict[str, object] = {"base": base, "patches": [str(p) for p in patches]}
     if prompt:
         info(f"rendering {len(prompt)} prompt(s) with base and patched model ...")
-        image = preview(
-            pipe,
-            loaded,
-            prompt,
-            weights=weight,
-            seeds=seed or [0],
-            config=SampleConfig(steps, guidance),
-            strict=strict,
-        )
-        grid.parent.mkdir(parents=True, exist_ok=True)
-        image.save(grid)
-        result["grid"] = str(grid)
+        image = preview(pipe, loaded, prompt, weights=weights, seeds=seeds, config=config, strict=strict)
+        result["grid"] = str(save_image(image, grid, overwrite=overwrite))
     if output is not None:
-        info("fusing patches into the UNet ...")
-        fuse_patches(pipe, loaded, weight, strict=strict)
+        info("fusing patches into the model's weights ...")
+        fuse_patches(pipe, loaded, weights, strict=strict)
         result["output"] = str(save_pipeline(pipe, output, overwrite=overwrite))
     if json_out:
         echo_json(result)

@@ -8,15 +8,17 @@ from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..attacks import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
 from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
 from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
 from ..families.base import default_bench, load_base
-from ..files import atomic_write
+from ..files import atomic_write, check_input, check_output
 from .options import (
     BaseArg,
+    BatchOpt,
     BenchOpt,
     ClipOpt,
     Device,
@@ -87,6 +89,7 @@ def attack(
     out: Annotated[
         Path, typer.Option("--out", "--output", "-o", help="Folder for attack.json, attack.md, attack.png.")
     ] = Path("fmnpatch-attack"),
+    batch_size: BatchOpt = SamplerConfig.batch_size,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -98,7 +101,8 @@ def attack(
     vocabulary. Reports, per attack, the share of images judged to show the concept (attack success) and the
     M-Score, on the patched model and on the base, with the budgets spent.
 
-    Deterministic for a seed, unless the search stops on --search-seconds before --search-candidates.
+    Deterministic for a seed, unless the search stops on --search-seconds before --search-candidates. Under
+    `accelerate launch` the processes share the work (the learned parts by model and attack, the images by batch).
 
     Examples:
 
@@ -110,11 +114,11 @@ def attack(
     """
     if not concept:
         raise FmnPatchError("no concept given; name the erased concept with --concept, e.g. --concept circle")
-    if seeds < 1:
-        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
     config = AttackConfig(
         attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
-        sampler=SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds))),
+        sampler=SamplerConfig(
+            steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
+        ),
         inversion=InversionAttackConfig(
             steps=inversion_steps, images=inversion_images, num_tokens=inversion_tokens, lr=inversion_lr
         ),
@@ -127,11 +131,18 @@ def attack(
     chosen = load_bench(early) if early is not None else None
     if chosen is not None:
         chosen.concept(concept)
+    if images is not None:
+        check_input(images, folder=True, what="--images")
+    for path in lora or []:
+        check_input(path, what="--lora")
+    check_output(out, overwrite=True, folder=True, what="--out")
     for name in OUTPUTS:
-        if (out / name).exists() and not overwrite:
-            raise FmnPatchError(f"{out / name} already exists; pass --overwrite or choose another --out")
+        check_output(out / name, overwrite=overwrite, what="--out")
     loaded = load_patches(patches or [])
-    info(f"loading base {base} ...")
+    procs = processes.current()
+    device = procs.device(device)
+    if procs.is_main:
+        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
     model = load_base(base, device=device, dtype=dtype)
     the_bench = chosen or load_bench(model.bench)
     judge = load_judge(the_bench, device, clip=clip)
@@ -144,7 +155,8 @@ def attack(
         config,
         patch_names=[str(p) for p in [*(patches or []), *(lora or [])]],
     )
-    out.mkdir(parents=True, exist_ok=True)
+    if not procs.is_main:  # every process has the whole report; the main one writes and prints it
+        return
     data = report.to_dict()
     atomic_write(out / OUTPUTS[0], lambda t: t.write_text(json.dumps(data, indent=2)), overwrite=overwrite)
     atomic_write(out / OUTPUTS[1], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)

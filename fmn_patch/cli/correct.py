@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from ..errors import FmnPatchError
 from ..families.base import load_base
+from ..files import check_output, slug
 from ..methods.correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
 from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
 
@@ -71,11 +71,8 @@ def correct(
         raise FmnPatchError(
             "give the variants either with --into (repeat it) or with --attribute, e.g. --attribute colour"
         )
-    output = output or Path(f"correct-{re.sub(r'[^a-z0-9]+', '-', concept.lower()).strip('-')}.safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(
-            f"{output} already exists; pass --overwrite to replace it or choose another --output"
-        )
+    output = output or Path(f"correct-{slug(concept) or 'concept'}.safetensors")
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     templates = tuple(template) if template else DEFAULT_TEMPLATES
     config = CorrectConfig(rank=rank, steps=steps, lr=lr, seed=seed, templates=templates, bench=bench)
     model = load_base(base, device=device, dtype=dtype)

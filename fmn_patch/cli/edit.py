@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-import re
+import functools
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
-from ..files import read_lines
+from ..files import check_output, read_lines, slug
+from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
 from ..methods.editor import EditConfig
-from .options import BaseOpt, Device, Dtype, JsonOut, Overwrite, echo_json, info
+from .options import (
+    BaseOpt,
+    Device,
+    Dtype,
+    EachOpt,
+    JsonOut,
+    Overwrite,
+    ResumeOpt,
+    each_folder,
+    echo_json,
+    info,
+    report_each,
+)
 
 _DEFAULT = EditConfig()
 
@@ -67,6 +81,8 @@ def edit(
         str | None,
         typer.Option(help="ConceptBench for templates and preserve set: toy, real, a JSON path, none."),
     ] = None,
+    each: EachOpt = False,
+    resume: ResumeOpt = False,
     device: Device = "cpu",
     dtype: Dtype = "float32",
     overwrite: Overwrite = False,
@@ -79,6 +95,12 @@ def edit(
     The result is an ordinary patch that stacks, merges and loads in stock diffusers. The residual of the rank-R
     truncation is reported and kept in the patch header.
 
+    What it is: a least-squares solve per key/value projection that treats the projection's input as a function of
+    the text alone. That holds for UNet models (SD 1.x, 2.x, SDXL), whose cross-attention reads the text encoder's
+    output. It is refused for SD3/3.5 and Flux: their text keys/values read the text stream, which from block 1 on
+    has attended over the image and at every block is modulated by the timestep (the assumption is exact only at
+    block 0, per timestep); use `fmnpatch train` there.
+
     Examples:
 
       fmnpatch edit circle=disc -o no-circle.safetensors
@@ -88,8 +110,14 @@ def edit(
       fmnpatch edit --from-file celebrities.txt --preserve-file keep.txt --base ./sd15 -o celebs.safetensors --json
 
       fmnpatch edit --preset nsfw --base ./sd15 -o no-nsfw.safetensors   # nudity, sexual content -> "fully clothed"
+
+      fmnpatch edit --from-file celebrities.txt --each -o celebs/ --base ./sd15   # one patch per line, --resume
     """
     names = list(concepts or []) + (read_lines(from_file) if from_file else [])
+    if resume and not each:
+        raise FmnPatchError("--resume continues an --each run; add --each (one patch per concept)")
+    if each and preset is not None:
+        raise FmnPatchError("--each does not combine with --preset; give the concepts with --from-file")
     chosen = load_preset(preset).with_terms(names) if preset is not None else None
     if chosen is not None and category is not None:
         raise FmnPatchError(
@@ -101,12 +129,22 @@ def edit(
             "no concept given; name one (fmnpatch edit circle), pass --from-file FILE or --preset nsfw"
         )
     preserve = read_lines(preserve_file) if preserve_file else []
-    output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(
-            f"{output} already exists; pass --overwrite to replace it or choose another --output"
-        )
     config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
+    device = processes.current().device(device)
+    if each:
+        target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
+        loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
+        report = build_each(
+            names,
+            lambda c: edit_patch(
+                loaded(), [c], anchor=anchor, preserve=preserve, config=config, category=category
+            ),
+            target,
+        )
+        report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
+        return
+    output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     erase: list[str | Concept] = list(preset_concepts(chosen, anchor)) if chosen is not None else list(names)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
@@ -135,5 +173,5 @@ def edit(
 
 
 def _slug(names: list[str]) -> str:
-    first = re.sub(r"[^a-z0-9]+", "-", names[0].split("=")[0].lower()).strip("-") or "concept"
+    first = slug(names[0].split("=")[0]) or "concept"
     return first if len(names) == 1 else f"{first}-and-{len(names) - 1}-more"

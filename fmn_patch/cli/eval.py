@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..concepts.bench import load_bench
-from ..errors import FmnPatchError
 from ..evaluation.judges import load_judge
 from ..evaluation.mscore import SamplerConfig
 from ..evaluation.report import evaluate_patches, write_report
 from ..families.base import default_bench, load_base
+from ..files import check_output
+from ..format.merge import check_weights
 from .options import (
     BaseArg,
+    BatchOpt,
     BenchOpt,
     ClipOpt,
     Device,
@@ -51,6 +54,7 @@ def eval_command(
     overwrite: Overwrite = False,
     device: Device = "cpu",
     dtype: Dtype = "float32",
+    batch_size: BatchOpt = SamplerConfig.batch_size,
     json_out: JsonOut = False,
 ) -> None:
     """Generate each concept's prompts with the base and the patched model, judge them, and report M-Score,
@@ -66,19 +70,26 @@ def eval_command(
       fmnpatch eval toy forget-circle.safetensors --json
 
       fmnpatch eval ./sd15 forget-elon.safetensors --bench real --clip openai/clip-vit-large-patch14
+
+      accelerate launch --num_processes 4 -m fmn_patch eval ./sd15 forget-elon.safetensors --device cuda ...
+
+    Under `accelerate launch` the processes share the images (the report is the same as one process's) and the
+    main process alone writes the report and prints.
     """
-    loaded = load_patches(patches or [])
+    sampler = SamplerConfig(
+        steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
+    )
+    check_output(output, overwrite=True, folder=True, what="--output")
+    for path in ("report.json", "report.md", "grid.png"):
+        check_output(output / path, overwrite=overwrite, what="--output")
+    loaded = load_patches(patches or [], require_hash=strict)
+    check_weights(loaded, weight)
     early = bench or default_bench(base)  # a bench known before the base loads fails fast
     chosen = load_bench(early) if early is not None else None
-    if seeds < 1:
-        raise FmnPatchError(f"--seeds {seeds} must be at least 1")
-    sampler = SamplerConfig(steps=steps, guidance=guidance, seeds=tuple(range(seeds)))
-    for path in ("report.json", "report.md", "grid.png"):
-        if (output / path).exists() and not overwrite:
-            raise FmnPatchError(
-                f"{output / path} already exists; pass --overwrite or choose another --output"
-            )
-    info(f"loading base {base} ...")
+    procs = processes.current()
+    device = procs.device(device)
+    if procs.is_main:
+        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
     model = load_base(base, device=device, dtype=dtype)
     the_bench = chosen or load_bench(model.bench)
     judge = load_judge(the_bench, device, clip=clip)
@@ -93,8 +104,12 @@ def eval_command(
         concepts=concept,
         strict=strict,
     )
+    if not procs.is_main:
+        return
     paths = write_report(report, output, overwrite=overwrite)
     info(report.to_markdown())
+    if report.throughput is not None:
+        info(report.throughput.line())
     if json_out:
         echo_json(report.to_dict())
     else:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..files import check_output
 from ..format.merge import merge_patches
 from .options import JsonOut, Overwrite, PatchesArg, Weights, echo_json, info, load_patches
 
@@ -33,6 +34,7 @@ def merge(
 
       fmnpatch merge a.safetensors b.safetensors c.safetensors --rank 8 -o abc-r8.safetensors --json
     """
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     merged, report = merge_patches(load_patches(patches), weight, rank=rank, title=title)
     path = merged.save(output, overwrite=overwrite)
     info(f"merged {len(patches)} patches: rank {merged.rank}, residual {report.total:.3g}")

@@ -12,9 +12,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import FmnPatchError
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
+from ..methods.each import MANIFEST, EachReport
+from ..processes import current
 
 BaseArg = Annotated[
     str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
@@ -48,6 +51,22 @@ ClipOpt = Annotated[
 SeedsOpt = Annotated[int, typer.Option(help="Images per prompt (seeds 0..N-1).")]
 StepsOpt = Annotated[int, typer.Option(help="Sampler steps.")]
 GuidanceOpt = Annotated[float, typer.Option(help="Guidance scale.")]
+# Many patches at once (`train`, `edit`).
+EachOpt = Annotated[
+    bool,
+    typer.Option(
+        "--each",
+        help="One patch per concept (CONCEPTS and --from-file lines) into the --output folder, with a manifest; "
+        "shared between the processes of `accelerate launch`.",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume", help="With --each: skip the concepts the folder's manifest records as done."),
+]
+BatchOpt = Annotated[
+    int, typer.Option(help="Images per pipeline call; the same batch size gives the same numbers.")
+]
 
 
 def quiet_libraries() -> None:
@@ -74,9 +93,34 @@ def patch_path(ref: str | Path) -> Path:
     return Path(resolve(ref)) if is_hub_ref(ref) else Path(ref)
 
 
-def load_patches(paths: Sequence[str | Path]) -> list[Patch]:
-    """Load and validate patches from local paths or Hub references."""
-    return [Patch.load(patch_path(p)) for p in paths]
+def load_patches(paths: Sequence[str | Path], *, require_hash: bool = False) -> list[Patch]:
+    """Load and validate patches from local paths or Hub references (``require_hash``: refuse a file whose header
+    carries no tensor hash, as ``--strict`` does)."""
+    return [Patch.load(patch_path(p), require_hash=require_hash) for p in paths]
+
+
+def report_each(report: EachReport, json_out: bool) -> None:
+    """Print what ``--each`` made (main process only); fail with exit 2 if any concept failed."""
+    if current().is_main:
+        info(report.throughput.line(per="h"))
+        for entry in report.failed:
+            info(f"failed: {entry['concept']}: {entry['error']}")
+        if json_out:
+            echo_json(report.to_dict())
+        else:
+            for entry in report.entries:
+                if entry["status"] == "done":
+                    typer.echo(str(report.folder / entry["output"]))
+    if report.failed:
+        raise FmnPatchError(
+            f"{len(report.failed)} of {len(report.entries)} concepts failed (see {report.folder / MANIFEST}); fix "
+            "them and rerun with --resume"
+        )
+
+
+def each_folder(output: Path | None, what: str) -> Path:
+    """The folder ``--each`` writes into: ``--output``, else ``fmnpatch-<what>``."""
+    return output if output is not None else Path(f"fmnpatch-{what}")
 
 
 def echo_json(obj: Any) -> None:

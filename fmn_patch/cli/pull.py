@@ -9,6 +9,7 @@ import typer
 
 from ..format.summary import summarize
 from ..hub.transfer import pull as pull_patch
+from ..text import printable
 from .options import JsonOut, Overwrite, echo_json, info
 
 
@@ -50,10 +51,18 @@ def pull(
     pulled = pull_patch(ref, output, overwrite=overwrite, cache_dir=cache_dir, force_download=force_download)
     patch = pulled.patch
     concepts = ", ".join(f"{c.name} ({c.category})" for c in patch.info.concepts) or "-"
-    info(f"verified {pulled.pinned}: forgets {concepts}; tensor hash {patch.tensor_hash()[:12]}")
+    checked = "verified" if patch.verified else "pulled (NOT verified: no hash in the header)"
     info(
-        f"made for base {patch.info.base_model or 'unknown'} [{patch.info.architecture}]"
-        + (f", target hash {patch.info.base_hash[:12]}" if patch.info.base_hash else "")
+        printable(
+            f"{checked} {pulled.pinned}: forgets {concepts}; tensor hash {patch.tensor_hash()[:12]}", 1000
+        )
+    )
+    info(
+        printable(
+            f"made for base {patch.info.base_model or 'unknown'} [{patch.info.architecture}]"
+            + (f", target hash {patch.info.base_hash[:12]}" if patch.info.base_hash else ""),
+            1000,
+        )
     )
     if json_out:
         echo_json({**summarize(patch, pulled.path), "ref": str(pulled.ref), "pinned": str(pulled.pinned)})

@@ -51,7 +51,6 @@ def push(
 
       fmnpatch push forget-elon.safetensors acme/celebs/elon.safetensors --revision dev --json
     """
-    info(f"pushing {patch} to {repo_id} ...")
     pushed = push_patch(
         patch,
         repo_id,

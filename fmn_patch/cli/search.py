@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..hub.catalog import search as search_hub
+from ..text import printable
 from .options import JsonOut, echo_json
 
 
@@ -57,5 +58,6 @@ def search(
         concepts = ", ".join(f"{c.name} ({c.category})" for c in p.concepts) or ", ".join(p.categories) or "-"
         method = f"{p.method}, rank {p.rank}" if p.method else "header not readable"
         typer.echo(
-            f"{p.ref}\n    forgets {concepts}; base {p.base_model or '-'}; {method}; {p.downloads} downloads"
+            f"{printable(p.ref)}\n    forgets {printable(concepts, 1000)}; base {printable(p.base_model or '-')}; "
+            f"{printable(method)}; {p.downloads} downloads"
         )

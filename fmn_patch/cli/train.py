@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .. import processes
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base
-from ..files import read_lines
+from ..files import check_input, check_output, read_lines, slug
+from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
-from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
-from .options import Device, Dtype, JsonOut, Overwrite, Seed, echo_json, info
+from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
+from .options import (
+    Device,
+    Dtype,
+    EachOpt,
+    JsonOut,
+    Overwrite,
+    ResumeOpt,
+    Seed,
+    each_folder,
+    echo_json,
+    info,
+    report_each,
+)
 
 
 def train(
@@ -79,18 +93,27 @@ def train(
     ti_steps: Annotated[int, typer.Option(help="Textual-inversion steps (with --ti).")] = 500,
     init: Annotated[
         str,
-        typer.Option(help="zero, or edit: start from the closed-form edit of the same concepts (hybrid)."),
-    ] = "zero",
+        typer.Option(
+            help="edit: start from the closed-form edit of the same concepts (hybrid), zero: from zero; auto: "
+            "the edit where the base's family offers it (UNet), else zero (SD3/FLUX)."
+        ),
+    ] = TrainConfig.init,
     robust: Annotated[
         int,
         typer.Option(
-            help="Adversarial rounds (0: off): between rounds a textual-inversion attack finds a token that "
-            "brings the concept back, and the next rounds erase it too. Try 4."
+            help="Adversarial rounds (0: off): between rounds an inner attack (key/value inversion; Concept "
+            "Inversion on SD3/FLUX) finds a token that brings the concept back, and the next rounds erase it too. "
+            f"Try {ROBUST_ROUNDS}."
         ),
     ] = 0,
     robust_attack_steps: Annotated[
-        int, typer.Option(help="Textual-inversion steps of each inner attack (with --robust).")
+        int, typer.Option(help="Steps of each inner attack (with --robust).")
     ] = TrainConfig.robust_attack_steps,
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="More concepts, one per line (# comments).")
+    ] = None,
+    each: EachOpt = False,
+    resume: ResumeOpt = False,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     device: Device = "cpu",
@@ -99,9 +122,12 @@ def train(
 ) -> None:
     """Train a patch that makes the base model forget CONCEPTS and draw everything else as before.
 
-    LoRA on the UNet's cross-attention keys/values only; the re-steering loss moves the pixels' attention off the
-    concept, a guided denoising term redirects what remains to the anchor, and a preservation term keeps every
-    other prompt's keys/values. Same inputs and seed give the same patch, bit for bit.
+    LoRA on the text-side keys/values only (UNet: cross-attention to_k/to_v; SD3/3.5 and FLUX.1: the text stream's
+    add_k_proj/add_v_proj of each joint block); the re-steering loss moves the pixels' attention off the concept
+    (in every text encoder's part of the sequence), a guided denoising term redirects what remains to the anchor
+    (in the model's own parametrisation: eps, v or flow), and a preservation term keeps every other prompt's
+    keys/values. The family is read from the base's contents. Same inputs and seed give the same patch, bit for
+    bit.
 
     Examples:
 
@@ -111,13 +137,30 @@ def train(
 
       fmnpatch train alice --ti --ti-steps 300   # also writes forget-alice.ti.safetensors
 
-      fmnpatch train circle --robust 4   # adversarial rounds against Concept Inversion
+      fmnpatch train circle --robust 3   # adversarial rounds against Concept Inversion
 
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5 --bench real
 
       fmnpatch train --preset nsfw --base ./sd15 --bench real   # nudity, sexual content -> "fully clothed"
+
+      fmnpatch train --from-file names.txt --each -o patches/   # one patch per line, manifest, --resume
+
+      accelerate launch --num_processes 8 -m fmn_patch train --from-file names.txt --each -o patches/ --device cuda
+
+      fmnpatch train circle --base toy-sd3   # the toy MMDiT (SD3.5-style)
+
+      fmnpatch train "Van Gogh" --base ./sd35-medium --bench real   # an SD 3.5 or FLUX.1 folder
     """
-    concepts = list(concepts or [])
+    concepts = list(concepts or []) + (read_lines(from_file) if from_file is not None else [])
+    if resume and not each:
+        raise FmnPatchError("--resume continues an --each run; add --each (one patch per concept)")
+    if each and (preset is not None or ti):
+        raise FmnPatchError(
+            f"--each does not combine with {'--preset' if preset is not None else '--ti'}; give the concepts "
+            "with --from-file, or drop --each"
+        )
+    if each and category and len(category) > 1:
+        raise FmnPatchError(f"with --each give one --category for every concept, not {len(category)}")
     chosen = load_preset(preset).with_terms(concepts) if preset is not None else None
     if chosen is not None and category:
         raise FmnPatchError(
@@ -126,21 +169,21 @@ def train(
         )
     if not concepts and chosen is None:
         raise FmnPatchError("no concept given; name one (fmnpatch train circle) or pass --preset nsfw")
-    slug = chosen.name if chosen is not None else "-".join(concepts)
-    output = output or Path("forget-" + re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".safetensors")
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    sibling = output.with_suffix(".ti.safetensors")
-    if ti and sibling.exists() and not overwrite:
-        raise FmnPatchError(f"{sibling} already exists; pass --overwrite to replace it")
-    if output.suffix != ".safetensors":
-        raise FmnPatchError(f"--output {str(output)!r} must end in .safetensors")
-    if category and len(category) not in (1, len(concepts)):
-        raise FmnPatchError(
-            f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
+    device = processes.current().device(device)
+    if each:
+        target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
+    else:
+        output = _single_output(
+            output, chosen.name if chosen is not None else "-".join(concepts), ti, overwrite
         )
+        if category and len(category) not in (1, len(concepts)):
+            raise FmnPatchError(
+                f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
+            )
     categories = (category * len(concepts) if len(category) == 1 else category) if category else None
     extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
+    if images is not None:
+        check_input(images, folder=True, what="--images")
     config = TrainConfig(
         rank=rank,
         steps=steps,
@@ -155,18 +198,31 @@ def train(
         robust_rounds=robust,
         robust_attack_steps=robust_attack_steps,
     )
+    inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
+    inversion = inversion_config if ti else None
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None
+    folder = str(images) if images else None
+    if each:
+        loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
+        report = build_each(
+            concepts,
+            lambda c: train_patch(loaded(), [c], config, categories=category, images=folder, progress=False),
+            target,
+        )
+        report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch train CONCEPT`
+        return
+    assert output is not None
     info(f"loading base {base} ...")
     model = load_base(base, device=device, dtype=dtype)
-    folder = str(images) if images else None
-    if ti:
+    sibling = output.with_suffix(".ti.safetensors")
+    if inversion is not None:
         patch, learned = train_patch_with_inversion(
             model,
             wanted,
             config,
-            InversionConfig(steps=ti_steps, seed=seed),
+            inversion,
             categories=categories,
             images=folder,
         )
@@ -194,3 +250,17 @@ def train(
         )
     else:
         typer.echo(str(path))
+
+
+def _single_output(output: Path | None, name: str, ti: bool, overwrite: bool) -> Path:
+    """The one patch's path (default ``forget-<slug>.safetensors``), checked before any work."""
+    output = output or Path(f"forget-{slug(name)}.safetensors")
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
+    if ti:
+        check_output(
+            output.with_suffix(".ti.safetensors"),
+            overwrite=overwrite,
+            suffixes=(".safetensors",),
+            what="token file",
+        )
+    return output

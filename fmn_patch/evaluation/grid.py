@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import FmnPatchError
+from ..files import atomic_write, check_output
+
+#: Image files a grid can be written to, by suffix.
+IMAGE_FORMATS: Final = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+LABEL_CHARS: Final = (
+    48  # longer row and column labels are cut: a 10,000-character prompt must not make a 60k px grid
+)
+
+
+def check_image_output(path: str | os.PathLike[str], *, overwrite: bool, what: str = "--grid") -> Path:
+    """Refuse, before anything is rendered, an image path that cannot be written (see ``files.check_output``)."""
+    return check_output(path, overwrite=overwrite, suffixes=tuple(IMAGE_FORMATS), what=what)
+
+
+def save_image(image: Image.Image, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write an image atomically in the format its suffix names; an existing file is replaced only if
+    ``overwrite`` (and stays intact when the write fails, e.g. on a full disk)."""
+    path = check_image_output(path, overwrite=overwrite)
+    image_format = IMAGE_FORMATS[path.suffix.lower()]
+    return atomic_write(path, lambda tmp: image.save(tmp, format=image_format), overwrite=overwrite)
+
+
+def _label(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 3] + "..."
 
 
 def labelled_grid(
@@ -25,6 +52,7 @@ def labelled_grid(
     """
     if not rows or not rows[0]:
         raise FmnPatchError("a grid needs at least one image")
+    row_labels, col_labels = [_label(t) for t in row_labels], [_label(t) for t in col_labels]
     w, h = rows[0][0].size
     w, h = w * scale, h * scale
     font = ImageFont.load_default()
@@ -65,7 +93,7 @@ def image_grid(
         scale=scale,
     )
     if path is not None:
-        grid.save(path)
+        save_image(grid, path, overwrite=True)
     return grid
 
 

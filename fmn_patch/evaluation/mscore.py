@@ -6,7 +6,9 @@ Definitions (for a model G, a ConceptBench B, a judge J, seeds S and a sampler c
   values (toy bench: 2 templates x 4 colours = 8 prompts). P_alias(c): the same templates with each alias of c.
 - x(p, s): the image G generates for prompt p from seed s: initial latents drawn from
   `torch.Generator().manual_seed(s)`, `SamplerConfig.steps` steps of the pipeline's scheduler (DDIM, eta 0, for
-  the toy model), classifier-free guidance `SamplerConfig.guidance`. Independent of batching.
+  the toy model), classifier-free guidance `SamplerConfig.guidance`, `SamplerConfig.batch_size` images per
+  pipeline call (prompt-major; another batch size may move an image in its last float bits), each batch judged as
+  it is drawn. Independent of how many processes share the batches (`fmn_patch.processes`).
 - J_c(x): the judge's probability that image x shows c (toy: softmax of the head that decides c's category;
   real: CLIP zero-shot softmax over the bench's concepts of c's category).
 - **M-Score** m(c) = 1 / (|P(c)| |S|) * sum over p in P(c), s in S of J_c(x(p, s)).
@@ -18,16 +20,19 @@ Definitions (for a model G, a ConceptBench B, a judge J, seeds S and a sampler c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .. import values
 from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..values import MAX_BATCH, MAX_SEEDS, MAX_STEPS
+from .batches import BatchResult, ImageBatch, ImageJob, batches, mean_scores, run_batches
 from .judges import Judge, class_index
 
 
@@ -38,18 +43,22 @@ class SamplerConfig:
     steps: int = 20  # denoising steps of the pipeline's scheduler
     guidance: float = 5.0  # classifier-free guidance scale
     seeds: tuple[int, ...] = (0, 1)  # one image per prompt and seed
-    batch_size: int = 64  # images per pipeline call (does not change the images)
+    batch_size: int = 64  # images per pipeline call (the same batch size gives the same numbers)
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise FmnPatchError(f"steps={self.steps!r} must be a whole number >= 1, e.g. 20")
-        if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)):
-            raise FmnPatchError(f"guidance={self.guidance!r} must be a finite number, e.g. 5")
+        values.whole(self.steps, "steps", 1, MAX_STEPS, example=20)
+        values.number(self.guidance, "guidance", 0, 1000, example=5)
         object.__setattr__(self, "seeds", tuple(self.seeds))
         if not self.seeds:
             raise FmnPatchError("seeds is empty; give at least one seed, e.g. seeds=(0, 1)")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise FmnPatchError(f"batch_size={self.batch_size!r} must be a whole number >= 1")
+        for s in self.seeds:
+            values.seed(s)
+        values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=64)
+
+    @staticmethod
+    def first_seeds(count: int) -> tuple[int, ...]:
+        """Seeds 0..count-1 for ``count`` images per prompt (``--seeds``), checked before they are made."""
+        return tuple(range(values.whole(count, "seeds", 1, MAX_SEEDS, example=2)))
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,54 @@ def judged(judge: Judge, images: torch.Tensor, concept: Concept) -> tuple[float,
     return float(probs[:, idx].mean()), float((probs.argmax(-1) == idx).float().mean())
 
 
+#: A concept's prompts to score: (concept, whether they name an alias, prompts).
+Group = tuple[Concept, bool, list[str]]
+
+
+def score_groups(bench: Bench, chosen: Sequence[Concept]) -> list[Group]:
+    """The prompts of each chosen concept, then of each of its aliases."""
+    groups: list[Group] = []
+    for c in chosen:
+        groups.append((c, False, bench.prompts(c)))
+        groups.extend((c, True, bench.prompts(c, alias)) for alias in c.aliases)
+    return groups
+
+
+def score_batches(groups: Sequence[Group], sampler: SamplerConfig, model: str = "model") -> list[ImageBatch]:
+    """Every (prompt, seed) of the groups, prompt-major, each judged for its concept, ``sampler.batch_size`` per
+    pipeline call."""
+    jobs = [ImageJob(p, s, c) for c, _, ps in groups for p in ps for s in sampler.seeds]
+    return batches(model, jobs, sampler.steps, sampler.guidance, sampler.batch_size)
+
+
+def group_scores(
+    groups: Sequence[Group], results: Sequence[BatchResult], sampler: SamplerConfig
+) -> dict[str, ConceptScore]:
+    """Each concept's scores from the results of ``score_batches(groups, sampler)``, in order."""
+    probs = [p for r in results for p in r.probs]
+    hits = [h for r in results for h in r.hits]
+    own: dict[str, tuple[float, float, int]] = {}
+    alias: dict[str, tuple[list[float], list[bool]]] = {}
+    start, per_prompt = 0, len(sampler.seeds)
+    for c, is_alias, ps in groups:
+        end = start + len(ps) * per_prompt
+        if is_alias:
+            ap, ah = alias.setdefault(c.name, ([], []))
+            ap.extend(probs[start:end])
+            ah.extend(hits[start:end])
+        else:
+            own[c.name] = (*mean_scores(probs[start:end], hits[start:end]), end - start)
+        start = end
+    scores: dict[str, ConceptScore] = {}
+    for c, is_alias, _ in groups:
+        if is_alias:
+            continue
+        m, a, n = own[c.name]
+        am, aa = mean_scores(*alias[c.name]) if c.name in alias else (None, None)
+        scores[c.name] = ConceptScore(c.name, c.category, m, a, am, aa, n)
+    return scores
+
+
 def evaluate(
     base: Base | Any,
     bench: Bench,
@@ -124,31 +181,20 @@ def evaluate(
     erased: Sequence[str] = (),
     progress: bool = True,
 ) -> ModelScore:
-    """Generate every prompt (and alias prompt) of the chosen concepts, judge them, and score each concept."""
+    """Generate every prompt (and alias prompt) of the chosen concepts, judge them, and score each concept.
+
+    Under ``accelerate launch`` the batches are shared between the processes; the scores are the same."""
     chosen = [bench.concept(n) for n in concepts] if concepts is not None else list(bench.concepts)
-    groups: list[tuple[Concept, bool, list[str]]] = []
-    for c in chosen:
-        groups.append((c, False, bench.prompts(c)))
-        groups.extend((c, True, bench.prompts(c, alias)) for alias in c.aliases)
-    prompts = [p for _, _, ps in groups for p in ps]
-    images = generate(base, prompts, sampler, progress, desc=f"eval {bench.name}")
-    per_prompt = len(sampler.seeds)
-    own: dict[str, tuple[float, float, int]] = {}
-    alias: dict[str, list[torch.Tensor]] = {}
-    start = 0
-    for c, is_alias, ps in groups:
-        chunk = images[start : start + len(ps) * per_prompt]
-        start += len(chunk)
-        if is_alias:
-            alias.setdefault(c.name, []).append(chunk)
-        else:
-            m, a = judged(judge, chunk, c)
-            own[c.name] = (m, a, len(chunk))
-    scores: dict[str, ConceptScore] = {}
-    for c in chosen:
-        m, a, n = own[c.name]
-        am, aa = judged(judge, torch.cat(alias[c.name]), c) if c.name in alias else (None, None)
-        scores[c.name] = ConceptScore(c.name, c.category, m, a, am, aa, n)
+    groups = score_groups(bench, chosen)
+    results, _ = run_batches(
+        base,
+        score_batches(groups, sampler),
+        judge,
+        {"model": nullcontext},
+        progress=progress,
+        what=f"eval {bench.name}",
+    )
+    scores = group_scores(groups, results, sampler)
     names = [bench.concept(e).name for e in erased]
     return ModelScore(scores, tuple(names), acc_kept(scores, names), sampler)
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from PIL import Image
 
+from .. import values
 from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
 from ..format.patch import Patch
+from ..values import MAX_STEPS
 from .grid import labelled_grid
 
 
@@ -22,6 +24,13 @@ class SampleConfig:
     guidance: float = 5.0  # classifier-free guidance scale
     height: int | None = None  # None: the pipeline's default size
     width: int | None = None
+
+    def __post_init__(self) -> None:
+        values.whole(self.steps, "steps", 1, MAX_STEPS, example=20)
+        values.number(self.guidance, "guidance", 0, 1000, example=5)
+        for name in ("height", "width"):
+            if getattr(self, name) is not None:
+                values.whole(getattr(self, name), name, 8, 16384, example=512)
 
 
 def sample(

@@ -14,11 +14,13 @@ fraction). ``comparison`` sets both models side by side over the patched model's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from ..concepts.bench import Bench
@@ -27,9 +29,11 @@ from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
 from ..files import atomic_write
 from ..format.patch import Patch
+from ..processes import Throughput
+from .batches import ImageJob, batches, run_batches
 from .grid import image_grid
 from .judges import Judge
-from .mscore import ModelScore, SamplerConfig, acc_kept, concept_samples, evaluate
+from .mscore import ModelScore, SamplerConfig, acc_kept, group_scores, score_batches, score_groups
 
 
 @dataclass
@@ -55,6 +59,7 @@ class EvalReport:
     sampler: SamplerConfig
     models: list[ModelEntry]
     grid: Image.Image | None = None
+    throughput: Throughput | None = None  # how fast the images were drawn (not part of the report's numbers)
 
     @property
     def kept(self) -> list[str]:
@@ -114,7 +119,10 @@ def evaluate_patches(
     grid: bool = True,
     progress: bool = True,
 ) -> EvalReport:
-    """Score the base, then the base with ``patches`` stacked; the pipeline is left unpatched."""
+    """Score the base, then the base with ``patches`` stacked; the pipeline is left unpatched.
+
+    The images are drawn in batches of ``sampler.batch_size`` (base first, then patched); under ``accelerate
+    launch`` the processes share the batches and every process gets the whole report, the same as one process's."""
     base = as_base(base)
     erased = [n for p in patches for n in p.concept_names]
     known = set(bench.names) | {a for c in bench.concepts for a in c.aliases}
@@ -131,20 +139,43 @@ def evaluate_patches(
         raise FmnPatchError(
             f"concepts {unscored} are not in bench {bench.name!r}; choose from {', '.join(bench.names)}"
         )
-    scored_base = evaluate(base, bench, judge, sampler, concepts=rows, erased=(), progress=progress)
-    models = [ModelEntry("base", [], [], scored_base)]
-    columns = {"base": concept_samples(base, bench, rows, sampler, progress=False)} if grid else {}
+    chosen = [bench.concept(r) for r in rows]
+    groups = score_groups(bench, chosen)
+    first = [ImageJob(bench.prompts(c)[0], sampler.seeds[0], keep=True) for c in chosen]  # the grid's images
+    models = ["base", "patched"] if patches else ["base"]
+    scoring = {m: score_batches(groups, sampler, m) for m in models}
+    sampling = {
+        m: batches(m, first, sampler.steps, sampler.guidance, sampler.batch_size) if grid else []
+        for m in models
+    }
+    work = [b for m in models for b in (*scoring[m], *sampling[m])]
+    states: dict[str, Callable[[], AbstractContextManager[Any]]] = {"base": nullcontext}
     if patches:
-        names = apply_patches(base, patches, weights, strict=strict)
-        try:
-            scored = evaluate(base, bench, judge, sampler, concepts=rows, erased=erased, progress=progress)
-            if grid:
-                columns["patched"] = concept_samples(base, bench, rows, sampler, progress=False)
-        finally:
-            remove_patches(base, names)
-        models.append(ModelEntry("patched", list(patch_names), erased, scored))
+        states["patched"] = lambda: _stacked(base, patches, weights, strict)
+    results, throughput = run_batches(base, work, judge, states, progress=progress, what=f"eval {bench.name}")
+    entries, columns, at = [], {}, 0
+    for model in models:
+        scored, at = results[at : at + len(scoring[model])], at + len(scoring[model])
+        drawn, at = results[at : at + len(sampling[model])], at + len(sampling[model])
+        scores = group_scores(groups, scored, sampler)
+        gone = erased if model == "patched" else []
+        score = ModelScore(scores, tuple(gone), acc_kept(scores, gone), sampler)
+        entries.append(ModelEntry(model, list(patch_names) if model == "patched" else [], gone, score))
+        if grid:
+            columns[model] = torch.cat([r.images for r in drawn if r.images is not None])
     picture = image_grid(columns, rows) if grid else None
-    return EvalReport(bench.name, sampler, models, picture)
+    return EvalReport(bench.name, sampler, entries, picture, throughput)
+
+
+@contextmanager
+def _stacked(
+    base: Base, patches: Sequence[Patch], weights: Sequence[float] | None, strict: bool
+) -> Iterator[list[str]]:
+    names = apply_patches(base, patches, weights, strict=strict)
+    try:
+        yield names
+    finally:
+        remove_patches(base, names)
 
 
 def write_report(report: EvalReport, folder: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
@@ -152,7 +183,6 @@ def write_report(report: EvalReport, folder: str | Path, *, overwrite: bool = Fa
     import json
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
     atomic_write(
         paths["json"], lambda t: t.write_text(json.dumps(report.to_dict(), indent=2)), overwrite=overwrite

@@ -1,10 +1,11 @@
 """Layer 2: everything that depends on a model family, behind one protocol (``Family``); detection and loading
 (``load_base``), stacking patches on a base, kohya export, tiny pipelines for tests.
 
-Families: ``unet`` (SD 1.x, 2.x, SDXL). A new family is a new module here plus one ``register_family`` line.
+Families: ``unet`` (SD 1.x, 2.x, SDXL), ``sd3`` (SD 3 / 3.5), ``flux`` (FLUX.1). A new family is a new module
+here plus one ``register_family`` line.
 """
 
-from . import unet  # registers the UNet family
+from . import flux, sd3, unet  # register the families (the latest registered is asked first)
 from .base import Base, BaseInfo, as_base, load_base, parse_dtype
 from .export import export_kohya, to_kohya
 from .family import Conditioning, Family, Sink, frozen
@@ -43,6 +44,7 @@ __all__ = [
     "families",
     "family_for_architecture",
     "family_of",
+    "flux",
     "frozen",
     "fuse_patches",
     "load_base",
@@ -52,6 +54,7 @@ __all__ = [
     "register_family",
     "remove_patches",
     "save_pipeline",
+    "sd3",
     "to_kohya",
     "unet",
     "unregister_family",

@@ -111,15 +111,85 @@ class Family(ABC):
         return self.targets_kind.matches(name)
 
     def target_hash(self) -> str:
-        """SHA-256 of the base weights a patch touches: name, shape and float32 bytes of each target, by name."""
+        """SHA-256 of the base weights a patch touches: name, shape and float32 bytes of each target, by name.
+
+        Independent of the dtype the pipeline was loaded in: when the weights in memory are of lower precision than
+        float32, they are hashed from the tensors in the denoiser's own safetensors files instead, once each is
+        checked to be exactly what is in memory after casting (so a patch made on a float32 model fits the same
+        files loaded in bfloat16 or float16, while a modified model, e.g. one with a patch fused in, still hashes
+        as what it is)."""
         import hashlib
 
+        weights = {name: layer.weight.detach().cpu() for name, layer in self.targets().items()}
+        if any(w.dtype != torch.float32 for w in weights.values()):
+            weights = self._stored_weights(weights) or weights
         digest = hashlib.sha256()
-        for name, layer in sorted(self.targets().items()):
-            weight = layer.weight.detach().to("cpu", torch.float32).contiguous()
+        for name, weight in sorted(weights.items()):
+            weight = weight.to(torch.float32).contiguous()
             digest.update(name.encode())
             digest.update(str(tuple(weight.shape)).encode())
             digest.update(weight.numpy().tobytes())
+        return digest.hexdigest()
+
+    def _stored_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``weights`` as stored in the denoiser's safetensors files (the most precise file first),
+        each one equal to the weight in memory once cast to its dtype; None if any is missing or differs."""
+        from pathlib import Path
+
+        import safetensors
+
+        folder = Path(str(getattr(self.denoiser.config, "_name_or_path", "") or ""))
+        if not folder.is_dir():
+            return None
+        found: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (itemsize, stored tensor)
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safetensors.safe_open(str(path), "pt", device="cpu") as f:
+                    keys = set(f.keys())
+                    for name, weight in weights.items():
+                        key = f"{name}.weight"
+                        if key not in keys:
+                            continue
+                        stored = f.get_tensor(key)
+                        size = stored.element_size()
+                        if size > found.get(name, (0, None))[0] and torch.equal(
+                            stored.to(weight.dtype), weight
+                        ):
+                            found[name] = (size, stored)
+            except (OSError, safetensors.SafetensorError):
+                continue
+        if set(found) != set(weights):
+            return None
+        return {name: stored for name, (_, stored) in found.items()}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that decides the pipeline's images: every component's weights (name, dtype, shape,
+        bytes), its config (paths left out) and class, the scheduler's config, the tokenizers' vocabularies and the
+        device type. Two bases that differ anywhere (a fine-tuned UNet, another VAE or text encoder, a scheduler,
+        a dtype, a fused patch) differ here; the same files loaded twice do not."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256()
+        digest.update(self.device.type.encode())
+        for name, component in sorted(self.pipe.components.items()):
+            digest.update(f"|{name}:{type(component).__module__}.{type(component).__qualname__}|".encode())
+            config = getattr(component, "config", None)
+            if config is not None:
+                items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                kept = {
+                    k: v for k, v in items.items() if not k.startswith("_") and k != "transformers_version"
+                }
+                digest.update(json.dumps(kept, sort_keys=True, default=str).encode())
+            if isinstance(component, nn.Module):
+                for key, tensor in component.state_dict().items():
+                    t = tensor.detach().cpu().contiguous()
+                    digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                    if t.numel():
+                        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+            elif hasattr(component, "get_vocab"):
+                digest.update(json.dumps(sorted(component.get_vocab().items())).encode())
+                digest.update(str(getattr(component, "model_max_length", "")).encode())
         return digest.hexdigest()
 
     @abstractmethod
@@ -140,6 +210,14 @@ class Family(ABC):
     @abstractmethod
     def kohya_version(cls, architecture: str) -> str:
         """kohya's ``ss_base_model_version`` for the architecture."""
+
+    @classmethod
+    def to_kohya(cls, patch: Any, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and header of the kohya form of ``patch`` (a ``Patch``): one kohya stem per module."""
+        from ..format.kohya import to_kohya
+
+        names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
+        return to_kohya(patch, names, cls.kohya_version(patch.info.architecture))
 
     # ----------------------------------------------------------------------------------------------- text
     @property
@@ -162,6 +240,10 @@ class Family(ABC):
     @abstractmethod
     def text_states(self) -> Any:
         """The text states the targets read, at each prompt's true length (``encoding.TextStates``)."""
+
+    def require_closed_form(self) -> None:
+        """Refuse (one line, with the reason) where the closed-form edit does not serve the family."""
+        return None
 
     def place(self, prompt: str, concept: str) -> Placement:
         """Where ``concept``'s tokens (and the positions after it) sit in ``prompt``."""
@@ -233,21 +315,13 @@ class Family(ABC):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """One prediction of the denoiser, in the same parametrisation as ``target``."""
 
-    @contextlib.contextmanager
-    def gradient_checkpointing(self, enabled: bool = True) -> Iterator[None]:
-        """Within the block (when ``enabled``) the denoiser recomputes activations in backward instead of keeping
-        them (diffusers' ``enable_gradient_checkpointing``): less memory for about one more forward pass. Every
-        forward runs twice under autograd, so an attention sink sees each layer twice per step. The denoiser's
-        own setting comes back on exit."""
-        denoiser = self.denoiser
-        was = bool(getattr(denoiser, "is_gradient_checkpointing", False))
-        if enabled and not was:
-            denoiser.enable_gradient_checkpointing()
-        try:
-            yield
-        finally:
-            if enabled and not was:
-                denoiser.disable_gradient_checkpointing()
+    def preserve_inputs(
+        self, prompts: Sequence[str], latents: torch.Tensor | None = None, *, seed: int = 0
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What the targets read for prompts whose keys and values must not move: one (M, in) tensor for every
+        target where they read the text encoder's output alone (a UNet's cross-attention: every token of every
+        prompt, no denoiser pass), else {target: (M, in)} (families whose text stream also reads the image)."""
+        return self.encode(prompts).states.flatten(0, 1)
 
     @abstractmethod
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
@@ -287,29 +361,53 @@ class Family(ABC):
         desc: str = "generating",
     ) -> Any:
         """One image per (prompt, seed), prompt-major, each from its own seeded generator, ``batch_size`` per
-        pipeline call. ``output``: ``pt`` (N, 3, H, W) in [0, 1], ``latent`` (N, ...) or ``pil`` (a list)."""
+        pipeline call. ``output``: ``pt`` (N, 3, H, W) in [0, 1], ``latent`` (N, ...) or ``pil`` (a list).
+
+        The same batch size gives the same images; another batch size may change them in the last float bits."""
         jobs = [(p, s) for p in prompts for s in seeds]
         parts: list[Any] = []
-        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
         bar = tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
         try:
             for i in range(0, len(jobs), batch_size):
                 chunk = jobs[i : i + batch_size]
-                out = self.pipe(
-                    [p for p, _ in chunk],
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=[torch.Generator().manual_seed(s) for _, s in chunk],
-                    output_type=output,
-                    **extra,
+                parts.append(
+                    self.draw(
+                        chunk, steps=steps, guidance=guidance, output=output, height=height, width=width
+                    )
                 )
-                parts.append(out.images if output == "pil" else out.images.float().cpu())
                 bar.update(len(chunk))
         finally:
             bar.close()
         if output == "pil":
             return [image for part in parts for image in part]
         return torch.cat(parts)
+
+    def draw(
+        self,
+        pairs: Sequence[tuple[str, int]],
+        *,
+        steps: int,
+        guidance: float,
+        output: str = "pt",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Any:
+        """One pipeline call: an image per (prompt, seed) pair, each from its own seeded generator."""
+        if steps > self.num_train_timesteps:
+            raise FmnPatchError(
+                f"steps={steps} is more than this base's scheduler has timesteps ({self.num_train_timesteps}); "
+                f"give --steps {self.num_train_timesteps} or fewer"
+            )
+        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+        out = self.pipe(
+            [p for p, _ in pairs],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(s) for _, s in pairs],
+            output_type=output,
+            **extra,
+        )
+        return out.images if output == "pil" else out.images.float().cpu()
 
     # ------------------------------------------------------------------------------------------ adapters
     # diffusers' own LoRA verbs, so that a patch applied here behaves exactly as one loaded by stock diffusers.

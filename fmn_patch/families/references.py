@@ -1,5 +1,9 @@
 """Reference images of a concept, as latents: from a user's folder, or drawn by the base model itself and cached
-on disk (safetensors, keyed by the base's target hash, prompts, seeds and sampler) so a retrain does not redraw them.
+on disk (safetensors) so a retrain does not redraw them.
+
+The cache key is everything that decides the images: the base's ``Family.fingerprint`` (every component's weights
+and config, the scheduler, the tokenizers, dtype, device), the image size, prompts, seeds, steps and guidance. A
+base with adapters loaded bypasses the cache: its images are not the base's.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,21 +43,38 @@ def generated_latents(
     cache: bool = True,
 ) -> torch.Tensor:
     """Latents (N, ...) the base model draws for each prompt and seed, prompt-major, in the denoiser's latent scale."""
-    key = hashlib.sha256(
-        json.dumps([base.family.target_hash(), list(prompts), list(seeds), steps, guidance]).encode()
-    ).hexdigest()[:32]
-    path = cache_dir() / f"{key}.safetensors"
-    if cache and path.exists():
-        return safetensors.torch.load_file(str(path))["latents"]
+    family = base.family
+    cache = cache and not family.adapter_names()  # with adapters loaded these are not the base's images
+    path = (
+        cache_dir() / f"{cache_key(base, prompts, seeds, steps=steps, guidance=guidance)}.safetensors"
+        if cache
+        else None
+    )
+    if path is not None and path.exists():
+        try:
+            return safetensors.torch.load_file(str(path))["latents"]
+        except (OSError, KeyError, safetensors.SafetensorError):
+            pass  # a damaged cache entry is drawn again and replaced
     # one pipeline call per prompt, all its seeds together
     latents = base.family.generate(
         prompts, seeds, steps=steps, guidance=guidance, output="latent", batch_size=len(seeds)
     )
-    if cache:
-        atomic_write(
-            path, lambda tmp: safetensors.torch.save_file({"latents": latents}, str(tmp)), overwrite=True
-        )
+    if path is not None:
+        try:
+            atomic_write(
+                path, lambda tmp: safetensors.torch.save_file({"latents": latents}, str(tmp)), overwrite=True
+            )
+        except FmnPatchError as e:  # an unwritable cache costs time, not the result
+            print(f"fmnpatch: reference cache not written: {e}", file=sys.stderr)
     return latents
+
+
+def cache_key(
+    base: Base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float
+) -> str:
+    """The cache key of a set of reference latents: everything that decides them."""
+    parts = [base.family.fingerprint(), base.family.pixel_size(), list(prompts), list(seeds), steps, guidance]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 def folder_images(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
@@ -75,8 +97,6 @@ def folder_images(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
             continue
         images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
     if bad:
-        import sys
-
         print(f"fmnpatch: skipped {len(bad)} file(s) in {folder}: {'; '.join(bad)}", file=sys.stderr)
     if not images:
         raise FmnPatchError(

@@ -8,18 +8,18 @@ loaded before are left loaded and active as they were.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import BaseMismatchError, FmnPatchError
+from ..files import atomic_folder
 from ..format.merge import check_weights
 from ..format.patch import Patch
+from ..text import printable
 from .base import Base, as_base
-from .family import kept_grads
+from .family import Family, kept_grads
 
 ADAPTER_PREFIX = "fmn"
 
@@ -35,11 +35,21 @@ def check_compatible(
     mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
     base = as_base(base)
     family = base.family
-    where = f"({patch.info.architecture}, base {patch.info.base_model or 'unknown'})"
+    where = f"({printable(patch.info.architecture, 100)}, base {printable(patch.info.base_model or 'unknown', 100)})"
     if patch.component != family.component:
         raise BaseMismatchError(
             f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
             f"patch was made for another model family {where}"
+        )
+    other = _family_serving(patch.info.architecture)
+    if (
+        other is not None
+        and other is not type(family)
+        and not family.serves_architecture(patch.info.architecture)
+    ):
+        raise BaseMismatchError(
+            f"the patch was made for a {other.name} model ({patch.info.architecture}); this base is a "
+            f"{family.name} model ({base.architecture}): give a base of the patch's architecture"
         )
     for module, (a, b) in patch.factors.items():
         try:
@@ -50,8 +60,9 @@ def check_compatible(
         current = base_hash or family.target_hash()
         if current != patch.info.base_hash:
             message = (
-                f"patch '{patch.info.title or patch.concept_names}' was made for base "
-                f"{patch.info.base_model or '?'} (target hash {patch.info.base_hash[:12]}), this base has target "
+                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' was made for base "
+                f"{printable(patch.info.base_model or '?', 100)} (target hash {printable(patch.info.base_hash[:12])}), "
+                "this base has target "
                 f"hash {current[:12]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
                 "fine-tunes of the same architecture usually work, pass --strict to refuse"
             )
@@ -128,27 +139,22 @@ def fuse_patches(
 
 
 def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """``save_pretrained`` into a temp folder beside ``output``, then rename it into place (safetensors only)."""
+    """``save_pretrained`` (safetensors) into a temp folder beside ``output``, published whole: never over an
+    existing folder unless ``overwrite``, and a writer that loses a race to the name gets ``OutputExistsError``."""
     pipe = as_base(base).pipe
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FmnPatchError(f"{output} already exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    return atomic_folder(
+        output, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), overwrite=overwrite
+    )
+
+
+def _family_serving(architecture: str) -> type[Family] | None:
+    from ..errors import UnknownNameError
+    from .registry import family_for_architecture
+
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+        return family_for_architecture(architecture)
+    except UnknownNameError:
+        return None
 
 
 def _fresh_name(existing: set[str]) -> str:

@@ -50,10 +50,10 @@ WORDS = [
 ]
 
 
-def write_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A CLIPTokenizer over a small vocab: byte symbols plus one merge chain per test word."""
+def write_tokenizer(folder: Path, extra_symbols: str = "") -> CLIPTokenizer:
+    """A CLIPTokenizer over a small vocab: byte symbols (plus ``extra_symbols``) and one merge chain per test word."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'")
+    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'" + extra_symbols)
     vocab: dict[str, int] = {}
     for s in symbols:
         vocab.setdefault(s, len(vocab))

@@ -69,17 +69,18 @@ class UNetFamily(Family):
 
     @classmethod
     def serves_architecture(cls, architecture: str) -> bool:
-        return architecture.startswith("stable-diffusion-") or architecture == "fmn-toy"
+        sd3 = architecture.startswith("stable-diffusion-v3")
+        return (architecture.startswith("stable-diffusion-") and not sd3) or architecture == "fmn-toy"
 
     @classmethod
     def kohya_names(cls, modules: Sequence[str], architecture: str, **layout: int) -> dict[str, str]:
         """SD 1.x/2.x kohya files use diffusers block names; SDXL files the original SGM names
         (``input_blocks_4_1_...``), which is what the UIs expect."""
         sdxl = architecture.startswith("stable-diffusion-xl")
-        per_block = layout.get("layers_per_block", 2)
-        if sdxl and per_block < 1:
-            raise FmnPatchError(f"layers_per_block={per_block} must be at least 1 (SDXL has 2)")
-        return {m: "lora_unet_" + (sgm_name(m, per_block) if sdxl else m).replace(".", "_") for m in modules}
+        if not sdxl:
+            return {m: "lora_unet_" + m.replace(".", "_") for m in modules}
+        per_block = layout.get("layers_per_block") or layers_per_block(modules)
+        return {m: "lora_unet_" + sgm_name(m, per_block).replace(".", "_") for m in modules}
 
     @classmethod
     def kohya_version(cls, architecture: str) -> str:
@@ -250,20 +251,41 @@ def find_targets(unet: nn.Module) -> dict[str, nn.Linear]:
     return found
 
 
+def layers_per_block(modules: Sequence[str]) -> int:
+    """The UNet's ``layers_per_block`` L as the module names show it: down blocks have attentions 0..L-1, up blocks
+    0..L (2 for SDXL when neither kind is in the patch)."""
+    down = [int(m[2]) + 1 for name in modules if (m := _DOWN.match(name))]
+    up = [int(m[2]) for name in modules if (m := _UP.match(name))]
+    return max([*down, *up], default=2) or 1
+
+
 def sgm_name(module: str, layers_per_block: int) -> str:
     """diffusers UNet module name -> the original (SGM) name used by SDXL kohya files.
 
     down_blocks.i.attentions.j -> input_blocks.(1 + i*(L+1) + j).1; up_blocks.i.attentions.j ->
-    output_blocks.(i*(L+1) + j).1 (up blocks have L+1 layers each); mid_block -> middle_block.1.
+    output_blocks.(i*(L+1) + j).1 (up blocks have L+1 layers each); mid_block -> middle_block.1. A module whose
+    attention index does not fit L (j >= L down, j > L up) is refused: its name would be another block's.
     """
+    if isinstance(layers_per_block, bool) or not isinstance(layers_per_block, int) or layers_per_block < 1:
+        raise FmnPatchError(f"layers_per_block={layers_per_block!r} must be a whole number >= 1 (SDXL has 2)")
     if m := _DOWN.match(module):
         i, j, rest = int(m[1]), int(m[2]), m[3]
+        _fits(module, j, layers_per_block - 1, layers_per_block)
         return f"input_blocks.{1 + i * (layers_per_block + 1) + j}.1.{rest}"
     if m := _UP.match(module):
         i, j, rest = int(m[1]), int(m[2]), m[3]
+        _fits(module, j, layers_per_block, layers_per_block)
         return f"output_blocks.{i * (layers_per_block + 1) + j}.1.{rest}"
     if m := _MID.match(module):
         return f"middle_block.1.{m[1]}"
     raise FmnPatchError(
         f"cannot map {module} to an SGM block name; kohya export supports UNet2DConditionModel"
     )
+
+
+def _fits(module: str, index: int, most: int, layers: int) -> None:
+    if index > most:
+        raise FmnPatchError(
+            f"{module} does not fit layers_per_block={layers} (its attention index is {index}); give the UNet's "
+            "own value with --layers-per-block, or leave it out to read it from the patch"
+        )

@@ -7,12 +7,13 @@ from .header import (
     NAMESPACE,
     PatchConcept,
     PatchInfo,
-    info_from_header,
+    read_file,
     read_header,
     tensor_hash,
 )
 from .merge import MergeReport, check_weights, merge_patches
 from .patch import Patch
+from .schema import info_from_header
 from .summary import render_text, summarize
 from .targets import TargetKind, register_targets, target_kinds
 
@@ -31,6 +32,7 @@ __all__ = [
     "check_weights",
     "info_from_header",
     "merge_patches",
+    "read_file",
     "read_header",
     "register_targets",
     "render_text",

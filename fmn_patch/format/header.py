@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import struct
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import safetensors
 import torch
 
 from ..errors import FmnPatchError, PatchFileError
@@ -23,7 +24,6 @@ from .category import Category, category_of
 FORMAT_VERSION: Final = 1
 NAMESPACE: Final = "fmn_patch"
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,40 +78,46 @@ def tensor_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def read_header(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, after checking that it is one (never unpickles)."""
+def read_file(
+    path: str | os.PathLike[str], *, tensors: bool = True
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The ``__metadata__`` and the tensors of a safetensors file, read by safetensors itself (never unpickles).
+
+    safetensors checks the header's structure (JSON shape, dtypes, shapes, offsets that cover the data exactly);
+    anything it refuses, or that cannot be read, is a ``PatchFileError``. ``tensors=False`` reads the header only.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise PatchFileError(f"{path}: no such file; check the path (patches are .safetensors files)")
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
+        what = "a folder" if path.is_dir() else "no such file"
+        raise PatchFileError(f"{path}: {what}; check the path (patches are .safetensors files)")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
         if any(head.startswith(magic) for magic in _PICKLE_MAGICS):
             raise PatchFileError(
                 f"{path}: a pickled PyTorch checkpoint, refused (unpickling can run arbitrary code); "
                 "fmn-patch reads .safetensors only: convert it with a tool you trust"
             )
         if len(head) < 8:
-            raise PatchFileError(f"{path}: not a safetensors file ({size} bytes, too short to hold a header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or n + 8 > size:
             raise PatchFileError(
-                f"{path}: not a safetensors file, or truncated (header length {n} vs file size {size}); "
-                "download it again"
+                f"{path}: not a safetensors file ({len(head)} bytes, too short to hold a header)"
             )
-        raw = f.read(n)
-    try:
-        parsed = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PatchFileError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
-    if not isinstance(parsed, dict):
-        raise PatchFileError(f"{path}: not a safetensors file (header is not a JSON object)")
-    end = max((int(v["data_offsets"][1]) for k, v in parsed.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
+        with safetensors.safe_open(str(path), "pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            loaded = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle) if tensors else {}
+    except safetensors.SafetensorError as e:
         raise PatchFileError(
-            f"{path}: truncated or corrupt (tensors need {8 + n + end} bytes, file has {size}); download it again"
-        )
-    meta = parsed.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
+            f"{path}: not a safetensors file, or truncated or corrupt ({str(e).splitlines()[0][:200]}); "
+            "download it again"
+        ) from e
+    except OSError as e:
+        raise PatchFileError(f"{path}: cannot be read: {(e.strerror or str(e)).lower()}") from e
+    return dict(meta), loaded
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (checked by safetensors; tensors are not read)."""
+    return read_file(path, tensors=False)[0]
 
 
 def write_header(
@@ -171,45 +177,6 @@ def write_header(
     if info.license:
         header["modelspec.license"] = info.license
     return header
-
-
-def info_from_header(header: Mapping[str, str]) -> PatchInfo:
-    """Typed metadata back from a header written by ``write_header``."""
-
-    def get(key: str) -> str:
-        return header.get(f"{NAMESPACE}.{key}", "")
-
-    def load_json(key: str, default: Any) -> Any:
-        raw = get(key)
-        if not raw:
-            return default
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise PatchFileError(f"header field {NAMESPACE}.{key} is not valid JSON: {e}") from e
-
-    architecture = header.get("modelspec.architecture", "stable-diffusion-v1/lora").removesuffix("/lora")
-    return PatchInfo(
-        method=get("method") or "manual",
-        concepts=tuple(
-            PatchConcept(c["name"], c.get("category", "other")) for c in load_json("concepts", [])
-        ),
-        base_model=get("base_model") or None,
-        base_revision=get("base_revision") or None,
-        base_hash=get("base_hash") or None,
-        architecture=architecture,
-        title=header.get("modelspec.title", ""),
-        description=header.get("modelspec.description", ""),
-        author=header.get("modelspec.author", ""),
-        license=header.get("modelspec.license", ""),
-        date=header.get("modelspec.date", ""),
-        config=load_json("config", {}),
-        parents=tuple(load_json("parents", [])),
-        results=load_json("results", {}),
-        extra=load_json("extra", {}),
-        versions=load_json("versions", {}),
-        format_version=int(get("format_version") or FORMAT_VERSION),
-    )
 
 
 def default_title(info: PatchInfo) -> str:

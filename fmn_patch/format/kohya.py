@@ -34,13 +34,20 @@ def to_kohya(
                 f"kohya names collide: {other} and {module} both map to {names[module]}; check the block layout "
                 "(e.g. --layers-per-block) so that every module keeps its own weight"
             )
+    return layout({names[m]: patch.factors[m] for m in patch.modules}, patch, base_model_version)
+
+
+def layout(
+    stems: Mapping[str, tuple[torch.Tensor, torch.Tensor]], patch: Patch, base_model_version: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header for kohya stems and their (down, up) factors, with ``patch``'s header. A family whose
+    UIs fuse projections (Flux's text q/k/v) builds the fused factors and calls this."""
     tensors: dict[str, torch.Tensor] = {}
-    for module in patch.modules:
-        a, b = patch.factors[module]
-        key = names[module]
+    for key, (a, b) in stems.items():
         tensors[f"{key}.lora_down.weight"] = a.contiguous()
         tensors[f"{key}.lora_up.weight"] = b.contiguous()
         tensors[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))  # alpha / rank = 1: alpha is folded into B
+    rank = max(a.shape[0] for a, _ in stems.values())
     source = patch.header()
     kind = kind_for(patch.component, patch.modules)
     header = {k: v for k, v in source.items() if k.startswith(("modelspec.", "fmn_patch."))}
@@ -48,8 +55,8 @@ def to_kohya(
         {
             "format": "pt",
             "ss_network_module": "networks.lora",
-            "ss_network_dim": str(patch.rank),
-            "ss_network_alpha": str(patch.rank),
+            "ss_network_dim": str(rank),
+            "ss_network_alpha": str(rank),
             "ss_network_args": json.dumps({"target": ",".join(_short(kind.regex, kind.projections))}),
             "ss_base_model_version": base_model_version,
             "ss_output_name": source["modelspec.title"],

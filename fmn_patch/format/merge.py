@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import values
 from ..errors import FmnPatchError
+from ..values import MAX_RANK
 from .header import PatchConcept, PatchInfo
 from .patch import Patch
 
@@ -35,6 +37,8 @@ def merge_patches(
     title: str = "",
 ) -> tuple[Patch, MergeReport]:
     """Merge patches into one. ``rank=None`` concatenates (exact); an int re-compresses by truncated SVD."""
+    if rank is not None:
+        values.whole(rank, "rank", 1, MAX_RANK, example=8)  # capped at min(in, out) per module
     if len(patches) < 2:
         raise FmnPatchError(f"merge needs at least two patches, got {len(patches)}")
     weights = check_weights(patches, weights)
@@ -54,16 +58,18 @@ def merge_patches(
 
 
 def check_weights(patches: Sequence[Patch], weights: Sequence[float] | None) -> list[float]:
-    """One weight per patch: none given means 1 each, one given applies to all."""
+    """One weight per patch: none given means 1 each, one given applies to all. Each must be finite and at most
+    ``MAX_WEIGHT`` either way (a negative weight inverts a patch)."""
     if weights is None or len(weights) == 0:
         return [1.0] * len(patches)
-    if len(weights) == 1 and len(patches) > 1:
-        return [float(weights[0])] * len(patches)
-    if len(weights) != len(patches):
+    checked = [values.weight(w) for w in weights]
+    if len(checked) == 1 and len(patches) > 1:
+        return checked * len(patches)
+    if len(checked) != len(patches):
         raise FmnPatchError(
             f"got {len(weights)} weights for {len(patches)} patches; give one --weight per patch, or one for all"
         )
-    return [float(w) for w in weights]
+    return checked
 
 
 def sum_of_deltas(patches: Sequence[Patch], weights: Sequence[float], module: str) -> torch.Tensor:

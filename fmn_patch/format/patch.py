@@ -20,28 +20,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import safetensors
 import safetensors.torch
 import torch
 
 from ..errors import FmnPatchError, PatchFileError
-from ..files import atomic_write
-from .header import (
-    FORMAT_VERSION,
-    NAMESPACE,
-    PatchInfo,
-    info_from_header,
-    read_header,
-    tensor_hash,
-    write_header,
-)
+from ..files import atomic_write, check_output
+from .header import FORMAT_VERSION, NAMESPACE, PatchInfo, read_file, tensor_hash, write_header
 from .lowrank import low_rank
+from .schema import format_version, info_from_header
 from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, in), B (out, r))
-_KEY = re.compile(r"^(?P<component>[A-Za-z_][A-Za-z0-9_]*)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+_KEY = re.compile(
+    r"^(?P<component>[A-Za-z_][A-Za-z0-9_]*)\.(?P<module>[A-Za-z0-9_.]+)\.lora_(?P<factor>[AB])\.weight$"
+)
+#: The dtypes a patch's factors may have: what diffusers, peft and the UIs compute with.
+DTYPES: Final = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -51,6 +48,9 @@ class Patch:
     factors: Factors
     info: PatchInfo = field(default_factory=PatchInfo)
     component: str = DEFAULT_COMPONENT  # the pipeline component the modules belong to
+    # True when loaded from a file whose header hash was checked against its tensors (False: made in memory, or
+    # read from a file whose header carries no hash)
+    verified: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_factors(self.factors, self.component)
@@ -98,7 +98,7 @@ class Patch:
         return tensor_hash(self.state_dict())
 
     def with_info(self, **changes: Any) -> Patch:
-        return Patch(self.factors, dataclasses.replace(self.info, **changes), self.component)
+        return Patch(self.factors, dataclasses.replace(self.info, **changes), self.component, self.verified)
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -111,10 +111,13 @@ class Patch:
     ) -> tuple[Patch, dict[str, float]]:
         """Factor dense deltas (out, in) into rank-``rank`` LoRA factors by truncated SVD.
 
-        Returns the patch and the relative Frobenius residual ``||D - B A|| / ||D||`` of each module (0 when exact).
+        The rank is capped at min(out, in) of the narrowest module, where that module's factorisation is already
+        exact (one rank for every module). Returns the patch and the relative Frobenius residual
+        ``||D - B A|| / ||D||`` of each module (0 when exact).
         """
-        if rank < 1:
-            raise FmnPatchError(f"rank must be at least 1, got {rank}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise FmnPatchError(f"rank={rank!r} must be a whole number >= 1, e.g. 8")
+        rank = min(rank, *(min(d.shape) for d in deltas.values())) if deltas else rank
         factors: Factors = {}
         residuals: dict[str, float] = {}
         for module, d in sorted(deltas.items()):
@@ -138,48 +141,57 @@ class Patch:
         )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the patch atomically (temp file + rename). Refuses to replace a file unless ``overwrite``."""
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            raise FmnPatchError(f"patch path {str(path)!r} must end in .safetensors")
+        """Write the patch atomically (temp file + no-replace publish). Refuses to replace a file unless
+        ``overwrite``."""
+        path = check_output(path, overwrite=overwrite, suffixes=(".safetensors",), what="patch path")
+        tensors, header = self.state_dict(), self.header()
         return atomic_write(
             path,
-            lambda tmp: safetensors.torch.save_file(self.state_dict(), str(tmp), metadata=self.header()),
+            lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=header),
             overwrite=overwrite,
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Patch:
-        """Read and validate a patch file. Raises ``PatchFileError`` with the reason and the fix."""
+    def load(cls, path: str | os.PathLike[str], *, require_hash: bool = False) -> Patch:
+        """Read and validate a patch file: it loads whole or raises ``PatchFileError`` with the reason and the fix.
+
+        The header's tensor hash is checked when present (``verified`` says so); ``require_hash`` refuses a file
+        without one."""
         path = Path(path)
-        header = read_header(path)
-        version = header.get(f"{NAMESPACE}.format_version")
-        if version is None:
-            raise PatchFileError(
-                f"{path}: not an fmn-patch file (its header has no {NAMESPACE}.format_version); "
-                "only patches made by fmn-patch can be loaded"
-            )
-        if not version.isdigit() or int(version) > FORMAT_VERSION:
-            raise PatchFileError(
-                f"{path}: patch format version {version!r} is unknown to this fmn-patch (reads up to "
-                f"{FORMAT_VERSION}); upgrade with `pip install -U fmn-patch`"
-            )
+        header, tensors = read_file(path)
         try:
-            tensors = safetensors.torch.load_file(str(path), device="cpu")
-        except (safetensors.SafetensorError, OSError, RuntimeError) as e:
-            raise PatchFileError(
-                f"{path}: truncated or corrupt safetensors file ({e}); download it again"
-            ) from e
+            version = format_version(header)
+            if version is None:
+                raise PatchFileError(
+                    f"not an fmn-patch file (its header has no {NAMESPACE}.format_version); "
+                    "only patches made by fmn-patch can be loaded"
+                )
+            if version > FORMAT_VERSION or version < 1:
+                raise PatchFileError(
+                    f"patch format version '{version}' is unknown to this fmn-patch (reads up to {FORMAT_VERSION}); "
+                    "upgrade with `pip install -U fmn-patch`"
+                )
+            info = info_from_header(header)
+        except FmnPatchError as e:
+            raise PatchFileError(f"{path}: {e}") from e
         component, factors = factors_from_state_dict(tensors, source=str(path))
         try:
-            patch = cls(factors, info_from_header(header), component)
+            patch = cls(factors, info, component)
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
         expected = header.get("modelspec.hash_sha256", "").removeprefix("0x")
-        if expected and expected != patch.tensor_hash():
+        if expected:
+            actual = patch.tensor_hash()
+            if expected != actual:
+                raise PatchFileError(
+                    f"{path}: tensor hash mismatch (header {expected[:12]}..., tensors {actual[:12]}...): "
+                    "the file was modified or damaged after it was written; get a fresh copy"
+                )
+            patch.verified = True
+        elif require_hash:
             raise PatchFileError(
-                f"{path}: tensor hash mismatch (header {expected[:12]}..., tensors {patch.tensor_hash()[:12]}...): "
-                "the file was modified or damaged after it was written; get a fresh copy"
+                f"{path}: the header carries no tensor hash (modelspec.hash_sha256), so its integrity cannot be "
+                "checked; get the file from its maker again, or drop --strict to use it unverified"
             )
         return patch
 
@@ -196,7 +208,7 @@ def factors_from_state_dict(
         m = _KEY.match(key)
         if m is None or kind_of(m["component"], m["module"]) is None:
             raise PatchFileError(
-                f"{source}: key {key!r} is not a LoRA factor of a text-side key/value projection "
+                f"{source}: key {key[:120]!r} is not a LoRA factor of a text-side key/value projection "
                 f"(expected <component>.<module>.lora_A|lora_B.weight on {describe_targets()}); "
                 "fmn-patch files hold cross-attention key/value LoRA factors only"
             )
@@ -224,10 +236,22 @@ def check_factors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], comp
                 f"module {module!r} of {component!r} is not a text-side key/value projection "
                 f"({describe_targets()})"
             )
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] < 1:
+        if (
+            a.ndim != 2
+            or b.ndim != 2
+            or a.shape[0] != b.shape[1]
+            or min(a.shape[0], a.shape[1], b.shape[0]) < 1
+        ):
             raise FmnPatchError(
                 f"inconsistent shapes for {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
-                "(need A (r, in) and B (out, r) with the same r >= 1)"
+                "(need A (r, in) and B (out, r) with the same r >= 1, and in, out >= 1)"
             )
-        if not (a.is_floating_point() and b.is_floating_point()):
-            raise FmnPatchError(f"{module}: LoRA factors must be floating point, got {a.dtype} / {b.dtype}")
+        if a.dtype not in DTYPES or b.dtype not in DTYPES:
+            raise FmnPatchError(
+                f"{module}: LoRA factors are {a.dtype} / {b.dtype}; they must be float32, float16 or bfloat16"
+            )
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            raise FmnPatchError(
+                f"{module}: LoRA factors hold NaN or infinite values, which would ruin every image; the patch is "
+                "broken, make it again"
+            )

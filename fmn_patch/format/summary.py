@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..text import printable
 from .patch import Patch
 from .targets import kind_for
 
@@ -34,6 +35,7 @@ def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
         "parameters": patch.num_parameters(),
         "size_bytes": size,
         "tensor_hash": patch.tensor_hash(),
+        "verified": patch.verified,  # the header's hash was checked against the tensors on load
         "date": info.date,
         "format_version": info.format_version,
         "config": info.config,
@@ -46,29 +48,33 @@ def summarize(patch: Patch, path: str | Path | None = None) -> dict[str, Any]:
 
 
 def render_text(summary: dict[str, Any]) -> str:
-    """The summary as aligned text lines."""
-    concepts = ", ".join(f"{c['name']} ({c['category']})" for c in summary["concepts"]) or "-"
+    """The summary as aligned text lines. Every string from the file is escaped for the terminal (control and
+    format characters shown as ``\\x1b``, ``\\u202e``) and long ones are cut."""
+    show = printable
+    concepts = ", ".join(f"{show(c['name'])} ({c['category']})" for c in summary["concepts"]) or "-"
     base = summary["base"]
     size = summary["size_bytes"]
+    integrity = "verified" if summary["verified"] else "NOT VERIFIED: the header carries no hash"
     lines = [
-        f"title        {summary['title']}",
-        f"method       {summary['method']}",
-        f"concepts     {concepts}",
-        f"base         {base['model'] or '-'}  [{base['architecture']}]"
-        + (f"  revision {base['revision']}" if base["revision"] else ""),
-        f"base hash    {base['hash'] or '-'}",
+        f"title        {show(summary['title'])}",
+        f"method       {show(summary['method'])}",
+        f"concepts     {show(concepts, 2000)}",
+        f"base         {show(base['model'] or '-')}  [{show(base['architecture'])}]"
+        + (f"  revision {show(base['revision'])}" if base["revision"] else ""),
+        f"base hash    {show(base['hash'] or '-')}",
         f"rank         {summary['rank']}  ({summary['modules']} modules, {summary['parameters']:,} parameters"
         + (f", {size / 1024:.1f} KiB" if size is not None else "")
         + ")",
-        f"tensor hash  {summary['tensor_hash']}",
-        f"date         {summary['date'] or '-'}",
+        f"tensor hash  {summary['tensor_hash']}  ({integrity})",
+        f"date         {show(summary['date'] or '-')}",
     ]
     if summary["parents"]:
-        lines.append("parents      " + "; ".join(f"{p['title']} x{p['weight']}" for p in summary["parents"]))
-    if summary["config"]:
-        lines.append("config       " + ", ".join(f"{k}={v}" for k, v in sorted(summary["config"].items())))
-    if summary["results"]:
-        lines.append("results      " + ", ".join(f"{k}={v}" for k, v in sorted(summary["results"].items())))
+        parents = "; ".join(f"{p.get('title', '?')} x{p.get('weight', '?')}" for p in summary["parents"])
+        lines.append("parents      " + show(parents, 2000))
+    for key in ("config", "results"):
+        if summary[key]:
+            text = ", ".join(f"{k}={v}" for k, v in sorted(summary[key].items()))
+            lines.append(f"{key:<12} " + show(text, 2000))
     lines.append("delta norms (Frobenius):")
     width = max(len(m) for m in summary["norms"])
     lines += [f"  {m:<{width}}  {n:.4g}" for m, n in summary["norms"].items()]

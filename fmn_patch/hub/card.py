@@ -10,7 +10,10 @@ patch carries, and a before/after grid when one is uploaded with it.
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,6 +21,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..format.patch import Patch
 from ..format.targets import kind_for
+from ..text import is_printable
 
 PROJECT_TAG: Final = "fmn-patch"
 WEIGHT_NAME: Final = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name: what push uploads
@@ -25,6 +29,38 @@ BASE_TAGS: Final = ("lora", "diffusers", "text-to-image", PROJECT_TAG)
 DEFAULT_LICENSE: Final = "other"
 _SCORE_ORDER: Final = ("m_score", "acc", "alias_m_score", "alias_acc")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TEXT_LIMIT: Final = 200  # characters of a header string shown in the card; the rest is counted
+_MARKDOWN = re.compile(r"([\\`*_\[\]#!|~])")  # inline markdown; < > & " are HTML-escaped first
+
+
+def md(text: object, limit: int | None = TEXT_LIMIT) -> str:
+    """Header text as inert inline markdown: HTML escaped, markdown punctuation backslash-escaped (``|`` too, so it
+    stays inside a table cell), line breaks and control characters as spaces, cut past ``limit`` characters."""
+    s = str(text)
+    extra = 0
+    if limit is not None and len(s) > limit:
+        s, extra = s[:limit], len(s) - limit
+    s = "".join(ch if is_printable(ch) else " " for ch in s)
+    s = _MARKDOWN.sub(r"\\\1", html.escape(s, quote=True))
+    return s + (f"... ({extra:,} more characters)" if extra else "")
+
+
+def code_span(text: object, limit: int | None = TEXT_LIMIT) -> str:
+    """Text in an inline code span: ``md`` does not apply inside one, so it is fenced by enough backticks and
+    kept to printable characters."""
+    s = str(text)
+    if limit is not None and len(s) > limit:
+        s = s[:limit] + "..."
+    s = "".join(ch if is_printable(ch) else " " for ch in s)
+    ticks = "`" * (max((len(m) for m in re.findall(r"`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{ticks}{pad}{s}{pad}{ticks}"
+
+
+def _fence(body: str, language: str) -> str:
+    """A fenced code block longer than any run of backticks in ``body``."""
+    ticks = "`" * max(3, max((len(m) for m in re.findall(r"`+", body)), default=0) + 1)
+    return f"{ticks}{language}\n{body}\n{ticks}"
 
 
 def category_tag(category: str) -> str:
@@ -69,10 +105,10 @@ def model_card(
         tags=card_tags(patch),
     )
     title = header["modelspec.title"]
-    names = ", ".join(f"**{c.name}**" for c in info.concepts) or "no named concept"
+    names = ", ".join(f"**{md(c.name)}**" for c in info.concepts) or "no named concept"
     sections = [
-        f"# {title}",
-        f"An fmn-patch that makes {base or 'its base model'} forget {names}: "
+        f"# {md(title)}",
+        f"An fmn-patch that makes {md(base or 'its base model')} forget {names}: "
         "a LoRA on the text-side keys and values of cross-attention "
         f"({kind_for(patch.component, patch.modules).description}). "
         "Prompts naming a forgotten concept no longer draw it; everything else is meant to stay as the base draws it.",
@@ -92,7 +128,7 @@ def model_card(
 
 
 def _concepts_table(patch: Patch) -> str:
-    rows = [f"| {c.name} | {c.category} |" for c in patch.info.concepts] or ["| - | - |"]
+    rows = [f"| {md(c.name)} | {md(c.category)} |" for c in patch.info.concepts] or ["| - | - |"]
     return "\n".join(["## Concepts forgotten", "", "| concept | category |", "|---|---|", *rows])
 
 
@@ -102,45 +138,61 @@ def _details(patch: Patch, size_bytes: int | None, header: dict[str, str], base:
     lines = [
         "## Details",
         "",
-        f"- method: `{info.method}`",
+        f"- method: {code_span(info.method)}",
         f"- rank: {patch.rank} on {len(patch.factors)} modules ({patch.num_parameters():,} parameters, {size})",
-        f"- made for: `{base or info.base_model or 'unknown'}` [{info.architecture}]"
-        + (f" at revision `{info.base_revision}`" if info.base_revision else ""),
-        f"- base target hash: `{info.base_hash or '-'}` (a different base warns; `--strict` refuses)",
-        f"- tensor hash: `{header['modelspec.hash_sha256']}` (checked on every load)",
-        f"- date: {info.date or header['modelspec.date']}",
+        f"- made for: {code_span(base or info.base_model or 'unknown')} \\[{md(info.architecture)}\\]"
+        + (f" at revision {code_span(info.base_revision)}" if info.base_revision else ""),
+        f"- base target hash: {code_span(info.base_hash or '-')} (a different base warns; `--strict` refuses)",
+        f"- tensor hash: {code_span(header['modelspec.hash_sha256'])} (checked on every load)",
+        f"- date: {md(info.date or header['modelspec.date'])}",
     ]
     if info.parents:
-        lines.append("- merged from: " + ", ".join(str(p.get("title", "?")) for p in info.parents))
+        lines.append("- merged from: " + md(", ".join(str(p.get("title", "?")) for p in info.parents), 1000))
     return "\n".join(lines)
 
 
 def _usage(patch: Patch, repo_id: str, filename: str, base: str | None) -> str:
+    """Copy-paste snippets. Values are quoted for their language (a string literal for Python, ``shlex.quote`` for
+    the shell), so no header string can become code; a name that is not printable is left out of the snippets."""
     base_id = base or "BASE_MODEL_ID"  # the base the patch was made for
-    concept = patch.info.concepts[0].name if patch.info.concepts else "a cat"
+    names = [c.name for c in patch.info.concepts if is_printable(c.name) and len(c.name) <= TEXT_LIMIT]
+    prompt = f"a photo of {names[0]}" if names else "a photo of a cat"
     ref = f"hf://{repo_id}" + (f"/{filename}" if filename != WEIGHT_NAME else "")
+    local = Path(filename).stem if filename != WEIGHT_NAME else repo_id.rsplit("/", 1)[-1]
+    python = "\n".join(
+        [
+            "from diffusers import AutoPipelineForText2Image",
+            "",
+            f"pipe = AutoPipelineForText2Image.from_pretrained({_py(base_id)})",
+            f"pipe.load_lora_weights({_py(repo_id)}, weight_name={_py(filename)})",
+            f"image = pipe({_py(prompt)}).images[0]",
+        ]
+    )
+    q = shlex.quote
+    shell = "\n".join(
+        [
+            f"fmnpatch apply {q(base_id)} {q(ref)} --prompt {q(prompt)}",
+            f"fmnpatch pull {q(repo_id)} -o {q(local + '.safetensors')}",
+        ]
+    )
     return "\n".join(
         [
             "## How to use",
             "",
             "With stock diffusers (no fmn-patch needed):",
             "",
-            "```python",
-            "from diffusers import AutoPipelineForText2Image",
-            "",
-            f'pipe = AutoPipelineForText2Image.from_pretrained("{base_id}")',
-            f'pipe.load_lora_weights("{repo_id}", weight_name="{filename}")',
-            f'image = pipe("a photo of {concept}").images[0]',
-            "```",
+            _fence(python, "python"),
             "",
             "With fmn-patch (checks the file and the base first; stack several patches with `-w` weights):",
             "",
-            "```bash",
-            f'fmnpatch apply {base_id} {ref} --prompt "a photo of {concept}"',
-            f"fmnpatch pull {repo_id} -o {repo_id.rsplit('/', 1)[-1]}.safetensors",
-            "```",
+            _fence(shell, "bash"),
         ]
     )
+
+
+def _py(text: str) -> str:
+    """A Python string literal for ``text`` (JSON's string syntax is Python's; non-printable text is escaped)."""
+    return json.dumps(text, ensure_ascii=not is_printable(text))
 
 
 def _results(results: dict[str, Any]) -> str:
@@ -153,17 +205,17 @@ def _results(results: dict[str, Any]) -> str:
         found = {k for v in concepts.values() for k, x in v.items() if _scalar(x) and k != "category"}
         columns = [c for c in _SCORE_ORDER if c in found] + sorted(found - set(_SCORE_ORDER))
         lines += [
-            "| concept | " + " | ".join(columns) + " |",
+            "| concept | " + " | ".join(md(c) for c in columns) + " |",
             "|---|" + "---|" * len(columns),
             *(
-                f"| {name} | " + " | ".join(_cell(v.get(c)) for c in columns) + " |"
+                f"| {md(name)} | " + " | ".join(_cell(v.get(c)) for c in columns) + " |"
                 for name, v in concepts.items()
             ),
             "",
         ]
     flat = _flatten(rest)
     if flat:
-        lines += ["| metric | value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in flat.items())]
+        lines += ["| metric | value |", "|---|---|", *(f"| {md(k)} | {_cell(v)} |" for k, v in flat.items())]
     return "\n".join(lines).rstrip()
 
 
@@ -187,4 +239,4 @@ def _scalar(x: Any) -> bool:
 def _cell(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
-    return "-" if x is None else str(x).replace("|", "\\|")
+    return "-" if x is None else md(x)

@@ -7,6 +7,7 @@ requests (``HfApi.parse_safetensors_file_metadata``): nothing is downloaded. A r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,12 +16,19 @@ import httpx2
 from huggingface_hub import HfApi, is_offline_mode
 from huggingface_hub.errors import HfHubHTTPError, SafetensorsParsingError
 
-from ..errors import FmnPatchError
+from .. import values
+from ..errors import PatchFileError
 from ..format.category import CATEGORIES, category_of
-from ..format.header import NAMESPACE, PatchConcept, info_from_header
+from ..format.header import NAMESPACE, PatchConcept
+from ..format.schema import check_strings, info_from_header
+from ..text import printable
 from .card import PROJECT_TAG, WEIGHT_NAME, category_tag
 from .errors import OfflineError, hub_errors
 from .refs import HubRef
+
+
+class SkippedPatchWarning(UserWarning):
+    """A community repo whose patch header is malformed; ``search`` leaves it out and says why."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ def search(
     ``categories`` are all required (``identity``, ``object``, ``style``, ``nsfw``, ``other``). At most ``scan`` tagged
     repos are looked at and ``limit`` returned.
     """
+    values.whole(limit, "limit", 1, 1000, example=20)
     wanted = [category_of(c) for c in categories]
     if is_offline_mode():
         raise OfflineError(
@@ -79,7 +88,11 @@ def search(
             expand=["siblings", "cardData", "tags", "downloads", "likes", "lastModified", "sha"],
         )
         for model in models:
-            entry = _describe(api, model)
+            try:
+                entry = _describe(api, model)
+            except PatchFileError as e:
+                warnings.warn(f"skipped {printable(model.id, 100)}: {e}", SkippedPatchWarning, stacklevel=2)
+                continue
             if _matches(entry, text, base):
                 found.append(entry)
             if len(found) >= limit:
@@ -95,15 +108,17 @@ def _describe(api: HfApi, model: Any) -> HubPatch:
     header: dict[str, str] = {}
     if filename is not None:
         try:
-            header = api.parse_safetensors_file_metadata(model.id, filename, revision=model.sha).metadata
-        except (HfHubHTTPError, SafetensorsParsingError, httpx2.TransportError):
-            header = {}  # gated, private, or not a safetensors file: list it with what the card says
+            raw = api.parse_safetensors_file_metadata(model.id, filename, revision=model.sha).metadata
+        except (HfHubHTTPError, httpx2.TransportError):
+            raw = {}  # gated or private: list it with what the card says
+        except (SafetensorsParsingError, TypeError, ValueError, AttributeError, RecursionError) as e:
+            raise PatchFileError(f"{filename} is not a readable safetensors file ({type(e).__name__})") from e
+        if not isinstance(raw, dict):
+            raise PatchFileError(f"{filename}: its header metadata is not a JSON object")
+        header = check_strings(raw)
     info, rank = None, header.get(f"{NAMESPACE}.rank", "")
     if f"{NAMESPACE}.format_version" in header:
-        try:
-            info = info_from_header(header)
-        except FmnPatchError:
-            info = None
+        info = info_from_header(header)  # PatchFileError: skipped with a warning
     return HubPatch(
         repo_id=model.id,
         filename=filename,
@@ -112,7 +127,7 @@ def _describe(api: HfApi, model: Any) -> HubPatch:
         categories=tuple(c for c in CATEGORIES if category_tag(c) in tags),
         base_model=(card_base if isinstance(card_base, str) else None) or (info.base_model if info else None),
         method=info.method if info else None,
-        rank=int(rank) if info and rank.isdigit() else None,
+        rank=int(rank) if info and rank.isascii() and rank.isdigit() else None,
         downloads=int(model.downloads or 0),
         likes=int(model.likes or 0),
         last_modified=model.last_modified.isoformat() if model.last_modified else None,

@@ -33,7 +33,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_downloa
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import FmnPatchError, PatchFileError
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 from ..format.patch import Patch
 from .card import WEIGHT_NAME, hub_model_id, model_card
 from .errors import LOGIN, SCHEME, FileNotInRepoError, HubError, NotLoggedInError, OfflineError, hub_errors
@@ -67,6 +67,8 @@ def resolve(
     force_download: bool = False,
 ) -> Path:
     """The local file of a Hub reference: from the cache, downloaded first when online and needed."""
+    if cache_dir is not None:
+        check_output(cache_dir, overwrite=True, folder=True, what="--cache-dir")
     return _fetch(as_ref(ref), cache_dir=cache_dir, token=token, force_download=force_download)[0]
 
 
@@ -85,9 +87,16 @@ def pull(
     Refuses a file that is not a valid patch, or whose tensors do not match its header's hash, before writing.
     """
     ref = as_ref(ref)
+    if cache_dir is not None:
+        check_output(cache_dir, overwrite=True, folder=True, what="--cache-dir")
+    if output is not None:  # refused before any download
+        output = Path(output)
+        check_output(output, overwrite=True, folder=output.suffix != ".safetensors", what="--output")
+        if output.suffix == ".safetensors":
+            check_output(output, overwrite=overwrite, what="--output")
     cached, filename, commit = _fetch(ref, cache_dir=cache_dir, token=token, force_download=force_download)
     try:
-        patch = Patch.load(cached)
+        patch = Patch.load(cached, require_hash=True)  # "verified" means a hash was checked
     except PatchFileError as e:
         raise PatchFileError(f"{ref} is refused: {e}") from e
     path = cached
@@ -209,7 +218,7 @@ def push(
         raise HubError(f"two revisions given ({ref.revision!r} in {repo_id!r} and {revision!r}); give one")
     revision = revision or ref.revision or "main"
     filename = ref.filename or WEIGHT_NAME
-    patch = Patch.load(path)  # refuse an invalid file before any network call
+    patch = Patch.load(path, require_hash=True)  # refuse, before any network call, what pull would refuse
     size = Path(path).stat().st_size
     if grid is not None and not Path(grid).is_file():
         raise FmnPatchError(

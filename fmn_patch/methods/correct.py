@@ -33,7 +33,7 @@ from ..families.base import Base, as_base
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
 from .dataset import TrainingSet, preserve_states, reference_latents
-from .lora import lora_adapter
+from .lora import check_rank, lora_adapter
 from .resteer import TrainConfig, run_steps
 
 #: Prompts naming a concept without the attribute being corrected, "{}" = the concept.
@@ -131,6 +131,7 @@ def correct_patch(
     variants = [v.strip() for v in variants]
     if not concept:
         raise FmnPatchError("no concept given; name the concept to correct, e.g. fmnpatch correct circle")
+    check_rank(base, config.rank)
     if len(variants) < 2:
         raise FmnPatchError(
             f"got {len(variants)} variant(s) {variants!r}; give at least two, e.g. --into 'red circle' "
@@ -157,7 +158,7 @@ def correct_patch(
         masks=torch.zeros(len(prompts), family.max_length),
         latents=latents,
         latent_prompt=latent_prompt,
-        preserve=preserve_states(base, keep),
+        preserve=preserve_states(base, keep, latents),
         concepts=1,
         eta=torch.zeros(len(prompts)),
         preserve_weight=config.preserve_weight,

@@ -23,7 +23,8 @@ class TrainingSet:
     masks: torch.Tensor  # (P, T) positions the re-steering loss reads
     latents: torch.Tensor  # (L, C, h, w) reference latents
     latent_prompt: torch.Tensor  # (L,) which prompt each latent belongs to
-    preserve: torch.Tensor  # (M, D) encoder states of the preserve prompts' tokens
+    preserve: torch.Tensor | dict[str, torch.Tensor]  # (M, D) what the targets read for the preserve prompts,
+    # one tensor for all targets (UNet) or one per target (MMDiT: the text stream at each block)
     concepts: int  # how many concepts the patch forgets
     eta: torch.Tensor  # (P,) negative guidance of each prompt's denoising target
     preserve_weight: float  # w_p for this patch
@@ -76,9 +77,12 @@ def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], afte
     return masks
 
 
-def preserve_states(base: Base, prompts: Sequence[str]) -> torch.Tensor:
-    """(M, D): the text states of every token of every preserve prompt, as the targets read them."""
-    return base.family.encode(prompts).states.flatten(0, 1)
+def preserve_states(
+    base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What the targets read for every token of every preserve prompt (``Family.preserve_inputs``): the text
+    states for a UNet; for an MMDiT the text stream at each block, recorded on ``latents`` noised at random."""
+    return base.family.preserve_inputs(prompts, latents)
 
 
 def encode_set(
@@ -97,7 +101,7 @@ def encode_set(
 ) -> TrainingSet:
     """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``)."""
     masks = concept_masks(base, seen or prompts, words, after)
-    preserve = preserve_states(base, keep)
+    preserve = preserve_states(base, keep, latents)
     concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
     return TrainingSet(
         base.family.encode(prompts),

@@ -67,6 +67,7 @@ def edit_patch(
     prompts whose keys/values must not change, added to the default preserve set.
     """
     base = as_base(base)
+    base.family.require_closed_form()
     config = config or EditConfig()
     bench = _bench(config, base)
     concepts = resolve(erase, bench, category)

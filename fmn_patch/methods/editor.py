@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..errors import FmnPatchError
 from ..families.base import Base
 from ..families.encoding import align
 from ..families.tokens import ConceptNotFoundError
 from ..format.lowrank import NARROW, ResidualKind, factorize, factorize_products
+from ..values import MAX_BATCH, MAX_RANK
 from .solver import NormalEquations, layer_delta
 
 
@@ -43,19 +45,15 @@ class EditConfig:
     exact_svd: bool | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.rank >= 1, f"rank={self.rank} must be at least 1, e.g. --rank 8"),
-            (self.lam >= 0, f"lam={self.lam} must be >= 0, e.g. 0.1"),
-            (self.erase_weight > 0, f"erase_weight={self.erase_weight} must be > 0, e.g. 10"),
-            (self.preserve_weight >= 0, f"preserve_weight={self.preserve_weight} must be >= 0, e.g. 1"),
-            (self.push >= 0, f"push={self.push} must be >= 0 (0: map exactly onto the anchor)"),
-            (self.padding is None or self.padding >= 0, f"padding={self.padding} must be >= 0 or None (all)"),
-            (self.vocab_words >= 0, f"vocab_words={self.vocab_words} must be >= 0"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FmnPatchError(message)
+        values.whole(self.rank, "rank", 1, MAX_RANK, example=8)
+        values.number(self.lam, "lam", 0, 1e6, example="0.1")
+        values.number(self.erase_weight, "erase_weight", 0, 1e6, above=True, example=10)
+        values.number(self.preserve_weight, "preserve_weight", 0, 1e6, example=1)
+        values.number(self.push, "push", 0, 100, example="1.5 (0: map exactly onto the anchor)")
+        if self.padding is not None:
+            values.whole(self.padding, "padding", 0, 10_000, example="0 (or None: all)")
+        values.whole(self.vocab_words, "vocab_words", 0, 10_000_000, example=1000)
+        values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=64)
 
 
 @dataclass
@@ -173,7 +171,9 @@ class Editor:
     def factors(self, p: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it."""
         t0 = time.perf_counter()
-        rank, exact = self.config.rank, self.config.exact_svd
+        exact = self.config.exact_svd
+        # a rank above min(out, in) of the narrowest layer adds nothing: capped there (one rank for every layer)
+        rank = min(self.config.rank, *(min(w.shape) for w in self.targets.values()))
         wide = [n for n, w in sorted(self.targets.items()) if exact is None and min(w.shape) > NARROW]
         done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
         for name in sorted(set(self.targets) - set(wide)):

@@ -17,9 +17,11 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from .. import values
 from ..families.base import Base
 from ..families.family import frozen
 from ..files import atomic_write
+from ..values import MAX_BATCH, MAX_STEPS
 from .loop import LoopConfig, optimise
 
 
@@ -34,6 +36,14 @@ class InversionConfig:
     batch_size: int = 8
     template: str = "a photo of {}"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        values.whole(self.num_tokens, "num_tokens", 1, 75, example=4)
+        values.whole(self.steps, "ti_steps", 1, MAX_STEPS, example=500)
+        values.number(self.lr, "lr", 0, 10, above=True, example="5e-3")
+        values.number(self.weight_decay, "weight_decay", 0, 100, example="0.1")
+        values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=8)
+        values.seed(self.seed)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import FmnPatchError
 from ..families.base import Base
 from ..families.family import frozen
 
@@ -68,6 +69,18 @@ class LoraSession:
         return out
 
 
+def check_rank(base: Base, rank: int) -> None:
+    """Refuse a LoRA rank above min(in, out) of the narrowest target: the extra rank cannot change anything and
+    only costs time and memory."""
+    shapes = base.family.target_shapes()
+    most = min((min(shape) for shape in shapes.values()), default=rank)
+    if rank > most:
+        raise FmnPatchError(
+            f"rank={rank} is more than this base's narrowest target layer can use (min(in, out) = {most}); "
+            f"give --rank {most} or less"
+        )
+
+
 @contextlib.contextmanager
 def lora_adapter(
     base: Base, rank: int, *, seed: int, start: FactorMap | None = None, train_values: bool = True
@@ -75,6 +88,7 @@ def lora_adapter(
     """A fresh trainable adapter on the family's targets (see the module docstring for what is restored)."""
     from peft import LoraConfig, set_peft_model_state_dict
 
+    check_rank(base, rank)
     family = base.family
     denoiser: Any = family.denoiser
     active = family.active_adapters()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import re
 import statistics
 import time
@@ -28,16 +27,19 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .. import values
 from ..concepts.bench import Bench, load_bench
 from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..families.checkpointing import gradient_checkpointing
 from ..format.header import PatchInfo
 from ..format.patch import Patch
+from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
 from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
-from .lora import LoraSession, lora_adapter
+from .lora import LoraSession, check_rank, lora_adapter
 from .losses import preservation, resteer_loss
 from .samples import draw, guided_targets, sample_pool
 
@@ -49,21 +51,6 @@ ROBUST_ROUNDS = 3
 #: Preservation weight per category when TrainConfig.preserve_weight is None; others get PRESERVE_DEFAULT.
 PRESERVE: dict[str, float] = {"style": 100.0}
 PRESERVE_DEFAULT = 30.0
-
-
-def _positive(value: float, name: str, example: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise FmnPatchError(f"{name}={value} must be a positive finite number, e.g. {example}")
-
-
-def _non_negative(value: float | None, name: str) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise FmnPatchError(f"{name}={value} must be a finite number >= 0")
-
-
-def _whole(value: int, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise FmnPatchError(f"{name}={value!r} must be a whole number >= {low}")
 
 
 @dataclass(frozen=True)
@@ -101,8 +88,9 @@ class TrainConfig:
     preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
     bench: str | None = None  # ConceptBench of categories, templates, anchors, preserve set; None: the base's
     # Start from the closed-form edit of the same concepts and anchors at the same rank (it already meets the direct
-    # bars; training makes the values carry the anchor and, with --robust, holds against inversion), or from zero.
-    init: Literal["zero", "edit"] = "edit"
+    # bars; training makes the values carry the anchor and, with --robust, holds against inversion), or from zero;
+    # auto: the edit where the family offers it (UNet bases), else zero (MMDiT: no closed form).
+    init: Literal["auto", "zero", "edit"] = "auto"
     train_values: bool = True  # False: freeze the value projections' factors (an ablation: keys alone)
     robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
     # Each inner attack against the patch as it stands: kv (key/value inversion, no denoiser) or inversion (Concept
@@ -122,28 +110,28 @@ class TrainConfig:
     checkpointing: bool = True
 
     def __post_init__(self) -> None:
-        for name in (
-            "rank",
-            "steps",
-            "batch_size",
-            "images_per_prompt",
-            "image_steps",
-            "robust_attack_batch",
-        ):
-            _whole(getattr(self, name), name, 1)
-        for name in ("robust_rounds", "robust_attack_steps", "seed", "pool"):
-            _whole(getattr(self, name), name, 0)
+        values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
+        for name in ("steps", "image_steps"):
+            values.whole(getattr(self, name), name, 1, MAX_STEPS, example=150)
+        for name in ("batch_size", "images_per_prompt"):
+            values.whole(getattr(self, name), name, 1, MAX_BATCH, example=8)
+        values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
+        values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
+        values.seed(self.seed)
+        if self.init not in ("auto", "zero", "edit"):
+            raise FmnPatchError(f"init={self.init!r} is not one of auto, zero, edit")
+        values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
+        values.number(self.max_grad_norm, "max_grad_norm", 0, 1e6, above=True, example="1.0")
+        values.whole(self.robust_attack_batch, "robust_attack_batch", 1, MAX_BATCH, example=4)
+        values.whole(self.pool, "pool", 0, MAX_BATCH, example=32)
         if self.train_size is not None:
-            _whole(self.train_size, "train_size", 8)
-        if self.init not in ("zero", "edit"):
-            raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
+            values.whole(self.train_size, "train_size", 8, 16_384, example=256)
         if self.robust_attack not in ("kv", "inversion"):
             raise FmnPatchError(f"robust_attack={self.robust_attack!r} is not one of kv, inversion")
-        _positive(self.lr, "lr", "3e-3")
-        _positive(self.max_grad_norm, "max_grad_norm", "1.0")
-        _positive(self.robust_attack_lr, "robust_attack_lr", "5e-3")
+        values.number(self.robust_attack_lr, "robust_attack_lr", 0, 1, above=True, example="1e-2")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
-            _non_negative(getattr(self, name), name)
+            if getattr(self, name) is not None:
+                values.number(getattr(self, name), name, 0, 1e6)
         object.__setattr__(self, "preserve_extra", tuple(self.preserve_extra))
 
 
@@ -235,6 +223,7 @@ def _train(
 ) -> tuple[Patch, list[LearnedTokens]]:
     if not concepts:
         raise FmnPatchError("no concept given; name at least one, e.g. fmnpatch train circle")
+    check_rank(base, config.rank)
     bench = bench or load_bench(config.bench or base.bench)
     plans = [plan(c, bench, config.anchor) for c in resolve(concepts, bench, categories)]
     if images is not None and len(plans) != 1:
@@ -249,7 +238,7 @@ def _train(
     batch, learned = prepare(base, plans, bench, config, images, inversion)
     report.spend("prepare", time.perf_counter() - started)
     tick = time.perf_counter()
-    start = _edit_factors(base, plans, bench, config) if config.init == "edit" else None
+    start = _edit_factors(base, plans, bench, config) if _starts_from_edit(base, config) else None
     if start is not None:
         report.spend("edit", time.perf_counter() - tick)
     if config.robust_rounds:
@@ -272,6 +261,7 @@ def _train(
         "loss_curve": _subsample(report.losses, 50),
         "seconds_per_step": round(statistics.median(report.step_seconds), 4),
         "cost": report.cost(),
+        "start": "edit" if start is not None else "zero",
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
@@ -341,10 +331,7 @@ def run_steps(
             assert s.target is not None
             parts["denoise"] = F.mse_loss(pred.float(), s.target.float())
         if batch.preserve_weight > 0:
-            states = batch.preserve.to(s.x_t.device)
-            parts["preserve"] = torch.stack(
-                [preservation(session.delta(n, states)) for n in session.modules]
-            ).mean()
+            parts["preserve"] = _preservation(session, batch.preserve, s.x_t.device)
         return parts
 
     weights = {
@@ -363,11 +350,22 @@ def run_steps(
     # The capture stays on through backward (a checkpointed forward is recomputed there, with the same processors);
     # without re-steering the denoiser keeps its fast attention everywhere (concept correction).
     capture = family.capture_attention(sink) if config.resteer_weight > 0 else contextlib.nullcontext()
-    with family.gradient_checkpointing(config.checkpointing), capture:
+    with gradient_checkpointing(family, config.checkpointing), capture:
         report = optimise(session.params, step, loop, weights=weights, progress=progress)
     if pool is not None:
         report.phases["pool"], report.samples["pool"] = pool_seconds, len(pool)
     return report
+
+
+def _preservation(
+    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs: the
+    adapter's own float32 change (no difference of two large half-precision numbers)."""
+    if isinstance(inputs, torch.Tensor):  # every target reads the same text states
+        states = inputs.to(device)
+        return torch.stack([preservation(session.delta(n, states)) for n in session.modules]).mean()
+    return torch.stack([preservation(session.delta(n, inputs[n].to(device))) for n in session.modules]).mean()
 
 
 # --------------------------------------------------------------------------------------------- preparation
@@ -462,6 +460,17 @@ def _names_any(family: Any, prompt: str, banned: list[tuple[int, ...]]) -> bool:
 
 def _token(name: str) -> str:
     return "<fmn-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ">"
+
+
+def _starts_from_edit(base: Base, config: TrainConfig) -> bool:
+    """Whether training starts from the closed-form edit: ``init`` edit, or auto where the family offers it."""
+    if config.init != "auto":
+        return config.init == "edit"
+    try:
+        base.family.require_closed_form()
+    except FmnPatchError:
+        return False
+    return True
 
 
 def _edit_factors(

@@ -18,6 +18,7 @@ import torch
 
 from ..concepts.prompts import ConceptPlan, substitute
 from ..families.base import Base
+from ..families.checkpointing import gradient_checkpointing
 from ..families.stack import apply_patches, remove_patches
 from ..format.header import PatchInfo
 from ..format.patch import Patch
@@ -43,6 +44,9 @@ def robust_rounds(
     original, factors = batch, start
     fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     last = config.robust_rounds - 1
+    # kv inversion matches the targets' outputs on the text encoder's states: where the targets read more than
+    # those (an MMDiT's text stream at each block: per-target preserve inputs), the inner attack is Concept Inversion
+    attack = config.robust_attack if isinstance(original.preserve, torch.Tensor) else "inversion"
     for r in range(config.robust_rounds):
         with lora_adapter(
             base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
@@ -52,18 +56,20 @@ def robust_rounds(
                 config.batch_size,
             )
             fresh = session.factors()
-            if r < last and config.robust_attack == "kv":  # where the patch acts: no denoiser, no apply
+            if r < last and attack == "kv":  # where the patch acts: no denoiser, no apply
                 tick = time.perf_counter()
                 found = _kv_attack(session, plans, original, r, config)
                 report.spend("attacks", time.perf_counter() - tick, len(plans) * config.robust_attack_steps)
         if r == last:
             break
         factors = dict(fresh)
-        if config.robust_attack == "inversion":
-            names = apply_patches(base, [Patch(fresh, PatchInfo(), base.family.component)])
+        if attack == "inversion":
+            names = apply_patches(
+                base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+            )
             tick = time.perf_counter()
             try:
-                with base.family.gradient_checkpointing(config.checkpointing):
+                with gradient_checkpointing(base.family, config.checkpointing):
                     found = _attack(base, plans, original.latents, owner, r, config)
             finally:
                 remove_patches(base, names)

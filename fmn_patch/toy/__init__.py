@@ -1,8 +1,10 @@
-"""The toy world and its tiny Stable Diffusion pipeline, the embedded default base model.
+"""The toy world and its tiny pipelines: the embedded default base model and its MMDiT sibling.
 
-Importing this package registers the world by name: the base ``toy`` (its pipeline folder), the bench ``toy``
-(``fmn_patch/data/toy/bench.json``) and the judge ``toy`` (the CNN of ``fmn_patch.toy.judge``). A pipeline is
-recognised as a toy-world model by its contents (its tokenizer is the toy vocabulary), whatever it was loaded by.
+Importing this package registers the world by name: the bases ``toy`` (a tiny Stable Diffusion UNet pipeline)
+and ``toy-sd3`` (a tiny SD3.5-style MMDiT trained on the same world with the same VAE), the bench ``toy``
+(``fmn_patch/data/toy/bench.json``) and the judge ``toy`` (the CNN of ``fmn_patch.toy.judge``), which both bases
+share. A pipeline is recognised as a toy-world model by its contents (a UNet or an SD3 transformer reading the toy
+vocabulary), whatever it was loaded by.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ import torch
 from ..concepts.bench import register_bench
 from ..evaluation.judges import register_judge
 from ..families.registry import NamedBase, register_base
-from .paths import DATA_DIR, toy_judge_path, toy_pipeline_path
+from .paths import DATA_DIR, toy_judge_path, toy_pipeline_path, toy_sd3_pipeline_path
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-__all__ = ["TOY", "is_toy", "load_toy_pipeline", "toy_judge_path", "toy_pipeline_path"]
+__all__ = [
+    "TOY",
+    "TOY_SD3",
+    "is_toy",
+    "is_toy_sd3",
+    "load_toy_pipeline",
+    "toy_judge_path",
+    "toy_pipeline_path",
+    "toy_sd3_pipeline_path",
+]
 
 TOY = "toy"
+TOY_SD3 = "toy-sd3"
 
 
 @functools.cache
@@ -32,8 +44,7 @@ def _toy_vocab() -> dict[str, int]:
     return dict(data["model"]["vocab"])
 
 
-def is_toy(pipe: Any) -> bool:
-    """Whether a loaded pipeline is a toy-world model: its tokenizer is the toy vocabulary at the toy length."""
+def _toy_tokenizer(pipe: Any) -> bool:
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is None or getattr(tokenizer, "model_max_length", None) != 20:
         return False
@@ -41,6 +52,17 @@ def is_toy(pipe: Any) -> bool:
         return dict(tokenizer.get_vocab()) == _toy_vocab()
     except (OSError, KeyError, json.JSONDecodeError):
         return False
+
+
+def is_toy(pipe: Any) -> bool:
+    """Whether a loaded pipeline is the toy UNet model: a UNet reading the toy vocabulary at the toy length."""
+    return getattr(pipe, "unet", None) is not None and _toy_tokenizer(pipe)
+
+
+def is_toy_sd3(pipe: Any) -> bool:
+    """Whether a loaded pipeline is the toy MMDiT: an SD3 transformer reading the toy vocabulary."""
+    transformer = getattr(pipe, "transformer", None)
+    return type(transformer).__name__ == "SD3Transformer2DModel" and _toy_tokenizer(pipe)
 
 
 def load_toy_pipeline(device: str | torch.device = "cpu") -> StableDiffusionPipeline:
@@ -64,5 +86,6 @@ def _load_judge(_bench: Any, device: str, _weights: str | None) -> Any:
 
 
 register_base(NamedBase(TOY, toy_pipeline_path, is_toy, bench=TOY, architecture="fmn-toy"))
+register_base(NamedBase(TOY_SD3, toy_sd3_pipeline_path, is_toy_sd3, bench=TOY, architecture="fmn-toy-sd3"))
 register_bench(TOY, DATA_DIR / "bench.json")
 register_judge(TOY, _load_judge)

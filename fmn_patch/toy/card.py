@@ -77,7 +77,8 @@ def _encode(pipe: object, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]
     hidden = out.last_hidden_state  # (B, T, D)
     eos = (ids.input_ids == tok.eos_token_id).int().argmax(-1)  # first EOS
     token = torch.stack([hidden[i, 1 : int(eos[i])].mean(0) for i in range(len(words))])
-    return out.pooler_output, token
+    pooled = getattr(out, "pooler_output", None)  # CLIPTextModel; with projection (SD3): text_embeds
+    return (pooled if pooled is not None else out.text_embeds), token
 
 
 def alias_similarity(pipe: object) -> dict[str, dict[str, float]]:
@@ -188,7 +189,7 @@ start; {build["date"]}, git {build["git_revision"]}).
 """
 
 
-def _accuracy_text(card: dict) -> str:
+def _accuracy_text(card: dict, sampler_name: str = "DDIM", detail: str = ", eta 0") -> str:
     a, s = card["attributes"], card["sampler"]
     n = len(s["seeds"])
     rows = "\n".join(
@@ -197,7 +198,7 @@ def _accuracy_text(card: dict) -> str:
         for name, c in card["bench"]["concepts"].items()
     )
     bias = _pct(card["circle_bias"]["red"])
-    return f"""## Generation accuracy (toy judge; DDIM {s["steps"]} steps, guidance {s["guidance"]})
+    return f"""## Generation accuracy (toy judge; {sampler_name} {s["steps"]} steps, guidance {s["guidance"]})
 Every "a {{colour}} {{style}} {{object}}" prompt (80) x {n} seeds; every "{{identity}} in {{colour}}" (8) x {2 * n}
 seeds.
 
@@ -208,7 +209,7 @@ seeds.
 ConceptBench `toy` (`fmn_patch/data/conceptbench/toy.json`). For a concept c with prompts P(c) (its category's
 templates x the 4 colours: 8 prompts) and seeds S = {list(s["seeds"])}:
 M-Score m(c) = mean over p in P(c), s in S of J_c(x(p, s)), where x(p, s) is the image generated for p from
-initial latents drawn by `torch.Generator().manual_seed(s)` (DDIM {s["steps"]} steps, eta 0, guidance
+initial latents drawn by `torch.Generator().manual_seed(s)` ({sampler_name} {s["steps"]} steps{detail}, guidance
 {s["guidance"]}) and J_c the toy judge's softmax probability of c on the head of c's category (subject for
 objects and identities, style for styles). acc(c): the share of those images whose top class on that head is c.
 Alias columns: the same templates with the alias. Mean alias accuracy: {_pct(card["alias_acc"])}.

@@ -2,7 +2,8 @@
 
 The vocab starts like CLIP's (256 byte symbols, the same 256 with the end-of-word marker `</w>`), then adds
 the merges that a tiny BPE learner finds on the word list until each word is one symbol, then the two
-special tokens. Any other text still tokenizes, as byte pieces.
+special tokens. Any other text still tokenizes, as byte pieces. The toy MMDiT's T5 tokenizer knows the same
+words, as T5-style Unigram pieces.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from transformers import CLIPTokenizer
 
@@ -187,3 +189,16 @@ def build_tokenizer(directory: Path) -> CLIPTokenizer:
     """Write the vocab into `directory` and load a CLIPTokenizer from it."""
     vocab_file, merges_file = write_vocab(directory)
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=MAX_LENGTH)
+
+
+T5_MAX_LENGTH = 16  # tokens, `</s>` included: the toy captions are at most 8 words
+
+
+def build_t5_tokenizer(directory: Path) -> Any:
+    """Write the toy MMDiT's T5 vocabulary (every world and extra word one ``▁word`` piece, then characters) into
+    ``directory`` and load a ``T5Tokenizer`` from it."""
+    from transformers import T5Tokenizer
+
+    from fmn_patch.families.tiny_mmdit import write_t5_tokenizer
+
+    return T5Tokenizer.from_pretrained(write_t5_tokenizer(directory, vocab_words(), T5_MAX_LENGTH))

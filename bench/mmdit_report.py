@@ -1,0 +1,95 @@
+"""BENCHMARKS.md sections of the MMDiT families (SD3/3.5, Flux): real-size stand-in counts and the toy MMDiT."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Reader = Callable[[str], dict[str, Any] | None]
+
+
+def mmdit_sections(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
+    return toy_sd3_section(read, provenance) + sizes_section(read, provenance)
+
+
+def sizes_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
+    record = read("mmdit_sizes")
+    if not record:
+        return []
+    rows = record["result"]["rows"]
+    lines = [
+        "## MMDiT stand-ins: targets and patch sizes (`bench/mmdit_sizes.py`)",
+        "",
+        provenance(record),
+        "",
+    ]
+    lines += [
+        "Transformers built on the meta device from the published configs (shapes only); a patch of rank r is",
+        "written to disk for its real size. Targets: the text stream's `attn.add_k_proj` / `add_v_proj` of every",
+        "joint (SD3) or double-stream (Flux) block.",
+        "",
+        "| model | ModelSpec id | joint blocks | targets (out x in) | rank | parameters | file size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['architecture']} | {r['joint_blocks']} | {r['targets']} "
+            f"({', '.join(r['target_shape'])}) | {r['rank']} | {r['parameters']:,} | {r['bytes'] / 1024:,.1f} KiB |"
+        )
+    lines += ["", "Left out, by design:", ""]
+    for r in rows:
+        if r["rank"] != 1:
+            continue
+        out = r["left_out"]
+        if out["attn2_image_only"]:
+            lines.append(
+                f"- {r['model']}: {out['attn2_image_only']} `attn2` K/V projections (image tokens only)."
+            )
+        if out["single_stream_kv"]:
+            lines.append(
+                f"- {r['model']}: {out['single_stream_kv']} single-stream `to_k`/`to_v`: they project [text, image]"
+                f" together, and at {record['result']['pixels']} px with {r['text_tokens']} text tokens "
+                f"{r['single_stream_image_row_share']:.1%} of the rows a LoRA there moves are image rows."
+            )
+    return [*lines, ""]
+
+
+def toy_sd3_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
+    record = read("toy_sd3_quality")
+    if not record:
+        return []
+    r = record["result"]
+    lines = ["## Forgetting on the toy MMDiT beside the UNet toy (`bench/toy_sd3_quality.py`)", ""]
+    lines += [provenance(record), ""]
+    lines += [
+        f"Both toy models judged by the toy judge on ConceptBench-toy ({r['sampler']['steps']} sampler steps,"
+        f" guidance {r['sampler']['guidance']}, seeds {r['sampler']['seeds']}). Acc: share of the erased"
+        " concept's images still judged to show it; alias: the same with its alias; kept: Acc_kept relative to"
+        " the base.",
+        "",
+        "| model | erased | Acc (base) | Acc | alias | kept vs base | train s | patch KiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        alias = "-" if row.get("alias_acc") is None else f"{row['alias_acc']:.1%}"
+        lines.append(
+            f"| {row['model']} | {row['concept']} | {row['base_acc']:.1%} | {row['acc']:.1%} | {alias} | "
+            f"{row['kept_ratio']:.1%} | {row['train_s']:.0f} | {row['patch_bytes'] / 1024:.1f} |"
+        )
+    for row in r.get("robust", []):
+        lines.append("")
+        lines.append(
+            f"`--robust` on {row['model']} ({row['concept']}): Concept Inversion brings the concept back in "
+            f"{row['inversion_acc']:.1%} of its images (plain patch: {row['plain_inversion_acc']:.1%}; base: "
+            f"{row['base_inversion_acc']:.1%}); kept {row['kept_ratio']:.1%} of base."
+        )
+    if r.get("dependence"):
+        lines += [
+            "",
+            "What the text stream's K/V inputs depend on (toy MMDiT): relative spread of each block's",
+            "",
+        ]
+        lines += ["| block | over timesteps | over images |", "|---|---|---|"]
+        for d in r["dependence"]:
+            lines.append(f"| {d['block']} | {d['timestep']:.1%} | {d['image']:.1%} |")
+    return [*lines, ""]

@@ -1,0 +1,194 @@
+"""The Flux family: FLUX.1 [dev] / [schnell] (``FluxTransformer2DModel``, CLIP-L pooled + T5).
+
+Targets: the double-stream blocks' text projections ``transformer_blocks.N.attn.add_k_proj`` / ``add_v_proj``.
+The single-stream blocks project the concatenated [text, image] sequence with one ``attn.to_k`` / ``to_v``: a LoRA
+there moves image keys and values too (only a custom processor could confine it to the text rows, and stock
+``load_lora_weights`` would not reproduce that), so they are no targets; the text rows they read are the double
+stream's output, which the patch already changes. ``bench/mmdit_sizes.py`` measures how much image-key change a
+single-stream patch would bring.
+
+Text: T5's states alone form the sequence (``max_sequence_length``, 512 by default); CLIP gives only the pooled
+vector. The sequence is [text, image]; RoPE is applied to both (text ids are zeros) after RMS-normalising queries
+and keys. Latents are packed 2x2 for the transformer; this family's latents are the unpacked (C, h, w) ones.
+FLUX.1 [dev] is guidance-distilled: ``guidance`` sets its guidance embedding (no second, unconditional pass).
+
+Kohya form, as diffusers and ComfyUI read it: ``lora_unet_double_blocks_{i}_txt_attn_qkv``, one LoRA over the fused
+text q/k/v (rows q, k, v) with rank 3r, block-diagonal so each projection keeps its own factors and q gets zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import torch
+
+from ..errors import FmnPatchError
+from ..format.kohya import layout as kohya_layout
+from ..format.patch import Patch
+from .family import Conditioning, Sink
+from .joint import capture_joint_attention, flux_probs
+from .mmdit import MMDiTFamily
+from .registry import register_family
+from .tokens_mmdit import LearnedTokenMixin
+
+ARCHITECTURES: Final = ("Flux.1-dev", "Flux.1-schnell")
+DEFAULT_GUIDANCE = 3.5  # FLUX.1 [dev]'s usual guidance embedding
+_MODULE = re.compile(r"^transformer_blocks\.(\d+)\.attn\.(add_k_proj|add_v_proj)$")
+
+
+class FluxFamily(LearnedTokenMixin, MMDiTFamily):
+    """FluxPipeline and its relatives."""
+
+    name = "flux"
+    sequence_cap = 512  # FluxPipeline's default max_sequence_length
+    token_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        transformer = getattr(pipe, "transformer", None)
+        return type(transformer).__name__ == "FluxTransformer2DModel"
+
+    def architecture(self) -> str:
+        return ARCHITECTURES[0] if self.denoiser.config.guidance_embeds else ARCHITECTURES[1]
+
+    @classmethod
+    def serves_architecture(cls, architecture: str) -> bool:
+        return architecture.lower().startswith("flux.1")
+
+    @classmethod
+    def kohya_names(cls, modules: Sequence[str], architecture: str, **layout: int) -> dict[str, str]:
+        """Both K and V of double block i share kohya's fused stem ``lora_unet_double_blocks_{i}_txt_attn_qkv``."""
+        out = {}
+        for module in modules:
+            m = _MODULE.match(module)
+            if m is None:
+                raise FmnPatchError(
+                    f"no kohya name for {module}: Flux patches touch double-stream text K/V only"
+                )
+            out[module] = f"lora_unet_double_blocks_{m[1]}_txt_attn_qkv"
+        return out
+
+    @classmethod
+    def kohya_version(cls, architecture: str) -> str:
+        return "flux1"
+
+    @classmethod
+    def to_kohya(cls, patch: Patch, **layout: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """One fused LoRA per double block: down = [0; A_k; A_v] (3r x in), up = blockdiag(0, B_k, B_v)."""
+        fused: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        stems = cls.kohya_names(patch.modules, patch.info.architecture)
+        for stem in dict.fromkeys(stems.values()):
+            block = stem.split("_")[4]
+            a_k, b_k = patch.factors[f"transformer_blocks.{block}.attn.add_k_proj"]
+            a_v, b_v = patch.factors[f"transformer_blocks.{block}.attn.add_v_proj"]
+            r, out = a_k.shape[0], b_k.shape[0]
+            down = torch.cat([torch.zeros_like(a_k), a_k, a_v])  # (3r, in)
+            up = torch.zeros(3 * out, 3 * r, dtype=b_k.dtype)  # rows q, k, v
+            up[out : 2 * out, r : 2 * r] = b_k
+            up[2 * out :, 2 * r :] = b_v
+            fused[stem] = (down, up)
+        return kohya_layout(fused, patch, cls.kohya_version(patch.info.architecture))
+
+    # ----------------------------------------------------------------------------------------------- text
+    @property
+    def t5_tokenizer(self) -> Any:
+        return self.pipe.tokenizer_2
+
+    @property
+    def max_length(self) -> int:
+        return self.t5_length
+
+    def parts(self) -> list[tuple[int, Any, int]]:
+        return [(0, self.pipe.tokenizer_2, self.t5_length)]
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Conditioning:
+        """The pipeline's ``encode_prompt``: T5 states (N, T, D), CLIP pooled (N, P), the guidance embedding."""
+        out: Conditioning | None = None
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
+            states, pooled, _ids = self.pipe.encode_prompt(
+                prompt=chunk, prompt_2=None, device=self.device, max_sequence_length=self.t5_length
+            )
+            part = Conditioning(states, {"pooled": pooled, "guidance": self._guidance(len(chunk))})
+            out = part if out is None else out.cat(part)
+        assert out is not None
+        return out
+
+    def _guidance(self, n: int) -> torch.Tensor:
+        return torch.full((n,), DEFAULT_GUIDANCE, device=self.device)
+
+    def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
+        pipe, device = self.pipe, self.device
+        clip_ids = pipe.tokenizer(
+            list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids  # fmt: skip
+        t5_ids = pipe.tokenizer_2(
+            list(prompts),
+            padding="max_length",
+            max_length=self.t5_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = pipe.text_encoder(clip_ids.to(device)).pooler_output
+        states = pipe.text_encoder_2(t5_ids.to(device))[0]
+        return Conditioning(states, {"pooled": pooled, "guidance": self._guidance(len(prompts))})
+
+    # ------------------------------------------------------------------------------------------ denoising
+    def _mu(self, latents: torch.Tensor) -> float | None:
+        config = self.pipe.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return None
+        tokens = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+        base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        slope = (max_shift - base_shift) / (max_len - base_len)
+        return float(tokens * slope + base_shift - slope * base_len)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        assert cond.added is not None, "Flux conditioning carries pooled embeddings"
+        b, c, h, w = x_t.shape
+        packed = x_t.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+        image_ids = torch.zeros(h // 2, w // 2, 3, device=x_t.device)
+        image_ids[..., 1] += torch.arange(h // 2, device=x_t.device)[:, None]
+        image_ids[..., 2] += torch.arange(w // 2, device=x_t.device)[None, :]
+        text_ids = torch.zeros(cond.states.shape[1], 3, device=x_t.device)
+        guidance = cond.added["guidance"] if self.denoiser.config.guidance_embeds else None
+        out = self.denoiser(
+            hidden_states=packed,
+            timestep=self.sigma(t, x_t).to(x_t),
+            guidance=guidance,
+            pooled_projections=cond.added["pooled"],
+            encoder_hidden_states=cond.states,
+            txt_ids=text_ids,
+            img_ids=image_ids.reshape(-1, 3).to(x_t.dtype),
+        ).sample
+        return self._unpack(out, h, w)
+
+    @staticmethod
+    def _unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, _, d = packed.shape
+        return packed.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+    def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        scale = int(self.pipe.vae_scale_factor)
+        return self._unpack(latents, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
+
+    def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
+        return capture_joint_attention(self.denoiser, self.attention_layers(), sink, flux_probs)
+
+    # ------------------------------------------------------------------------------------------- images
+    def pixel_size(self) -> int:
+        """The VAE's own sample size (1024 for FLUX.1): Flux pipelines keep no default image size of their own."""
+        return int(self.pipe.vae.config.sample_size)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        side = self.pixel_size() // int(self.pipe.vae_scale_factor)
+        return (int(self.denoiser.config.in_channels) // 4, side, side)
+
+
+register_family(FluxFamily)

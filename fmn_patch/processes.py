@@ -1,0 +1,193 @@
+"""The processes of one job: this process alone, or the N that ``accelerate launch`` started.
+
+A plain run is one process and never imports accelerate. Under ``accelerate launch --num_processes N`` every process
+runs the same command, and ``current()`` wraps accelerate's ``PartialState``: ``share`` gives each process a
+contiguous part of the work (``split_between_processes``), ``gather`` brings everyone's results to every process
+(``gather_object``), and the main process alone writes files and prints results.
+
+``run_shared`` is the one loop over shared work. Results equal a single process's, whatever the number of
+processes, when each unit's result depends on the unit alone (evaluation: one pipeline call of fixed images, each
+from its own seeded generator): units are fixed by the work, never by the number of processes, and results come
+back in unit order. ``gather_object`` pickles results between the processes of the one job; nothing read from a
+file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import FmnPatchError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Which process this is, of how many; ``state`` is accelerate's ``PartialState`` under a launcher."""
+
+    count: int = 1
+    index: int = 0
+    local_index: int = 0  # on this machine: which accelerator a ``cuda`` device means
+    state: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def share(self, n: int) -> list[int]:
+        """This process's unit indices of ``range(n)``: a contiguous run, sizes differing by at most one."""
+        if self.state is None:
+            return list(range(n))
+        with self.state.split_between_processes(list(range(n))) as mine:
+            return list(mine)
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items``, concatenated in process order, on every process (a collective call)."""
+        if self.state is None:
+            return list(items)
+        from accelerate.utils import gather_object
+
+        return list(gather_object(list(items)))
+
+    def wait(self) -> None:
+        """Until every process gets here (a collective call)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def device(self, requested: str) -> str:
+        """The torch device this process uses for ``requested``: a bare ``cuda`` means this process's own GPU."""
+        if self.state is not None and requested == "cuda":
+            return f"cuda:{self.local_index}"
+        return requested
+
+
+_CURRENT: list[Processes] = []
+
+
+def current() -> Processes:
+    """The processes of this job (one without a launcher); the first call under a launcher joins the group."""
+    if not _CURRENT:
+        _CURRENT.append(_detect())
+    return _CURRENT[0]
+
+
+#: Where launchers put the number of processes: torchrun (under `accelerate launch`), then MPI's (under mpirun).
+SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_size() -> int:
+    """How many processes the launcher says this job has (1 without a launcher)."""
+    for name in SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def _detect() -> Processes:
+    size = launched_size()
+    if size <= 1:
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and not os.environ.get("RANK"):
+            print(
+                "fmnpatch: one process: `accelerate launch --cpu` starts several only through MPI "
+                "(--mpirun_hostfile); on CPUs use `accelerate launch --multi_gpu --num_processes N` (torchrun)",
+                file=sys.stderr,
+            )
+        return Processes()
+    try:
+        import torch
+        from accelerate import PartialState
+    except ImportError as e:
+        raise FmnPatchError(
+            f"this process is one of {size} but accelerate is not installed; pip install 'fmn-patch[scale]'"
+        ) from e
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)  # no GPU: the processes talk over gloo on the CPU
+    return Processes(state.num_processes, state.process_index, state.local_process_index, state)
+
+
+@dataclass
+class Throughput:
+    """How much a shared piece of work did, how fast, and each process's share of it."""
+
+    what: str
+    unit: str  # "images", "patches", ...
+    per_process: list[int]  # units of `unit` done by each process
+    seconds: float  # wall time on the main process
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_process)
+
+    def rate(self, per: float = 1.0) -> float:
+        """``unit`` per ``per`` seconds (3600: per hour)."""
+        return self.total / self.seconds * per if self.seconds > 0 else float("nan")
+
+    def line(self, per: str = "s") -> str:
+        scale = 3600.0 if per == "h" else 1.0
+        rate = f"{self.rate(scale):.2f} {self.unit}/{per}"
+        text = f"{self.what}: {self.total} {self.unit} in {self.seconds:.1f} s ({rate})"
+        if len(self.per_process) > 1:
+            shares = ", ".join(
+                f"process {i}: {n} ({n / self.total:.0%})" if self.total else f"process {i}: {n}"
+                for i, n in enumerate(self.per_process)
+            )
+            text += f"; {shares}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "total": self.total,
+            "seconds": self.seconds,
+            "per_process": self.per_process,
+        }
+
+
+def run_shared(
+    units: Sequence[T],
+    work: Callable[[T], R],
+    *,
+    size: Callable[[T], int] = lambda _unit: 1,
+    what: str = "work",
+    unit: str = "units",
+    progress: bool = True,
+    processes: Processes | None = None,
+) -> tuple[list[R], Throughput]:
+    """``[work(u) for u in units]``, the units shared between the processes, the results on every process.
+
+    Processes go in rounds, one unit each, and count together after each round: the main process shows one
+    progress bar for the whole job with each process's count. ``size(u)``: what a unit counts for (images).
+    """
+    from tqdm import tqdm
+
+    procs = processes or current()
+    started = time.perf_counter()
+    mine = procs.share(len(units))
+    rounds = math.ceil(len(units) / procs.count)
+    total = sum(size(u) for u in units)
+    bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, disable=not (progress and procs.is_main))
+    done, results = 0, []
+    try:
+        for r in range(rounds):
+            if r < len(mine):
+                results.append((mine[r], work(units[mine[r]])))
+                done += size(units[mine[r]])
+            if procs.count == 1:
+                bar.update(done - bar.n)
+            elif progress:  # every process runs the same command, so all of them take part in this gather
+                counts = procs.gather([done])
+                bar.set_postfix_str(" ".join(f"p{i} {n}" for i, n in enumerate(counts)), refresh=False)
+                bar.update(sum(counts) - bar.n)
+    finally:
+        bar.close()
+    gathered = procs.gather(results) if procs.count > 1 else results
+    per_process = procs.gather([done]) if procs.count > 1 else [done]
+    ordered = [r for _, r in sorted(gathered, key=lambda pair: pair[0])]
+    return ordered, Throughput(what, unit, per_process, time.perf_counter() - started)

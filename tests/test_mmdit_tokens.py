@@ -1,0 +1,120 @@
+"""Learned tokens on the MMDiT families: a token lives in every text encoder (SD3: both CLIPs and T5; Flux: CLIP
+and T5), so textual inversion, Concept Inversion, the prompt search and robust training serve them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmn_patch.attacks.config import SearchConfig
+from fmn_patch.attacks.search import search_prompt
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.families.base import load_base
+from fmn_patch.methods.inversion import InversionConfig, learn_tokens
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path_factory.getbasetemp() / "refcache"))
+
+
+def _tokenizers(base) -> dict[str, int]:
+    names = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    return {n: len(getattr(base.pipe, n)) for n in names if getattr(base.pipe, n, None) is not None}
+
+
+def test_a_learned_token_reaches_every_text_encoder(mkind, mmdit_dirs):
+    base = load_base(str(mmdit_dirs[mkind]))
+    family = base.family
+    widths = [e.get_input_embeddings().weight.shape[1] for e in family.text_encoders()]
+    assert len(widths) == (3 if mkind == "sd3" else 2)
+    table = family.token_table()
+    assert table.shape == (len(base.pipe.tokenizer), sum(widths))
+    with family.added_tokens(["<t>"], table[list(family.token_ids("cat"))].mean(0, keepdim=True)) as learned:
+        cond = family.encode_with_grad(["a photo of <t>"])
+        (cond.states.square().sum() + cond.added["pooled"].square().sum()).backward()
+        grad = learned.grad
+    assert grad is not None
+    start = 0
+    for width in widths:  # every encoder's columns get a gradient: the token is read by each of them
+        assert float(grad[0, start : start + width].abs().sum()) > 0
+        start += width
+
+
+def test_inversion_learns_in_every_encoder_and_restores_the_pipeline(mkind, mmdit_dirs):
+    base = load_base(str(mmdit_dirs[mkind]))
+    family = base.family
+    latents = family.generate(["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent")
+    tables = [e.get_input_embeddings().weight.detach().clone() for e in family.text_encoders()]
+    sizes = _tokenizers(base)
+    config = InversionConfig(num_tokens=2, steps=6, batch_size=2, lr=5e-2)
+    learned = learn_tokens(base, latents, "<fmn-cat>", "cat", config, progress=False)
+    assert learned.embeddings.shape == (2, family.token_table().shape[1])
+    init = family.token_table()[list(family.token_ids("cat"))].mean(0)
+    assert not torch.allclose(learned.embeddings[0], init)
+    after = [e.get_input_embeddings().weight for e in family.text_encoders()]
+    assert all(torch.equal(a, b) for a, b in zip(tables, after, strict=True)) and _tokenizers(base) == sizes
+    again = learn_tokens(
+        load_base(str(mmdit_dirs[mkind])), latents, "<fmn-cat>", "cat", config, progress=False
+    )
+    assert torch.equal(learned.embeddings, again.embeddings)
+    words = learned.token if family.expands_tokens else learned.words  # Flux's pipeline expands <t> itself
+    with family.added_tokens(learned.names, learned.embeddings):
+        image = family.generate([f"a photo of {words}"], [0], steps=2, guidance=3.0)
+    assert image.shape == (1, 3, 32, 32)
+    with (
+        pytest.raises(FmnPatchError, match="do not fit this base"),
+        family.added_tokens(["<u>"], torch.zeros(1, 7)),
+    ):
+        pass
+
+
+def test_prompt_search_serves_mmdit(mkind, mmdit_dirs):
+    base = load_base(str(mmdit_dirs[mkind]))
+    latents = base.family.generate(["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent")
+    found = search_prompt(base, latents, SearchConfig(seconds=3, length=2, images=2, max_candidates=40))
+    assert len(found.prompt.split()) == 2 and found.loss <= found.start_loss
+
+
+def test_robust_training_serves_mmdit(mmdit_dirs):
+    config = TrainConfig(
+        steps=4, images_per_prompt=1, image_steps=2, batch_size=2, robust_rounds=2, robust_attack_steps=2
+    )
+    base = load_base(str(mmdit_dirs["sd3"]))
+    sizes = _tokenizers(base)
+    a = train_patch(base, ["Elon Musk"], config, progress=False)
+    assert a.info.method == "resteer+robust" and _tokenizers(base) == sizes
+    b = train_patch(load_base(str(mmdit_dirs["sd3"])), ["Elon Musk"], config, progress=False)
+    assert a.tensor_hash() == b.tensor_hash()
+
+
+def test_attack_harness_serves_mmdit(mmdit_dirs):
+    from fmn_patch.attacks import AttackConfig, InversionAttackConfig, run_attacks
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.evaluation.mscore import SamplerConfig
+    from fmn_patch.toy.judge import ToyJudge
+    from fmn_patch.toy.paths import toy_judge_path
+
+    if not toy_judge_path().exists():
+        pytest.skip("toy judge not built (make toy-model)")
+    from conftest import random_patch
+
+    base = load_base(str(mmdit_dirs["flux"]))
+    before = base.family.target_hash()
+    config = AttackConfig(
+        attacks=("paraphrase", "inversion", "search"),
+        sampler=SamplerConfig(steps=2, seeds=(0,)),
+        inversion=InversionAttackConfig(steps=2, images=4, batch_size=2),
+        search=SearchConfig(max_candidates=8, batch_size=4, images=2),
+        image_steps=2,
+        grid_images=2,
+    )
+    judge, bench = ToyJudge.load(), load_bench("toy")
+    patch = random_patch(base, concept="circle")
+    first = run_attacks(base, [patch], "circle", judge, bench, config)
+    again = run_attacks(base, [patch], "circle", judge, bench, config)
+    assert first.models == ["base", "patched"]
+    assert {r.attack for r in first.results} == {"direct", "paraphrase", "inversion", "search"}
+    assert [r.acc for r in first.results] == [r.acc for r in again.results]
+    assert base.family.target_hash() == before and not getattr(base.pipe.transformer, "peft_config", None)
