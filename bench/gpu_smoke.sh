@@ -15,14 +15,16 @@
 #
 # The whole script is sized to stay under 10 minutes on one H200; each part has its own `timeout`. The device has no
 # network: carry the CLIP tokenizer folder that bench/edit_timing.py builds here (~/.cache/fmn-patch/open_clip/
-# tokenizer, copied into an ignored folder of the repo, e.g. .gpu/open_clip/tokenizer) and any missing wheels, and
-# set FMN_OPEN_CLIP_CACHE=.gpu/open_clip.
+# tokenizer, copied into an ignored folder of the repo, e.g. tmp/gpu/open_clip/tokenizer) and any missing wheels
+# (diffusers and the versions of transformers, peft, huggingface_hub this checkout uses), and set
+# FMN_OPEN_CLIP_CACHE=tmp/gpu/open_clip. Patches, renders and caches go to WORK (a temporary folder); with OUT set,
+# the timing results and the eval report are copied there at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-OUT=${OUT:-$(mktemp -d)}
+WORK=${WORK:-$(mktemp -d)}
 FMN=("$PY" -c "from fmn_patch.cli.app import main; main()")
-export FMNPATCH_CACHE="$OUT/cache"
+export FMNPATCH_CACHE="$WORK/cache"
 
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-float16}
@@ -40,15 +42,18 @@ step() {  # name, then the command; prints its wall time
   echo "smoke: $name ok in $((SECONDS - t0)) s"
 }
 
-step train "${FMN[@]}" train circle --device "$DEVICE" --dtype "$DTYPE" -o "$OUT/circle.safetensors" --json
-step train-robust "${FMN[@]}" train bob --robust 3 --device "$DEVICE" --dtype "$DTYPE" -o "$OUT/bob.safetensors" --json
-step edit "${FMN[@]}" edit striped --device "$DEVICE" -o "$OUT/striped.safetensors"
-step apply "${FMN[@]}" apply toy "$OUT/circle.safetensors" "$OUT/striped.safetensors" --device "$DEVICE" \
-  --prompt "a red circle" --grid "$OUT/grid.png" --json
-step eval "${FMN[@]}" eval toy "$OUT/circle.safetensors" "$OUT/bob.safetensors" --device "$DEVICE" --seeds 2 \
-  -o "$OUT/eval" --json
-test -s "$OUT/grid.png" && test -s "$OUT/eval/report.json"
-echo "smoke: all ok in $((SECONDS - started)) s; files in $OUT"
+step train "${FMN[@]}" train circle --device "$DEVICE" --dtype "$DTYPE" -o "$WORK/circle.safetensors" --json
+step train-robust "${FMN[@]}" train bob --robust 3 --device "$DEVICE" --dtype "$DTYPE" -o "$WORK/bob.safetensors" --json
+step edit "${FMN[@]}" edit striped --device "$DEVICE" -o "$WORK/striped.safetensors"
+step apply "${FMN[@]}" apply toy "$WORK/circle.safetensors" "$WORK/striped.safetensors" --device "$DEVICE" \
+  --prompt "a red circle" --grid "$WORK/grid.png" --json
+step eval "${FMN[@]}" eval toy "$WORK/circle.safetensors" "$WORK/bob.safetensors" --device "$DEVICE" --seeds 2 \
+  -o "$WORK/eval" --json
+test -s "$WORK/grid.png" && test -s "$WORK/eval/report.json"
+echo "smoke: all ok in $((SECONDS - started)) s; files in $WORK"
+if [[ -n "${OUT:-}" ]]; then
+  cp "$WORK/eval/report.json" "$OUT/smoke_eval_report.json"
+fi
 
 if [[ -n "${SMOKE_ONLY:-}" ]]; then
   exit 0
@@ -63,4 +68,7 @@ for dtype in float16 float32; do
   timeout "$left" "$PY" bench/train_timing.py --device cuda --dtype "$dtype" --full --threads 8 \
     --out "train_timing_gpu_$dtype" --note "GPU smoke ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
 done
+if [[ -n "${OUT:-}" ]]; then
+  cp bench/results/train_timing_gpu_*.json "$OUT/" 2>/dev/null || true
+fi
 echo "done in $((SECONDS - started)) s"

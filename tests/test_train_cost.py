@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmn_patch.errors import FmnPatchError
@@ -192,3 +192,59 @@ def test_train_cli_with_bfloat16(capsys, pipeline_dirs, tmp_path):
     assert code == 0, err
     assert json.loads(stdout)["output"] == str(out)
     assert {a.dtype for f in Patch.load(out).factors.values() for a in f} == {torch.float32}
+
+
+def test_training_starts_from_the_edit_where_the_family_offers_it(sd1, monkeypatch):
+    import fmn_patch.methods.resteer as resteer
+
+    edits: list[int] = []
+    real = resteer._edit_factors
+    monkeypatch.setattr(resteer, "_edit_factors", lambda *a: edits.append(1) or real(*a))
+    auto = train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "init": "auto"}), progress=False)
+    assert edits == [1] and auto.info.extra["start"] == "edit"
+    zero = train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "init": "zero"}), progress=False)
+    assert edits == [1] and zero.info.extra["start"] == "zero"
+    with pytest.raises(FmnPatchError, match="init='closed' is not one of auto, zero, edit"):
+        TrainConfig(init="closed")  # type: ignore[arg-type]
+
+
+def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeypatch):
+    """The robust rounds' default inner attack: a token whose keys/values through the patch match the base's for
+    the concept's own prompts. It runs the text encoder and the projections only, and lowers its loss."""
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.concepts.prompts import plan, resolve
+    from fmn_patch.methods.kv_attack import kv_inversion
+
+    bench = load_bench("toy")
+    (pl,) = [plan(c, bench, None) for c in resolve(["circle"], bench, None)]
+    patch = train_patch(sd1, ["circle"], TrainConfig(**FAST), progress=False)
+    reference = sd1.family.encode(list(pl.prompts))
+    denoised = _counting(monkeypatch, sd1.family, "denoise")
+    with lora_adapter(sd1, 4, seed=0, start=dict(patch.factors)) as session:
+        found = kv_inversion(session, pl, reference, "<adv>", pl.anchor, steps=30, lr=5e-2, seed=0)
+    assert denoised == []
+    assert found.embeddings.shape[0] == max(1, len(sd1.family.token_ids("circle")))
+    assert len(found.losses) == 30 and found.losses[-1] < 0.5 * found.losses[0]
+    assert "<adv>" not in sd1.pipe.tokenizer.get_vocab()  # the token is gone again
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 40), scale=st.floats(1e-3, 10.0))
+def test_preservation_through_the_rank_is_the_mean_square_of_the_change(sd1, seed, rows, scale):
+    """The preservation term never builds the (M, out) change of the preserve set (gigabytes at SD-1.5 size): its
+    value and gradient are those of the change's mean square."""
+    gen = torch.Generator().manual_seed(seed)
+    with lora_adapter(sd1, 3, seed=seed) as session:
+        for m in session.modules.values():
+            for name, p in m.named_parameters():
+                if "lora_" in name:
+                    with torch.no_grad():
+                        p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        name = sorted(session.modules)[seed % len(session.modules)]
+        x = torch.randn(rows, session.modules[name].in_features, generator=gen)
+        cheap = session.delta_square_mean(name, x)
+        (g_cheap,) = torch.autograd.grad(cheap, session.modules[name].lora_B["fmn_train"].weight)
+        full = session.delta(name, x).square().mean()
+        (g_full,) = torch.autograd.grad(full, session.modules[name].lora_B["fmn_train"].weight)
+    torch.testing.assert_close(cheap, full, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(g_cheap, g_full, rtol=1e-4, atol=1e-9)

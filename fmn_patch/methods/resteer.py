@@ -40,7 +40,7 @@ from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
 from .lora import LoraSession, check_rank, lora_adapter
-from .losses import preservation, resteer_loss
+from .losses import resteer_loss
 from .samples import draw, guided_targets, sample_pool
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
@@ -58,9 +58,10 @@ class TrainConfig:
     """Everything that decides the patch. Same config, inputs and seed give the same tensors."""
 
     rank: int = 4  # LoRA rank of each key/value factor pair
-    # Optimisation steps per concept (a patch of N concepts trains N x steps) of batch_size (prompt, reference
-    # latent) pairs. Started from the closed-form edit, 30 x 4 samples meet the toy bars that 150 x 8 from zero met.
-    steps: int = 30
+    # Optimisation steps per concept (a patch of N concepts trains N x steps; --robust splits them into its rounds)
+    # of batch_size (prompt, reference latent) pairs. Started from the closed-form edit, 15 x 4 samples meet the toy
+    # bars that 150 x 8 from zero met (bench/train_quality.py, robust_quality.py); FMN's recipe is 35 x 1 at 512 px.
+    steps: int = 15
     lr: float = 3e-3  # AdamW learning rate of the LoRA factors
     batch_size: int = 4
     seed: int = 0
@@ -360,12 +361,13 @@ def run_steps(
 def _preservation(
     session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
 ) -> torch.Tensor:
-    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs: the
-    adapter's own float32 change (no difference of two large half-precision numbers)."""
+    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs
+    (``losses.preservation``): the adapter's own float32 change (no difference of two large half-precision
+    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``)."""
     if isinstance(inputs, torch.Tensor):  # every target reads the same text states
         states = inputs.to(device)
-        return torch.stack([preservation(session.delta(n, states)) for n in session.modules]).mean()
-    return torch.stack([preservation(session.delta(n, inputs[n].to(device))) for n in session.modules]).mean()
+        return torch.stack([session.delta_square_mean(n, states) for n in session.modules]).mean()
+    return torch.stack([session.delta_square_mean(n, inputs[n].to(device)) for n in session.modules]).mean()
 
 
 # --------------------------------------------------------------------------------------------- preparation
