@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_smoke.sh               # smoke (train, edit, apply, eval on CUDA), then the SD-1.5 timing
 #   SMOKE_ONLY=1 bash bench/gpu_smoke.sh  # the smoke part alone (about a minute)
+#   BUDGET=420 bash bench/gpu_smoke.sh    # the timing parts stop starting once 420 s (default 570) have passed
 #   DEVICE=cpu SMOKE_ONLY=1 bash bench/gpu_smoke.sh   # the same commands on a CPU (a dry run of the script)
 #
 # 1. Smoke, on the toy model: `fmnpatch train` (default config, float16 weights: the factors train in float32),
@@ -60,7 +61,7 @@ if [[ -n "${SMOKE_ONLY:-}" ]]; then
 fi
 # SD-1.5 architecture, 512 px: default train and --robust end to end, FMN's recipe beside them.
 for dtype in float16 float32; do
-  left=$((570 - (SECONDS - started)))
+  left=$((${BUDGET:-570} - (SECONDS - started)))
   if ((left < 120)); then
     echo "timing: $dtype skipped, ${left} s left"
     continue
