@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per bench prompt")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
+    parser.add_argument("--no-stack", action="store_true", help="skip the two-patches-stacked rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     parser.add_argument(
         "--part",
@@ -201,13 +202,15 @@ def main() -> None:
                 add(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
     columns = {}
     if args.part in (0, 2):
-        stacked = [single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK]
-        seconds = sum(s for _, s in stacked)
-        patches = [p for p, _ in stacked]
-        add(
-            scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, "resteer, two patches stacked")
-        )
-        add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
+        if not args.no_stack:
+            stacked = [
+                single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK
+            ]
+            seconds = sum(s for _, s in stacked)
+            patches = [p for p, _ in stacked]
+            label = "resteer, two patches stacked"
+            add(scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, label))
+            add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
         five = {
             "resteer": trained(pipe, FIVE, config),
             "edit": edited(pipe, FIVE),
