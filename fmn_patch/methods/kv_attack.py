@@ -46,8 +46,19 @@ def kv_inversion(
     prompts = [substitute(p, plan.concept.name, " ".join(names)) for p in plan.prompts]
     with frozen(family.denoiser, *family.text_encoders()), family.added_tokens(names, init) as weight:
         first = weight.shape[0] - count
+        # The optimiser steps float32 copies of the new rows: AdamW on a half-precision table divides the zero
+        # moments of every untouched row by an eps that rounds to 0 (NaN). The table's gradient reaches them
+        # through a hook; after each step the rows are written back in the table's dtype.
+        vectors = weight.detach()[first:].float().clone().requires_grad_(True)
+
+        def to_vectors(grad: torch.Tensor) -> torch.Tensor:
+            vectors.grad = (
+                grad[first:].float() if vectors.grad is None else vectors.grad + grad[first:].float()
+            )
+            return torch.zeros_like(grad)  # the table itself keeps no gradient
+
+        hook = weight.register_hook(to_vectors)
         weight.requires_grad_(True)
-        kept = weight.detach()[:first].clone()
 
         def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
             i = int(torch.randint(len(prompts), (1,), generator=gen))
@@ -59,14 +70,16 @@ def kv_inversion(
                 ]
             return {"kv": torch.stack(losses).mean()}
 
-        def keep_old_rows() -> None:
+        def write_rows() -> None:
             with torch.no_grad():
-                weight[:first] = kept
+                weight[first:] = vectors.to(weight.dtype)
+                weight.grad = None
 
         loop = LoopConfig(steps=steps, lr=lr, seed=seed, max_grad_norm=None, desc="kv-inversion")
         try:
-            report = optimise([weight], step, loop, after_step=keep_old_rows, progress=False)
+            report = optimise([vectors], step, loop, after_step=write_rows, progress=False)
         finally:
+            hook.remove()
             weight.requires_grad_(False)
         learned = weight[first:].detach().clone()
     return LearnedTokens(token, learned, report.losses)
