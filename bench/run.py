@@ -226,6 +226,8 @@ def write_markdown() -> None:
     lines += train_quality_section()
     lines += train_cost_section()
     lines += train_timing_section()
+    for dtype in ("float16", "float32"):
+        lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
@@ -293,12 +295,13 @@ def train_cost_section() -> list[str]:
     return lines
 
 
-def train_timing_section() -> list[str]:
-    record = _read("train_timing")
+def train_timing_section(name: str = "train_timing", where: str = "") -> list[str]:
+    record = _read(name)
     if not record:
         return []
     r = record["result"]
-    lines = ["## Training cost at full size (SD-1.5 architecture)", "", _provenance(record), ""]
+    title = "## Training cost at full size (SD-1.5 architecture" + (f", {where})" if where else ")")
+    lines = [title, "", _provenance(record), ""]
     lines += [r["what"] + ".", ""]
     if r.get("note"):
         lines += [f"Note: {r['note']}", ""]
@@ -310,12 +313,13 @@ def train_timing_section() -> list[str]:
             f"Each default run measured over {measured} steps per phase and extrapolated to its default sample "
             "counts (samples x seconds per sample, per phase)."
             if measured
-            else "Every default run to the end."
+            else "Every default run to the end; wall: the `train_patch` (or FMN) call, reference folder given, "
+            "after the model was built and moved to the device."
         ),
         "",
-        "| method | config | phases: samples x s/sample (+ fixed) | total (s) | peak RSS | after model build | "
-        "load before |",
-        "|---|---|---|---|---|---|---|",
+        "| method | config | phases: samples x s/sample (+ fixed) | total (s) | wall (s) | peak RSS | "
+        "after model build | load before |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         parts = []
@@ -330,7 +334,8 @@ def train_timing_section() -> list[str]:
         if "peak_gpu_mib" in row:
             peak += f" (GPU {row['peak_gpu_mib'] / 1024:.1f} GiB)"
         lines.append(
-            f"| {row['method']} | {config} | {'; '.join(parts)} | {row['total_s']:.0f} | {peak} | "
+            f"| {row['method']} | {config} | {'; '.join(parts)} | {row['total_s']:.1f} | {row['wall_s']:.1f} | "
+            f"{peak} | "
             f"{row['rss_after_build_mib'] / 1024:.1f} GiB | {row.get('load_before', '')} |"
         )
     ratios = ", ".join(
