@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
     parser.add_argument("--no-stack", action="store_true", help="skip the two-patches-stacked rows")
+    parser.add_argument("--no-edit", action="store_true", help="skip the closed-form edit rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     parser.add_argument(
         "--part",
@@ -191,7 +192,7 @@ def main() -> None:
         single_patches[concept] = patch, seconds
         add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "resteer"))
         add(ours(pipe, [concept], judge, bench, sampler, base, OLD, "resteer, old defaults"))
-        if concept in QUICK:
+        if concept in QUICK and not args.no_edit:
             patch, seconds = edited(pipe, [concept])
             add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
         if not args.no_baseline:
@@ -211,11 +212,10 @@ def main() -> None:
             label = "resteer, two patches stacked"
             add(scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, label))
             add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
-        five = {
-            "resteer": trained(pipe, FIVE, config),
-            "edit": edited(pipe, FIVE),
-            "resteer, old defaults": trained(pipe, FIVE, OLD),
-        }
+        five = {"resteer": trained(pipe, FIVE, config)}
+        if not args.no_edit:
+            five["edit"] = edited(pipe, FIVE)
+        five["resteer, old defaults"] = trained(pipe, FIVE, OLD)
         columns["base"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
         for label, (patch, seconds) in five.items():
             add(scored(pipe, [patch], FIVE, judge, bench, sampler, base, seconds, label))
