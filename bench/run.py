@@ -583,7 +583,7 @@ def _provenance(record: dict[str, Any]) -> str:
     m = record["meta"]
     return (
         f"`{m['command']}` on {m['date']}, {m['machine']}, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"git {m['git_revision']}."
+        f"git {m['git_revision']}." + (f" ({m['note']})" if m.get("note") else "")
     )
 
 
