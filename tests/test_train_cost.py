@@ -246,5 +246,6 @@ def test_preservation_through_the_rank_is_the_mean_square_of_the_change(sd1, see
         (g_cheap,) = torch.autograd.grad(cheap, session.modules[name].lora_B["fmn_train"].weight)
         full = session.delta(name, x).square().mean()
         (g_full,) = torch.autograd.grad(full, session.modules[name].lora_B["fmn_train"].weight)
-    torch.testing.assert_close(cheap, full, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(g_cheap, g_full, rtol=1e-4, atol=1e-9)
+    # float32 sums in another order: relative to the largest entry (a gradient entry near 0 differs by ~1e-7)
+    torch.testing.assert_close(cheap, full, rtol=1e-4, atol=1e-6 * float(full.abs()))
+    torch.testing.assert_close(g_cheap, g_full, rtol=1e-4, atol=1e-5 * float(g_full.abs().max()))
