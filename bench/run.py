@@ -33,6 +33,21 @@ sys.path.insert(0, str(HERE))
 from mmdit_report import mmdit_sections  # noqa: E402  (a sibling script module)
 
 RESULTS = HERE / "results"
+#: TrainConfig's defaults before issue 16 (150 steps x batch 8 from zero, fresh samples every step at the base's
+#: size, 100-step inner attacks of batch 8): the quality benches train them beside today's defaults.
+OLD_DEFAULTS: dict[str, Any] = {
+    "steps": 150,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "init": "zero",
+    "pool": 0,
+    "train_size": None,
+    "checkpointing": False,
+    "robust_attack": "inversion",
+    "robust_attack_steps": 100,
+    "robust_attack_batch": 8,
+    "robust_attack_lr": 5e-3,
+}
 ARCHITECTURES = {"SD-1.5": "sd15.json", "SD-2.1": "sd21.json", "SDXL": "sdxl.json"}
 
 
@@ -211,6 +226,8 @@ def write_markdown() -> None:
     lines += train_quality_section()
     lines += train_cost_section()
     lines += train_timing_section()
+    for dtype in ("float16", "float32"):
+        lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
     lines += edit_sections()
     lines += attack_section()
     lines += correct_section()
@@ -278,30 +295,57 @@ def train_cost_section() -> list[str]:
     return lines
 
 
-def train_timing_section() -> list[str]:
-    record = _read("train_timing")
+def train_timing_section(name: str = "train_timing", where: str = "") -> list[str]:
+    record = _read(name)
     if not record:
         return []
     r = record["result"]
-    lines = ["## Training cost at full size (SD-1.5 architecture)", "", _provenance(record), ""]
+    title = "## Training cost at full size (SD-1.5 architecture" + (f", {where})" if where else ")")
+    lines = [title, "", _provenance(record), ""]
     lines += [r["what"] + ".", ""]
     if r.get("note"):
         lines += [f"Note: {r['note']}", ""]
+    if "total_ratio" not in r:  # a result from before the per-phase record
+        return [*lines, f"Step time ratio ours / FMN: {r['ratio_step_time_ours_over_fmn']:.2f}x.", ""]
+    measured = r.get("measured_steps")
     lines += [
-        "| method | trainable parameters | seconds / step (median) | peak RSS | after model build |",
-        "|---|---|---|---|---|",
+        (
+            f"Each default run measured over {measured} steps per phase and extrapolated to its default sample "
+            "counts (samples x seconds per sample, per phase)."
+            if measured
+            else "Every default run to the end; wall: the `train_patch` (or FMN) call, reference folder given, "
+            "after the model was built and moved to the device."
+        ),
+        "",
+        "| method | config | phases: samples x s/sample (+ fixed) | total (s) | wall (s) | peak RSS | "
+        "after model build | load before |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
+        parts = []
+        for phase, p in row["phases"].items():
+            if "default_samples" in p:
+                parts.append(f"{phase} {p['default_samples']} x {p['seconds_per_sample']:.2f}")
+            else:
+                parts.append(f"{phase} {p['seconds']:.1f} s")
+        c = row["config"]
+        config = ", ".join(f"{k} {v}" for k, v in c.items())
+        peak = f"{row['peak_rss_mib'] / 1024:.1f} GiB"
+        if "peak_gpu_mib" in row:
+            peak += f" (GPU {row['peak_gpu_mib'] / 1024:.1f} GiB)"
         lines.append(
-            f"| {row['method']} | {row['trainable_parameters']:,} | {row['seconds_per_step']:.2f} | "
-            f"{row['peak_rss_mib'] / 1024:.1f} GiB | {row['rss_after_build_mib'] / 1024:.1f} GiB |"
+            f"| {row['method']} | {config} | {'; '.join(parts)} | {row['total_s']:.1f} | {row['wall_s']:.1f} | "
+            f"{peak} | "
+            f"{row['rss_after_build_mib'] / 1024:.1f} GiB | {row.get('load_before', '')} |"
         )
-    lines += [
-        "",
-        f"Ratios ours / FMN, same run: step time {r['ratio_step_time_ours_over_fmn']:.2f}x, "
-        f"peak memory {r['ratio_peak_rss_ours_over_fmn']:.2f}x.",
-        "",
-    ]
+    ratios = ", ".join(
+        f"{m}: compute {r['total_ratio'][m]:.2f}x, peak memory {r['memory_ratio'][m]:.2f}x"
+        for m in r["total_ratio"]
+    )
+    lines += ["", f"Ratios to FMN's recipe, same run: {ratios}."]
+    if "robust_over_plain" in r:
+        lines.append(f"Robust / plain: {r['robust_over_plain']:.2f}x.")
+    lines.append("")
     return lines
 
 
@@ -404,19 +448,41 @@ def attack_section() -> list[str]:
         lines.append(f"| {attack} | {row['base']:.0%} | {row['patched']:.0%} |")
     lines.append("")
     lines += ["What each attack recovered:", "", "![attack grid](bench/results/attack_circle.png)", ""]
+    lines += robust_section()
+    return lines
+
+
+def robust_section() -> list[str]:
     robust = _read("robust")
-    if robust:
-        lines += ["### Robust training against Concept Inversion", "", _provenance(robust), ""]
-        lines += [
-            "| patch | Acc_erased | Acc_kept ratio | Concept Inversion acc | train time (s) |",
-            "|---|---|---|---|---|",
-        ]
-        for row in robust["result"]["rows"]:
-            lines.append(
-                f"| {row['label']} | {row['acc_erased']:.0%} | {row['kept_ratio']:.1%} | {row['inversion_acc']:.0%} | "
-                f"{row['seconds']:.1f} |"
-            )
-        lines.append("")
+    if not robust:
+        return []
+    r = robust["result"]
+    lines = ["### Robust training against Concept Inversion", "", _provenance(robust), ""]
+    if "budgets" not in r:  # a result from before the budgets
+        rows = [{**row, "inversion": {"1x": {"acc": row["inversion_acc"]}}} for row in r["rows"]]
+        budgets = {"1x": r["attack"]["steps"]}
+    else:
+        rows, budgets = r["rows"], r["budgets"]
+    lines += [
+        "Concept Inversion: a new token learned against each model from the base's own pictures of the concept "
+        f"({r['attack']['images']} images, batch {r['attack']['batch_size']}, lr {r['attack']['lr']}), at "
+        + ", ".join(f"{k} = {v} steps" for k, v in budgets.items())
+        + "; acc = share of the attack's images the judge calls the concept. Samples: denoiser samples the "
+        "training ran (pool, steps, inner attacks).",
+        "",
+        "| concept | patch | Acc_erased | Acc_kept ratio | "
+        + " | ".join(f"inversion {k}" for k in budgets)
+        + " | samples | train time (s) |",
+        "|---|---|---|---|" + "---|" * len(budgets) + "---|---|",
+    ]
+    for row in rows:
+        inv = " | ".join(f"{row['inversion'][k]['acc']:.0%}" for k in budgets)
+        samples = sum((row.get("samples") or {}).values()) or "-"
+        lines.append(
+            f"| {row.get('concept', r.get('concept', ''))} | {row['label']} | {row['acc_erased']:.0%} | "
+            f"{row['kept_ratio']:.1%} | {inv} | {samples} | {row['seconds']:.1f} |"
+        )
+    lines.append("")
     return lines
 
 
@@ -445,6 +511,7 @@ def train_quality_section() -> list[str]:
             f"| {row['method']} | {', '.join(erased)} | {', '.join(sorted(set(row['categories'])))} | {acc} | "
             f"{alias} | {m} | {row['acc_kept']:.1%} | {row['kept_ratio']:.1%} | {row['seconds']:.1f} | {size} |"
         )
+    lines += _old_and_new(r["rows"])
     if r.get("grid"):
         lines += [
             "",
@@ -453,6 +520,32 @@ def train_quality_section() -> list[str]:
         ]
         lines.append(f"![five-at-once grid](bench/results/{r['grid']})")
     lines.append("")
+    return lines
+
+
+def _old_and_new(rows: list[dict[str, Any]]) -> list[str]:
+    """The default re-steering patch before issue 16 and now, per erased set, side by side."""
+    by = {(r["method"], tuple(r["erased"])): r for r in rows}
+    pairs = [(e, by.get(("resteer, old defaults", e)), r) for (m, e), r in by.items() if m == "resteer"]
+    pairs = [(e, old, new) for e, old, new in pairs if old is not None]
+    if not pairs:
+        return []
+
+    def cells(r: dict[str, Any]) -> str:
+        acc = ", ".join(f"{r['acc_erased'][e]:.0%}" for e in r["erased"])
+        alias = ", ".join(f"{v:.0%}" for v in r["alias_acc_erased"].values()) or "-"
+        samples = sum((r.get("samples") or {}).values()) or "-"
+        return f"{acc} | {alias} | {r['kept_ratio']:.1%} | {samples} | {r['seconds']:.1f}"
+
+    lines = [
+        "",
+        "Old and new defaults side by side (samples: denoiser samples the training ran, pool and steps):",
+        "",
+        "| erased | old: Acc_erased | alias | kept ratio | samples | time (s) | new: Acc_erased | alias | kept ratio | "
+        "samples | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {', '.join(e)} | {cells(old)} | {cells(new)} |" for e, old, new in pairs]
     return lines
 
 
@@ -490,7 +583,7 @@ def _provenance(record: dict[str, Any]) -> str:
     m = record["meta"]
     return (
         f"`{m['command']}` on {m['date']}, {m['machine']}, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"git {m['git_revision']}."
+        f"git {m['git_revision']}." + (f" ({m['note']})" if m.get("note") else "")
     )
 
 

@@ -3,8 +3,9 @@
     python bench/train_quality.py            # every toy concept one at a time, five at once, stacking, ablations
     python bench/train_quality.py --quick    # three concepts (one per category) and five at once
 
-Methods: the re-steering patch (``train_patch``), the closed-form edit (``edit_patch``), the hybrid (re-steering
-started from the edit, ``TrainConfig(init="edit")``) and the faithful FMN baseline (whole UNet). Stacking: two
+Methods: the re-steering patch (``train_patch``) with today's defaults and with the defaults before issue 16
+(``OLD_DEFAULTS``: 150 steps x batch 8 from zero, fresh samples every step), side by side; the closed-form edit
+(``edit_patch``, where today's default training starts) and the faithful FMN baseline (whole UNet). Stacking: two
 single-concept patches applied together vs one patch trained on both. For each: Acc_erased (share of the concept's
 images the judge still calls the concept), alias Acc_erased, Acc_kept (mean acc over the other concepts) and its
 ratio to the base model's over the same set, M-Score before/after, wall time and patch size. Writes
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, machine, write_markdown
+from run import OLD_DEFAULTS, RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
@@ -42,7 +43,7 @@ from fmn_patch.toy.judge import ToyJudge
 FIVE = ["circle", "square", "bob", "striped", "star"]
 QUICK = ["circle", "bob", "striped"]
 STACK = ["circle", "bob"]
-HYBRID = TrainConfig(init="edit")
+OLD = TrainConfig(**OLD_DEFAULTS)
 # Ablations, run on QUICK: what each part of our objective buys.
 ABLATIONS = {
     "keys-only (to_v frozen)": TrainConfig(train_values=False),
@@ -51,7 +52,13 @@ ABLATIONS = {
 
 
 def row(
-    method: str, erased: list[str], score: ModelScore, base: ModelScore, seconds: float, size: int | None
+    method: str,
+    erased: list[str],
+    score: ModelScore,
+    base: ModelScore,
+    seconds: float,
+    size: int | None,
+    samples: dict[str, int] | None = None,
 ) -> dict:
     kept_base = acc_kept(base.concepts, erased)
     kept = score.acc_kept
@@ -70,6 +77,7 @@ def row(
         "kept_ratio": kept / kept_base if kept is not None and kept_base else None,
         "seconds": round(seconds, 2),
         "patch_bytes": size,
+        "samples": samples,  # denoiser samples by phase (pool, steps, attacks), from the patch headers
     }
 
 
@@ -92,7 +100,11 @@ def scored(
         score = evaluate(pipe, bench, judge, sampler, erased=concepts, progress=False)
     finally:
         remove_patches(pipe, names)
-    return row(label, concepts, score, base, seconds, size)
+    samples: dict[str, int] = {}
+    for patch in patches:
+        for phase, n in patch.info.extra.get("cost", {}).get("samples", {}).items():
+            samples[phase] = samples.get(phase, 0) + n
+    return row(label, concepts, score, base, seconds, size, samples or None)
 
 
 def trained(pipe: Any, concepts: list[str], config: TrainConfig) -> tuple[Patch, float]:
@@ -141,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per bench prompt")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
+    parser.add_argument("--no-stack", action="store_true", help="skip the two-patches-stacked rows")
+    parser.add_argument("--no-edit", action="store_true", help="skip the closed-form edit rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     parser.add_argument(
         "--part",
@@ -177,10 +191,10 @@ def main() -> None:
         patch, seconds = trained(pipe, [concept], config)
         single_patches[concept] = patch, seconds
         add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "resteer"))
-        if concept in QUICK:
+        add(ours(pipe, [concept], judge, bench, sampler, base, OLD, "resteer, old defaults"))
+        if concept in QUICK and not args.no_edit:
             patch, seconds = edited(pipe, [concept])
             add(scored(pipe, [patch], [concept], judge, bench, sampler, base, seconds, "edit"))
-            add(ours(pipe, [concept], judge, bench, sampler, base, HYBRID, "hybrid"))
         if not args.no_baseline:
             add(baseline([concept], judge, bench, sampler, base))
     if args.part in (0, 1):
@@ -189,18 +203,19 @@ def main() -> None:
                 add(ours(pipe, [concept], judge, bench, sampler, base, variant, label))
     columns = {}
     if args.part in (0, 2):
-        stacked = [single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK]
-        seconds = sum(s for _, s in stacked)
-        patches = [p for p, _ in stacked]
-        add(
-            scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, "resteer, two patches stacked")
-        )
-        add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
-        five = {
-            "resteer": trained(pipe, FIVE, config),
-            "edit": edited(pipe, FIVE),
-            "hybrid": trained(pipe, FIVE, HYBRID),
-        }
+        if not args.no_stack:
+            stacked = [
+                single_patches[c] if c in single_patches else trained(pipe, [c], config) for c in STACK
+            ]
+            seconds = sum(s for _, s in stacked)
+            patches = [p for p, _ in stacked]
+            label = "resteer, two patches stacked"
+            add(scored(pipe, patches, STACK, judge, bench, sampler, base, seconds, label))
+            add(ours(pipe, STACK, judge, bench, sampler, base, config, "resteer, one patch on both"))
+        five = {"resteer": trained(pipe, FIVE, config)}
+        if not args.no_edit:
+            five["edit"] = edited(pipe, FIVE)
+        five["resteer, old defaults"] = trained(pipe, FIVE, OLD)
         columns["base"] = concept_samples(pipe, bench, bench.names, sampler, progress=False)
         for label, (patch, seconds) in five.items():
             add(scored(pipe, [patch], FIVE, judge, bench, sampler, base, seconds, label))

@@ -1,24 +1,36 @@
-"""Training cost at full size: our re-steering patch vs the FMN recipe's whole-UNet step, side by side in one run.
+"""What forgetting one concept costs at full size (SD-1.5 architecture, 512 px): the default ``fmnpatch train``, the
+default ``--robust`` and FMN's recipe, side by side in one run.
 
-    python bench/train_timing.py                     # SD-1.5 architecture, 512 px, batch 1, 3 steps each
-    python bench/train_timing.py --steps 5 --threads 2
+    python bench/train_timing.py                                  # CPU, fp32, 2 measured steps of each phase
+    python bench/train_timing.py --steps 3 --threads 2 --note "idle machine"
+    python bench/train_timing.py --device cuda --dtype float16 --full   # a GPU: every default run end to end
 
 Builds, without any download of weights, a real ``StableDiffusionPipeline`` at random init: the SD-1.5 UNet from
 ``bench/configs/sd15.json`` (860M parameters), an SD-1.5-size CLIP text encoder, an SD-1.5-shaped VAE, and the real
 CLIP tokenizer (from the open_clip wheel; see ``bench/edit_timing.py``), so "Elon Musk" has its real tokens and
 positions. The compute is real even though the weights are not. Two reference images (noise, 512 px) stand in for
-the concept's pictures; both methods read the same folder.
+the concept's pictures; every method reads the same folder.
 
 Each method runs in its own process (so that its peak memory, max RSS, is its own) through the library's public
-entry points: ``train_patch`` (LoRA r=4 on attn2 to_k/to_v, with the denoising and preservation terms) and
-``train_fmn_baseline`` (FMN's loss, AdamW over the whole UNet). Reports the median seconds per optimisation step,
-peak RSS, and the ratio ours / FMN. Writes ``bench/results/train_timing.json``.
+entry points, ``train_patch`` and ``train_fmn_baseline``. A default run is long on a CPU, so each runs its default
+config with fewer steps (``--steps`` per phase: training steps, one chunk of the target pool, inner-attack steps),
+and the patch header's per-phase record (seconds and denoiser samples) is extrapolated to the default counts:
+
+    total = prepare + edit + sum over phases (pool, steps, attacks) of default samples x seconds per sample
+
+FMN's recipe likewise: its setup plus 35 steps x the median step. Peak memory is the measured run's (the first step
+reaches it). ``--full`` runs every default config to the end instead (a GPU). Writes
+``bench/results/train_timing.json`` with ``total_ratio`` (ours / FMN's total) and ``memory_ratio`` (ours / FMN's
+peak) for plain and robust, and regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import resource
 import statistics
 import subprocess
@@ -35,6 +47,7 @@ sys.path.insert(0, str(HERE))
 
 CONCEPT = ("Elon Musk", "identity")
 PIXELS = 512
+METHODS = ("plain", "robust", "fmn")
 
 
 def sd15_pipeline(seed: int = 0) -> Any:
@@ -42,7 +55,8 @@ def sd15_pipeline(seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from edit_timing import clip_tokenizer, sd15_pipe
 
-    tokenizer = clip_tokenizer()
+    cache = os.environ.get("FMN_OPEN_CLIP_CACHE")  # a machine without network: a folder holding tokenizer/
+    tokenizer = clip_tokenizer(Path(cache)) if cache else clip_tokenizer()
     text_encoder = sd15_pipe(tokenizer, seed).text_encoder  # the SD-1.5-size CLIP text tower, random init
     torch.manual_seed(seed)
     config = {
@@ -86,90 +100,184 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_method(method: str, steps: int) -> dict[str, Any]:
-    """One method in this process: build, train ``steps`` steps, report."""
+def defaults(method: str) -> Any:
+    """The default config of ``fmnpatch train`` (``--robust`` for robust) on a real-world base."""
+    from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig
+
+    plain = TrainConfig(bench="real")
+    return plain if method == "plain" else dataclasses.replace(plain, robust_rounds=ROBUST_ROUNDS)
+
+
+def measured(config: Any, steps: int) -> Any:
+    """``config`` with ``steps`` steps per phase: training steps (per round), one pool chunk, inner-attack steps."""
+    rounds = max(1, config.robust_rounds)
+    return dataclasses.replace(
+        config,
+        steps=steps * rounds,
+        pool=min(config.pool, config.batch_size),
+        robust_attack_steps=min(config.robust_attack_steps, steps),
+    )
+
+
+def extrapolate(cost: dict[str, Any], config: Any, default: Any) -> dict[str, Any]:
+    """Per phase: default samples x measured seconds per sample; prepare and edit as measured."""
+    seconds, samples = cost["seconds"], cost["samples"]
+    rounds = max(1, default.robust_rounds)
+    counts = {
+        # each round computes its own pool, never more targets than the round's steps draw (resteer.run_steps)
+        "pool": min(default.pool, math.ceil(default.steps / rounds) * default.batch_size) * rounds,
+        "steps": math.ceil(default.steps / rounds) * rounds * default.batch_size,
+        # inner-attack samples as robust.py counts them: latents per inversion step; one prompt per kv step
+        "attacks": (rounds - 1)
+        * default.robust_attack_steps
+        * (default.robust_attack_batch if default.robust_attack == "inversion" else 1),
+    }
+    phases: dict[str, Any] = {}
+    for phase in ("prepare", "edit"):
+        if phase in seconds:
+            phases[phase] = {"seconds": seconds[phase]}
+    for phase, count in counts.items():
+        if count and samples.get(phase):
+            per = seconds[phase] / samples[phase]
+            if phase == "steps":  # the median step: the first step also pays one-off costs
+                per = cost["median_step_s"] / config.batch_size
+            phases[phase] = {
+                "measured_samples": samples[phase],
+                "measured_seconds": round(seconds[phase], 3),
+                "seconds_per_sample": round(per, 4),
+                "default_samples": count,
+                "seconds": round(count * per, 2),
+            }
+    return {"phases": phases, "total_s": round(sum(p["seconds"] for p in phases.values()), 1)}
+
+
+def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> dict[str, Any]:
+    """One method in this process: build, train, report."""
     from fmn_patch.cli.options import quiet_libraries
     from fmn_patch.concepts.bench import load_bench
     from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
-    from fmn_patch.methods.resteer import TrainConfig, train_patch
+    from fmn_patch.methods.resteer import train_patch
 
     quiet_libraries()
     t0 = time.perf_counter()
-    pipe = sd15_pipeline()
+    dtype = (
+        "float32" if method == "fmn" else dtype
+    )  # FMN's recipe is float32 (AdamW on the weights themselves)
+    pipe = sd15_pipeline().to(device, getattr(torch, dtype))
     build = time.perf_counter() - t0
     rss_built = peak_rss_mib()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    row: dict[str, Any] = {"method": method, "dtype": dtype}
     with tempfile.TemporaryDirectory() as tmp:
         images = str(reference_folder(Path(tmp)))
         t0 = time.perf_counter()
-        if method == "ours":
-            config = TrainConfig(steps=steps, batch_size=1, bench="real")
-            patch = train_patch(
-                pipe,
-                [CONCEPT[0]],
-                config,
-                categories=[CONCEPT[1]],
-                images=images,
-                bench=load_bench("real"),
-                progress=False,
-            )
-            per_step = [patch.info.extra["seconds_per_step"]]  # median over the run's steps
-            trainable = sum(a.numel() + b.numel() for a, b in patch.factors.values())
+        if method == "fmn":
+            fmn = FMNConfig()
+            run = fmn if full else dataclasses.replace(fmn, steps=steps)
+            report = train_fmn_baseline(pipe, [CONCEPT], run, images=images, progress=False)
+            median = statistics.median(report.step_seconds)
+            setup = report.seconds - sum(report.step_seconds)
+            row |= {
+                "config": {
+                    "steps": fmn.steps,
+                    "batch_size": fmn.batch_size,
+                    "lr": fmn.lr,
+                    "trainable": fmn.trainable,
+                },
+                "trainable_parameters": report.trainable_parameters,
+                "median_step_s": round(median, 3),
+                "phases": {
+                    "prepare": {"seconds": round(setup, 2)},
+                    "steps": {
+                        "measured_samples": len(report.step_seconds) * fmn.batch_size,
+                        "seconds_per_sample": round(median / fmn.batch_size, 4),
+                        "default_samples": fmn.steps * fmn.batch_size,
+                        "seconds": round(median * fmn.steps, 2),
+                    },
+                },
+                "total_s": round(setup + median * fmn.steps, 1),
+            }
         else:
-            report = train_fmn_baseline(
-                pipe, [CONCEPT], FMNConfig(steps=steps), images=images, progress=False
-            )
-            per_step = [statistics.median(report.step_seconds)]
-            trainable = report.trainable_parameters
-        total = time.perf_counter() - t0
-    return {
-        "method": method,
-        "seconds_per_step": round(per_step[0], 3),
-        "steps": steps,
-        "train_seconds_total": round(total, 2),
-        "trainable_parameters": trainable,
+            default = defaults(method)
+            run = default if full else measured(default, steps)
+            patch = train_patch(
+                pipe, [CONCEPT[0]], run, categories=[CONCEPT[1]], images=images, bench=load_bench("real"),
+                progress=False,
+            )  # fmt: skip
+            cost = patch.info.extra["cost"] | {"median_step_s": patch.info.extra["seconds_per_step"]}
+            keys = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init", "robust_rounds")
+            keys += ("robust_attack", "robust_attack_steps", "robust_attack_batch")
+            row |= {
+                "config": {k: getattr(default, k) for k in keys},
+                "trainable_parameters": sum(a.numel() + b.numel() for a, b in patch.factors.values()),
+                "median_step_s": cost["median_step_s"],
+                **extrapolate(cost, run, default),
+            }
+        row["wall_s"] = round(time.perf_counter() - t0, 1)  # this run's own wall time (measured steps only)
+    row |= {
+        "full": full,
         "build_s": round(build, 2),
         "rss_after_build_mib": round(rss_built, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
+    if device == "cuda":
+        row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=3, help="optimisation steps per method (median taken)")
+    parser.add_argument("--steps", type=int, default=2, help="measured steps per phase (median taken)")
+    parser.add_argument("--full", action="store_true", help="run every default config to the end (a GPU)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--method", choices=["ours", "fmn"], help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. machine load)")
+    parser.add_argument("--out", default="train_timing", help="results name (bench/results/NAME.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    common = ["--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
+    common += ["--dtype", args.dtype] + (["--full"] if args.full else [])
     if args.method:
-        print(json.dumps(run_method(args.method, args.steps)))
+        print(json.dumps(run_method(args.method, args.steps, args.full, args.device, args.dtype)))
         return
-    from run import save
+    from run import save, write_markdown
 
-    rows = []
-    for method in ("ours", "fmn"):
-        cmd = [sys.executable, __file__, "--method", method, "--steps", str(args.steps)]
-        cmd += ["--threads", str(args.threads)]
+    rows = {}
+    for method in args.methods:
+        load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+        cmd = [sys.executable, __file__, "--method", method, *common]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    ours, fmn = rows
-    result = {
+        rows[method] = json.loads(out.strip().splitlines()[-1]) | {"load_before": " ".join(load)}
+        print(json.dumps(rows[method]), file=sys.stderr)
+    result: dict[str, Any] = {
         "what": (
-            f"one training step, SD-1.5 architecture at random init, {PIXELS} px, batch 1, concept "
-            f"{CONCEPT[0]!r} with the real CLIP tokenizer; ours = LoRA r=4 on attn2 to_k/to_v with re-steering, "
-            "denoising (2 extra no-grad UNet passes) and preservation terms; "
-            "fmn = FMN's loss, AdamW over the whole UNet"
+            f"forgetting {CONCEPT[0]!r} ({CONCEPT[1]}) on the SD-1.5 architecture at random init, {PIXELS} px "
+            f"references, {args.dtype} on {args.device} (FMN float32), real CLIP tokenizer; plain = the default "
+            "fmnpatch train, "
+            "robust = the default --robust, fmn = FMN's recipe (35 steps x batch 1, AdamW over the whole UNet)"
         ),
         "note": args.note,
-        "rows": rows,
-        "ratio_step_time_ours_over_fmn": round(ours["seconds_per_step"] / fmn["seconds_per_step"], 3),
-        "ratio_peak_rss_ours_over_fmn": round(ours["peak_rss_mib"] / fmn["peak_rss_mib"], 3),
+        "measured_steps": None if args.full else args.steps,
+        "rows": list(rows.values()),
     }
-    save("train_timing", result)
-    print(json.dumps(result, indent=2))
+    fmn = rows.get("fmn")
+    for method in ("plain", "robust"):
+        if fmn and method in rows:
+            result.setdefault("total_ratio", {})[method] = round(rows[method]["total_s"] / fmn["total_s"], 3)
+            peak = "peak_gpu_mib" if "peak_gpu_mib" in fmn else "peak_rss_mib"
+            result.setdefault("memory_ratio", {})[method] = round(rows[method][peak] / fmn[peak], 3)
+    if "plain" in rows and "robust" in rows:
+        result["robust_over_plain"] = round(rows["robust"]["total_s"] / rows["plain"]["total_s"], 3)
+    save(args.out, result)
+    if args.out == "train_timing":
+        write_markdown()
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
 
 
 if __name__ == "__main__":

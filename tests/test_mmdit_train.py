@@ -36,6 +36,9 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(mkind, mmdit_dirs)
     assert a.component == "transformer" and set(a.modules) == set(base.family.targets())
     assert a.info.architecture == base.architecture and a.info.config["anchors"] == {"Elon Musk": "a person"}
     assert set(a.info.extra["loss_terms"]) == {"resteer", "denoise", "preserve"}
+    assert (
+        a.info.config["init"] == "auto" and a.info.extra["start"] == "zero"
+    )  # no closed-form edit to start from
     apply_patches(base, [a])
     assert not torch.equal(
         render(base, "a photo of Elon Musk"), render(load_base(folder), "a photo of Elon Musk")

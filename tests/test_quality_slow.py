@@ -2,7 +2,8 @@
 acceptance bars of the training and editing issues, on the bundled toy model judged by the toy judge.
 
 Bars: train one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 95% of base; five concepts in one patch:
-Acc_erased <= 10% each, Acc_kept >= 90%; edit one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 97%; edit
+Acc_erased <= 10% each, Acc_kept >= 90%; the default --robust on circle, bob and striped: Concept Inversion
+(default budget and twice its steps) <= 20%; edit one concept: Acc_erased <= 5%, alias <= 10%, Acc_kept >= 97%; edit
 every object and identity but star: each <= 5%, star and every style >= 90% of base;
 correction: colour entropy of the bare concept >= 90% of log2(4), coloured prompts >= 90% right, Acc_kept >= 95%.
 """
@@ -65,6 +66,32 @@ def test_train_five_concepts_meets_the_bar(world):
     score, kept = _scored(world, train_patch(world[0], five, TrainConfig(), progress=False), five)
     _check_erased(score, five, 0.10, 1.0)
     assert kept >= 0.90
+
+
+@pytest.mark.parametrize("concept", ["circle", "bob", "striped"])
+def test_robust_train_holds_against_concept_inversion(world, concept):
+    """The default ``--robust`` (ROBUST_ROUNDS rounds, key/value inversion between them): Concept Inversion at the
+    harness's default budget and at twice its steps brings the concept back in at most 20% of its images."""
+    import dataclasses
+
+    from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
+    from fmn_patch.methods.resteer import ROBUST_ROUNDS
+
+    pipe, bench, judge, _ = world
+    patch = train_patch(pipe, [concept], TrainConfig(robust_rounds=ROBUST_ROUNDS), progress=False)
+    default = InversionAttackConfig()
+    latents = reference_latents(pipe, bench.concept(concept), bench, default.images, steps=20, guidance=5.0)
+    names = apply_patches(pipe, [patch])
+    try:
+        for steps in (default.steps, 2 * default.steps):
+            attack = dataclasses.replace(default, steps=steps)
+            sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
+            result, _ = inversion_attack(
+                pipe, bench.concept(concept), bench, judge, latents, attack, sampler, seed=0
+            )
+            assert result.acc <= 0.20, f"{concept}: Concept Inversion ({steps} steps) {result.acc:.0%} > 20%"
+    finally:
+        remove_patches(pipe, names)
 
 
 @pytest.mark.parametrize("concept", ["circle", "bob"])

@@ -120,22 +120,33 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(pipeline_dirs):
     assert a.info.concepts[0].category == "object" and a.info.config["anchors"] == {"circle": "shape"}
 
 
-def test_robust_rounds_attack_between_rounds_and_stay_deterministic(pipeline_dirs, monkeypatch):
+@pytest.mark.parametrize("attack", ["inversion", "kv"])
+def test_robust_rounds_attack_between_rounds_and_stay_deterministic(attack, pipeline_dirs, monkeypatch):
     import fmn_patch.methods.robust as train_module
 
     calls: list[int] = []
-    real = train_module.learn_tokens
+    other: list[str] = []
+    real_inversion, real_kv = train_module.learn_tokens, train_module.kv_inversion
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("config", args[4]).steps)
-        return real(*args, **kwargs)
+        calls.append(kwargs.get("config", args[4]).steps if attack == "inversion" else -1)
+        other.append("inversion")
+        return real_inversion(*args, **kwargs)
+
+    def counting_kv(*args, **kwargs):
+        calls.append(kwargs["steps"])
+        other.append("kv")
+        return real_kv(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "learn_tokens", counting)
-    config = TrainConfig(**{**FAST, "robust_rounds": 3, "robust_attack_steps": 2})
+    monkeypatch.setattr(train_module, "kv_inversion", counting_kv)
+    config = TrainConfig(**{**FAST, "robust_rounds": 3, "robust_attack_steps": 2, "robust_attack": attack})
     pipe = load_base(str(pipeline_dirs["sd1"]))
     before = render(pipe)
     a = train_patch(pipe, ["circle"], config, progress=False)
     assert calls == [2, 2]  # an inner attack between rounds, with its budget, none after the last
+    assert other == [attack, attack]  # the configured attack alone
+    assert a.info.extra["cost"]["samples"]["attacks"] > 0
     assert (
         a.info.method == "resteer+robust" and len(a.info.extra["loss_curve"]) == 3 * 2
     )  # 3 rounds x 2 steps
@@ -154,7 +165,9 @@ def test_robust_rounds_attack_between_rounds_and_stay_deterministic(pipeline_dir
 
 def test_resteering_lowers_the_attention_mass(pipeline_dirs):
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    config = TrainConfig(**{**FAST, "steps": 25, "denoise_weight": 0.0, "preserve_weight": 0.0, "lr": 1e-2})
+    config = TrainConfig(
+        **{**FAST, "steps": 25, "denoise_weight": 0.0, "preserve_weight": 0.0, "lr": 1e-2, "init": "zero"}
+    )  # from zero: the closed-form edit (the default start) has already moved the mass
     patch = train_patch(pipe, ["circle"], config, progress=False)
     curve = patch.info.extra["loss_curve"]
     assert sum(curve[-5:]) / 5 < 0.7 * sum(curve[:5]) / 5

@@ -17,7 +17,7 @@ from ..families.base import load_base
 from ..files import check_input, check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
-from ..methods.resteer import TrainConfig, train_patch, train_patch_with_inversion
+from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
 from .options import (
     BaseOpt,
     Device,
@@ -94,17 +94,21 @@ def train(
     ti_steps: Annotated[int, typer.Option(help="Textual-inversion steps (with --ti).")] = 500,
     init: Annotated[
         str,
-        typer.Option(help="zero, or edit: start from the closed-form edit of the same concepts (hybrid)."),
-    ] = "zero",
+        typer.Option(
+            help="edit: start from the closed-form edit of the same concepts (hybrid), zero: from zero; auto: "
+            "the edit where the base's family offers it (UNet), else zero (SD3/FLUX)."
+        ),
+    ] = TrainConfig.init,
     robust: Annotated[
         int,
         typer.Option(
-            help="Adversarial rounds (0: off): between rounds a textual-inversion attack finds a token that "
-            "brings the concept back, and the next rounds erase it too. Try 4."
+            help="Adversarial rounds (0: off): between rounds an inner attack (key/value inversion; Concept "
+            "Inversion on SD3/FLUX) finds a token that brings the concept back, and the next rounds erase it too. "
+            f"Try {ROBUST_ROUNDS}."
         ),
     ] = 0,
     robust_attack_steps: Annotated[
-        int, typer.Option(help="Textual-inversion steps of each inner attack (with --robust).")
+        int, typer.Option(help="Steps of each inner attack (with --robust).")
     ] = TrainConfig.robust_attack_steps,
     from_file: Annotated[
         Path | None, typer.Option("--from-file", help="More concepts, one per line (# comments).")
@@ -136,7 +140,7 @@ def train(
 
       fmnpatch train alice --ti --ti-steps 300   # also writes forget-alice.ti.safetensors
 
-      fmnpatch train circle --robust 4   # adversarial rounds against Concept Inversion
+      fmnpatch train circle --robust 3   # adversarial rounds against Concept Inversion
 
       fmnpatch train "Elon Musk" --category identity --anchor "a man" --base runwayml/stable-diffusion-v1-5
 

@@ -106,5 +106,7 @@ def folder_images(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
 
 
 def folder_latents(base: Base, folder: str | os.PathLike[str]) -> torch.Tensor:
-    """Latents of every image in ``folder``, resized to the base's image size."""
-    return base.family.encode_images(folder_images(folder, base.family.pixel_size()))
+    """Latents of every image in ``folder``, resized to the base's image size, encoded one image at a time (an
+    SD-1.5 VAE encoder's activations at 512 px take about 0.6 GB per image)."""
+    images = folder_images(folder, base.family.pixel_size())
+    return torch.cat([base.family.encode_images(image[None]) for image in images])

@@ -83,6 +83,9 @@ class CorrectConfig:
             image_steps=self.image_steps,
             image_guidance=self.image_guidance,
             bench=self.bench,
+            pool=0,  # correction keeps drawing fresh samples at the base's size (re-steering's cost levers are off)
+            train_size=None,
+            checkpointing=False,
         )
 
 

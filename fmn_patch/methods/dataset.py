@@ -52,15 +52,20 @@ def reference_latents(
     steps: int,
     guidance: float,
     images: str | None = None,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference latents (L, C, h, w) and the prompt each belongs to (L,): a folder's images spread over the
-    prompts in turn, or ``images_per_prompt`` drawn by the base for each prompt (cached)."""
+    prompts in turn, or ``images_per_prompt`` drawn by the base for each prompt (cached). ``size``: the image side
+    the latents are for, when below the base's: the latents are area-downsampled to it."""
+    from .samples import smaller
+
+    pixels = base.family.pixel_size()
     if images is not None:
-        latents = folder_latents(base, images)
+        latents = smaller(folder_latents(base, images), pixels, size)
         return latents, torch.arange(len(latents)) % len(prompts)
     seeds = list(range(images_per_prompt))
     latents = generated_latents(base, prompts, seeds, steps=steps, guidance=guidance)
-    return latents, torch.arange(len(prompts)).repeat_interleave(len(seeds))
+    return smaller(latents, pixels, size), torch.arange(len(prompts)).repeat_interleave(len(seeds))
 
 
 def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], after: bool) -> torch.Tensor:

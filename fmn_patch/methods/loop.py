@@ -42,6 +42,9 @@ class LoopReport:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     parts: dict[str, float] = field(default_factory=dict)
+    # work a method did outside the steps (e.g. a pool of targets): seconds and denoiser samples, by phase
+    phases: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
 
 
 def optimise(

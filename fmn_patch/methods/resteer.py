@@ -15,6 +15,7 @@ cheaply, without running the denoiser. Only the LoRA factors train; the model is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import statistics
@@ -31,6 +32,7 @@ from ..concepts.bench import Bench, load_bench
 from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..families.checkpointing import gradient_checkpointing
 from ..format.header import PatchInfo
 from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
@@ -38,11 +40,14 @@ from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
 from .lora import LoraSession, check_rank, lora_adapter
-from .losses import guided_target, preservation, resteer_loss
+from .losses import resteer_loss
+from .samples import draw, guided_targets, sample_pool
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
 ETA: dict[str, float] = {"style": 1.0}
 ETA_DEFAULT = 2.0
+#: The number of rounds ``fmnpatch train --robust`` is benchmarked with (bench/train_timing.py, robust_quality.py).
+ROBUST_ROUNDS = 3
 #: Preservation weight per category when TrainConfig.preserve_weight is None; others get PRESERVE_DEFAULT.
 PRESERVE: dict[str, float] = {"style": 100.0}
 PRESERVE_DEFAULT = 30.0
@@ -53,9 +58,12 @@ class TrainConfig:
     """Everything that decides the patch. Same config, inputs and seed give the same tensors."""
 
     rank: int = 4  # LoRA rank of each key/value factor pair
-    steps: int = 150  # optimisation steps per concept: a patch of N concepts trains N x steps
+    # Optimisation steps per concept (a patch of N concepts trains N x steps; --robust splits them into its rounds)
+    # of batch_size (prompt, reference latent) pairs. Started from the closed-form edit, 15 x 4 samples meet the toy
+    # bars that 150 x 8 from zero met (bench/train_quality.py, robust_quality.py); FMN's recipe is 35 x 1 at 512 px.
+    steps: int = 15
     lr: float = 3e-3  # AdamW learning rate of the LoRA factors
-    batch_size: int = 8  # (prompt, reference latent) pairs per step
+    batch_size: int = 4
     seed: int = 0
     anchor: str | None = None  # what the concepts are redirected to; None: each concept's, else the bench's
     # Negative guidance of the denoising target (0: plain redirect to the anchor); None: per category (ETA). An anchor
@@ -80,10 +88,27 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     preserve_extra: tuple[str, ...] = ()  # more prompts to keep, e.g. from a preserve file
     bench: str | None = None  # ConceptBench of categories, templates, anchors, preserve set; None: the base's
-    init: Literal["zero", "edit"] = "zero"  # start from zero, or from the closed-form edit (the hybrid)
+    # Start from the closed-form edit of the same concepts and anchors at the same rank (it already meets the direct
+    # bars; training makes the values carry the anchor and, with --robust, holds against inversion), or from zero;
+    # auto: the edit where the family offers it (UNet bases), else zero (MMDiT: no closed form).
+    init: Literal["auto", "zero", "edit"] = "auto"
     train_values: bool = True  # False: freeze the value projections' factors (an ablation: keys alone)
     robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
-    robust_attack_steps: int = 100  # textual-inversion steps of each inner attack
+    # Each inner attack against the patch as it stands: kv (key/value inversion, no denoiser) or inversion (Concept
+    # Inversion through the denoiser); its steps, latents per step (inversion), learning rate.
+    robust_attack: Literal["kv", "inversion"] = "kv"
+    robust_attack_steps: int = 25
+    robust_attack_batch: int = 4
+    robust_attack_lr: float = 1e-2
+    # What a step costs (see methods/samples.py). pool: fixed (latent, t, noise) samples whose guided targets are
+    # computed once, before the first step, at most as many as the steps draw (0: every step draws fresh samples
+    # and runs the base twice for them).
+    pool: int = 32
+    # The image side (px) the steps run at when the base's is larger: reference latents area-downsampled. The keys
+    # and values a patch changes see only the prompt; SD-1.5 steps at 256 px cost about a fifth of 512 px ones.
+    train_size: int | None = 256
+    # Gradient checkpointing of the denoiser: the forward recomputed in backward, less memory for more compute.
+    checkpointing: bool = True
 
     def __post_init__(self) -> None:
         values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
@@ -94,10 +119,17 @@ class TrainConfig:
         values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
         values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
         values.seed(self.seed)
-        if self.init not in ("zero", "edit"):
-            raise FmnPatchError(f"init={self.init!r} is not one of zero, edit")
+        if self.init not in ("auto", "zero", "edit"):
+            raise FmnPatchError(f"init={self.init!r} is not one of auto, zero, edit")
         values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
         values.number(self.max_grad_norm, "max_grad_norm", 0, 1e6, above=True, example="1.0")
+        values.whole(self.robust_attack_batch, "robust_attack_batch", 1, MAX_BATCH, example=4)
+        values.whole(self.pool, "pool", 0, MAX_BATCH, example=32)
+        if self.train_size is not None:
+            values.whole(self.train_size, "train_size", 8, 16_384, example=256)
+        if self.robust_attack not in ("kv", "inversion"):
+            raise FmnPatchError(f"robust_attack={self.robust_attack!r} is not one of kv, inversion")
+        values.number(self.robust_attack_lr, "robust_attack_lr", 0, 1, above=True, example="1e-2")
         for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
             if getattr(self, name) is not None:
                 values.number(getattr(self, name), name, 0, 1e6)
@@ -112,11 +144,29 @@ class TrainReport:
     losses: list[float] = field(default_factory=list)  # total loss per step
     parts: dict[str, float] = field(default_factory=dict)  # last step's loss terms
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
+    # where the time went: seconds and denoiser samples by phase (prepare, edit, pool, steps, attacks)
+    phases: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
 
-    def add(self, loop: LoopReport) -> None:
+    def add(self, loop: LoopReport, batch_size: int) -> None:
         self.losses += loop.losses
         self.step_seconds += loop.step_seconds
         self.parts = loop.parts
+        self.spend("steps", sum(loop.step_seconds), len(loop.step_seconds) * batch_size)
+        for phase, seconds in loop.phases.items():
+            self.spend(phase, seconds, loop.samples.get(phase, 0))
+
+    def spend(self, phase: str, seconds: float, samples: int = 0) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        if samples:
+            self.samples[phase] = self.samples.get(phase, 0) + samples
+
+    def cost(self) -> dict[str, Any]:
+        """Seconds and samples per phase, as the patch header records them."""
+        return {
+            "seconds": {k: round(v, 3) for k, v in self.phases.items()},
+            "samples": dict(self.samples),
+        }
 
 
 def train_patch(
@@ -185,9 +235,13 @@ def _train(
         raise FmnPatchError("--robust and --ti do not combine; train with one of them")
     described = base.describe()
     started = time.perf_counter()
-    batch, learned = prepare(base, plans, bench, config, images, inversion)
-    start = _edit_factors(base, plans, bench, config) if config.init == "edit" else None
     report = TrainReport(seconds=0.0)
+    batch, learned = prepare(base, plans, bench, config, images, inversion)
+    report.spend("prepare", time.perf_counter() - started)
+    tick = time.perf_counter()
+    start = _edit_factors(base, plans, bench, config) if _starts_from_edit(base, config) else None
+    if start is not None:
+        report.spend("edit", time.perf_counter() - tick)
     if config.robust_rounds:
         from .robust import robust_rounds
 
@@ -196,7 +250,9 @@ def _train(
         with lora_adapter(
             base, config.rank, seed=config.seed, start=start, train_values=config.train_values
         ) as s:
-            report.add(run_steps(s, batch, config, config.steps * batch.concepts, progress))
+            report.add(
+                run_steps(s, batch, config, config.steps * batch.concepts, progress), config.batch_size
+            )
             factors = s.factors()
     report.seconds = time.perf_counter() - started
     extra: dict[str, Any] = {
@@ -205,6 +261,8 @@ def _train(
         "loss_terms": report.parts,
         "loss_curve": _subsample(report.losses, 50),
         "seconds_per_step": round(statistics.median(report.step_seconds), 4),
+        "cost": report.cost(),
+        "start": "edit" if start is not None else "zero",
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
@@ -235,37 +293,46 @@ def run_steps(
     """Optimise the session's adapter on ``batch`` for ``steps`` steps of the three-term loss."""
     family = session.base.family
     maps: list[torch.Tensor] = []
+    recording = [
+        False
+    ]  # with gradient checkpointing the forward runs again in backward: read the first one only
 
     def sink(_name: str, probs: torch.Tensor) -> None:
-        maps.append(probs)
+        if recording[0]:
+            maps.append(probs)
+
+    guided = config.denoise_weight > 0
+    tick = time.perf_counter()
+    size = min(config.pool, steps * config.batch_size)  # never more targets than the steps can draw
+    pool = (
+        sample_pool(session, batch, size, seed=config.seed, chunk=config.batch_size, targets=guided)
+        if size
+        else None
+    )
+    pool_seconds = time.perf_counter() - tick
 
     def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        pick = torch.randint(len(batch.latents), (config.batch_size,), generator=gen)
-        idx = batch.latent_prompt[pick]
-        x0 = batch.latents[pick].to(family.device, family.dtype)
-        t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
-            family.device
-        )
-        noise = torch.randn(x0.shape, generator=gen).to(x0)
-        x_t = family.add_noise(x0, noise, t)
-        cond = batch.concept.select(idx)
+        if pool is not None:
+            s = pool.select(torch.randint(len(pool), (config.batch_size,), generator=gen))
+        else:
+            s = draw(family, batch, config.batch_size, gen)
+            if guided:
+                s.target = guided_targets(session, batch, s, config.batch_size)
+        cond = batch.concept.select(s.prompt)
         parts: dict[str, torch.Tensor] = {}
-        if config.denoise_weight > 0:
-            with torch.no_grad(), session.disabled():
-                both = cond.cat(batch.anchor.select(idx))
-                eps_c, eps_a = family.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
-            target = guided_target(eps_c, eps_a, batch.eta[idx].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1)))
         maps.clear()
+        recording[0] = config.resteer_weight > 0
+        try:
+            pred = family.denoise(s.x_t, s.t, cond)
+        finally:
+            recording[0] = False
         if config.resteer_weight > 0:
-            with family.capture_attention(sink):
-                pred = family.denoise(x_t, t, cond)
-            parts["resteer"] = resteer_loss(maps, batch.masks[idx].to(x_t.device))
-        else:  # no attention maps to read (concept correction): the denoiser keeps its fast path
-            pred = family.denoise(x_t, t, cond)
-        if config.denoise_weight > 0:
-            parts["denoise"] = F.mse_loss(pred.float(), target.float())
+            parts["resteer"] = resteer_loss(maps, batch.masks[s.prompt].to(s.x_t.device))
+        if guided:
+            assert s.target is not None
+            parts["denoise"] = F.mse_loss(pred.float(), s.target.float())
         if batch.preserve_weight > 0:
-            parts["preserve"] = _preservation(session, batch.preserve, x_t)
+            parts["preserve"] = _preservation(session, batch.preserve, s.x_t.device)
         return parts
 
     weights = {
@@ -281,23 +348,26 @@ def run_steps(
         desc="train",
         hint="lower --lr or the loss weights",
     )
-    return optimise(session.params, step, loop, weights=weights, progress=progress)
+    # The capture stays on through backward (a checkpointed forward is recomputed there, with the same processors);
+    # without re-steering the denoiser keeps its fast attention everywhere (concept correction).
+    capture = family.capture_attention(sink) if config.resteer_weight > 0 else contextlib.nullcontext()
+    with gradient_checkpointing(family, config.checkpointing), capture:
+        report = optimise(session.params, step, loop, weights=weights, progress=progress)
+    if pool is not None:
+        report.phases["pool"], report.samples["pool"] = pool_seconds, len(pool)
+    return report
 
 
 def _preservation(
-    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], like: torch.Tensor
+    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
 ) -> torch.Tensor:
-    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs."""
+    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs
+    (``losses.preservation``): the adapter's own float32 change (no difference of two large half-precision
+    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``)."""
     if isinstance(inputs, torch.Tensor):  # every target reads the same text states
-        states = inputs.to(like.device, like.dtype)
-        return torch.stack(
-            [preservation(m(states) - m.get_base_layer()(states)) for m in session.modules.values()]
-        ).mean()
-    terms = []
-    for name, m in session.modules.items():
-        x = inputs[name].to(like.device, like.dtype)
-        terms.append(preservation(m(x) - m.get_base_layer()(x)))
-    return torch.stack(terms).mean()
+        states = inputs.to(device)
+        return torch.stack([session.delta_square_mean(n, states) for n in session.modules]).mean()
+    return torch.stack([session.delta_square_mean(n, inputs[n].to(device)) for n in session.modules]).mean()
 
 
 # --------------------------------------------------------------------------------------------- preparation
@@ -332,6 +402,7 @@ def prepare(
         steps=config.image_steps,
         guidance=config.image_guidance,
         images=images,
+        size=config.train_size,
     )
     family = base.family
     erased = [pl.concept for pl in plans]
@@ -391,6 +462,17 @@ def _names_any(family: Any, prompt: str, banned: list[tuple[int, ...]]) -> bool:
 
 def _token(name: str) -> str:
     return "<fmn-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ">"
+
+
+def _starts_from_edit(base: Base, config: TrainConfig) -> bool:
+    """Whether training starts from the closed-form edit: ``init`` edit, or auto where the family offers it."""
+    if config.init != "auto":
+        return config.init == "edit"
+    try:
+        base.family.require_closed_form()
+    except FmnPatchError:
+        return False
+    return True
 
 
 def _edit_factors(

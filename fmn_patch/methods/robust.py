@@ -1,26 +1,31 @@
 """Adversarial re-steering (``TrainConfig.robust_rounds``), in the spirit of AdvUnlearn / Receler.
 
-The steps are split into rounds; after each round but the last, an inner attack (Concept Inversion: a new token
-learned by textual inversion on the concept's reference latents, against the patch as it stands) finds a prompt
-that brings the concept back, and the concept's prompts written with that token join the erase set of the next
-rounds. Same LoRA targets, same file format.
+The steps are split into rounds; after each round but the last, an inner attack against the patch as it stands
+finds a prompt that brings the concept back, and the concept's prompts written with that token join the erase set
+of the next rounds. Same LoRA targets, same file format. The attack (``TrainConfig.robust_attack``): ``inversion``,
+Concept Inversion (a new token learned by textual inversion on the concept's reference latents, through the
+denoiser), or ``kv``, key/value inversion (a new token whose keys and values through the patch match the base's for
+the concept's prompts; text encoder and projections only, see ``kv_attack.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 
 from ..concepts.prompts import ConceptPlan, substitute
 from ..families.base import Base
+from ..families.checkpointing import gradient_checkpointing
 from ..families.stack import apply_patches, remove_patches
 from ..format.header import PatchInfo
 from ..format.patch import Patch
 from .dataset import TrainingSet, concept_masks
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
-from .lora import FactorMap, lora_adapter
+from .kv_attack import kv_inversion
+from .lora import FactorMap, LoraSession, lora_adapter
 from .resteer import TrainConfig, TrainReport, run_steps
 
 
@@ -38,39 +43,92 @@ def robust_rounds(
     owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])[batch.latent_prompt]  # (L,)
     original, factors = batch, start
     fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    last = config.robust_rounds - 1
+    # kv inversion matches the targets' outputs on the text encoder's states: where the targets read more than
+    # those (an MMDiT's text stream at each block: per-target preserve inputs), the inner attack is Concept Inversion
+    attack = config.robust_attack if isinstance(original.preserve, torch.Tensor) else "inversion"
     for r in range(config.robust_rounds):
         with lora_adapter(
             base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
         ) as session:
-            report.add(run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress))
+            report.add(
+                run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress),
+                config.batch_size,
+            )
             fresh = session.factors()
-        if r == config.robust_rounds - 1:
+            if r < last and attack == "kv":  # where the patch acts: no denoiser, no apply
+                tick = time.perf_counter()
+                found = _kv_attack(session, plans, original, r, config)
+                report.spend("attacks", time.perf_counter() - tick, len(plans) * config.robust_attack_steps)
+        if r == last:
             break
         factors = dict(fresh)
-        names = apply_patches(
-            base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
-        )
-        try:
-            found = [
-                learn_tokens(
-                    base,
-                    original.latents[owner == k],
-                    f"<fmn-adv-{r}-{k}>",
-                    (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
-                    InversionConfig(
-                        num_tokens=1,
-                        steps=config.robust_attack_steps,
-                        template=substitute(pl.prompts[0], pl.concept.name, "{}"),
-                        seed=config.seed + r,
-                    ),
-                    progress=False,
-                )
-                for k, pl in enumerate(plans)
-            ]
-        finally:
-            remove_patches(base, names)
+        if attack == "inversion":
+            names = apply_patches(
+                base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+            )
+            tick = time.perf_counter()
+            try:
+                with gradient_checkpointing(base.family, config.checkpointing):
+                    found = _attack(base, plans, original.latents, owner, r, config)
+            finally:
+                remove_patches(base, names)
+            spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
+            report.spend("attacks", time.perf_counter() - tick, spent)
         batch = _with_adversarial(base, batch, original, plans, found, config)
     return fresh
+
+
+def _kv_attack(
+    session: LoraSession, plans: list[ConceptPlan], original: TrainingSet, r: int, config: TrainConfig
+) -> list[LearnedTokens]:
+    """Round ``r``'s key/value inversion: one token per concept, against the session's adapter as it stands."""
+    out, start = [], 0
+    for k, pl in enumerate(plans):
+        own = original.concept.select(torch.arange(start, start + len(pl.prompts)))
+        start += len(pl.prompts)
+        out.append(
+            kv_inversion(
+                session,
+                pl,
+                own,
+                f"<fmn-adv-{r}-{k}>",
+                (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
+                steps=config.robust_attack_steps,
+                lr=config.robust_attack_lr,
+                seed=config.seed + r,
+            )
+        )
+    return out
+
+
+def _attack(
+    base: Base,
+    plans: list[ConceptPlan],
+    latents: torch.Tensor,
+    owner: torch.Tensor,
+    r: int,
+    config: TrainConfig,
+) -> list[LearnedTokens]:
+    """Round ``r``'s inner attack: one token per concept, learned against the patch as it stands."""
+    return [
+        learn_tokens(
+            base,
+            latents[owner == k],
+            f"<fmn-adv-{r}-{k}>",
+            (pl.concept.name, pl.anchor, "")[r % 3],  # start at the name, the anchor, or EOS
+            InversionConfig(
+                num_tokens=1,
+                steps=config.robust_attack_steps,
+                batch_size=config.robust_attack_batch,
+                lr=config.robust_attack_lr,
+                template=substitute(pl.prompts[0], pl.concept.name, "{}"),
+                seed=config.seed + r,
+            ),
+            progress=False,
+        )
+        for k, pl in enumerate(plans)
+    ]
 
 
 def _with_adversarial(

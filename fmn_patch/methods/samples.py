@@ -1,0 +1,98 @@
+"""What a re-steering step trains on: noised samples of the reference latents and their guided denoising targets.
+
+The guided target of a sample needs the frozen base's own predictions for the concept's prompt and for its anchor's,
+two no-grad denoiser passes. The base never changes while a patch trains, so for a fixed pool of (latent, t, noise)
+samples the targets can be computed once and every step draws from the pool (``TrainConfig.pool``); without a pool
+each step draws fresh samples and pays the two passes itself. Steps can also run below the base's image size
+(``TrainConfig.train_size``): the text-side keys and values a patch changes see only the prompt, never the pixels;
+the reference latents are then area-downsampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FmnPatchError
+from ..families.family import Family
+from .lora import LoraSession
+from .losses import guided_target
+
+if TYPE_CHECKING:
+    from .dataset import TrainingSet
+
+
+@dataclass
+class Samples:
+    """Noised samples: which prompt each belongs to, x_t, t and (when known) the guided denoising target."""
+
+    prompt: torch.Tensor  # (B,) index of each sample's prompt in the training set
+    x_t: torch.Tensor  # (B, C, h, w)
+    t: torch.Tensor  # (B,)
+    target: torch.Tensor | None = None  # (B, C, h, w)
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+    def select(self, index: torch.Tensor | slice) -> Samples:
+        target = self.target[index] if self.target is not None else None
+        return Samples(self.prompt[index], self.x_t[index], self.t[index], target)
+
+
+def draw(family: Family, batch: TrainingSet, count: int, gen: torch.Generator) -> Samples:
+    """``count`` samples: reference latents picked at random, noised at t ~ U[0, T) with fresh noise."""
+    pick = torch.randint(len(batch.latents), (count,), generator=gen)
+    x0 = batch.latents[pick].to(family.device, family.dtype)
+    t = torch.randint(0, family.num_train_timesteps, (count,), generator=gen).to(family.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0)
+    return Samples(batch.latent_prompt[pick], family.add_noise(x0, noise, t), t)
+
+
+@torch.no_grad()
+def guided_targets(session: LoraSession, batch: TrainingSet, samples: Samples, chunk: int) -> torch.Tensor:
+    """The base's (adapter off) guided target of every sample, ``chunk`` samples (two passes each) per call."""
+    family = session.base.family
+    parts = []
+    for i in range(0, len(samples), chunk):
+        s = samples.select(slice(i, i + chunk))
+        with session.disabled():
+            both = batch.concept.select(s.prompt).cat(batch.anchor.select(s.prompt))
+            eps_c, eps_a = family.denoise(torch.cat([s.x_t, s.x_t]), torch.cat([s.t, s.t]), both).chunk(2)
+        eta = batch.eta[s.prompt].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1))
+        parts.append(guided_target(eps_c, eps_a, eta))
+    return torch.cat(parts)
+
+
+def sample_pool(
+    session: LoraSession, batch: TrainingSet, size: int, *, seed: int, chunk: int, targets: bool
+) -> Samples:
+    """A fixed pool of ``size`` samples drawn with ``seed``, with their guided targets when ``targets``."""
+    pool = draw(session.base.family, batch, size, torch.Generator().manual_seed(seed))
+    if targets:
+        pool.target = guided_targets(session, batch, pool, chunk)
+    return pool
+
+
+def smaller(latents: torch.Tensor, pixels: int, size: int | None) -> torch.Tensor:
+    """Latents (L, C, h, w) of ``pixels``-side images area-downsampled to the latents of ``size``-side ones (None,
+    or a size not below ``pixels``: unchanged). The factor must be a whole number that divides the latent side."""
+    check_size(latents.shape[-1], pixels, size)
+    if size is None or size >= pixels:
+        return latents
+    return F.avg_pool2d(latents.float(), pixels // size)
+
+
+def check_size(side: int, pixels: int, size: int | None) -> None:
+    """Refuse a ``size`` that does not divide the base's ``pixels`` by a whole number that also divides the latent
+    ``side``."""
+    if size is None or size >= pixels:
+        return
+    factor, rest = divmod(pixels, size)
+    if rest or side % factor:
+        raise FmnPatchError(
+            f"train_size={size} must divide the base's image side {pixels} by a whole number that also divides "
+            f"its latent side {side}, e.g. {pixels // 2}"
+        )
