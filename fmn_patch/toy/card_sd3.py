@@ -59,11 +59,13 @@ def render_card(card: dict, training: dict, build: dict | None = None) -> str:
     built = ""
     if build:
         b = build["timings_s"]
+        load = build.get("load_before")
+        load_text = f"load average {load:.2f} before the start" if load is not None else "load not recorded"
         built = (
             f"\n## Building it (`make toy-sd3` = `python -m fmn_patch.toy.build_sd3`)\nTraining "
             f"{b['train'] / 60:.1f} min on one core, this card {b['card'] / 60:.1f} min; **total "
-            f"{b['total'] / 60:.1f} min** wall time ({build['machine']}, load average {build['load_before']:.2f} "
-            f"before the start; {build['date']}, git {build['git_revision']}).\n"
+            f"{b['total'] / 60:.1f} min** wall time ({build['machine']}, {load_text}; {build['date']}, "
+            f"git {build['git_revision']}).\n" + (f"\n{build['note']}\n" if build.get("note") else "")
         )
     return f"""# The toy MMDiT (`toy-sd3`)
 
