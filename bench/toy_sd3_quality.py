@@ -102,7 +102,11 @@ def robust(pipe: Any, model: str, concept: str, world: dict[str, Any], base: Mod
 
     out: dict[str, Any] = {"model": model, "concept": concept, "attack": dataclasses.asdict(attack)}
     out["base_inversion_acc"] = inverted()
-    for label, config in (("plain", TrainConfig()), ("robust", TrainConfig(steps=300, robust_rounds=4))):
+    plain = TRAIN[0]
+    for label, config in (
+        ("plain", plain),
+        ("robust", dataclasses.replace(plain, steps=300, robust_rounds=4)),
+    ):
         patch, seconds = trained(pipe, [concept], config)
         names = apply_patches(pipe, [patch])
         try:
@@ -155,6 +159,9 @@ def dependence(pipe: Any, prompts: list[str], latents: torch.Tensor) -> list[dic
     ]
 
 
+TRAIN = [TrainConfig()]  # the plain patches' config (main() applies --steps / --batch-size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -170,7 +177,13 @@ def main() -> None:
         "--part", default=None, help="write toy_sd3_quality.PART.json (merge the parts later)"
     )
     parser.add_argument("--merge", nargs="+", default=None, help="combine these parts into one result")
+    parser.add_argument("--steps", type=int, default=None, help="train steps (default: TrainConfig's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="train batch size (default: TrainConfig's)"
+    )
     args = parser.parse_args()
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    TRAIN[0] = TrainConfig(**overrides)
     if args.merge:
         merge(args.merge)
         return
@@ -192,10 +205,10 @@ def main() -> None:
             "concepts": {n: s.to_dict() for n, s in base.concepts.items()},
         }
         for concept in concepts:
-            patch, seconds = trained(pipe, [concept], TrainConfig())
+            patch, seconds = trained(pipe, [concept], TRAIN[0])
             rows += scored(pipe, model, patch, [concept], world, base, seconds)
         if not args.no_five:
-            patch, seconds = trained(pipe, FIVE, TrainConfig())
+            patch, seconds = trained(pipe, FIVE, TRAIN[0])
             rows += scored(pipe, model, patch, FIVE, world, base, seconds)
         if not args.no_robust:
             robust_rows.append(robust(pipe, model, args.robust_concept, world, base))
@@ -209,7 +222,7 @@ def main() -> None:
         {
             "models": args.models,
             "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "seeds": list(sampler.seeds)},
-            "train_config": dataclasses.asdict(TrainConfig()),
+            "train_config": dataclasses.asdict(TRAIN[0]),
             "bases": bases,
             "rows": rows,
             "robust": robust_rows,

@@ -109,3 +109,15 @@ def test_cli_train_then_apply_on_a_folder(capsys, mkind, mmdit_dirs, tmp_path):
     assert type(fused.family) is type(load_base(folder).family)
     code, _, err = run(capsys, "edit", "Elon Musk", "--base", folder, "-o", str(tmp_path / "e.safetensors"))
     assert code == 2 and "closed-form edit is not offered" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_start_from_zero_with_too_few_samples_says_so(mmdit_dirs):
+    """SD3/Flux have no closed-form start: the cheap default budget, measured not to forget from zero, warns."""
+    import warnings
+
+    base = load_base(str(mmdit_dirs["sd3"]))
+    with pytest.warns(UserWarning, match=r"too few from zero.*--steps 150 --batch-size 8"):
+        train_patch(base, ["Elon Musk"], TrainConfig(**FAST), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # chosen explicitly: the user knows the start
+        train_patch(base, ["Elon Musk"], TrainConfig(**FAST, init="zero"), progress=False)

@@ -41,7 +41,7 @@ from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
 from .lora import LoraSession, check_rank, lora_adapter
 from .losses import resteer_loss
-from .samples import draw, guided_targets, sample_pool
+from .samples import draw, guided_targets, sample_pool, warn_zero_start
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
 ETA: dict[str, float] = {"style": 1.0}
@@ -240,6 +240,8 @@ def _train(
     report.spend("prepare", time.perf_counter() - started)
     tick = time.perf_counter()
     start = _edit_factors(base, plans, bench, config) if _starts_from_edit(base, config) else None
+    if start is None and config.init == "auto":
+        warn_zero_start(config.steps, config.batch_size)
     if start is not None:
         report.spend("edit", time.perf_counter() - tick)
     if config.robust_rounds:
