@@ -23,6 +23,7 @@ from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
 from ..methods.each import MANIFEST, EachReport
 from ..processes import Processes, current
+from ..text import printable
 
 BaseArg = Annotated[
     str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
@@ -173,8 +174,9 @@ def echo_json(obj: Any) -> None:
 
 
 def info(message: str) -> None:
-    """Progress and logs go to stderr; results (paths, JSON) go to stdout."""
-    print(message, file=sys.stderr)
+    """Progress and logs go to stderr; results (paths, JSON) go to stdout. Each line is made terminal-safe: the
+    messages repeat what the user typed (a base, a concept), which may hold escape sequences."""
+    print("\n".join(printable(line, None) for line in message.split("\n")), file=sys.stderr)
 
 
 def load_judged(

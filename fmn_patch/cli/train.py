@@ -150,7 +150,7 @@ def train(
 
       accelerate launch --num_processes 8 -m fmn_patch train --from-file names.txt --each -o patches/ --device cuda
 
-      fmnpatch train circle --base toy-sd3   # the toy MMDiT (SD3.5-style)
+      fmnpatch train circle --base toy-sd3 --steps 150 --batch-size 8   # MMDiT: no closed-form start, give steps
 
       fmnpatch train "Van Gogh" --base ./sd35-medium   # an SD 3.5 or FLUX.1 folder
     """
