@@ -7,6 +7,8 @@
 - ``train_size`` runs the steps on area-downsampled latents; a size that does not divide the base's is refused;
   a folder's images are encoded one at a time.
 - A half-precision base trains float32 factors and writes the same patch format.
+- ``micro_batch`` runs a batch in chunks whose gradients add up: the same loss and patch (to float rounding), with
+  no denoiser pass holding more than a chunk.
 """
 
 from __future__ import annotations
@@ -67,6 +69,30 @@ def test_checkpointing_gives_the_same_patch_and_recomputes_the_forward(pipeline_
     # per step: the no-grad target passes (capture on, nothing recorded), the forward, its recomputation
     assert len(seen) == FAST["steps"] * 3 * layers
     assert not pipe.family.denoiser.is_gradient_checkpointing  # the denoiser's own setting is back
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_micro_batches_add_up_to_the_whole_batch(pipeline_dirs, monkeypatch, micro):
+    config = TrainConfig(**FAST | {"batch_size": 4, "micro_batch": 4})
+    whole = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
+    pipe = load_base(str(pipeline_dirs["sd1"]))
+    real, passes = pipe.family.denoise, []
+
+    def counted(x_t, *args, **kwargs):
+        passes.append((len(x_t), torch.is_grad_enabled()))  # the guided target's no-grad passes hold two halves
+        return real(x_t, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.family, "denoise", counted)
+    chunked = train_patch(pipe, ["circle"], dataclasses.replace(config, micro_batch=micro), progress=False)
+    trained = [n for n, grad in passes if grad]
+    assert trained == [micro, 4 - micro] * 3 if micro == 3 else [1] * 12  # 4 = 3 + 1: unequal shares
+    assert max(n for n, grad in passes if not grad) == 2 * micro
+    assert chunked.info.extra["loss_curve"] == pytest.approx(whole.info.extra["loss_curve"], rel=1e-5)
+    assert chunked.info.extra["loss_terms"] == pytest.approx(whole.info.extra["loss_terms"], rel=1e-5)
+    for name in whole.modules:
+        torch.testing.assert_close(chunked.delta(name), whole.delta(name), rtol=1e-4, atol=1e-5)
+    with pytest.raises(FmnPatchError, match="micro_batch"):
+        TrainConfig(micro_batch=0)
 
 
 def test_a_pool_computes_the_targets_once(pipeline_dirs, monkeypatch):

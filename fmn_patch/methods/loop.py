@@ -4,13 +4,17 @@ inversion and the FMN baseline differ only in the parameters they train and the 
 Each step returns named loss terms; the loop weighs and sums them, stops with a message (and writes nothing) on a
 non-finite loss, clips, steps AdamW, times the step and shows the terms on a progress bar. Steps draw their
 randomness from the generator they are handed, never from the global RNG.
+
+A step may instead return its batch in chunks (an iterable of term dicts, each already weighed by its share of the
+batch): the loop runs backward on each chunk as it comes and steps once on the summed gradient. The loss is the
+same; only one chunk's activations are alive at a time (``TrainConfig.micro_batch``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +22,10 @@ from tqdm.auto import tqdm
 
 from ..errors import FmnPatchError
 
-#: A step: given the loop's generator, the named loss terms of one batch.
-Step = Callable[[torch.Generator], dict[str, torch.Tensor]]
+#: Named loss terms of one batch (or of one chunk of it, weighed by the chunk's share).
+Terms = dict[str, torch.Tensor]
+#: A step: given the loop's generator, the terms of one batch, or of its chunks in turn.
+Step = Callable[[torch.Generator], Terms | Iterable[Terms]]
 
 
 @dataclass
@@ -64,16 +70,22 @@ def optimise(
     try:
         for k in bar:
             tick = time.perf_counter()
-            parts = step(gen)
-            loss = sum((weights or {}).get(name, 1.0) * term for name, term in parts.items())
-            assert isinstance(loss, torch.Tensor), "a step returns at least one loss term"
-            if not torch.isfinite(loss):
-                raise FmnPatchError(
-                    f"training diverged at step {k} (loss {float(loss)}); nothing was written: {config.hint} "
-                    f"(lr now {config.lr})"
-                )
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            result = step(gen)
+            parts: Terms = {}
+            loss = torch.zeros(())
+            for chunk in [result] if isinstance(result, dict) else result:
+                part = sum((weights or {}).get(name, 1.0) * term for name, term in chunk.items())
+                assert isinstance(part, torch.Tensor), "a step returns at least one loss term"
+                if not torch.isfinite(part):
+                    raise FmnPatchError(
+                        f"training diverged at step {k} (loss {float(part)}); nothing was written: "
+                        f"{config.hint} (lr now {config.lr})"
+                    )
+                part.backward()
+                loss = loss + part.detach().float().cpu()
+                for name, term in chunk.items():
+                    parts[name] = parts[name] + term.detach() if name in parts else term.detach()
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimiser.step()

@@ -144,3 +144,15 @@ def lora_adapter(
             denoiser.train(was_training)
             family.delete_adapters([ADAPTER])
             family.activate([n for n in active if n in family.adapter_names()])
+
+
+def preservation_loss(
+    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs
+    (``losses.preservation``): the adapter's own float32 change (no difference of two large half-precision
+    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``)."""
+    if isinstance(inputs, torch.Tensor):  # every target reads the same text states
+        states = inputs.to(device)
+        return torch.stack([session.delta_square_mean(n, states) for n in session.modules]).mean()
+    return torch.stack([session.delta_square_mean(n, inputs[n].to(device)) for n in session.modules]).mean()

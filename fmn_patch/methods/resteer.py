@@ -20,7 +20,7 @@ import dataclasses
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,9 +39,9 @@ from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
 from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
-from .lora import LoraSession, check_rank, lora_adapter
+from .lora import LoraSession, check_rank, lora_adapter, preservation_loss
 from .losses import resteer_loss
-from .samples import draw, guided_targets, sample_pool, warn_zero_start
+from .samples import Samples, draw, guided_targets, sample_pool, warn_zero_start
 
 #: Negative guidance per category when TrainConfig.eta is None; other categories get ETA_DEFAULT.
 ETA: dict[str, float] = {"style": 1.0}
@@ -109,12 +109,15 @@ class TrainConfig:
     train_size: int | None = 256
     # Gradient checkpointing of the denoiser: the forward recomputed in backward, less memory for more compute.
     checkpointing: bool = True
+    # Samples per denoiser pass: a larger batch runs in chunks whose gradients add up to the batch's (same loss; one
+    # chunk's activations alive at a time). SD-1.5, 256 px, CPU: peak RSS 5.17 GiB at 2, 5.58 GiB at 4.
+    micro_batch: int = 2
 
     def __post_init__(self) -> None:
         values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
         for name in ("steps", "image_steps"):
             values.whole(getattr(self, name), name, 1, MAX_STEPS, example=150)
-        for name in ("batch_size", "images_per_prompt"):
+        for name in ("batch_size", "images_per_prompt", "micro_batch"):
             values.whole(getattr(self, name), name, 1, MAX_BATCH, example=8)
         values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
         values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
@@ -304,22 +307,14 @@ def run_steps(
             maps.append(probs)
 
     guided = config.denoise_weight > 0
+    chunk = min(config.micro_batch, config.batch_size)
     tick = time.perf_counter()
     size = min(config.pool, steps * config.batch_size)  # never more targets than the steps can draw
-    pool = (
-        sample_pool(session, batch, size, seed=config.seed, chunk=config.batch_size, targets=guided)
-        if size
-        else None
-    )
+    pool = sample_pool(session, batch, size, seed=config.seed, chunk=chunk, targets=guided) if size else None
     pool_seconds = time.perf_counter() - tick
 
-    def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        if pool is not None:
-            s = pool.select(torch.randint(len(pool), (config.batch_size,), generator=gen))
-        else:
-            s = draw(family, batch, config.batch_size, gen)
-            if guided:
-                s.target = guided_targets(session, batch, s, config.batch_size)
+    def terms(s: Samples, share: float, keep: bool) -> dict[str, torch.Tensor]:
+        """The loss terms of samples ``s``, those that average over samples weighed by ``share`` of the batch."""
         cond = batch.concept.select(s.prompt)
         parts: dict[str, torch.Tensor] = {}
         maps.clear()
@@ -329,13 +324,26 @@ def run_steps(
         finally:
             recording[0] = False
         if config.resteer_weight > 0:
-            parts["resteer"] = resteer_loss(maps, batch.masks[s.prompt].to(s.x_t.device))
+            parts["resteer"] = resteer_loss(maps, batch.masks[s.prompt].to(s.x_t.device)) * share
         if guided:
             assert s.target is not None
-            parts["denoise"] = F.mse_loss(pred.float(), s.target.float())
-        if batch.preserve_weight > 0:
-            parts["preserve"] = _preservation(session, batch.preserve, s.x_t.device)
+            parts["denoise"] = F.mse_loss(pred.float(), s.target.float()) * share
+        if keep and batch.preserve_weight > 0:
+            parts["preserve"] = preservation_loss(session, batch.preserve, s.x_t.device)
         return parts
+
+    def step(gen: torch.Generator) -> dict[str, torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
+        if pool is not None:
+            s = pool.select(torch.randint(len(pool), (config.batch_size,), generator=gen))
+        else:
+            s = draw(family, batch, config.batch_size, gen)
+            if guided:
+                s.target = guided_targets(session, batch, s, chunk)
+        if len(s) <= chunk:
+            return terms(s, 1.0, True)
+        # in chunks: the preservation term (no samples in it) comes with the first one
+        starts = range(0, len(s), chunk)
+        return (terms(s.select(slice(i, i + chunk)), min(chunk, len(s) - i) / len(s), i == 0) for i in starts)
 
     weights = {
         "resteer": config.resteer_weight,
@@ -358,18 +366,6 @@ def run_steps(
     if pool is not None:
         report.phases["pool"], report.samples["pool"] = pool_seconds, len(pool)
     return report
-
-
-def _preservation(
-    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
-) -> torch.Tensor:
-    """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs
-    (``losses.preservation``): the adapter's own float32 change (no difference of two large half-precision
-    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``)."""
-    if isinstance(inputs, torch.Tensor):  # every target reads the same text states
-        states = inputs.to(device)
-        return torch.stack([session.delta_square_mean(n, states) for n in session.modules]).mean()
-    return torch.stack([session.delta_square_mean(n, inputs[n].to(device)) for n in session.modules]).mean()
 
 
 # --------------------------------------------------------------------------------------------- preparation
