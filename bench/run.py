@@ -449,6 +449,32 @@ def attack_section() -> list[str]:
     lines.append("")
     lines += ["What each attack recovered:", "", "![attack grid](bench/results/attack_circle.png)", ""]
     lines += robust_section()
+    lines += robust_probe_section()
+    return lines
+
+
+def robust_probe_section() -> list[str]:
+    record = _read("robust_probe")
+    if not record:
+        return []
+    r = record["result"]
+    lines = ["### What we tried to make a patch hold (`bench/robust_probe.py`)", "", _provenance(record), ""]
+    lines += [
+        f"Concept {r['concept']!r}; Concept Inversion at the harness's default budget ({r['attack']['steps']} "
+        "steps). Recipes: heavier adversarial rounds. Removal: the default plain patch with the k directions of "
+        "each target's output (keys and values, 64 wide on the toy) that the concept's tokens use most, relative "
+        "to every other bench prompt, projected out (still a LoRA, rank r + k).",
+        "",
+        "| probe | patch | rank | Acc_erased | Acc_kept ratio | inversion 1x | samples | train time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        samples = sum((row.get("samples") or {}).values()) or "-"
+        lines.append(
+            f"| {row['part']} | {row['label']} | {row['rank']} | {row['acc_erased']:.0%} | "
+            f"{row['kept_ratio']:.1%} | {row['inversion']['1x']['acc']:.0%} | {samples} | {row['seconds']:.1f} |"
+        )
+    lines.append("")
     return lines
 
 
