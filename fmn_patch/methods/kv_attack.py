@@ -38,11 +38,15 @@ def kv_inversion(
     count = max(1, len(family.token_ids(plan.concept.name)))
     names = [token] + [f"{token}_{i}" for i in range(1, count)]
     init_ids = list(family.token_ids(init_words)) or [family.tokenizer.eos_token_id]
+    states = reference.states  # (P, T, D)
     with torch.no_grad():
         init = family.token_table()[init_ids].mean(0).repeat(count, 1)
-        states = reference.states
-        targets = {n: m.get_base_layer()(states).float() for n, m in session.modules.items()}  # (P, T, out)
-        scales = {n: t.square().mean().clamp_min(1e-12) for n, t in targets.items()}
+        # each target's scale over all prompts, one target at a time; a step computes its prompt's own targets
+        # (every target's (P, T, out) at once took about 0.3 GB at SD-1.5 size, the robust run's peak)
+        scales = {
+            n: m.get_base_layer()(states).float().square().mean().clamp_min(1e-12)
+            for n, m in session.modules.items()
+        }
     prompts = [substitute(p, plan.concept.name, " ".join(names)) for p in plan.prompts]
     with frozen(family.denoiser, *family.text_encoders()), family.added_tokens(names, init) as weight:
         first = weight.shape[0] - count
@@ -65,7 +69,7 @@ def kv_inversion(
             with torch.enable_grad():
                 mine = family.encode_with_grad([prompts[i]]).states  # (1, T, D)
                 losses = [
-                    F.mse_loss(m(mine).float(), targets[n][i : i + 1]) / scales[n]
+                    F.mse_loss(m(mine).float(), _base_output(m, states[i : i + 1])) / scales[n]
                     for n, m in session.modules.items()
                 ]
             return {"kv": torch.stack(losses).mean()}
@@ -83,3 +87,9 @@ def kv_inversion(
             weight.requires_grad_(False)
         learned = weight[first:].detach().clone()
     return LearnedTokens(token, learned, report.losses)
+
+
+@torch.no_grad()
+def _base_output(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """What the unpatched projection gives for ``states`` (1, T, D): the attack's target, float32 (1, T, out)."""
+    return module.get_base_layer()(states).float()  # type: ignore[operator]
