@@ -254,6 +254,28 @@ def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeyp
     assert "<adv>" not in sd1.pipe.tokenizer.get_vocab()  # the token is gone again
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1), vocab=st.integers(2, 60), count=st.integers(1, 4), length=st.integers(1, 20)
+)
+def test_kv_inversion_reads_the_same_new_rows_from_a_sparse_table_gradient(seed, vocab, count, length):
+    """kv inversion grows the table with a sparse gradient (only the rows a prompt used, not the whole vocabulary):
+    the new rows' gradient is the dense table's, repeated tokens summed."""
+    from fmn_patch.methods.kv_attack import _new_rows
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(vocab + count, 8, generator=gen)
+    ids = torch.randint(vocab + count, (2, length), generator=gen)
+    upstream = torch.randn(2, length, 8, generator=gen)
+    grads = []
+    for sparse in (False, True):
+        table = torch.nn.Embedding(vocab + count, 8, _weight=weight.clone(), sparse=sparse)
+        (table(ids) * upstream).sum().backward()
+        assert table.weight.grad is not None and table.weight.grad.is_sparse == sparse
+        grads.append(_new_rows(table.weight.grad, vocab, count))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 40), scale=st.floats(1e-3, 10.0))
 def test_preservation_through_the_rank_is_the_mean_square_of_the_change(sd1, seed, rows, scale):

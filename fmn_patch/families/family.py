@@ -290,9 +290,10 @@ class Family(ABC):
         raise AssertionError  # pragma: no cover
 
     def added_tokens(
-        self, names: Sequence[str], init: torch.Tensor | None = None
+        self, names: Sequence[str], init: torch.Tensor | None = None, *, sparse: bool = False
     ) -> contextlib.AbstractContextManager[torch.Tensor]:
-        """Within the block the pipeline knows ``names`` as new tokens; yields their rows of the table."""
+        """Within the block the pipeline knows ``names`` as new tokens; yields their rows of the table. ``sparse``:
+        where the yielded tensor is a whole grown table, its gradient holds only the rows a prompt used."""
         self.require_one_encoder("textual inversion")
         raise AssertionError  # pragma: no cover
 

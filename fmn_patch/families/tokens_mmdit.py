@@ -87,9 +87,11 @@ class LearnedTokenMixin:
         return joint
 
     @contextlib.contextmanager
-    def added_tokens(self, names: Sequence[str], init: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    def added_tokens(
+        self, names: Sequence[str], init: torch.Tensor | None = None, *, sparse: bool = False
+    ) -> Iterator[torch.Tensor]:
         """Within the block every tokenizer knows ``names`` (copies; put back on exit) and every encoder reads
-        their rows from the yielded (n, sum of widths) tensor."""
+        their rows from the yielded (n, sum of widths) tensor (its own: ``sparse`` changes nothing)."""
         encoders = self._encoders()
         widths = [e.get_input_embeddings().weight.shape[1] for e, _ in encoders]
         if init is not None and init.shape != (len(names), sum(widths)):

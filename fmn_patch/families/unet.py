@@ -173,7 +173,9 @@ class UNetFamily(Family):
         return self.pipe.text_encoder.get_input_embeddings().weight
 
     @contextlib.contextmanager
-    def added_tokens(self, names: Sequence[str], init: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    def added_tokens(
+        self, names: Sequence[str], init: torch.Tensor | None = None, *, sparse: bool = False
+    ) -> Iterator[torch.Tensor]:
         """Tokens are added to a copy of the tokenizer and a grown copy of the table; both are put back on exit."""
         self.require_one_encoder("textual inversion")
         pipe = self.pipe
@@ -187,7 +189,7 @@ class UNetFamily(Family):
             weight = original.weight.new_empty(len(extended), dim)
             weight[:rows] = original.weight
             weight[rows:] = init.to(weight) if init is not None else original.weight.mean(0)
-        table = torch.nn.Embedding(len(extended), dim, _weight=weight)
+        table = torch.nn.Embedding(len(extended), dim, _weight=weight, sparse=sparse)
         encoder.set_input_embeddings(table)
         pipe.tokenizer = extended
         try:

@@ -48,18 +48,18 @@ def kv_inversion(
             for n, m in session.modules.items()
         }
     prompts = [substitute(p, plan.concept.name, " ".join(names)) for p in plan.prompts]
-    with frozen(family.denoiser, *family.text_encoders()), family.added_tokens(names, init) as weight:
+    # a sparse table gradient: only the rows the prompt used (a dense one is the whole vocabulary, 150 MB at CLIP-L)
+    tokens = family.added_tokens(names, init, sparse=True)
+    with frozen(family.denoiser, *family.text_encoders()), tokens as weight:
         first = weight.shape[0] - count
         # The optimiser steps float32 copies of the new rows: AdamW on a half-precision table divides the zero
         # moments of every untouched row by an eps that rounds to 0 (NaN). The table's gradient reaches them
         # through a hook; after each step the rows are written back in the table's dtype.
         vectors = weight.detach()[first:].float().clone().requires_grad_(True)
 
-        def to_vectors(grad: torch.Tensor) -> torch.Tensor:
-            vectors.grad = (
-                grad[first:].float() if vectors.grad is None else vectors.grad + grad[first:].float()
-            )
-            return torch.zeros_like(grad)  # the table itself keeps no gradient
+        def to_vectors(grad: torch.Tensor) -> None:
+            rows = _new_rows(grad, first, count)
+            vectors.grad = rows if vectors.grad is None else vectors.grad + rows
 
         hook = weight.register_hook(to_vectors)
         weight.requires_grad_(True)
@@ -93,3 +93,14 @@ def kv_inversion(
 def _base_output(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
     """What the unpatched projection gives for ``states`` (1, T, D): the attack's target, float32 (1, T, out)."""
     return module.get_base_layer()(states).float()  # type: ignore[operator]
+
+
+def _new_rows(grad: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """The float32 gradient (count, d) of a table's last ``count`` rows (from row ``first``), dense or sparse."""
+    if not grad.is_sparse:
+        return grad[first:].float()
+    grad = grad.coalesce()
+    index, values = grad.indices()[0], grad.values()  # (k,), (k, d)
+    new = index >= first
+    rows = torch.zeros(count, grad.shape[1], dtype=torch.float32, device=grad.device)
+    return rows.index_add_(0, index[new] - first, values[new].float())
