@@ -28,7 +28,7 @@ def test_the_budget_follows_the_start():
     assert budget_for(False) == FROM_ZERO == spent(resolved(TrainConfig(), False))
     assert (FROM_EDIT.steps, FROM_EDIT.batch_size, FROM_EDIT.pool) == (15, 4, 32)  # the UNet's, unchanged
     assert FROM_ZERO.steps * FROM_ZERO.batch_size >= ZERO_START_SAMPLES  # the default from zero never warns
-    assert FROM_ZERO.pool > FROM_EDIT.pool
+    assert FROM_ZERO.pool > FROM_EDIT.pool and FROM_EDIT.preserve_weight is None
     with pytest.raises(FmnPatchError, match="not resolved"):
         spent(TrainConfig())
 
@@ -38,16 +38,19 @@ def test_the_budget_follows_the_start():
     steps=st.integers(0, 500),
     batch=st.integers(0, 64),
     pool=st.none() | st.integers(0, 4096),
+    preserve=st.none() | st.floats(0, 1e3),
     closed=st.booleans(),
 )
-def test_given_fields_are_kept_and_only_the_left_ones_filled(steps, batch, pool, closed):
-    config = TrainConfig(steps=steps, batch_size=batch, pool=pool, lr=1e-2, seed=3)
+def test_given_fields_are_kept_and_only_the_left_ones_filled(steps, batch, pool, preserve, closed):
+    config = TrainConfig(steps=steps, batch_size=batch, pool=pool, preserve_weight=preserve, lr=1e-2, seed=3)
     out = resolved(config, closed)
     default = budget_for(closed)
     assert out.steps == (steps or default.steps) and out.batch_size == (batch or default.batch_size)
     assert out.pool == (default.pool if pool is None else pool)  # pool 0 (no pool) is a choice, kept
+    # None: the budget's weight from zero; from the edit, still None (per category, as before)
+    assert out.preserve_weight == (default.preserve_weight if preserve is None else preserve)
     assert (out.lr, out.seed, out.rank) == (config.lr, config.seed, config.rank)
-    assert resolved(out, not closed) == out  # resolving twice changes nothing
+    assert resolved(out, closed) == out  # resolving twice changes nothing
 
 
 def test_negative_budgets_are_refused():
@@ -77,4 +80,5 @@ def test_an_mmdit_trains_from_zero_with_the_zero_budget_and_records_it(mmdit_dir
     config, extra = patch.info.config, patch.info.extra
     assert extra["start"] == "zero" and config["steps"] == 2  # given: kept
     assert config["batch_size"] == FROM_ZERO.batch_size and config["pool"] == FROM_ZERO.pool
+    assert config["preserve_weight"] == FROM_ZERO.preserve_weight
     assert extra["cost"]["samples"]["pool"] == min(FROM_ZERO.pool, 2 * FROM_ZERO.batch_size)

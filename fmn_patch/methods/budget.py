@@ -1,13 +1,16 @@
-"""The training budget a start needs: steps, batch size and pool of a re-steering run when the caller leaves them
-to the method (``None`` in ``TrainConfig``).
+"""The training budget a start needs: steps, batch size, target pool and preservation weight of a re-steering
+run, where the caller leaves them to the method (``TrainConfig``: steps or batch_size 0, pool or preserve_weight
+None).
 
-A start from the closed-form edit (UNet bases) already meets the toy bars, and training only has to make the values
-carry the anchor: 15 steps of 4 samples from a pool of 32. A family with no closed-form start (SD3/3.5, Flux) trains
-from zero, and there the budget decides whether the concept goes at all (toy-sd3, bench/toy_sd3_quality.py): 15 x 4
-left circle at 100%, 150 x 8 from a pool of 32 brought it to 21%, and 150 x 8 from a pool of 256 to 4%. On an
-MMDiT the pooled CLIP embedding, which K/V cannot touch, still carries the concept into every block's modulation,
-so the values have to learn to push against it, and 32 fixed (latent, noise level) samples were too few for that
-to hold at the noise levels the sampler visits.
+A start from the closed-form edit (UNet bases) already meets the toy bars; training only has to make the values
+carry the anchor: 15 steps of 4 samples from a pool of 32, preservation per category. A family with no closed-form
+start (SD3/3.5, Flux) trains from zero, and there the budget decides whether the concept goes at all (toy-sd3,
+bench/toy_sd3_levers.py): 15 x 4 left circle at 100%; 150 x 8 from a pool of 32 left it at 21% (re-steering the
+padding too, or no re-steering at all: the same 21%); from a pool of 256, 0-4%. On an MMDiT the pooled CLIP
+embedding, which no K/V patch touches, still carries the concept into every block's modulation (drawn with the
+anchor's text states and the concept's pooled embedding, toy-sd3 still draws circle 97% of the time), so the
+values have to learn to push against it at every noise level the sampler visits: 32 fixed (latent, noise level)
+samples were too few for that. Preservation 100 instead of 30 kept bob's neighbours (kept 94% -> 100% of base).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ class Budget:
     steps: int
     batch_size: int
     pool: int
+    # The preservation weight w_p for every category; None: per category (resteer.PRESERVE: 30, styles 100).
+    preserve_weight: float | None = None
 
 
 #: From the closed-form edit (UNet bases): meets the toy bars (bench/train_quality.py, robust_quality.py).
 FROM_EDIT: Final = Budget(steps=15, batch_size=4, pool=32)
 #: From zero on a family without a closed-form start (SD3/3.5, Flux): toy-sd3's bars (bench/toy_sd3_quality.py).
-FROM_ZERO: Final = Budget(steps=150, batch_size=8, pool=256)
+FROM_ZERO: Final = Budget(steps=150, batch_size=8, pool=256, preserve_weight=100.0)
 
 
 def budget_for(closed_form: bool) -> Budget:
@@ -48,7 +53,12 @@ def resolved(config: TrainConfig, closed_form: bool) -> TrainConfig:
     """``config`` with every budget field it leaves to the method (steps or batch_size 0, pool None) set from
     ``budget_for(closed_form)``; the fields it gives are kept."""
     budget = budget_for(closed_form)
-    left = {"steps": config.steps == 0, "batch_size": config.batch_size == 0, "pool": config.pool is None}
+    left = {
+        "steps": config.steps == 0,
+        "batch_size": config.batch_size == 0,
+        "pool": config.pool is None,
+        "preserve_weight": config.preserve_weight is None and budget.preserve_weight is not None,
+    }
     return dataclasses.replace(config, **{n: getattr(budget, n) for n, free in left.items() if free})
 
 
@@ -56,7 +66,7 @@ def spent(config: TrainConfig) -> Budget:
     """The budget of a resolved ``config`` (``resolved`` first: no field may be left to the method)."""
     if not config.steps or not config.batch_size or config.pool is None:
         raise FmnPatchError("the training budget is not resolved; call budget.resolved(config, ...) first")
-    return Budget(steps=config.steps, batch_size=config.batch_size, pool=config.pool)
+    return Budget(config.steps, config.batch_size, config.pool, config.preserve_weight)
 
 
 def offers_edit(base: Any) -> bool:
