@@ -19,7 +19,8 @@ def levers_section(read: Reader) -> list[str]:
     lines = [
         "## What makes a toy-sd3 patch forget (`bench/toy_sd3_levers.py`)",
         "",
-        "One patch per row, trained from zero on toy-sd3 with the `TrainConfig` fields shown (others default) and",
+        "One patch per row, trained from zero on toy-sd3 with the `TrainConfig` fields shown (others: the defaults",
+        "of the row's revision; the budget fields in effect are all shown) and",
         "scored on ConceptBench-toy (20 sampler steps, guidance 5, seeds 0-2: 24 images per concept, so one image",
         "is 4.2 points). Padding: the re-steering mask also covers every part's padding; draws: denoiser passes per",
         "preserve prompt recording the text stream. Each row: its own command, on the machine and revision shown.",
