@@ -9,7 +9,36 @@ Reader = Callable[[str], dict[str, Any] | None]
 
 
 def mmdit_sections(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
-    return toy_sd3_section(read, provenance) + sizes_section(read, provenance)
+    return toy_sd3_section(read, provenance) + levers_section(read) + sizes_section(read, provenance)
+
+
+def levers_section(read: Reader) -> list[str]:
+    record = read("toy_sd3_levers")
+    if not record:
+        return []
+    lines = [
+        "## What makes a toy-sd3 patch forget (`bench/toy_sd3_levers.py`)",
+        "",
+        "One patch per row, trained from zero on toy-sd3 with the `TrainConfig` fields shown (others: the defaults",
+        "of the row's revision; the budget fields in effect are all shown) and",
+        "scored on ConceptBench-toy (20 sampler steps, guidance 5, seeds 0-2: 24 images per concept, so one image",
+        "is 4.2 points). Padding: the re-steering mask also covers every part's padding; draws: denoiser passes per",
+        "preserve prompt recording the text stream. Each row: its own command, on the machine and revision shown.",
+        "",
+        "| tag | erased | config | padding | draws | Acc | alias | kept vs base | train s | command, git |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        config = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "defaults"
+        acc = ", ".join(f"{c} {v:.1%}" for c, v in r["acc"].items())
+        alias = ", ".join(f"{c} {v:.1%}" for c, v in r["alias"].items() if v is not None) or "-"
+        m = r["meta"]
+        lines.append(
+            f"| {r['tag']} | {' '.join(r['concepts'])} | {config} | {'yes' if r['padding'] else 'no'} | "
+            f"{r['draws']} | {acc} | {alias} | {r['kept_ratio']:.1%} | {r['train_s']:.0f} | "
+            f"`{m['command']}`, {m['git_revision']} |"
+        )
+    return [*lines, ""]
 
 
 def sizes_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
@@ -92,4 +121,22 @@ def toy_sd3_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -
         lines += ["| block | over timesteps | over images |", "|---|---|---|"]
         for d in r["dependence"]:
             lines.append(f"| {d['block']} | {d['timestep']:.1%} | {d['image']:.1%} |")
+    if r.get("pooled"):
+        lines += [
+            "",
+            "What the pooled CLIP embedding carries (toy MMDiT, base model): each concept's bench prompts drawn with",
+            "the text states (what every block's `add_k_proj`/`add_v_proj` reads) and the pooled embedding (the",
+            "timestep modulation of every block, which no K/V patch touches) from the concept's prompt or its",
+            "anchor's. Acc: share judged to show the concept. The third column is what an ideal K/V redirect to the",
+            "anchor would leave: the values have to learn to push against the pooled embedding.",
+            "",
+            "| concept (anchor) | both concept | states concept, pooled anchor | states anchor, pooled concept |"
+            " both anchor |",
+            "|---|---|---|---|---|",
+        ]
+        for d in r["pooled"]:
+            lines.append(
+                f"| {d['concept']} ({d['anchor']}) | {d['both concept']:.1%} | {d['states concept, pooled anchor']:.1%}"
+                f" | {d['states anchor, pooled concept']:.1%} | {d['both anchor']:.1%} |"
+            )
     return [*lines, ""]

@@ -34,6 +34,7 @@ from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
+from fmn_patch.concepts.prompts import plan
 from fmn_patch.evaluation.mscore import ModelScore, SamplerConfig, acc_kept, evaluate
 from fmn_patch.families.joint import recorded_inputs
 from fmn_patch.format import Patch
@@ -159,6 +160,45 @@ def dependence(pipe: Any, prompts: list[str], latents: torch.Tensor) -> list[dic
     ]
 
 
+@torch.no_grad()
+def pooled(pipe: Any, concept: str, world: dict[str, Any]) -> dict[str, Any]:
+    """What the pooled CLIP embedding carries: the concept's bench prompts drawn with the text states (what every
+    block's add_k/add_v reads) and the pooled embedding (the timestep modulation, which no K/V patch touches) taken
+    from the concept's prompt or from its anchor's, each mixed with the other. Acc: the share judged to show the
+    concept. "states anchor, pooled concept" is what an ideal K/V redirect to the anchor would leave."""
+    bench, judge, sampler = world["bench"], world["judge"], world["sampler"]
+    item = plan(bench.concept(concept), bench)
+    family, n = pipe.family, len(item.prompts)
+    c, a = family.encode(list(item.prompts)), family.encode(list(item.anchor_prompts))
+    empty = family.encode([""] * n)
+    classes = judge.classes(item.concept.category)
+    out: dict[str, Any] = {"concept": concept, "anchor": item.anchor}
+    for label, states, pool in (
+        ("both concept", c, c),
+        ("states concept, pooled anchor", c, a),
+        ("states anchor, pooled concept", a, c),
+        ("both anchor", a, a),
+    ):
+        shown = 0
+        for seed in sampler.seeds:
+            images = pipe.pipe(
+                prompt_embeds=states.states,
+                pooled_prompt_embeds=pool.added["pooled"],
+                negative_prompt_embeds=empty.states,
+                negative_pooled_prompt_embeds=empty.added["pooled"],
+                num_inference_steps=sampler.steps,
+                guidance_scale=sampler.guidance,
+                generator=[torch.Generator().manual_seed(seed) for _ in range(n)],
+                output_type="pt",
+                **family.sampler_kwargs(),
+            ).images
+            top = judge.category_probs(images.float().cpu(), item.concept.category).argmax(-1)
+            shown += sum(classes[int(i)] == concept for i in top)
+        out[label] = shown / (n * len(sampler.seeds))
+    print(out, file=sys.stderr, flush=True)
+    return out
+
+
 TRAIN = [TrainConfig()]  # the plain patches' config (main() applies --steps / --batch-size)
 
 
@@ -197,6 +237,7 @@ def main() -> None:
     robust_rows: list[dict[str, Any]] = []
     bases: dict[str, Any] = {}
     deps: list[dict[str, Any]] = []
+    carried: list[dict[str, Any]] = []
     for model in args.models:
         pipe = load_base(model)
         base = evaluate(pipe, bench, world["judge"], sampler, progress=False)
@@ -213,6 +254,7 @@ def main() -> None:
         if not args.no_robust:
             robust_rows.append(robust(pipe, model, args.robust_concept, world, base))
         if pipe.family.component == "transformer":
+            carried = [pooled(pipe, c, world) for c in ("circle", "bob", "striped")]
             latents = reference_latents(pipe, bench.concept("circle"), bench, 5, steps=20, guidance=5.0)
             deps = dependence(
                 pipe, bench.prompts(bench.concept("bob")) + bench.prompts(bench.concept("circle")), latents
@@ -227,6 +269,7 @@ def main() -> None:
             "rows": rows,
             "robust": robust_rows,
             "dependence": deps,
+            "pooled": carried,
         },
     )
     if not args.part:
@@ -250,6 +293,7 @@ def merge(parts: list[str]) -> None:
         merged[key] = [x for r in records for x in r["result"][key]]
     merged["bases"] = {k: v for r in records for k, v in r["result"]["bases"].items()}
     merged["dependence"] = next((r["result"]["dependence"] for r in records if r["result"]["dependence"]), [])
+    merged["pooled"] = next((r["result"]["pooled"] for r in records if r["result"].get("pooled")), [])
     meta = dict(records[0]["meta"])
     meta["command"] = " + ".join(r["meta"]["command"] for r in records) + " (side by side)"
     out = {"meta": meta, "result": merged}

@@ -102,9 +102,10 @@ def peak_rss_mib() -> float:
 
 def defaults(method: str) -> Any:
     """The default config of ``fmnpatch train`` (``--robust`` for robust) on a real-world base."""
+    from fmn_patch.methods.budget import resolved
     from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig
 
-    plain = TrainConfig(bench="real")
+    plain = resolved(TrainConfig(bench="real"), closed_form=True)  # the UNet's budget (SD-1.5 is measured)
     return plain if method == "plain" else dataclasses.replace(plain, robust_rounds=ROBUST_ROUNDS)
 
 

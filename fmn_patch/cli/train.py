@@ -77,10 +77,20 @@ def train(
     ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = TrainConfig.rank,
     steps: Annotated[
-        int, typer.Option(help="Optimisation steps per concept (N concepts train N x steps).")
+        int,
+        typer.Option(
+            help="Optimisation steps per concept (N concepts train N x steps) [default: what the start needs: 15 "
+            "from the closed-form edit (UNet), 150 from zero (SD3/FLUX)].",
+            show_default=False,
+        ),
     ] = TrainConfig.steps,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TrainConfig.batch_size,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Batch size [default: 4 from the edit (UNet), 8 from zero (SD3/FLUX)].", show_default=False
+        ),
+    ] = TrainConfig.batch_size,
     eta: Annotated[
         float | None,
         typer.Option(help="Negative guidance of the denoising target [default: 1 for styles, 2 otherwise]."),
@@ -150,7 +160,7 @@ def train(
 
       accelerate launch --num_processes 8 -m fmn_patch train --from-file names.txt --each -o patches/ --device cuda
 
-      fmnpatch train circle --base toy-sd3 --steps 150 --batch-size 8   # MMDiT: no closed-form start, give steps
+      fmnpatch train circle --base toy-sd3   # MMDiT: no closed-form start: 150 steps of 8 from zero
 
       fmnpatch train "Van Gogh" --base ./sd35-medium   # an SD 3.5 or FLUX.1 folder
     """

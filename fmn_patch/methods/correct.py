@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..concepts.bench import load_bench
 from ..concepts.prompts import BARE_TEMPLATES, preserve_prompts
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
+from ..values import MAX_BATCH, MAX_STEPS
 from .dataset import TrainingSet, preserve_states, reference_latents
 from .lora import check_rank, lora_adapter
 from .resteer import TrainConfig, run_steps
@@ -59,7 +61,10 @@ class CorrectConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates))
-        self.train_config()  # validates the shared fields (rank, steps, lr, ...) with TrainConfig's checks
+        # TrainConfig reads steps or batch size 0 as "the start's budget"; a correction gives both
+        values.whole(self.steps, "steps", 1, MAX_STEPS, example=600)
+        values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=8)
+        self.train_config()  # validates the shared fields (rank, lr, ...) with TrainConfig's checks
         bad = [t for t in self.templates if not isinstance(t, str) or t.count("{}") != 1]
         if not self.templates or bad:
             raise FmnPatchError(

@@ -36,6 +36,7 @@ from ..families.checkpointing import gradient_checkpointing
 from ..format.header import PatchInfo
 from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
+from .budget import offers_edit, resolved, spent
 from .dataset import TrainingSet, encode_set, reference_latents
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .loop import LoopConfig, LoopReport, optimise
@@ -59,11 +60,11 @@ class TrainConfig:
 
     rank: int = 4  # LoRA rank of each key/value factor pair
     # Optimisation steps per concept (a patch of N concepts trains N x steps; --robust splits them into its rounds)
-    # of batch_size (prompt, reference latent) pairs. Started from the closed-form edit, 15 x 4 samples meet the toy
-    # bars that 150 x 8 from zero met (bench/train_quality.py, robust_quality.py); FMN's recipe is 35 x 1 at 512 px.
-    steps: int = 15
+    # of batch_size (prompt, reference latent) pairs; 0: the start's budget (methods/budget.py): 15 x 4 from the
+    # closed-form edit (UNet), 150 x 8 from zero (SD3/Flux: no closed form). FMN's recipe is 35 x 1 at 512 px.
+    steps: int = 0
     lr: float = 3e-3  # AdamW learning rate of the LoRA factors
-    batch_size: int = 4
+    batch_size: int = 0
     seed: int = 0
     anchor: str | None = None  # what the concepts are redirected to; None: each concept's, else the bench's
     # Negative guidance of the denoising target (0: plain redirect to the anchor); None: per category (ETA). An anchor
@@ -102,8 +103,8 @@ class TrainConfig:
     robust_attack_lr: float = 1e-2
     # What a step costs (see methods/samples.py). pool: fixed (latent, t, noise) samples whose guided targets are
     # computed once, before the first step, at most as many as the steps draw (0: every step draws fresh samples
-    # and runs the base twice for them).
-    pool: int = 32
+    # and runs the base twice for them); None: the start's budget (32 from the edit, 256 from zero).
+    pool: int | None = None
     # The image side (px) the steps run at when the base's is larger: reference latents area-downsampled. The keys
     # and values a patch changes see only the prompt; SD-1.5 steps at 256 px cost about a fifth of 512 px ones.
     train_size: int | None = 256
@@ -116,9 +117,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
         for name in ("steps", "image_steps"):
-            values.whole(getattr(self, name), name, 1, MAX_STEPS, example=150)
+            values.whole(getattr(self, name), name, int(name != "steps"), MAX_STEPS, example=150)
         for name in ("batch_size", "images_per_prompt", "micro_batch"):
-            values.whole(getattr(self, name), name, 1, MAX_BATCH, example=8)
+            values.whole(getattr(self, name), name, int(name != "batch_size"), MAX_BATCH, example=8)
         values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
         values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
         values.seed(self.seed)
@@ -127,7 +128,8 @@ class TrainConfig:
         values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
         values.number(self.max_grad_norm, "max_grad_norm", 0, 1e6, above=True, example="1.0")
         values.whole(self.robust_attack_batch, "robust_attack_batch", 1, MAX_BATCH, example=4)
-        values.whole(self.pool, "pool", 0, MAX_BATCH, example=32)
+        if self.pool is not None:
+            values.whole(self.pool, "pool", 0, MAX_BATCH, example=32)
         if self.train_size is not None:
             values.whole(self.train_size, "train_size", 8, 16_384, example=256)
         if self.robust_attack not in ("kv", "inversion"):
@@ -237,6 +239,8 @@ def _train(
     if config.robust_rounds and inversion is not None:
         raise FmnPatchError("--robust and --ti do not combine; train with one of them")
     described = base.describe()
+    config = resolved(config, offers_edit(base))  # the budget the start needs, where the caller left it
+    budget = spent(config)
     started = time.perf_counter()
     report = TrainReport(seconds=0.0)
     batch, learned = prepare(base, plans, bench, config, images, inversion)
@@ -244,7 +248,7 @@ def _train(
     tick = time.perf_counter()
     start = _edit_factors(base, plans, bench, config) if _starts_from_edit(base, config) else None
     if start is None and config.init == "auto":
-        warn_zero_start(config.steps, config.batch_size)
+        warn_zero_start(budget.steps, budget.batch_size)
     if start is not None:
         report.spend("edit", time.perf_counter() - tick)
     if config.robust_rounds:
@@ -256,7 +260,7 @@ def _train(
             base, config.rank, seed=config.seed, start=start, train_values=config.train_values
         ) as s:
             report.add(
-                run_steps(s, batch, config, config.steps * batch.concepts, progress), config.batch_size
+                run_steps(s, batch, config, budget.steps * batch.concepts, progress), budget.batch_size
             )
             factors = s.factors()
     report.seconds = time.perf_counter() - started
@@ -297,19 +301,19 @@ def run_steps(
 ) -> LoopReport:
     """Optimise the session's adapter on ``batch`` for ``steps`` steps of the three-term loss."""
     family = session.base.family
+    budget = spent(resolved(config, offers_edit(session.base)))  # correction leaves its pool to the method
     maps: list[torch.Tensor] = []
-    recording = [
-        False
-    ]  # with gradient checkpointing the forward runs again in backward: read the first one only
+    # with gradient checkpointing the forward runs again in backward: read the first one only
+    recording = [False]
 
     def sink(_name: str, probs: torch.Tensor) -> None:
         if recording[0]:
             maps.append(probs)
 
     guided = config.denoise_weight > 0
-    chunk = min(config.micro_batch, config.batch_size)
+    chunk = min(config.micro_batch, budget.batch_size)
     tick = time.perf_counter()
-    size = min(config.pool, steps * config.batch_size)  # never more targets than the steps can draw
+    size = min(budget.pool, steps * budget.batch_size)  # never more targets than the steps can draw
     pool = sample_pool(session, batch, size, seed=config.seed, chunk=chunk, targets=guided) if size else None
     pool_seconds = time.perf_counter() - tick
 
@@ -334,9 +338,9 @@ def run_steps(
 
     def step(gen: torch.Generator) -> dict[str, torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
         if pool is not None:
-            s = pool.select(torch.randint(len(pool), (config.batch_size,), generator=gen))
+            s = pool.select(torch.randint(len(pool), (budget.batch_size,), generator=gen))
         else:
-            s = draw(family, batch, config.batch_size, gen)
+            s = draw(family, batch, budget.batch_size, gen)
             if guided:
                 s.target = guided_targets(session, batch, s, chunk)
         if len(s) <= chunk:
@@ -464,13 +468,7 @@ def _token(name: str) -> str:
 
 def _starts_from_edit(base: Base, config: TrainConfig) -> bool:
     """Whether training starts from the closed-form edit: ``init`` edit, or auto where the family offers it."""
-    if config.init != "auto":
-        return config.init == "edit"
-    try:
-        base.family.require_closed_form()
-    except FmnPatchError:
-        return False
-    return True
+    return config.init == "edit" if config.init != "auto" else offers_edit(base)
 
 
 def _edit_factors(

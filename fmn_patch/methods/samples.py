@@ -99,17 +99,18 @@ def check_size(side: int, pixels: int, size: int | None) -> None:
         )
 
 
-# Samples (steps x batch) below which a start from zero was measured not to forget (toy-sd3, 2026-11-28).
+# Samples (steps x batch) below which a start from zero was measured not to forget (toy-sd3, 2026-11-28); the
+# budget a start from zero gets by default (methods/budget.py, FROM_ZERO) has this many.
 ZERO_START_SAMPLES = 1200
 
 
 def warn_zero_start(steps: int, batch_size: int) -> None:
-    """Warn when a run that starts from zero (a family without a closed-form start) has too few samples."""
+    """Warn when a run that starts from zero (a family without a closed-form start) is given too few samples."""
     if steps * batch_size < ZERO_START_SAMPLES:
         warnings.warn(
             f"this family has no closed-form start, so training starts from zero, and {steps} x {batch_size} "
-            "samples is too few from zero (on toy-sd3 the default 15 x 4 left circle at 100%; 150 x 8 brought it to "
-            "21% and bob to 0%); pass --steps 150 --batch-size 8",
+            "samples is too few from zero (on toy-sd3 15 x 4 left circle at 100%); leave --steps and --batch-size "
+            "to the default (150 x 8 from zero) or give at least as many",
             UserWarning,
             stacklevel=3,
         )

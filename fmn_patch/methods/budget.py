@@ -1,0 +1,83 @@
+"""The training budget a start needs: steps, batch size, target pool and preservation weight of a re-steering
+run, where the caller leaves them to the method (``TrainConfig``: steps or batch_size 0, pool or preserve_weight
+None).
+
+A start from the closed-form edit (UNet bases) already meets the toy bars; training only has to make the values
+carry the anchor: 15 steps of 4 samples from a pool of 32, preservation per category. A family with no closed-form
+start (SD3/3.5, Flux) trains from zero, and there the budget decides whether the concept goes at all. Measured on
+toy-sd3 (bench/toy_sd3_levers.py, one patch per row; one image is 4.2 points of Acc): 15 x 4 left circle at 100%;
+150 x 8 from a pool of 32 left it at 21%, and so did re-steering the padding too, dropping re-steering, or a pool of
+1,200; from a pool of 256 it fell to 4% (0% with 300 steps or eta 4), at seeds 0 and 1. Why 256 beats both 32 and
+1,200 is not established. Preservation 100 instead of 30 kept bob's neighbours (kept 94% -> 100% of base) and
+still erased; five concepts at once then stay at or under 8% each with 93% kept.
+
+On an MMDiT the pooled CLIP embedding, which no K/V patch touches, reaches every block's modulation. On toy-sd3 it
+carries objects and identities by itself (drawn with the anchor's text states and the concept's pooled embedding,
+circle and bob still appear in 100% of images; a style, striped, in 0%): the values have to learn to push against
+it, which the guided target teaches, and an edit that only redirected the keys and values to the anchor's could
+not meet the bars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import FmnPatchError
+
+if TYPE_CHECKING:
+    from .resteer import TrainConfig
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run spends per concept: optimisation steps of ``batch_size`` samples drawn from a pool of ``pool``
+    fixed samples whose guided targets are computed once."""
+
+    steps: int
+    batch_size: int
+    pool: int
+    # The preservation weight w_p for every category; None: per category (resteer.PRESERVE: 30, styles 100).
+    preserve_weight: float | None = None
+
+
+#: From the closed-form edit (UNet bases): meets the toy bars (bench/train_quality.py, robust_quality.py).
+FROM_EDIT: Final = Budget(steps=15, batch_size=4, pool=32)
+#: From zero on a family without a closed-form start (SD3/3.5, Flux): toy-sd3's bars (bench/toy_sd3_quality.py).
+FROM_ZERO: Final = Budget(steps=150, batch_size=8, pool=256, preserve_weight=100.0)
+
+
+def budget_for(closed_form: bool) -> Budget:
+    """The default budget of a family that does (UNet) or does not (MMDiT) offer the closed-form start. A UNet
+    trained with ``init="zero"`` keeps the UNet's budget: its patches stay what they were."""
+    return FROM_EDIT if closed_form else FROM_ZERO
+
+
+def resolved(config: TrainConfig, closed_form: bool) -> TrainConfig:
+    """``config`` with every budget field it leaves to the method (steps or batch_size 0, pool None) set from
+    ``budget_for(closed_form)``; the fields it gives are kept."""
+    budget = budget_for(closed_form)
+    left = {
+        "steps": config.steps == 0,
+        "batch_size": config.batch_size == 0,
+        "pool": config.pool is None,
+        "preserve_weight": config.preserve_weight is None and budget.preserve_weight is not None,
+    }
+    return dataclasses.replace(config, **{n: getattr(budget, n) for n, free in left.items() if free})
+
+
+def spent(config: TrainConfig) -> Budget:
+    """The budget of a resolved ``config`` (``resolved`` first: no field may be left to the method)."""
+    if not config.steps or not config.batch_size or config.pool is None:
+        raise FmnPatchError("the training budget is not resolved; call budget.resolved(config, ...) first")
+    return Budget(config.steps, config.batch_size, config.pool, config.preserve_weight)
+
+
+def offers_edit(base: Any) -> bool:
+    """Whether ``base``'s family offers the closed-form edit (UNet), hence a start from it under ``init="auto"``."""
+    try:
+        base.family.require_closed_form()
+    except FmnPatchError:
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""The default training budget follows the start: the UNet's (from the closed-form edit) is what it always was, a
+family without a closed form (SD3/Flux, from zero) gets the budget measured to forget on toy-sd3; what a caller
+gives is kept."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.families.base import load_base
+from fmn_patch.methods.budget import FROM_EDIT, FROM_ZERO, budget_for, resolved, spent
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.methods.samples import ZERO_START_SAMPLES
+
+CHEAP = dict(images_per_prompt=1, image_steps=2)
+UNET = dict(CHEAP, bench="toy")  # the tiny vocab knows circle
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path_factory.getbasetemp() / "refcache"))
+
+
+def test_the_budget_follows_the_start():
+    assert budget_for(True) == FROM_EDIT == spent(resolved(TrainConfig(), True))
+    assert budget_for(False) == FROM_ZERO == spent(resolved(TrainConfig(), False))
+    assert (FROM_EDIT.steps, FROM_EDIT.batch_size, FROM_EDIT.pool) == (15, 4, 32)  # the UNet's, unchanged
+    assert FROM_ZERO.steps * FROM_ZERO.batch_size >= ZERO_START_SAMPLES  # the default from zero never warns
+    assert FROM_ZERO.pool > FROM_EDIT.pool and FROM_EDIT.preserve_weight is None
+    with pytest.raises(FmnPatchError, match="not resolved"):
+        spent(TrainConfig())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.integers(0, 500),
+    batch=st.integers(0, 64),
+    pool=st.none() | st.integers(0, 4096),
+    preserve=st.none() | st.floats(0, 1e3),
+    closed=st.booleans(),
+)
+def test_given_fields_are_kept_and_only_the_left_ones_filled(steps, batch, pool, preserve, closed):
+    config = TrainConfig(steps=steps, batch_size=batch, pool=pool, preserve_weight=preserve, lr=1e-2, seed=3)
+    out = resolved(config, closed)
+    default = budget_for(closed)
+    assert out.steps == (steps or default.steps) and out.batch_size == (batch or default.batch_size)
+    assert out.pool == (default.pool if pool is None else pool)  # pool 0 (no pool) is a choice, kept
+    # None: the budget's weight from zero; from the edit, still None (per category, as before)
+    assert out.preserve_weight == (default.preserve_weight if preserve is None else preserve)
+    assert (out.lr, out.seed, out.rank) == (config.lr, config.seed, config.rank)
+    assert resolved(out, closed) == out  # resolving twice changes nothing
+
+
+def test_negative_budgets_are_refused():
+    for field in ("steps", "batch_size", "pool"):
+        with pytest.raises(FmnPatchError, match=f"{field}=-1"):
+            TrainConfig(**{field: -1})
+
+
+def test_a_default_unet_patch_is_the_old_default_patch(pipeline_dirs):
+    """The UNet (closed-form start) trains with the budget it always had: the same tensors as 15 x 4, pool 32."""
+    folder = str(pipeline_dirs["sd1"])
+    auto = train_patch(load_base(folder), ["circle"], TrainConfig(**UNET), progress=False)
+    given_ = TrainConfig(**UNET, steps=15, batch_size=4, pool=32)
+    old = train_patch(load_base(folder), ["circle"], given_, progress=False)
+    assert auto.tensor_hash() == old.tensor_hash()
+    assert (
+        auto.info.config["steps"] == 15
+        and auto.info.config["batch_size"] == 4
+        and auto.info.config["pool"] == 32
+    )
+
+
+def test_an_mmdit_trains_from_zero_with_the_zero_budget_and_records_it(mmdit_dirs):
+    base = load_base(str(mmdit_dirs["sd3"]))
+    with pytest.warns(UserWarning, match="too few from zero"):  # 2 steps given: fewer than the budget's
+        patch = train_patch(base, ["Elon Musk"], TrainConfig(**CHEAP, steps=2), progress=False)
+    config, extra = patch.info.config, patch.info.extra
+    assert extra["start"] == "zero" and config["steps"] == 2  # given: kept
+    assert config["batch_size"] == FROM_ZERO.batch_size and config["pool"] == FROM_ZERO.pool
+    assert config["preserve_weight"] == FROM_ZERO.preserve_weight
+    assert extra["cost"]["samples"]["pool"] == min(FROM_ZERO.pool, 2 * FROM_ZERO.batch_size)
