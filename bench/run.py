@@ -339,7 +339,7 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
             f"{row['rss_after_build_mib'] / 1024:.1f} GiB | {row.get('load_before', '')} |"
         )
     ratios = ", ".join(
-        f"{m}: compute {r['total_ratio'][m]:.2f}x, peak memory {r['memory_ratio'][m]:.2f}x"
+        f"{m}: compute {r['total_ratio'][m]:.2f}x, peak memory {r['memory_ratio'][m]:.3f}x"
         for m in r["total_ratio"]
     )
     lines += ["", f"Ratios to FMN's recipe, same run: {ratios}."]
