@@ -60,10 +60,7 @@ def test_sigint_during_apply_exits_130_and_writes_nothing(pipeline_dirs, sd1, tm
         if "rendering" in line:
             break
     time.sleep(0.2)  # inside the render (2 x 900 steps of the tiny pipeline)
-    # press until it stops: at any point after the render starts, nothing is written
-    while child.poll() is None:
-        child.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)  # once: a second press during the exit would kill it by the signal
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130, err[-1000:]
     assert "fmnpatch: interrupted; nothing was written" in err and "Traceback" not in err
