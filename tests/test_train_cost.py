@@ -79,7 +79,9 @@ def test_micro_batches_add_up_to_the_whole_batch(pipeline_dirs, monkeypatch, mic
     real, passes = pipe.family.denoise, []
 
     def counted(x_t, *args, **kwargs):
-        passes.append((len(x_t), torch.is_grad_enabled()))  # the guided target's no-grad passes hold two halves
+        passes.append(
+            (len(x_t), torch.is_grad_enabled())
+        )  # the guided target's no-grad passes hold two halves
         return real(x_t, *args, **kwargs)
 
     monkeypatch.setattr(pipe.family, "denoise", counted)
@@ -256,7 +258,10 @@ def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeyp
 
 @settings(max_examples=30, deadline=None)
 @given(
-    seed=st.integers(0, 2**31 - 1), vocab=st.integers(2, 60), count=st.integers(1, 4), length=st.integers(1, 20)
+    seed=st.integers(0, 2**31 - 1),
+    vocab=st.integers(2, 60),
+    count=st.integers(1, 4),
+    length=st.integers(1, 20),
 )
 def test_kv_inversion_reads_the_same_new_rows_from_a_sparse_table_gradient(seed, vocab, count, length):
     """kv inversion grows the table with a sparse gradient (only the rows a prompt used, not the whole vocabulary):
