@@ -42,7 +42,7 @@ def kv_inversion(
     with torch.no_grad():
         init = family.token_table()[init_ids].mean(0).repeat(count, 1)
         # each target's scale over all prompts, one target at a time; a step computes its prompt's own targets
-        # (every target's (P, T, out) at once took about 0.3 GB at SD-1.5 size, the robust run's peak)
+        # rather than keeping every target's (P, T, out) for the whole attack
         scales = {
             n: m.get_base_layer()(states).float().square().mean().clamp_min(1e-12)
             for n, m in session.modules.items()
