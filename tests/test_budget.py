@@ -82,3 +82,14 @@ def test_an_mmdit_trains_from_zero_with_the_zero_budget_and_records_it(mmdit_dir
     assert config["batch_size"] == FROM_ZERO.batch_size and config["pool"] == FROM_ZERO.pool
     assert config["preserve_weight"] == FROM_ZERO.preserve_weight
     assert extra["cost"]["samples"]["pool"] == min(FROM_ZERO.pool, 2 * FROM_ZERO.batch_size)
+
+
+@pytest.mark.parametrize("option", ["--steps", "--batch-size"])
+def test_the_cli_refuses_zero_rather_than_reading_it_as_the_default(capsys, tmp_path, option):
+    """TrainConfig reads 0 as "the start's budget"; a user who types 0 gets one line and exit 2, not 15 x 4."""
+    from test_cli import run
+
+    out = tmp_path / "p.safetensors"
+    code, _, err = run(capsys, "train", "circle", option, "0", "-o", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "from 1 to" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import processes
+from .. import processes, values
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
@@ -18,6 +18,7 @@ from ..files import check_input, check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
+from ..values import MAX_BATCH, MAX_STEPS
 from .options import (
     BaseOpt,
     Device,
@@ -77,20 +78,20 @@ def train(
     ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = TrainConfig.rank,
     steps: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Optimisation steps per concept (N concepts train N x steps) [default: what the start needs: 15 "
             "from the closed-form edit (UNet), 150 from zero (SD3/FLUX)].",
             show_default=False,
         ),
-    ] = TrainConfig.steps,
+    ] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     batch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Batch size [default: 4 from the edit (UNet), 8 from zero (SD3/FLUX)].", show_default=False
         ),
-    ] = TrainConfig.batch_size,
+    ] = None,
     eta: Annotated[
         float | None,
         typer.Option(help="Negative guidance of the denoising target [default: 1 for styles, 2 otherwise]."),
@@ -197,11 +198,15 @@ def train(
     extra = tuple(read_lines(preserve_file)) if preserve_file is not None else ()
     if images is not None:
         check_input(images, folder=True, what="--images")
+    # TrainConfig reads 0 as "the start's budget"; at the command line that is leaving the option out
+    for name, given in (("steps", steps), ("batch_size", batch_size)):
+        if given is not None:
+            values.whole(given, name, 1, MAX_STEPS if name == "steps" else MAX_BATCH, example=8)
     config = TrainConfig(
         rank=rank,
-        steps=steps,
+        steps=steps or TrainConfig.steps,
         lr=lr,
-        batch_size=batch_size,
+        batch_size=batch_size or TrainConfig.batch_size,
         seed=seed,
         anchor=anchor,
         eta=eta,
