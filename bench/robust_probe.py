@@ -49,11 +49,28 @@ HEAVY = {
     "robust_attack_batch": 8,
     "robust_attack_lr": 5e-3,
 }
+#: The recipes as robust_probe.json measured them (the defaults before --robust trained from zero): from the edit,
+#: the plain budget (15 x 4, pool 32) split into the rounds.
+FROM_EDIT = {"init": "edit", "steps": 15, "batch_size": 4, "pool": 32}
+KV = {"robust_attack": "kv", "robust_attack_steps": 25, "robust_attack_batch": 4, "robust_attack_lr": 1e-2}
 RECIPES: dict[str, dict[str, Any]] = {
-    f"--robust {ROBUST_ROUNDS} (default: kv inversion, 25 steps)": {"robust_rounds": ROBUST_ROUNDS},
-    "3 rounds, Concept Inversion 25 steps": {"robust_rounds": 3, "robust_attack": "inversion"},
-    "3 rounds, Concept Inversion 100 steps x 8": {"robust_rounds": 3, **HEAVY},
-    "6 rounds of 5 steps, Concept Inversion 100 steps x 8": {"robust_rounds": 6, "steps": 30, **HEAVY},
+    "--robust 3 (then default: kv inversion, 25 steps)": {"robust_rounds": 3, **FROM_EDIT, **KV},
+    "3 rounds, Concept Inversion 25 steps": {
+        "robust_rounds": 3,
+        **FROM_EDIT,
+        **KV,
+        "robust_attack": "inversion",
+    },
+    "3 rounds, Concept Inversion 100 steps x 8": {"robust_rounds": 3, **FROM_EDIT, **HEAVY},
+    "6 rounds of 5 steps, Concept Inversion 100 steps x 8": {
+        "robust_rounds": 6,
+        **FROM_EDIT,
+        "steps": 30,
+        **HEAVY,
+    },
+    f"--robust {ROBUST_ROUNDS} (default now: from zero, 300 x 2, Concept Inversion 100 x 2)": {
+        "robust_rounds": ROBUST_ROUNDS
+    },
 }
 
 

@@ -105,8 +105,9 @@ def defaults(method: str) -> Any:
     from fmn_patch.methods.budget import resolved
     from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig
 
-    plain = resolved(TrainConfig(bench="real"), closed_form=True)  # the UNet's budget (SD-1.5 is measured)
-    return plain if method == "plain" else dataclasses.replace(plain, robust_rounds=ROBUST_ROUNDS)
+    rounds = ROBUST_ROUNDS if method == "robust" else 0
+    # the UNet's budget (SD-1.5 is measured): plain, or --robust's own (from zero, its rounds)
+    return resolved(TrainConfig(bench="real", robust_rounds=rounds), closed_form=True)
 
 
 def measured(config: Any, steps: int) -> Any:

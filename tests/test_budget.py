@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
-from fmn_patch.methods.budget import FROM_EDIT, FROM_ZERO, budget_for, resolved, spent
+from fmn_patch.methods.budget import FROM_EDIT, FROM_ZERO, ROBUST, budget_for, resolved, spent
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 from fmn_patch.methods.samples import ZERO_START_SAMPLES
 
@@ -33,6 +33,17 @@ def test_the_budget_follows_the_start():
         spent(TrainConfig())
 
 
+def test_robust_runs_get_the_robust_budget_on_a_unet_and_the_zero_start_one_elsewhere():
+    robust = TrainConfig(robust_rounds=4)
+    assert budget_for(True, robust=True) == ROBUST == spent(resolved(robust, True))
+    assert (
+        budget_for(False, robust=True) == FROM_ZERO == spent(resolved(robust, False))
+    )  # MMDiT: erasing needs it
+    assert ROBUST.steps * ROBUST.batch_size > FROM_EDIT.steps * FROM_EDIT.batch_size
+    given = resolved(TrainConfig(robust_rounds=4, steps=8, batch_size=1, pool=0), True)
+    assert (given.steps, given.batch_size, given.pool) == (8, 1, 0)  # what the caller gives is kept
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     steps=st.integers(0, 500),
@@ -40,11 +51,20 @@ def test_the_budget_follows_the_start():
     pool=st.none() | st.integers(0, 4096),
     preserve=st.none() | st.floats(0, 1e3),
     closed=st.booleans(),
+    rounds=st.sampled_from([0, 1, 4]),
 )
-def test_given_fields_are_kept_and_only_the_left_ones_filled(steps, batch, pool, preserve, closed):
-    config = TrainConfig(steps=steps, batch_size=batch, pool=pool, preserve_weight=preserve, lr=1e-2, seed=3)
+def test_given_fields_are_kept_and_only_the_left_ones_filled(steps, batch, pool, preserve, closed, rounds):
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        pool=pool,
+        preserve_weight=preserve,
+        lr=1e-2,
+        seed=3,
+        robust_rounds=rounds,
+    )
     out = resolved(config, closed)
-    default = budget_for(closed)
+    default = budget_for(closed, robust=rounds > 0)
     assert out.steps == (steps or default.steps) and out.batch_size == (batch or default.batch_size)
     assert out.pool == (default.pool if pool is None else pool)  # pool 0 (no pool) is a choice, kept
     # None: the budget's weight from zero; from the edit, still None (per category, as before)

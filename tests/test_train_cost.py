@@ -232,13 +232,24 @@ def test_training_starts_from_the_edit_where_the_family_offers_it(sd1, monkeypat
     assert edits == [1] and auto.info.extra["start"] == "edit"
     zero = train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "init": "zero"}), progress=False)
     assert edits == [1] and zero.info.extra["start"] == "zero"
+    # --robust under auto starts from zero (from the edit it held less well); an explicit edit start is kept
+    robust = {**FAST, "init": "auto", "robust_rounds": 2, "robust_attack_steps": 1, "robust_attack_batch": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the zero-start warning is for families without the edit, not this
+        assert (
+            train_patch(sd1, ["circle"], TrainConfig(**robust), progress=False).info.extra["start"] == "zero"
+        )
+    assert edits == [1]
+    edited = train_patch(sd1, ["circle"], TrainConfig(**{**robust, "init": "edit"}), progress=False)
+    assert edits == [1, 1] and edited.info.extra["start"] == "edit"
     with pytest.raises(FmnPatchError, match="init='closed' is not one of auto, zero, edit"):
         TrainConfig(init="closed")  # type: ignore[arg-type]
 
 
 def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeypatch):
-    """The robust rounds' default inner attack: a token whose keys/values through the patch match the base's for
-    the concept's own prompts. It runs the text encoder and the projections only, and lowers its loss."""
+    """The robust rounds' cheaper inner attack (``robust_attack="kv"``): a token whose keys/values through the
+    patch match the base's for the concept's own prompts.
+    It runs the text encoder and the projections only, and lowers its loss."""
     from fmn_patch.concepts.bench import load_bench
     from fmn_patch.concepts.prompts import plan, resolve
     from fmn_patch.methods.kv_attack import kv_inversion
