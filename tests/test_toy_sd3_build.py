@@ -11,8 +11,9 @@ import pytest
 from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
-from fmn_patch.toy import build_sd3
+from fmn_patch.toy import build_sd3, train_sd3
 from fmn_patch.toy.paths import toy_pipeline_path
 from fmn_patch.toy.train_sd3 import Sd3TrainConfig, train
 
@@ -84,12 +85,21 @@ def test_a_resumed_run_is_the_same_bits_as_one_run(trained: Path, tmp_path: Path
     quick = {**build_sd3.QUICK_TRAIN, "save_every": 1, "out": tmp_path / "p", "state": state}
     train(Sd3TrainConfig(**quick, stop_at=2))  # type: ignore[arg-type]
     assert json.loads((state / "state.json").read_text())["step"] == 2
-    with pytest.raises(SystemExit, match="options differ"):
+    with pytest.raises(FmnPatchError, match="options differ"):
         train(Sd3TrainConfig(**{**quick, "lr": 0.5}, resume=True))  # type: ignore[arg-type]
     record = train(Sd3TrainConfig(**quick, resume=True))  # type: ignore[arg-type]
     assert record["transformer"]["steps_done"] == build_sd3.QUICK_TRAIN["steps"]
     for part, name in PARTS.items():
         a, b = load_file(trained / part / name), load_file(tmp_path / "p" / part / name)
         assert all(a[k].equal(b[k]) for k in a), part
-    with pytest.raises(SystemExit, match="no training state"):
+    with pytest.raises(FmnPatchError, match="no training state"):
         train(Sd3TrainConfig(**{**quick, "state": tmp_path / "none"}, resume=True))  # type: ignore[arg-type]
+
+
+def test_a_refused_resume_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    quick = {**build_sd3.QUICK_TRAIN, "out": tmp_path / "p", "state": tmp_path / "none"}
+    argv = [a for k, v in quick.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    with pytest.raises(SystemExit) as exc:
+        train_sd3.main([*argv, "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].startswith("error: --resume: no training state in")

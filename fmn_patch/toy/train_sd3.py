@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.toy import model_sd3
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 from fmn_patch.toy.train import Ema, encode_all, log, log_step, take_step, to_tensor, tokenize
@@ -221,13 +223,14 @@ def train(cfg: Sd3TrainConfig) -> dict:
     first = 0
     if cfg.resume:
         if not (state_dir(cfg) / "state.json").exists():
-            raise SystemExit(f"--resume: no training state in {state_dir(cfg)}; start without --resume")
+            raise FmnPatchError(f"--resume: no training state in {state_dir(cfg)}; start without --resume")
         done = json.loads((cfg.out / "training.json").read_text())
         same = ("resume", "stop_at", "state", "threads")  # may differ between the parts of one run
         now = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k not in same}
         if {k: v for k, v in done["config"].items() if k not in same} != now:
-            raise SystemExit(
-                "--resume: the options differ from the run being resumed (see its training.json)"
+            raise FmnPatchError(
+                "--resume: the options differ from the run being resumed (see its training.json); resume with "
+                "the same options"
             )
         first, losses = load_state(state_dir(cfg), params, opt, ema, gen)
         t2 -= done["timings_s"].get("transformer", 0.0)  # the time already spent counts
@@ -289,7 +292,11 @@ def parse_args(argv: list[str] | None = None) -> Sd3TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    record = train(parse_args(argv))
+    try:
+        record = train(parse_args(argv))
+    except FmnPatchError as e:  # bad input: one line and exit 2, as at the fmnpatch CLI
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     log(
         f"done in {record['timings_s']['total'] / 60:.1f} min, final loss {record['transformer']['final_loss']:.4f}"
     )
