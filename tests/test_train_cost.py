@@ -277,7 +277,7 @@ def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeyp
 def test_kv_inversion_reads_the_same_new_rows_from_a_sparse_table_gradient(seed, vocab, count, length):
     """kv inversion grows the table with a sparse gradient (only the rows a prompt used, not the whole vocabulary):
     the new rows' gradient is the dense table's, repeated tokens summed."""
-    from fmn_patch.methods.kv_attack import _new_rows
+    from fmn_patch.methods.inversion import _new_rows
 
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(vocab + count, 8, generator=gen)
@@ -313,3 +313,32 @@ def test_preservation_through_the_rank_is_the_mean_square_of_the_change(sd1, see
     # float32 sums in another order: relative to the largest entry (a gradient entry near 0 differs by ~1e-7)
     torch.testing.assert_close(cheap, full, rtol=1e-4, atol=1e-6 * float(full.abs()))
     torch.testing.assert_close(g_cheap, g_full, rtol=1e-4, atol=1e-5 * float(g_full.abs().max()))
+
+
+def test_textual_inversion_optimises_the_new_rows_alone(sd1, monkeypatch):
+    """Concept Inversion, --ti and --robust's inner attack: the optimiser holds the new rows (count, d), never the
+    whole table (CLIP-L: 49,408 rows, 150 MB per copy of its gradient or moments), and the table comes back."""
+    import fmn_patch.methods.loop as loop
+    from fmn_patch.methods.inversion import InversionConfig, learn_tokens
+
+    shapes: list[list[torch.Size]] = []
+    real = torch.optim.AdamW
+
+    def recording(params, **kw):
+        params = list(params)
+        shapes.append([p.shape for p in params])
+        return real(params, **kw)
+
+    monkeypatch.setattr(loop.torch.optim, "AdamW", recording)
+    table = sd1.family.token_table().detach().clone()
+    unet = sd1.pipe.unet.config
+    latents = torch.randn(
+        3, unet.in_channels, unet.sample_size, unet.sample_size, generator=torch.Generator()
+    )
+    config = InversionConfig(num_tokens=2, steps=3, batch_size=2, template="a {}", seed=0)
+    learned = learn_tokens(sd1, latents, "<t>", "circle", config, progress=False)
+    assert shapes == [[torch.Size([2, table.shape[1]])]]
+    assert learned.embeddings.shape == (2, table.shape[1]) and len(learned.losses) == 3
+    assert torch.equal(sd1.family.token_table(), table)  # the tokens are gone, the old rows untouched
+    again = learn_tokens(sd1, latents, "<t>", "circle", config, progress=False)
+    assert torch.equal(again.embeddings, learned.embeddings)  # same inputs and seed, same tensors

@@ -10,6 +10,8 @@ The learned embeddings are saved in the format stock diffusers reads with
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import values
 from ..families.base import Base
-from ..families.family import frozen
+from ..families.family import Family, frozen
 from ..files import atomic_write
 from ..values import MAX_BATCH, MAX_STEPS
 from .loop import LoopConfig, optimise
@@ -91,10 +93,10 @@ def learn_tokens(
         base_rows = family.token_table()[init_ids].mean(0)  # (d,)
     init = base_rows.repeat(config.num_tokens, 1)
     prompt = config.template.format(" ".join(names))
-    with frozen(family.denoiser, *family.text_encoders()), family.added_tokens(names, init) as weight:
-        first = weight.shape[0] - config.num_tokens
-        weight.requires_grad_(True)
-        frozen_rows = weight.detach().clone()
+    with (
+        frozen(family.denoiser, *family.text_encoders()),
+        learnable_rows(family, names, init) as (vectors, write),
+    ):
 
         def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
             pick = torch.randint(len(latents), (config.batch_size,), generator=gen)
@@ -108,10 +110,10 @@ def learn_tokens(
                 pred = family.denoise(family.add_noise(x0, noise, t), t, cond)
                 return {"denoise": F.mse_loss(pred.float(), family.target(x0, noise, t).float())}
 
-        def keep_old_rows() -> None:
-            with torch.no_grad():  # only the new rows learn; AdamW's decay applied to them alone
-                weight[:first] = frozen_rows[:first]
-                weight[first:] -= config.lr * config.weight_decay * weight[first:]
+        def decay_and_write() -> None:
+            with torch.no_grad():  # AdamW's decay, on the new rows alone
+                vectors.sub_(config.lr * config.weight_decay * vectors)
+            write()
 
         loop = LoopConfig(
             steps=config.steps,
@@ -121,9 +123,51 @@ def learn_tokens(
             desc="inversion",
             hint="lower the inversion learning rate",
         )
-        try:
-            report = optimise([weight], step, loop, after_step=keep_old_rows, progress=progress)
-        finally:
-            weight.requires_grad_(False)
-        learned = weight[first:].detach().clone()
+        report = optimise([vectors], step, loop, after_step=decay_and_write, progress=progress)
+        learned = vectors.detach().to(family.token_table().dtype).clone()
     return LearnedTokens(token, learned, report.losses)
+
+
+@contextlib.contextmanager
+def learnable_rows(
+    family: Family, names: Sequence[str], init: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, Callable[[], None]]]:
+    """Add tokens ``names`` with rows ``init`` (count, d); yield float32 copies of their rows (count, d), the only
+    parameters that learn, and ``write``, which puts them back into the table (call it after every step).
+
+    The table's gradient is sparse (the rows a prompt used; a dense one is the whole vocabulary, 150 MB at CLIP-L)
+    and reaches the copies through a hook, so no optimiser state or gradient of the whole table is ever held. The
+    optimiser steps float32 copies: AdamW on a half-precision table divides the zero moments of every untouched
+    row by an eps that rounds to 0 (NaN)."""
+    count = len(names)
+    with family.added_tokens(list(names), init, sparse=True) as weight:
+        first = weight.shape[0] - count
+        vectors = weight.detach()[first:].float().clone().requires_grad_(True)
+
+        def to_vectors(grad: torch.Tensor) -> None:
+            rows = _new_rows(grad, first, count)
+            vectors.grad = rows if vectors.grad is None else vectors.grad + rows
+
+        def write() -> None:
+            with torch.no_grad():
+                weight[first:] = vectors.to(weight.dtype)
+                weight.grad = None
+
+        hook = weight.register_hook(to_vectors)
+        weight.requires_grad_(True)
+        try:
+            yield vectors, write
+        finally:
+            hook.remove()
+            weight.requires_grad_(False)
+
+
+def _new_rows(grad: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """The float32 gradient (count, d) of a table's last ``count`` rows (from row ``first``), dense or sparse."""
+    if not grad.is_sparse:
+        return grad[first:].float()
+    grad = grad.coalesce()
+    index, values = grad.indices()[0], grad.values()  # (k,), (k, d)
+    new = index >= first
+    rows = torch.zeros(count, grad.shape[1], dtype=torch.float32, device=grad.device)
+    return rows.index_add_(0, index[new] - first, values[new].float())

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..concepts.prompts import ConceptPlan, substitute
 from ..families.family import Conditioning, frozen
-from .inversion import LearnedTokens
+from .inversion import LearnedTokens, learnable_rows
 from .loop import LoopConfig, optimise
 from .lora import LoraSession
 
@@ -48,21 +48,10 @@ def kv_inversion(
             for n, m in session.modules.items()
         }
     prompts = [substitute(p, plan.concept.name, " ".join(names)) for p in plan.prompts]
-    # a sparse table gradient: only the rows the prompt used (a dense one is the whole vocabulary, 150 MB at CLIP-L)
-    tokens = family.added_tokens(names, init, sparse=True)
-    with frozen(family.denoiser, *family.text_encoders()), tokens as weight:
-        first = weight.shape[0] - count
-        # The optimiser steps float32 copies of the new rows: AdamW on a half-precision table divides the zero
-        # moments of every untouched row by an eps that rounds to 0 (NaN). The table's gradient reaches them
-        # through a hook; after each step the rows are written back in the table's dtype.
-        vectors = weight.detach()[first:].float().clone().requires_grad_(True)
-
-        def to_vectors(grad: torch.Tensor) -> None:
-            rows = _new_rows(grad, first, count)
-            vectors.grad = rows if vectors.grad is None else vectors.grad + rows
-
-        hook = weight.register_hook(to_vectors)
-        weight.requires_grad_(True)
+    with (
+        frozen(family.denoiser, *family.text_encoders()),
+        learnable_rows(family, names, init) as (vectors, write),
+    ):
 
         def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
             i = int(torch.randint(len(prompts), (1,), generator=gen))
@@ -74,18 +63,9 @@ def kv_inversion(
                 ]
             return {"kv": torch.stack(losses).mean()}
 
-        def write_rows() -> None:
-            with torch.no_grad():
-                weight[first:] = vectors.to(weight.dtype)
-                weight.grad = None
-
         loop = LoopConfig(steps=steps, lr=lr, seed=seed, max_grad_norm=None, desc="kv-inversion")
-        try:
-            report = optimise([vectors], step, loop, after_step=write_rows, progress=False)
-        finally:
-            hook.remove()
-            weight.requires_grad_(False)
-        learned = weight[first:].detach().clone()
+        report = optimise([vectors], step, loop, after_step=write, progress=False)
+        learned = vectors.detach().to(family.token_table().dtype).clone()
     return LearnedTokens(token, learned, report.losses)
 
 
@@ -93,14 +73,3 @@ def kv_inversion(
 def _base_output(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
     """What the unpatched projection gives for ``states`` (1, T, D): the attack's target, float32 (1, T, out)."""
     return module.get_base_layer()(states).float()  # type: ignore[operator]
-
-
-def _new_rows(grad: torch.Tensor, first: int, count: int) -> torch.Tensor:
-    """The float32 gradient (count, d) of a table's last ``count`` rows (from row ``first``), dense or sparse."""
-    if not grad.is_sparse:
-        return grad[first:].float()
-    grad = grad.coalesce()
-    index, values = grad.indices()[0], grad.values()  # (k,), (k, d)
-    new = index >= first
-    rows = torch.zeros(count, grad.shape[1], dtype=torch.float32, device=grad.device)
-    return rows.index_add_(0, index[new] - first, values[new].float())
