@@ -70,8 +70,8 @@ def test_train_five_concepts_meets_the_bar(world):
 
 @pytest.mark.parametrize("concept", ["circle", "bob", "striped"])
 def test_robust_train_holds_against_concept_inversion(world, concept):
-    """The default ``--robust`` (ROBUST_ROUNDS rounds, key/value inversion between them): Concept Inversion at the
-    harness's default budget and at twice its steps brings the concept back in at most 20% of its images."""
+    """The default ``--robust`` (ROBUST_ROUNDS rounds from zero, Concept Inversion between them): Concept Inversion
+    at the harness's default budget and at twice its steps brings the concept back in at most 20% of its images."""
     import dataclasses
 
     from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
