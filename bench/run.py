@@ -449,7 +449,37 @@ def attack_section() -> list[str]:
     lines.append("")
     lines += ["What each attack recovered:", "", "![attack grid](bench/results/attack_circle.png)", ""]
     lines += robust_section()
+    lines += robust_ablation_section()
     lines += robust_probe_section()
+    return lines
+
+
+def robust_ablation_section() -> list[str]:
+    record = _read("robust_ablation")
+    if not record:
+        return []
+    lines = [
+        "### Which parts of `--robust` hold (`bench/robust_ablation.py`)",
+        "",
+        "One patch per row, each row its own run (command, date and revision below the table). Start: old = the "
+        "training defaults from before issue 16 (from zero, 150 x 8, no pool, Concept Inversion 100 x 8 between "
+        "rounds), new = today's; changes: the TrainConfig fields given over it. Concept Inversion at the harness's "
+        "default budget (1x: 200 steps) and twice its steps.",
+        "",
+        "| # | model | concept | start | changes | Acc_erased | Acc_kept ratio | inversion 1x | inversion 2x "
+        "| samples | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(record["rows"], 1):
+        changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items()) or "-"
+        lines.append(
+            f"| {i} | {row['model']} | {row['concept']} | {row['start']} | {changes} | {row['acc']:.0%} | "
+            f"{row['kept']:.1%} | {row['ci']['1x'][0]:.0%} | {row['ci']['2x'][0]:.0%} | "
+            f"{sum(row['samples'].values())} | {row['train_s']:.1f} |"
+        )
+    lines.append("")
+    lines += [f"{i}. {_provenance(row)}" for i, row in enumerate(record["rows"], 1)]
+    lines.append("")
     return lines
 
 

@@ -115,7 +115,8 @@ def train(
         typer.Option(
             help="Adversarial rounds (0: off): between rounds an inner attack (Concept Inversion) finds a token "
             "that brings the concept back, and the next rounds erase it too. On a UNet base it trains from zero, "
-            f"300 x 2 split into the rounds: about 10x the plain patch's compute. Try {ROBUST_ROUNDS}."
+            "300 x 2 split into the rounds: about 13x the plain patch's compute; on the toy it holds circle and "
+            f"striped, not bob. Try {ROBUST_ROUNDS}."
         ),
     ] = 0,
     robust_attack_steps: Annotated[
