@@ -113,3 +113,9 @@ def test_the_cli_refuses_zero_rather_than_reading_it_as_the_default(capsys, tmp_
     code, _, err = run(capsys, "train", "circle", option, "0", "-o", str(out))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "from 1 to" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_inner_attack_of_no_steps_is_refused_before_training():
+    """Concept Inversion of 0 steps cannot run: refused when the config is made, not after the first round."""
+    with pytest.raises(FmnPatchError, match="robust_attack_steps=0 must be a whole number from 1"):
+        TrainConfig(robust_rounds=2, robust_attack_steps=0)

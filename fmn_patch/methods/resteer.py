@@ -121,7 +121,7 @@ class TrainConfig:
         for name in ("batch_size", "images_per_prompt", "micro_batch"):
             values.whole(getattr(self, name), name, int(name != "batch_size"), MAX_BATCH, example=8)
         values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
-        values.whole(self.robust_attack_steps, "robust_attack_steps", 0, MAX_STEPS, example=100)
+        values.whole(self.robust_attack_steps, "robust_attack_steps", 1, MAX_STEPS, example=100)
         values.seed(self.seed)
         if self.init not in ("auto", "zero", "edit"):
             raise FmnPatchError(f"init={self.init!r} is not one of auto, zero, edit")
