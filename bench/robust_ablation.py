@@ -26,47 +26,57 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from robust_quality import make_world, measure
 from run import OLD_DEFAULTS, RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base
-from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.concepts.bench import load_bench
-from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.methods.resteer import TrainConfig, train_patch
-from fmn_patch.toy.judge import ToyJudge
 
 
 def ablate(model: str, concept: str, start: str, changes: dict[str, Any]) -> dict[str, Any]:
-    pipe, bench, judge = load_base(model), load_bench("toy"), ToyJudge.load()
-    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
-    default = InversionAttackConfig()
-    attacks = {"1x": default, "2x": dataclasses.replace(default, steps=2 * default.steps)}
-    latents = reference_latents(pipe, bench.concept(concept), bench, default.images, steps=20, guidance=5.0)
-    base = evaluate(pipe, bench, judge, sampler, progress=False)
-    config = TrainConfig(**{**(OLD_DEFAULTS if start == "old" else {}), **changes})
+    pipe = load_base(model)
+    world = make_world(pipe, concept, [1, 2], seeds=2)
+    config = config_of(start, changes)
     tick = time.perf_counter()
     patch = train_patch(pipe, [concept], config, progress=False)
     seconds = time.perf_counter() - tick
     apply_patches(pipe, [patch])
-    score = evaluate(pipe, bench, judge, sampler, erased=[concept], progress=False)
-    row: dict[str, Any] = {
+    scored = measure(pipe, json.dumps(changes), concept, world, seconds, patch.info.extra["cost"]["samples"])
+    return {
         "model": model,
         "concept": concept,
         "start": start,
         "changes": changes,
-        "acc": score.concepts[concept].acc,
-        "kept": (score.acc_kept or 0.0) / acc_kept(base.concepts, [concept]),
-        "train_s": round(seconds, 1),
-        "samples": patch.info.extra["cost"]["samples"],
-        "ci": {},
+        "acc": scored["acc_erased"],
+        "kept": scored["kept_ratio"],
+        "train_s": scored["seconds"],
+        "samples": scored["samples"],
+        # per budget: the share of images called the concept, and the M-Score
+        "ci": {b: [v["acc"], round(v["m_score"], 4)] for b, v in scored["inversion"].items()},
     }
-    for budget, attack in attacks.items():
-        result, _ = inversion_attack(
-            pipe, bench.concept(concept), bench, judge, latents, attack, sampler, seed=0
-        )
-        row["ci"][budget] = [result.acc, round(result.m_score, 4)]  # share called the concept, M-Score
-    return row
+
+
+def config_of(start: str, changes: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a row: ``changes`` over the old defaults or today's."""
+    return TrainConfig(**{**(OLD_DEFAULTS if start == "old" else {}), **changes})
+
+
+def changes_of(text: str) -> dict[str, Any]:
+    """``--set``: a JSON object of TrainConfig fields."""
+    try:
+        changes = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not JSON ({e.msg}); e.g. '{{\"robust_rounds\": 4}}'"
+        ) from None
+    if not isinstance(changes, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of TrainConfig fields")
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"not TrainConfig fields: {', '.join(unknown)}")
+    return changes
 
 
 def main() -> None:
@@ -76,12 +86,18 @@ def main() -> None:
     parser.add_argument("concept")
     parser.add_argument("--model", default="toy", choices=["toy", "toy-sd3"])
     parser.add_argument("--start", default="new", choices=["old", "new"])
-    parser.add_argument("--set", default="{}", help="TrainConfig fields over the start, as JSON")
+    parser.add_argument(
+        "--set", type=changes_of, default={}, help="TrainConfig fields over the start, as JSON"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    try:
+        config_of(args.start, args.set)  # bad values fail here, before the base is loaded
+    except FmnPatchError as e:
+        parser.error(f"--set: {e}")
     torch.set_num_threads(args.threads)
     quiet_libraries()
-    row = ablate(args.model, args.concept, args.start, json.loads(args.set))
+    row = ablate(args.model, args.concept, args.start, args.set)
     print(json.dumps(row))
     path = RESULTS / "robust_ablation.json"
     record = json.loads(path.read_text()) if path.exists() else {"rows": []}

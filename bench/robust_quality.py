@@ -74,21 +74,28 @@ def measure(
     return row
 
 
-def run_concept(concept: str, args: argparse.Namespace, with_base: bool) -> list[dict[str, Any]]:
-    pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
-    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
+def make_world(pipe: Any, concept: str, budgets: list[int], seeds: int) -> dict[str, Any]:
+    """What ``measure`` scores with: the toy bench and judge, the sampler, Concept Inversion at each budget (a
+    multiple of the harness's default steps), the base's own pictures of ``concept`` and the base's scores."""
+    bench, judge = load_bench("toy"), ToyJudge.load()
+    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(seeds)))
     default = InversionAttackConfig()
-    attacks = {f"{b}x": dataclasses.replace(default, steps=default.steps * b) for b in args.budgets}
-    latents = reference_latents(pipe, bench.concept(concept), bench, default.images, steps=20, guidance=5.0)
-    base = evaluate(pipe, bench, judge, sampler, progress=False)
-    world = {
+    return {
         "bench": bench,
         "judge": judge,
         "sampler": sampler,
-        "attacks": attacks,
-        "latents": latents,
-        "base": base,
+        "attacks": {f"{b}x": dataclasses.replace(default, steps=default.steps * b) for b in budgets},
+        "latents": reference_latents(
+            pipe, bench.concept(concept), bench, default.images, steps=20, guidance=5.0
+        ),
+        "base": evaluate(pipe, bench, judge, sampler, progress=False),
     }
+
+
+def run_concept(concept: str, args: argparse.Namespace, with_base: bool) -> list[dict[str, Any]]:
+    pipe = load_base("toy")
+    world = make_world(pipe, concept, args.budgets, args.seeds)
+    bench = world["bench"]
     rows = [measure(pipe, "base (no patch)", concept, world, 0.0, None)] if with_base else []
     for label, config in models().items():
         started = time.perf_counter()
