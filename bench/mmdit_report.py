@@ -9,7 +9,58 @@ Reader = Callable[[str], dict[str, Any] | None]
 
 
 def mmdit_sections(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
-    return toy_sd3_section(read, provenance) + levers_section(read) + sizes_section(read, provenance)
+    return (
+        toy_sd3_section(read, provenance)
+        + robust_section(read, provenance)
+        + levers_section(read)
+        + sizes_section(read, provenance)
+    )
+
+
+def robust_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -> list[str]:
+    record = read("mmdit_robust")
+    if not record:
+        return []
+    lines = [
+        "## Adversarial rounds on the toy MMDiT (`bench/mmdit_robust.py`): why `--robust` is refused there",
+        "",
+        "One patch of toy-sd3 per row, each its own run (command, date and revision below the table). Round 0 is the "
+        "plain from-zero patch (150 x 8, pool 256, preservation 100); each later round learns a Concept Inversion "
+        "token against the patch as it stands (100 x 2), then trains 50 more steps on the concept's prompts plus what "
+        "the variant adds. Scored on 2 seeds (16 images of the concept: one image is 6.25 points): Acc_erased, "
+        "Acc_kept ratio, and Concept Inversion from the anchor at the harness's default budget (1x: 200 steps of 8) "
+        "and twice its steps.",
+        "",
+        "| # | variant | what it changes | Acc_erased | Acc_kept ratio | inversion 1x | inversion 2x | samples "
+        "| train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(record["rows"], 1):
+        changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items())
+        about = row["about"] + (f" ({changes})" if changes else "")
+        lines.append(
+            f"| {i} | {row['variant']} | {about} | {row['acc']:.0%} | {row['kept']:.1%} | "
+            f"{row['ci']['1x'][0]:.0%} | {row['ci']['2x'][0]:.0%} | {sum(row['samples'].values())} | "
+            f"{row['train_s']:.1f} |"
+        )
+    lines.append("")
+    lines += [f"{i}. {provenance(row)}" for i, row in enumerate(record["rows"], 1)]
+    for probe in record.get("probes", []):
+        lines += [
+            "",
+            f"Where the attack's {probe['concept']} comes from: the plain patch applied, the measuring Concept "
+            "Inversion token learned against it, then the bench's prompts drawn with the text states and the pooled "
+            f"embedding taken from different prompts ({probe['images']} images each; the pipeline called with the "
+            "embeddings directly, an empty negative prompt, seeds 0 and 1, so the first row is not the harness's "
+            f"figure; the anchor's own prompts draw {probe['concept']} too). {provenance(probe)}",
+            "",
+            "| text states from | pooled embedding from | Acc | M-Score |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['text']} | {r['pooled']} | {r['acc']:.0%} | {r['m_score']:.3f} |" for r in probe["rows"]
+        ]
+    return [*lines, ""]
 
 
 def levers_section(read: Reader) -> list[str]:
@@ -107,6 +158,13 @@ def toy_sd3_section(read: Reader, provenance: Callable[[dict[str, Any]], str]) -
         )
     for row in r.get("robust", []):
         lines.append("")
+        if "robust_refused" in row:
+            lines.append(
+                f"`--robust` on {row['model']} ({row['concept']}): refused ({row['robust_refused']}). Concept "
+                f"Inversion against the plain patch: {row['plain_inversion_acc']:.1%} (base: "
+                f"{row['base_inversion_acc']:.1%})."
+            )
+            continue
         lines.append(
             f"`--robust` on {row['model']} ({row['concept']}): Concept Inversion brings the concept back in "
             f"{row['inversion_acc']:.1%} of its images (plain patch: {row['plain_inversion_acc']:.1%}; base: "
