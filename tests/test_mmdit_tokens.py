@@ -1,5 +1,5 @@
 """Learned tokens on the MMDiT families: a token lives in every text encoder (SD3: both CLIPs and T5; Flux: CLIP
-and T5), so textual inversion, Concept Inversion, the prompt search and robust training serve them."""
+and T5), so textual inversion, Concept Inversion and the prompt search serve them; robust training is refused there."""
 
 from __future__ import annotations
 
@@ -77,16 +77,24 @@ def test_prompt_search_serves_mmdit(mkind, mmdit_dirs):
     assert len(found.prompt.split()) == 2 and found.loss <= found.start_loss
 
 
-def test_robust_training_serves_mmdit(mmdit_dirs):
-    config = TrainConfig(
-        steps=4, images_per_prompt=1, image_steps=2, batch_size=2, robust_rounds=2, robust_attack_steps=2
-    )
-    base = load_base(str(mmdit_dirs["sd3"]))
+def test_robust_training_is_refused_on_mmdit_with_the_reason(mkind, mmdit_dirs, capsys, tmp_path):
+    """Adversarial rounds were measured to make MMDiT patches easier to invert (bench/mmdit_robust.py): refused
+    before any work, one line at the CLI, nothing written; the same base still trains without --robust."""
+    from test_cli import run
+
+    folder = str(mmdit_dirs[mkind])
+    base = load_base(folder)
     sizes = _tokenizers(base)
-    a = train_patch(base, ["Elon Musk"], config, progress=False)
-    assert a.info.method == "resteer+robust" and _tokenizers(base) == sizes
-    b = train_patch(load_base(str(mmdit_dirs["sd3"])), ["Elon Musk"], config, progress=False)
-    assert a.tensor_hash() == b.tensor_hash()
+    with pytest.raises(FmnPatchError, match=r"--robust is not offered for (sd3|flux) models: .*mmdit_robust"):
+        train_patch(base, ["Elon Musk"], TrainConfig(robust_rounds=2, steps=2, batch_size=2), progress=False)
+    assert _tokenizers(base) == sizes
+    out = tmp_path / "robust.safetensors"
+    capsys.readouterr()  # the loading bars of the library call above
+    code, stdout, err = run(capsys, "train", "Elon Musk", "--base", folder, "--robust", "3", "-o", str(out))
+    errors = [line for line in err.splitlines() if line.startswith("fmnpatch: error:")]
+    assert code == 2 and stdout == "" and len(errors) == 1 and err.strip().endswith(errors[0])
+    assert "--robust is not offered" in errors[0] and "train without --robust" in errors[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # about 6 min on 2 loaded cores: every attack, twice, on the tiny Flux

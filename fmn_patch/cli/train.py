@@ -116,7 +116,8 @@ def train(
             help="Adversarial rounds (0: off): between rounds an inner attack (Concept Inversion) finds a token "
             "that brings the concept back, and the next rounds erase it too. On a UNet base it trains from zero, "
             "300 x 2 split into the rounds: about 13x the plain patch's compute; on the toy it holds circle and "
-            f"striped, not bob. Try {ROBUST_ROUNDS}."
+            f"striped, not bob. Try {ROBUST_ROUNDS}. Refused on SD3/FLUX bases: on the toy MMDiT every variant of "
+            "the rounds let Concept Inversion back in more often than a plain patch (bench/mmdit_robust.py)."
         ),
     ] = 0,
     robust_attack_steps: Annotated[

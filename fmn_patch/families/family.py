@@ -253,6 +253,11 @@ class Family(ABC):
         """Refuse (one line, with the reason) where the closed-form edit does not serve the family."""
         return None
 
+    def require_robust(self) -> None:
+        """Refuse (one line, with the reason) where adversarial rounds (``--robust``) were measured not to serve the
+        family."""
+        return None
+
     def place(self, prompt: str, concept: str) -> Placement:
         """Where ``concept``'s tokens (and the positions after it) sit in ``prompt``."""
         from .tokens import place

@@ -48,6 +48,13 @@ EDIT_REFUSAL = (
     "which depends on the image and the timestep from block 1 on (exact only at block 0, per timestep); "
     "use `fmnpatch train` instead"
 )
+#: On toy-sd3 every adversarial-round variant tried (bench/mmdit_robust.py) let Concept Inversion back in more often
+#: than the plain patch: 31-81% of circle images at the harness budget, against 12-33% (BENCHMARKS.md). The attack's
+#: token brings the concept through the pooled text embedding, which no key/value patch touches.
+ROBUST_REFUSAL = (
+    "--robust is not offered for {family} models: on the toy MMDiT its adversarial rounds let Concept Inversion "
+    "back in more often than a plain patch does (BENCHMARKS.md, bench/mmdit_robust.py); train without --robust"
+)
 
 
 class MMDiTFamily(Family):
@@ -120,6 +127,9 @@ class MMDiTFamily(Family):
 
     def require_closed_form(self) -> None:
         raise FmnPatchError(EDIT_REFUSAL.format(family=self.name))
+
+    def require_robust(self) -> None:
+        raise FmnPatchError(ROBUST_REFUSAL.format(family=self.name))
 
     def text_encoders(self) -> list[nn.Module]:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")

@@ -238,6 +238,8 @@ def _train(
         )
     if config.robust_rounds and inversion is not None:
         raise FmnPatchError("--robust and --ti do not combine; train with one of them")
+    if config.robust_rounds:
+        base.family.require_robust()
     described = base.describe()
     config = resolved(config, offers_edit(base))  # the budget the start needs, where the caller left it
     budget = spent(config)
