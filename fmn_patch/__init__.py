@@ -12,6 +12,11 @@ The library is the product; the ``fmnpatch`` CLI is a thin layer over these call
 The package is in layers (see ARCHITECTURE.md): ``errors``/``files`` < ``format`` < ``families`` < ``concepts`` <
 ``methods``, ``evaluation`` < ``attacks`` < ``hub``, ``toy`` < ``cli``; a module imports its own layer or lower.
 """
+# ruff: noqa: E402  (the imports below come after startup.guard on purpose)
+
+from .startup import guard
+
+guard()  # fmnpatch's first seconds are these imports: Ctrl-C there exits 130 without a traceback (startup.py)
 
 from . import toy  # registers the toy world: base, bench and judge "toy"
 from .attacks import AttackConfig, AttackReport, InversionAttackConfig, SearchConfig, run_attacks

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "files": 0,
     "processes": 0,
+    "startup": 0,
     "text": 0,
     "values": 0,
     "format": 1,

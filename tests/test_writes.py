@@ -68,6 +68,52 @@ def test_sigint_during_apply_exits_130_and_writes_nothing(pipeline_dirs, sd1, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
 
 
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_ctrl_c_while_the_cli_imports_its_libraries_exits_130_in_one_line(entry, tmp_path):
+    """The CLI's first seconds import torch and diffusers, before main() can catch KeyboardInterrupt: a press there
+    exits 130 with one line, no traceback, and nothing written."""
+    script = Path(sys.executable).with_name("fmnpatch")
+    if entry == "console script" and not script.exists():
+        pytest.skip("the package is not installed with its console script here")
+    head = [str(script)] if entry == "console script" else [sys.executable, "-m", "fmn_patch"]
+    out_file = tmp_path / "p.safetensors"
+    child = subprocess.Popen(
+        [*head, "train", "circle", "--base", "toy", "-o", str(out_file)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C (see above)
+    )
+    time.sleep(0.5)  # importing torch alone takes longer
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-1000:]
+    assert err == "fmnpatch: interrupted while starting; nothing was written\n" and out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_startup_guard_is_for_the_cli_alone_and_main_gives_ctrl_c_back():
+    code = (
+        "import signal, fmn_patch, fmn_patch.startup as s; "
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; "  # a library import: untouched
+        "s.sys.argv[0] = 'fmnpatch'; s.guard(); assert signal.getsignal(signal.SIGINT) is s._exit; "
+        "s.release(); assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); s.guard(); "  # started in the background: stays ignored
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's handler, as in a terminal
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+
+
 def test_ctrl_c_in_merge_exits_130(capsys, sd1, tmp_path, monkeypatch):
     a = random_patch(sd1, seed=1).save(tmp_path / "a.safetensors")
     b = random_patch(sd1, seed=2).save(tmp_path / "b.safetensors")

@@ -13,6 +13,7 @@ import typer
 
 from ..errors import FmnPatchError
 from ..files import describe_os_error
+from ..startup import release
 from ..text import printable
 from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train
 from .options import quiet_libraries
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point. User mistakes print one line to stderr and exit 2 (a usage error prints the usage line
     first); Ctrl-C exits 130; SIGTERM (a launcher stopping its processes, a preempted job) exits 143. Neither
     leaves a partial file. Text from files is escaped before it reaches the terminal."""
+    release()  # from here Ctrl-C is a KeyboardInterrupt this function turns into exit 130
     _debug[0] = False
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
