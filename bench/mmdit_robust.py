@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from robust_ablation import changes_of
+from robust_ablation import changes_of, scores
 from robust_quality import make_world, measure
 from run import RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.concepts.prompts import ConceptPlan, substitute
+from fmn_patch.concepts.prompts import ConceptPlan
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import Base
 from fmn_patch.families.checkpointing import gradient_checkpointing
@@ -195,14 +195,7 @@ def _anchor_text(
     found: list[LearnedTokens],
 ) -> TrainingSet:
     """``batch`` plus the anchor's text states with the attack prompts' pooled embeddings (no re-steering)."""
-    owner = [k for k, pl in enumerate(plans) for _ in pl.prompts]
-    prompts = [p for pl in plans for p in pl.prompts]
-    words = [found[k].words for k in owner]
-    family = base.family
-    with family.added_tokens([n for t in found for n in t.names], torch.cat([t.embeddings for t in found])):
-        attacked = family.encode(
-            [substitute(p, plans[k].concept.name, w) for p, k, w in zip(prompts, owner, words, strict=True)]
-        )
+    attacked, _ = robust.encode_attacked(base, plans, found, after=True)
     anchor = original.anchor
     mixed = Conditioning(anchor.states, {**(anchor.added or {}), "pooled": _pooled(attacked)})
     return batch.with_prompts(mixed, original.anchor, torch.zeros_like(original.masks), original)
@@ -296,11 +289,7 @@ def run_variant(name: str, concept: str, extra: dict[str, Any]) -> dict[str, Any
         "about": variant.about,
         "concept": concept,
         "changes": changes,
-        "acc": scored["acc_erased"],
-        "kept": scored["kept_ratio"],
-        "train_s": scored["seconds"],
-        "samples": scored["samples"],
-        "ci": {b: [v["acc"], round(v["m_score"], 4)] for b, v in scored["inversion"].items()},
+        **scores(scored),
     }
 
 

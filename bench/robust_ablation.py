@@ -48,11 +48,18 @@ def ablate(model: str, concept: str, start: str, changes: dict[str, Any]) -> dic
         "concept": concept,
         "start": start,
         "changes": changes,
+        **scores(scored),
+    }
+
+
+def scores(scored: dict[str, Any]) -> dict[str, Any]:
+    """A row's scores from ``measure``'s: Acc_erased, kept ratio, train time, samples, and per inversion budget the
+    share of images called the concept and the M-Score."""
+    return {
         "acc": scored["acc_erased"],
         "kept": scored["kept_ratio"],
         "train_s": scored["seconds"],
         "samples": scored["samples"],
-        # per budget: the share of images called the concept, and the M-Score
         "ci": {b: [v["acc"], round(v["m_score"], 4)] for b, v in scored["inversion"].items()},
     }
 

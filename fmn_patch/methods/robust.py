@@ -19,6 +19,7 @@ import torch
 from ..concepts.prompts import ConceptPlan, substitute
 from ..families.base import Base
 from ..families.checkpointing import gradient_checkpointing
+from ..families.family import Conditioning
 from ..families.stack import apply_patches, remove_patches
 from ..format.header import PatchInfo
 from ..format.patch import Patch
@@ -140,14 +141,21 @@ def _with_adversarial(
     config: TrainConfig,
 ) -> TrainingSet:
     """``batch`` plus the original prompts rewritten with the attack's tokens, on the same latents and anchors."""
+    cond, masks = encode_attacked(base, plans, found, config.after)
+    return batch.with_prompts(cond, original.anchor, masks, original)
+
+
+def encode_attacked(
+    base: Base, plans: list[ConceptPlan], found: list[LearnedTokens], after: bool
+) -> tuple[Conditioning, torch.Tensor]:
+    """The concepts' prompts with each concept's attack token for its name, encoded with the tokens added, and the
+    (P, T) positions the re-steering loss reads in them."""
     owner = [k for k, pl in enumerate(plans) for _ in pl.prompts]
     prompts = [p for pl in plans for p in pl.prompts]
     words = [found[k].words for k in owner]
     family = base.family
     with family.added_tokens([n for t in found for n in t.names], torch.cat([t.embeddings for t in found])):
-        adversarial = [
+        attacked = [
             substitute(p, plans[k].concept.name, w) for p, k, w in zip(prompts, owner, words, strict=True)
         ]
-        cond = family.encode(adversarial)
-        masks = concept_masks(base, adversarial, words, config.after)
-    return batch.with_prompts(cond, original.anchor, masks, original)
+        return family.encode(attacked), concept_masks(base, attacked, words, after)
