@@ -59,7 +59,9 @@ from fmn_patch.methods.lora import lora_adapter
 from fmn_patch.methods.losses import guided_target
 from fmn_patch.methods.resteer import TrainConfig, TrainReport, run_steps, train_patch
 
-FIRST, LATER = 150, 50  # round 0 (the plain budget) and every later round, in steps
+LATER = (
+    50  # steps of every round after the first (which trains the plain budget: config.steps, 150 by default)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,7 @@ def _rounds(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     batch, fresh = first, {}
     for r in range(variant.rounds):
-        steps = FIRST if r == 0 else LATER
+        steps = config.steps if r == 0 else LATER  # resolved: the from-zero budget unless --set gives steps
         step_config = dataclasses.replace(config, steps=steps)
         with lora_adapter(
             base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
