@@ -9,7 +9,7 @@ import torch
 from fmn_patch.attacks.config import SearchConfig
 from fmn_patch.attacks.search import search_prompt
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.families.base import load_base
+from fmn_patch.families.base import load_base, peek_family
 from fmn_patch.methods.inversion import InversionConfig, learn_tokens
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 
@@ -91,9 +91,11 @@ def test_robust_training_is_refused_on_mmdit_with_the_reason(mkind, mmdit_dirs, 
     out = tmp_path / "robust.safetensors"
     capsys.readouterr()  # the loading bars of the library call above
     code, stdout, err = run(capsys, "train", "Elon Musk", "--base", folder, "--robust", "3", "-o", str(out))
-    errors = [line for line in err.splitlines() if line.startswith("fmnpatch: error:")]
-    assert code == 2 and stdout == "" and len(errors) == 1 and err.strip().endswith(errors[0])
-    assert "--robust is not offered" in errors[0] and "train without --robust" in errors[0]
+    assert (
+        code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+    )  # refused before loading the base
+    assert err.startswith("fmnpatch: error: --robust is not offered") and "train without --robust" in err
+    assert peek_family(folder) is type(base.family) and peek_family("toy") is None  # the index names a UNet
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

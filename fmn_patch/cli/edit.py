@@ -13,7 +13,7 @@ from .. import processes
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..families.base import load_base
+from ..families.base import load_base, peek_family
 from ..files import check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
@@ -134,6 +134,9 @@ def edit(
     config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
     device = processes.current().device(device)
     base = configured_base(base, [chosen.name] if chosen is not None else names)
+    known = peek_family(base)
+    if known is not None:
+        known.require_closed_form()  # before minutes of loading a large base
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))

@@ -13,7 +13,7 @@ from .. import processes, values
 from ..concepts.bench import Concept
 from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..families.base import load_base
+from ..families.base import load_base, peek_family
 from ..files import check_input, check_output, read_lines, slug
 from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
@@ -221,6 +221,9 @@ def train(
     inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
     inversion = inversion_config if ti else None
     base = configured_base(base, [chosen.name] if chosen is not None else concepts)
+    known = peek_family(base)
+    if robust and known is not None:
+        known.require_robust()  # before minutes of loading a large base
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
         wanted, categories = list(preset_concepts(chosen, anchor)), None

@@ -19,7 +19,15 @@ import torch
 
 from ..errors import FmnPatchError
 from .family import Family
-from .registry import NamedBase, family_for_index, family_of, named_base, named_bases, world_of
+from .registry import (
+    NamedBase,
+    family_for_index,
+    family_named_in_index,
+    family_of,
+    named_base,
+    named_bases,
+    world_of,
+)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -179,6 +187,19 @@ def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision
     pipe = pipe.to(device)
     base = as_base(pipe, ref=ref, revision=revision)
     return base
+
+
+def peek_family(ref: str) -> type[Family] | None:
+    """The family of base ``ref`` as its ``model_index.json`` names it, without loading anything: for a registered
+    name or a local folder whose index names its denoiser; None where that cannot be told (a Hub id, a damaged or
+    unknown folder: loading will say)."""
+    named = named_base(ref)
+    folder = Path(named.locate()) if named is not None else Path(ref)
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return family_named_in_index(index) if isinstance(index, dict) else None
 
 
 def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -6,9 +6,8 @@ conditioning, where a concept sits among the tokens, one denoising prediction, t
 text keys, kohya names, ModelSpec ids and the base hash. Nothing outside ``fmn_patch.families`` reaches into
 ``pipe.unet``, ``pipe.transformer``, tokenizers or attention processors.
 
-A family is a subclass registered with ``register_family`` (one module and one registration line). What is common
-to every diffusers LoRA pipeline (the adapter verbs, sampling with the pipeline's own call) is implemented here.
-"""
+A family is a subclass registered with ``register_family``. What is common to every diffusers LoRA pipeline (the
+adapter verbs, sampling with the pipeline's own call) is implemented here."""
 
 from __future__ import annotations
 
@@ -83,9 +82,13 @@ class Family(ABC):
         """Whether a loaded pipeline is of this family."""
 
     @classmethod
+    def named_in_index(cls, model_index: dict[str, Any]) -> bool:
+        """Whether a ``model_index.json`` names this family's denoiser (False: cannot tell); for early refusals."""
+        return False
+
+    @classmethod
     def claims_index(cls, model_index: dict[str, Any]) -> bool:
-        """Whether this family must load a folder or repo itself (its ``model_index.json`` says so); families
-        that diffusers' ``DiffusionPipeline.from_pretrained`` loads answer False."""
+        """Whether this family loads a folder itself (its ``model_index.json`` says so), not diffusers."""
         return False
 
     @classmethod
@@ -249,13 +252,14 @@ class Family(ABC):
     def text_states(self) -> Any:
         """The text states the targets read, at each prompt's true length (``encoding.TextStates``)."""
 
-    def require_closed_form(self) -> None:
+    @classmethod
+    def require_closed_form(cls) -> None:
         """Refuse (one line, with the reason) where the closed-form edit does not serve the family."""
         return None
 
-    def require_robust(self) -> None:
-        """Refuse (one line, with the reason) where adversarial rounds (``--robust``) were measured not to serve the
-        family."""
+    @classmethod
+    def require_robust(cls) -> None:
+        """Refuse (one line, with the reason) where adversarial rounds (``--robust``) do not serve the family."""
         return None
 
     def place(self, prompt: str, concept: str) -> Placement:

@@ -48,12 +48,13 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
 
     name = "flux"
     sequence_cap = 512  # FluxPipeline's default max_sequence_length
+    transformer_class = "FluxTransformer2DModel"
     token_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 
     @classmethod
     def claims(cls, pipe: Any) -> bool:
         transformer = getattr(pipe, "transformer", None)
-        return type(transformer).__name__ == "FluxTransformer2DModel"
+        return type(transformer).__name__ == cls.transformer_class
 
     def architecture(self) -> str:
         return ARCHITECTURES[0] if self.denoiser.config.guidance_embeds else ARCHITECTURES[1]

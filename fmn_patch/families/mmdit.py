@@ -64,6 +64,8 @@ class MMDiTFamily(Family):
     targets_kind = MMDIT_TARGETS
     #: Sampler sequence cap of the pipeline's ``max_sequence_length`` (SD3: 256, Flux: 512).
     sequence_cap: ClassVar[int]
+    #: The diffusers class of its transformer, as ``model_index.json`` names it.
+    transformer_class: ClassVar[str]
 
     # ------------------------------------------------------------------------------------ what a patch touches
     def targets(self) -> dict[str, nn.Linear]:
@@ -125,11 +127,18 @@ class MMDiTFamily(Family):
     def text_states(self) -> Any:
         raise FmnPatchError(EDIT_REFUSAL.format(family=self.name))
 
-    def require_closed_form(self) -> None:
-        raise FmnPatchError(EDIT_REFUSAL.format(family=self.name))
+    @classmethod
+    def require_closed_form(cls) -> None:
+        raise FmnPatchError(EDIT_REFUSAL.format(family=cls.name))
 
-    def require_robust(self) -> None:
-        raise FmnPatchError(ROBUST_REFUSAL.format(family=self.name))
+    @classmethod
+    def require_robust(cls) -> None:
+        raise FmnPatchError(ROBUST_REFUSAL.format(family=cls.name))
+
+    @classmethod
+    def named_in_index(cls, model_index: dict[str, Any]) -> bool:
+        entry = model_index.get("transformer")
+        return isinstance(entry, list) and len(entry) == 2 and entry[1] == cls.transformer_class
 
     def text_encoders(self) -> list[nn.Module]:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")

@@ -61,6 +61,11 @@ def family_of(pipe: Any) -> type[Family]:
     )
 
 
+def family_named_in_index(model_index: dict[str, Any]) -> type[Family] | None:
+    """The family whose denoiser a ``model_index.json`` names, where it can tell before loading (None: it cannot)."""
+    return next((f for f in _FAMILIES if f.named_in_index(model_index)), None)
+
+
 def family_for_index(model_index: dict[str, Any]) -> type[Family] | None:
     """The family that loads a folder itself, from its ``model_index.json`` (None: diffusers loads it)."""
     return next((f for f in _FAMILIES if f.claims_index(model_index)), None)

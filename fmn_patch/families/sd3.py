@@ -44,6 +44,7 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
         False  # ComfyUI reads the native file's transformer.* keys; diffusers has no SD3 kohya converter
     )
     sequence_cap = 256  # StableDiffusion3Pipeline's default max_sequence_length
+    transformer_class = "SD3Transformer2DModel"
     token_encoders = (
         ("text_encoder", "tokenizer"),
         ("text_encoder_2", "tokenizer_2"),
@@ -53,7 +54,7 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
     @classmethod
     def claims(cls, pipe: Any) -> bool:
         transformer = getattr(pipe, "transformer", None)
-        return type(transformer).__name__ == "SD3Transformer2DModel"
+        return type(transformer).__name__ == cls.transformer_class
 
     def architecture(self) -> str:
         config = self.denoiser.config
