@@ -45,9 +45,7 @@ def robust_rounds(
     original, factors = batch, start
     fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     last = config.robust_rounds - 1
-    # kv inversion matches the targets' outputs on the text encoder's states: where the targets read more than
-    # those (an MMDiT's text stream at each block: per-target preserve inputs), the inner attack is Concept Inversion
-    attack = config.robust_attack if isinstance(original.preserve, torch.Tensor) else "inversion"
+    attack = config.robust_attack  # UNet bases only: MMDiT families refuse --robust (Family.require_robust)
     for r in range(config.robust_rounds):
         with lora_adapter(
             base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
