@@ -158,6 +158,22 @@ def test_apply_unknown_base_is_clear(capsys, patch_files, tmp_path):
     assert code == 2 and "model_index.json" in err
 
 
+@pytest.mark.parametrize("text", [b"\xff\xfe{", b"[1, 2]", b'{"transformer": '])
+@pytest.mark.parametrize(
+    "command", [["train", "circle", "--robust", "2"], ["edit", "circle"], ["train", "circle"]]
+)
+def test_a_damaged_model_index_is_one_line_before_and_at_loading(capsys, tmp_path, text, command):
+    """Not UTF-8, not an object, not JSON: the early family check and the loader both say so in one line."""
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    (folder / "model_index.json").write_bytes(text)
+    out = tmp_path / "p.safetensors"
+    code, stdout, err = run(capsys, *command, "--base", str(folder), "-o", str(out))
+    errors = [line for line in err.splitlines() if line.startswith("fmnpatch: error:")]
+    assert code == 2 and stdout == "" and len(errors) == 1 and "the pipeline folder is damaged" in errors[0]
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_export_writes_kohya(capsys, patch_files, tmp_path):
     out_path = tmp_path / "k.safetensors"
     code, out, _ = run(capsys, "export", str(patch_files[0]), "-o", str(out_path))

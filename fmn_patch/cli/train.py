@@ -221,8 +221,8 @@ def train(
     inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
     inversion = inversion_config if ti else None
     base = configured_base(base, [chosen.name] if chosen is not None else concepts)
-    known = peek_family(base)
-    if robust and known is not None:
+    known = peek_family(base) if robust else None
+    if known is not None:
         known.require_robust()  # before minutes of loading a large base
     wanted: list[str | Concept] = list(concepts)
     if chosen is not None:  # the preset's terms carry their aliases, templates and anchor

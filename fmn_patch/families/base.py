@@ -194,18 +194,16 @@ def peek_family(ref: str) -> type[Family] | None:
     name or a local folder whose index names its denoiser; None where that cannot be told (a Hub id, a damaged or
     unknown folder: loading will say)."""
     named = named_base(ref)
-    folder = Path(named.locate()) if named is not None else Path(ref)
     try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return family_named_in_index(_model_index(named.locate() if named is not None else ref))
+    except FmnPatchError:
         return None
-    return family_named_in_index(index) if isinstance(index, dict) else None
 
 
 def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise FmnPatchError(
             f"{folder}/model_index.json cannot be read ({e}); the pipeline folder is damaged"
         ) from e
