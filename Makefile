@@ -1,22 +1,53 @@
 # fmn-patch: every routine task is a make target. `make demo` and `make test` work on a fresh clone.
 VENV    ?= .venv
+PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+# Every package's exact version, transitive ones included, for CPython 3.11 on Linux x86_64: `make lock` writes it.
+LOCK    := requirements.lock
+LATEST  := .venv-latest
+# torch's CPU build (a bare `torch` pulls a multi-GB CUDA build): its wheel lies on this machine's disk, which pip
+# reads through its find-links; elsewhere, `make lock TORCH_WHEELS="--extra-index-url https://download.pytorch.org/whl/cpu"`
+# and PIP_EXTRA_INDEX_URL set to the same for the install.
+TORCH   := torch==2.13.0+cpu
+TORCH_WHEELS ?= --find-links /opt/wheels
+UPGRADE ?=
 
-.PHONY: install test test-slow lint format typecheck demo bench bench-quick fingerprint toy-model toy-sd3 patches clean
+.PHONY: install lock test test-latest test-slow lint format typecheck demo bench bench-quick fingerprint toy-model toy-sd3 patches clean
 
 install: $(STAMP)
 
-# torch first, pinned to the CPU wheel on this machine's disk: a bare `torch` pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+# pip puts in the two pins uv cannot take itself (torch from the disk, uv to run), then uv makes .venv exactly the
+# lock, removing whatever else is there, and adds this package, editable, built with the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' \
+	  || { echo "make: $(LOCK) is for CPython 3.11 on Linux x86_64, not $(PYTHON); set PYTHON=python3.11, or install the ranges with: pip install -e '.[dev]'" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --no-deps $$(grep -E '^(torch|uv)==' $(LOCK))
+	$(VENV)/bin/uv pip sync -q --python $(PY) $(LOCK)
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges (all extras) for the locked platform, whichever machine runs it. Pins that still
+# fit are kept; UPGRADE=1 takes the newest releases (run `make test-latest` first). Review with `git diff $(LOCK)`.
+lock:
+	test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv; }
+	echo "$(TORCH)" | $(VENV)/bin/uv pip compile -q pyproject.toml - --all-extras \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_WHEELS) \
+	  $(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" -o $(LOCK)
 
 test: install
 	$(PY) -m pytest -q
+
+# The newest releases within pyproject.toml's ranges (torch stays the locked CPU wheel), in a venv of their own, then
+# the suite: drift shows here before it reaches the lock. Maintainers run it before `make lock UPGRADE=1`; CI does not.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	grep '^torch==' $(LOCK) > $(LATEST)/torch.txt
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch.txt -e ".[dev]"
+	$(LATEST)/bin/python tests/lockfile.py $(LOCK)
+	FMNPATCH_UNLOCKED=1 $(LATEST)/bin/python -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
@@ -74,4 +105,4 @@ patches: install
 	$(PY) patches/make.py
 
 clean:
-	rm -rf out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out $(LATEST) .pytest_cache .mypy_cache .ruff_cache

@@ -235,6 +235,9 @@ def write_markdown() -> None:
     from scale import scale_section  # bench/scale.py: eval on one process and on several
 
     lines += scale_section()
+    from install import install_section  # bench/install.py: a fresh clone's install from the lock
+
+    lines += install_section(_read, _provenance)
     lines += mmdit_sections(_read, _provenance)
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 import struct
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ import tomllib
 import torch
 from conftest import random_patch, render
 from huggingface_hub import HfFileSystem, ModelCard
+from lockfile import canonical, differences, installed, locked
 from packaging.requirements import Requirement
 from packaging.version import Version
 from test_cli import run
@@ -360,40 +361,76 @@ def test_toy_concepts_need_no_base(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ packaging
-def _third_party_imports() -> set[str]:
-    """Top-level modules the package imports (anywhere in a file, lazy imports too), standard library aside."""
+def _third_party_imports(folder: str) -> set[str]:
+    """Top-level modules a folder imports (anywhere in a file, lazy imports too), standard library and its own aside."""
     import ast
     import sys
 
     found = set()
-    for path in (ROOT / "fmn_patch").rglob("*.py"):
+    for path in (ROOT / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return found - set(sys.stdlib_module_names) - {"fmn_patch"}
+    own = {path.stem for path in (ROOT / folder).glob("*.py")}
+    return found - set(sys.stdlib_module_names) - {"fmn_patch"} - own
 
 
-def test_every_imported_package_is_declared_at_a_tested_version():
+def _declared() -> tuple[dict[str, Requirement], dict[str, Requirement]]:
+    """pyproject.toml's requirements by canonical name: the package's own, and every extra's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {canonical(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
+    extras = {
+        canonical(Requirement(r).name): Requirement(r)
+        for extra in project["optional-dependencies"].values()
+        for r in extra
+    }
+    return core, extras
+
+
+def test_every_declared_range_holds_its_locked_version_and_claims_no_older_minor():
+    core, extras = _declared()
+    lock = locked()
+    for name, requirement in {**extras, **core}.items():
+        assert name in lock, f"{name} is declared but not in requirements.lock: run make lock"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (
+            name,
+            lock[name],
+            str(requirement),
+        )
+    for name, requirement in core.items():
+        low = min(Version(s.version) for s in requirement.specifier if s.operator == ">=")
+        pinned = Version(lock[name])
+        # a user's lower bound is the minor release the suite runs with: nothing older is claimed
+        assert (low.major, low.minor) == (pinned.major, pinned.minor), (name, str(low), str(pinned))
+
+
+@pytest.mark.parametrize("folder", ["fmn_patch", "tests", "bench", "examples", "patches"])
+def test_every_imported_module_is_provided_by_a_declared_locked_dependency(folder):
     from importlib.metadata import packages_distributions
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
-    optional = {
-        _name(Requirement(r).name) for extra in project["optional-dependencies"].values() for r in extra
-    }
-    distributions = packages_distributions()
-    for module in sorted(_third_party_imports()):
-        names = {_name(d) for d in distributions.get(module, [module])}
-        assert names & (set(declared) | optional), f"{module} is imported but no dependency provides it"
-    for name, requirement in declared.items():
-        installed = Version(version(name))
-        assert installed in requirement.specifier, (name, str(installed), str(requirement.specifier))
-        low = min(Version(s.version) for s in requirement.specifier if s.operator == ">=")
-        # the lower bound is the version the suite runs with (same major and minor): nothing older is claimed
-        assert (low.major, low.minor) == (installed.major, installed.minor), (name, str(low), str(installed))
+    core, extras = _declared()
+    lock = locked()
+    providers = packages_distributions()
+    for module in sorted(_third_party_imports(folder)):
+        names = {canonical(d) for d in providers.get(module, [module])}
+        # the package may import an extra's module too, behind its own install hint (nudenet, accelerate)
+        assert names & (set(core) | set(extras)), f"{folder} imports {module} but no dependency provides it"
+        assert names & set(lock), (
+            f"{folder} imports {module}, provided by {sorted(names)}, which is not locked"
+        )
 
 
-def _name(distribution: str) -> str:
-    return distribution.lower().replace("_", "-")
+@pytest.mark.skipif(bool(os.environ.get("FMNPATCH_UNLOCKED")), reason="make test-latest runs beyond the lock")
+def test_the_environment_is_exactly_the_lock():
+    assert differences(locked(), installed()) == [], "this environment is not the lock: run make install"
+
+
+def test_the_lock_reads_as_exact_pins_only(tmp_path):
+    lock = locked()
+    assert lock["torch"].endswith("+cpu") and len(lock) > len(_declared()[0])
+    bad = tmp_path / "requirements.lock"
+    bad.write_text("numpy==2.4.6\n    # via torch\ntransformers>=5\n")
+    with pytest.raises(ValueError, match=r"requirements.lock:3: 'transformers>=5' is not an exact"):
+        locked(bad)
