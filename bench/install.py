@@ -5,8 +5,8 @@
 
 Every run installs into a fresh clone of HEAD (so commit first) in a temporary folder. "Cold" gives the run an
 empty cache folder of its own (UV_CACHE_DIR, PIP_CACHE_DIR); "warm" uses one shared cache that a first, untimed run
-filled. torch's CPU wheel is read from this machine's disk in every run (pip's find-links), so cold means every other
-package comes over the network. Rounds interleave the four variants; times are medians. Writes
+filled. torch's CPU wheel is read from this machine's disk in every run (pip's find-links); for the rest, cold
+means uv downloads from PyPI, while pip also reads the machine's local mirror (pip.conf) where some wheels lie. Rounds interleave the four variants; times are medians. Writes
 bench/results/install.json; `python bench/run.py --render` puts it in BENCHMARKS.md.
 """
 
@@ -134,7 +134,9 @@ def install_section(read: Any, provenance: Any) -> list[str]:
     lines += [
         f"A fresh clone to the {record['packages']} locked packages: venv, torch's CPU wheel from this machine's "
         "disk and uv by pip, then the lock and the package by each tool. Cold: an empty package cache; warm: a "
-        f"filled one. Medians of {len(record['rows'][0]['all_s'])} interleaved runs.",
+        f"filled one. Medians of {len(record['rows'][0]['all_s'])} interleaved runs. uv reads PyPI; pip also reads "
+        "this machine's local package mirror (its pip.conf), which holds some of the locked wheels, so a cold "
+        "cache costs pip less than it would elsewhere.",
         "",
         "| tool | warm cache (s) | cold cache (s) |",
         "|---|---|---|",

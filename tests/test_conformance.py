@@ -424,7 +424,11 @@ def test_every_imported_module_is_provided_by_a_declared_locked_dependency(folde
 
 @pytest.mark.skipif(bool(os.environ.get("FMNPATCH_UNLOCKED")), reason="make test-latest runs beyond the lock")
 def test_the_environment_is_exactly_the_lock():
-    assert differences(locked(), installed()) == [], "this environment is not the lock: run make install"
+    changed = differences(locked(), installed())
+    assert not changed, (
+        f"{len(changed)} packages differ from requirements.lock ({'; '.join(changed[:3])}): run make install, "
+        "or set FMNPATCH_UNLOCKED=1 to test another set on purpose"
+    )
 
 
 def test_the_lock_reads_as_exact_pins_only(tmp_path):
