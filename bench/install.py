@@ -6,8 +6,8 @@
 Every run installs into a fresh clone of HEAD (so commit first) in a temporary folder. "Cold" gives the run an
 empty cache folder of its own (UV_CACHE_DIR, PIP_CACHE_DIR); "warm" uses one shared cache that a first, untimed run
 filled. torch's CPU wheel is read from this machine's disk in every run (pip's find-links); for the rest, cold
-means uv downloads from PyPI, while pip also reads the machine's local mirror (pip.conf) where some wheels lie. Rounds interleave the four variants; times are medians. Writes
-bench/results/install.json; `python bench/run.py --render` puts it in BENCHMARKS.md.
+means uv downloads from PyPI, while pip also reads the machine's local mirror (pip.conf) where some wheels lie.
+Rounds interleave the four variants; times are medians. Writes bench/results/install.json and BENCHMARKS.md.
 """
 
 from __future__ import annotations
