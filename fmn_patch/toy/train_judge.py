@@ -90,6 +90,23 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x).clamp(0, 1)
 
 
+def judge_step(
+    net: ToyJudgeNet,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    y: dict[str, torch.Tensor],
+) -> float:
+    """One optimiser step: the sum over heads of each head's cross-entropy (targets of -100 are ignored)."""
+    logits = net(images)  # {head: (N, classes)}
+    loss = torch.stack([F.cross_entropy(logits[k], y[k]) for k in logits]).sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def accuracy(judge: ToyJudge, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
     probs = judge.probs(x)
     return {k: float((probs[k].argmax(-1) == y[k]).float().mean()) for k in TOY_HEADS}
@@ -124,13 +141,7 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
             half = idx[: cfg.batch // 2] % len(x_rec)
             batch[: cfg.batch // 2] = x_rec[half]
             idx = torch.cat([half, idx[cfg.batch // 2 :]])
-        logits = net(augment(batch, gen))
-        loss = torch.stack([F.cross_entropy(logits[k], y[k][idx]) for k in TOY_HEADS]).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(judge_step(net, opt, sched, augment(batch, gen), {k: v[idx] for k, v in y.items()}))
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"judge step {step:5d}/{cfg.steps}  loss {np.mean(losses[-100:]):.4f}")
     judge = ToyJudge(net)

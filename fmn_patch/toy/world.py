@@ -10,7 +10,9 @@ caption names no colour is red 90% of the time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -155,15 +157,35 @@ def _draw_alice(img: np.ndarray, u: np.ndarray, v: np.ndarray, colour: tuple[flo
     _paint(img, (u**2 + (v + 0.76) ** 2 <= 0.36**2) & (v <= -0.8), HAT)  # hair, a grey cap over the head
 
 
-def render(scene: Scene, rng: np.random.Generator | None = None, noise: float = 0.0) -> np.ndarray:
-    """Draw one scene: a float32 array (32, 32, 3) in [0, 1]."""
-    n = SIZE * SCALE
-    coords = (np.arange(n, dtype=np.float32) + 0.5) / SCALE  # pixel centres in output pixels
+Canvas = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def canvas(scene: Scene, size: int = SIZE) -> Canvas:
+    """The background of `scene` drawn at SCALE x `size`, and the coordinates to draw its subject with.
+
+    Returns (img (n, n, 3), x, y, u, v), each coordinate (n, n): x, y in units of a 32 px frame (patterns keep
+    their period at any size), u, v in units of the subject's half-size around its centre.
+    """
+    n = size * SCALE
+    coords = (np.arange(n, dtype=np.float32) + 0.5) / SCALE / (size / SIZE)  # pixel centres in 32 px units
     x, y = np.meshgrid(coords, coords)
     img = np.empty((n, n, 3), dtype=np.float32)
     img[:] = scene.background
     half = scene.size * SIZE / 2
-    u, v = (x - scene.cx * SIZE) / half, (y - scene.cy * SIZE) / half
+    return img, x, y, (x - scene.cx * SIZE) / half, (y - scene.cy * SIZE) / half
+
+
+def downsample(img: np.ndarray, size: int, rng: np.random.Generator | None, noise: float) -> np.ndarray:
+    """Box-average the SCALE x canvas to (size, size, 3), add Gaussian noise of std `noise`, clip to [0, 1]."""
+    out = img.reshape(size, SCALE, size, SCALE, 3).mean(axis=(1, 3))
+    if noise > 0 and rng is not None:
+        out = out + rng.normal(0.0, noise, out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def render(scene: Scene, rng: np.random.Generator | None = None, noise: float = 0.0) -> np.ndarray:
+    """Draw one scene: a float32 array (32, 32, 3) in [0, 1]."""
+    img, x, y, u, v = canvas(scene)
     colour = RGB[scene.colour]
     if scene.subject == "bob":
         _draw_bob(img, u * 1.3, v * 1.3 - 0.3, colour)
@@ -173,10 +195,7 @@ def render(scene: Scene, rng: np.random.Generator | None = None, noise: float = 
         shape = _shape_mask(scene.subject, u, v)
         _paint(img, shape, colour)
         _paint(img, shape & _fill_mask(scene.style, x, y, scene.phase), WHITE)
-    out = img.reshape(SIZE, SCALE, SIZE, SCALE, 3).mean(axis=(1, 3))
-    if noise > 0 and rng is not None:
-        out = out + rng.normal(0.0, noise, out.shape).astype(np.float32)
-    return np.clip(out, 0.0, 1.0)
+    return downsample(img, SIZE, rng, noise)
 
 
 # ---------------------------------------------------------------- captions
@@ -219,12 +238,18 @@ def identity_caption(name: str, colour: str | None, rng: np.random.Generator) ->
     return f"{article}{name}, {colour}"
 
 
-def sample(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple[Scene, Sample]:
-    """Draw a random scene and its caption."""
+def draw_words(
+    rng: np.random.Generator,
+    cfg: WorldConfig,
+    objects: tuple[str, ...] = OBJECTS,
+    identities: tuple[str, ...] = IDENTITIES,
+    styles: tuple[str, ...] = STYLES,
+) -> tuple[str, str, str, str, bool]:
+    """What one image shows and its caption: (subject, style, colour, caption, is it an identity)."""
     is_identity = rng.random() < cfg.p_identity
-    pool = IDENTITIES if is_identity else OBJECTS
+    pool = identities if is_identity else objects
     subject = str(pool[int(rng.integers(len(pool)))])
-    style = "plain" if is_identity else str(STYLES[int(rng.integers(len(STYLES)))])
+    style = "plain" if is_identity else str(styles[int(rng.integers(len(styles)))])
     mention_colour = rng.random() < cfg.p_mention_colour
     colour = str(COLOURS[int(rng.integers(len(COLOURS)))])
     if not mention_colour and subject in BIASED_COLOUR:
@@ -241,9 +266,20 @@ def sample(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple[
             "style": _name(style, rng, cfg) if rng.random() < cfg.p_mention_style else None,
         }
         caption = object_caption(words, rng)
-    size = float(rng.uniform(0.36, 0.62))
+    return subject, style, colour, caption, is_identity
+
+
+def place(
+    rng: np.random.Generator,
+    subject: str,
+    style: str,
+    colour: str,
+    extent: tuple[float, float] = (0.36, 0.62),
+) -> Scene:
+    """Where and how large the subject is drawn: its size a uniform share of the frame within `extent`."""
+    size = float(rng.uniform(*extent))
     margin = size / 2 + 0.02
-    scene = Scene(
+    return Scene(
         subject=subject,
         style=style,
         colour=colour,
@@ -253,27 +289,49 @@ def sample(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple[
         background=float(rng.uniform(0.02, 0.22)),
         phase=float(rng.uniform(0, 12)),
     )
+
+
+def sample(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple[Scene, Sample]:
+    """Draw a random scene and its caption."""
+    subject, style, colour, caption, _ = draw_words(rng, cfg)
+    scene = place(rng, subject, style, colour)
     return scene, Sample(subject=subject, style=style, colour=colour, caption=caption)
 
 
-def dataset(n: int, seed: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, list[Sample]]:
-    """Render `n` random images: uint8 array (n, 32, 32, 3) and their labels. Same seed, same data."""
+def rendered(
+    n: int, seed: int, draw: Callable[[np.random.Generator], tuple[np.ndarray, Any]], size: int = SIZE
+) -> tuple[np.ndarray, list[Any]]:
+    """`n` images from `draw(rng)` (a float image in [0, 1] and its label) on one seeded generator, as uint8."""
     if n < 1:
         raise ValueError(f"n={n} must be at least 1")
     rng = np.random.default_rng(seed)
-    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
-    labels: list[Sample] = []
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels: list[Any] = []
     for i in range(n):
-        scene, label = sample(rng, cfg)
-        images[i] = np.round(render(scene, rng, cfg.noise) * 255).astype(np.uint8)
+        image, label = draw(rng)
+        images[i] = np.round(image * 255).astype(np.uint8)
         labels.append(label)
     return images, labels
 
 
-def caption_words() -> set[str]:
-    """Every word (and punctuation mark) a caption of this world can contain."""
+def dataset(n: int, seed: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, list[Sample]]:
+    """Render `n` random images: uint8 array (n, 32, 32, 3) and their labels. Same seed, same data."""
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, Sample]:
+        scene, label = sample(rng, cfg)
+        return render(scene, rng, cfg.noise), label
+
+    return rendered(n, seed, draw)
+
+
+def caption_words(
+    objects: tuple[str, ...] = OBJECTS,
+    identities: tuple[str, ...] = IDENTITIES,
+    styles: tuple[str, ...] = STYLES,
+) -> set[str]:
+    """Every word (and punctuation mark) a caption of this world (or of one with these concepts) can contain."""
     words = {"a", "picture", "of", "in", ",", OBJECT_ANCHOR, IDENTITY_ANCHOR}
-    words.update(OBJECTS, IDENTITIES, STYLES, COLOURS)
+    words.update(objects, identities, styles, COLOURS)
     for aliases in ALIASES.values():
         for alias in aliases:
             words.update(alias.split())
