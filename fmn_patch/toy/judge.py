@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import FmnPatchError, UnknownNameError
+from . import world_v2
 from .paths import toy_judge_path
 from .world import COLOURS, STYLES, SUBJECTS
 
@@ -19,6 +20,31 @@ from .world import COLOURS, STYLES, SUBJECTS
 TOY_HEADS: dict[str, tuple[str, ...]] = {"subject": SUBJECTS, "style": STYLES, "colour": COLOURS}
 #: Which toy head decides each ConceptBench category (a head's own name works too: ``colour``).
 TOY_HEAD_OF_CATEGORY: dict[str, str] = {"object": "subject", "identity": "subject", "style": "style"}
+
+#: The v2 world's judge: what is drawn (an object or a person), its style and colour, and one head per attribute of
+#: a person's look. An identity is not a head: it follows from the look (`identity_probs`).
+PERSON = "person"
+V2_HEADS: dict[str, tuple[str, ...]] = {
+    "subject": (*world_v2.OBJECTS, PERSON),
+    "style": world_v2.STYLES,
+    "colour": world_v2.COLOURS,
+    **world_v2.ATTRIBUTES,
+}
+
+
+def identity_probs(probs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """P(identity) from v2 head probabilities: P(person) x the product of each attribute head's P(value).
+
+    probs: {head: (N, classes)} -> (N, identities) in the order of ``world_v2.IDENTITIES``; rows sum to P(person).
+    """
+    person = probs["subject"][:, V2_HEADS["subject"].index(PERSON)]  # (N,)
+    columns = []
+    for name in world_v2.IDENTITIES:
+        p = person
+        for head, value in zip(world_v2.ATTRIBUTES, world_v2.LOOKS[name].values(), strict=True):
+            p = p * probs[head][:, world_v2.ATTRIBUTES[head].index(value)]
+        columns.append(p)
+    return torch.stack(columns, dim=1)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -33,25 +59,32 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ToyJudgeNet(nn.Module):
-    """CNN over 32x32 images: 32 -> 16 -> 8 -> pooled features, one linear head per attribute."""
+    """CNN over square images: size -> size/2 -> size/4 -> pooled features, one linear head per attribute.
 
-    def __init__(self, width: int = 32) -> None:
+    `heads` maps each head to its classes (the v1 world's by default); `size` is the side images are resized to.
+    """
+
+    def __init__(
+        self, width: int = 32, heads: dict[str, tuple[str, ...]] | None = None, size: int = 32
+    ) -> None:
         super().__init__()
+        heads = TOY_HEADS if heads is None else heads
+        self.size = size
         self.features = nn.Sequential(
-            _block(3, width),  # (N, w, 32, 32)
+            _block(3, width),  # (N, w, size, size)
             nn.MaxPool2d(2),
-            _block(width, 2 * width),  # (N, 2w, 16, 16)
+            _block(width, 2 * width),  # (N, 2w, size/2, size/2)
             nn.MaxPool2d(2),
-            _block(2 * width, 4 * width),  # (N, 4w, 8, 8)
+            _block(2 * width, 4 * width),  # (N, 4w, size/4, size/4)
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),  # (N, 4w)
         )
-        self.heads = nn.ModuleDict({k: nn.Linear(4 * width, len(v)) for k, v in TOY_HEADS.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * width, len(v)) for k, v in heads.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (N, 3, H, W) in [0, 1] -> logits per head."""
-        if images.shape[-2:] != (32, 32):
-            images = F.interpolate(images, size=(32, 32), mode="area")
+        if images.shape[-2:] != (self.size, self.size):
+            images = F.interpolate(images, size=(self.size, self.size), mode="area")
         h = self.features(images * 2 - 1)
         return {k: head(h) for k, head in self.heads.items()}
 

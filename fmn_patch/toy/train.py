@@ -25,9 +25,12 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTokenizer
 
 from fmn_patch.toy import model as toy_model
+from fmn_patch.toy import world, world_v2
 from fmn_patch.toy.paths import toy_pipeline_path
 from fmn_patch.toy.vocab import build_tokenizer
-from fmn_patch.toy.world import dataset
+
+#: The toy worlds a model can be trained on, by name.
+WORLDS = {"v1": world, "v2": world_v2}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,13 @@ class TrainConfig:
     stop_at: int = 0  # > 0: stop after this many UNet steps, keeping the LR schedule of unet_steps
     max_minutes: float = 0.0  # > 0: stop the UNet phase after this long (breaks determinism)
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
+    world: str = (
+        "v1"  # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
+    )
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world {self.world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
 
 
 def log(msg: str) -> None:
@@ -184,8 +194,8 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
     t0 = time.perf_counter()
     mcfg = toy_model.ModelConfig()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp))
-    images, labels = dataset(cfg.images, cfg.seed)
+        tokenizer = build_tokenizer(Path(tmp), WORLDS[cfg.world].caption_words())
+    images, labels = WORLDS[cfg.world].dataset(cfg.images, cfg.seed)
     x = to_tensor(images)
     ids = tokenize(tokenizer, [s.caption for s in labels])
     empty = tokenize(tokenizer, [""])[0]
@@ -265,7 +275,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.add_argument(
             f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default {default})"
         )
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    try:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,9 @@ EXTRA_WORDS: tuple[str, ...] = (
 )
 
 
-def vocab_words() -> list[str]:
-    """World words first (sorted), then the extra words; no duplicates."""
-    world = sorted(w for w in caption_words() if w.isalpha())
+def vocab_words(words: Iterable[str] | None = None) -> list[str]:
+    """World words first (sorted; v1's caption words unless given), then the extra words; no duplicates."""
+    world = sorted(w for w in (caption_words() if words is None else words) if w.isalpha())
     extra = [w for w in dict.fromkeys(EXTRA_WORDS) if w not in world]
     return world + extra
 
@@ -169,12 +170,12 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
             pieces[w] = out
 
 
-def write_vocab(directory: Path) -> tuple[Path, Path]:
-    """Write `vocab.json` and `merges.txt` into `directory`; return their paths."""
+def write_vocab(directory: Path, words: Iterable[str] | None = None) -> tuple[Path, Path]:
+    """Write `vocab.json` and `merges.txt` for a world's caption `words` into `directory`; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols]
-    merges = learn_merges(vocab_words())
+    merges = learn_merges(vocab_words(words))
     tokens += ["".join(m) for m in merges]
     tokens += [BOS, EOS]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
@@ -185,9 +186,9 @@ def write_vocab(directory: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def build_tokenizer(directory: Path) -> CLIPTokenizer:
-    """Write the vocab into `directory` and load a CLIPTokenizer from it."""
-    vocab_file, merges_file = write_vocab(directory)
+def build_tokenizer(directory: Path, words: Iterable[str] | None = None) -> CLIPTokenizer:
+    """Write the vocab (of v1's world, or of `words`) into `directory` and load a CLIPTokenizer from it."""
+    vocab_file, merges_file = write_vocab(directory, words)
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=MAX_LENGTH)
 
 
