@@ -238,6 +238,15 @@ def write_markdown() -> None:
     from install import install_section  # bench/install.py: a fresh clone's install from the lock
 
     lines += install_section(_read, _provenance)
+    from toy_v2_resolution import resolution_section  # bench/toy_v2_resolution.py: v2's judge at 32 or 48 px
+
+    lines += resolution_section(_read, _provenance)
+    from toy_v2_pilot import pilot_section  # bench/toy_v2_pilot.py: a pilot v2 model, concept by concept
+
+    lines += pilot_section(_read, _provenance)
+    from toy_threads import threads_section  # bench/toy_threads.py: torch threads for toy-sized training
+
+    lines += threads_section(_read, _provenance)
     lines += mmdit_sections(_read, _provenance)
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
