@@ -56,9 +56,8 @@ class TrainConfig:
     stop_at: int = 0  # > 0: stop after this many UNet steps, keeping the LR schedule of unet_steps
     max_minutes: float = 0.0  # > 0: stop the UNet phase after this long (breaks determinism)
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
-    world: str = (
-        "v1"  # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
-    )
+    # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
+    world: str = "v1"
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
