@@ -29,6 +29,7 @@ from ..evaluation.judges import Judge
 from ..families.base import Base, as_base
 from ..families.references import folder_latents, generated_latents
 from ..families.stack import apply_patches, remove_patches
+from ..families.threads import sized_threads
 from ..format.patch import Patch
 from ..processes import run_shared
 from .attack import DIRECT, AttackContext, AttackPlan, direct_attack, get_attack, judge_plans
@@ -91,6 +92,7 @@ def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator
             remove_patches(base, names)
 
 
+@sized_threads
 def run_attacks(
     base: Base | Any,
     patches: Sequence[Patch | str | Path],

@@ -11,6 +11,7 @@ from PIL import Image
 from .. import values
 from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
+from ..families.threads import sized_threads
 from ..format.patch import Patch
 from ..values import MAX_STEPS
 from .grid import labelled_grid
@@ -33,6 +34,7 @@ class SampleConfig:
                 values.whole(getattr(self, name), name, 8, 16384, example=512)
 
 
+@sized_threads
 def sample(
     base: Base | Any, prompt: str, seeds: Sequence[int], config: SampleConfig = SampleConfig()
 ) -> list[Image.Image]:
@@ -50,6 +52,7 @@ def sample(
     return images
 
 
+@sized_threads
 def preview(
     base: Base | Any,
     patches: Sequence[Patch],

@@ -27,6 +27,7 @@ from ..concepts.bench import Bench
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
+from ..families.threads import sized_threads
 from ..files import atomic_write
 from ..format.patch import Patch
 from ..processes import Throughput
@@ -105,6 +106,7 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
 
+@sized_threads
 def evaluate_patches(
     base: Base | Any,
     patches: Sequence[Patch],

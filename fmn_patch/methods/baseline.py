@@ -25,6 +25,7 @@ from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..families.family import frozen
 from ..families.references import folder_latents, generated_latents
+from ..families.threads import sized_threads
 from .loop import LoopConfig, optimise
 from .losses import fmn_loss
 
@@ -55,6 +56,7 @@ class FMNReport:
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
 
 
+@sized_threads
 def train_fmn_baseline(
     base: Base | Any,
     concepts: Sequence[tuple[str, str]],

@@ -31,6 +31,7 @@ from ..concepts.bench import load_bench
 from ..concepts.prompts import BARE_TEMPLATES, preserve_prompts
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..families.threads import sized_threads
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_STEPS
@@ -119,6 +120,7 @@ def attribute_variants(concept: str, attribute: str, bench_name: str) -> list[st
     return [f"{v} {concept}" for v in values]
 
 
+@sized_threads
 def correct_patch(
     base: Base | Any,
     concept: str,

@@ -23,6 +23,7 @@ from ..concepts.templates import fill
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..families.family import Family
+from ..families.threads import sized_threads
 from ..families.tokens import find_subsequence
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
@@ -51,6 +52,7 @@ def erase_prompts(concept: Concept, anchor: str, bench: Bench | None) -> Iterato
             yield fill(t, name), name, " ".join(fill(t, anchor).split())
 
 
+@sized_threads
 def edit_patch(
     base: Base | Any,
     erase: Sequence[ConceptLike],

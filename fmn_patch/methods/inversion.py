@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .. import values
 from ..families.base import Base
 from ..families.family import Family, frozen
+from ..families.threads import sized_threads
 from ..files import atomic_write
 from ..values import MAX_BATCH, MAX_STEPS
 from .loop import LoopConfig, optimise
@@ -73,6 +74,7 @@ class LearnedTokens:
         )
 
 
+@sized_threads
 def learn_tokens(
     base: Base,
     latents: torch.Tensor,

@@ -31,8 +31,9 @@ from .. import values
 from ..concepts.bench import Bench, load_bench
 from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.checkpointing import gradient_checkpointing
+from ..families.threads import sized_threads
 from ..format.header import PatchInfo
 from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
@@ -174,6 +175,7 @@ class TrainReport:
         }
 
 
+@sized_threads
 def train_patch(
     base: Base | Any,
     concepts: Sequence[ConceptLike],
@@ -190,12 +192,11 @@ def train_patch(
     None to look them up in the bench); ``images``: a folder of reference images of the single concept (default:
     drawn by the base model and cached).
     """
-    patch, _ = _train(
-        as_base(base), concepts, config or TrainConfig(), categories, images, bench, None, progress
-    )
+    patch, _ = _train(base, concepts, config or TrainConfig(), categories, images, bench, None, progress)
     return patch
 
 
+@sized_threads
 def train_patch_with_inversion(
     base: Base | Any,
     concepts: Sequence[ConceptLike],
@@ -214,7 +215,7 @@ def train_patch_with_inversion(
     it with ``LearnedTokens.save`` and load them with ``pipe.load_textual_inversion``.
     """
     config, inversion = config or TrainConfig(), inversion or InversionConfig()
-    return _train(as_base(base), concepts, config, categories, images, bench, inversion, progress)
+    return _train(base, concepts, config, categories, images, bench, inversion, progress)
 
 
 def _train(
