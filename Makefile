@@ -81,6 +81,9 @@ bench: install
 	$(PY) bench/scale.py
 	$(PY) bench/mmdit_sizes.py
 	$(PY) bench/toy_sd3_quality.py
+	$(PY) bench/toy_threads.py
+	$(PY) bench/toy_v2_resolution.py --size 32
+	$(PY) bench/install.py
 
 bench-quick: install
 	$(PY) bench/run.py
