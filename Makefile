@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	  || { echo "make: $(LOCK) is for CPython 3.11 on Linux x86_64, not $(PYTHON); set PYTHON=python3.11, or install the ranges with: pip install -e '.[dev]'" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-deps $$(grep -E '^(torch|uv)==' $(LOCK))
-	$(VENV)/bin/uv pip sync -q --python $(PY) $(LOCK)
+	$(VENV)/bin/uv pip sync --python $(PY) $(LOCK)
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
