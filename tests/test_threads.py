@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fmn_patch
@@ -55,12 +55,15 @@ def test_large_models_keep_the_callers_count_and_the_variable_overrides_both(mon
         assert n == torch.get_num_threads() == 2
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    value=st.text(max_size=8).filter(
-        lambda v: "\x00" not in v and not (v.strip().isdecimal() and int(v) >= 1)
-    )
-)
+def _a_count(value: str) -> bool:
+    stripped = value.strip()
+    return stripped.isascii() and stripped.isdigit() and int(stripped) >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=8).filter(lambda v: "\x00" not in v and not _a_count(v)))
+@example(value="0\x1f")  # whitespace that str.strip removes and int() does not
+@example(value="\u0663")  # an Arabic-Indic three: a digit, not an ASCII one
 def test_a_bad_thread_count_is_refused_naming_it(value):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV, value)
@@ -68,6 +71,11 @@ def test_a_bad_thread_count_is_refused_naming_it(value):
             FmnPatchError, match=f"{ENV}=.* is not a thread count; give a whole number of 1 or"
         ):
             job_threads(10)
+
+
+def test_a_count_with_spaces_around_it_is_read(monkeypatch):
+    monkeypatch.setenv(ENV, " 3\n")
+    assert job_threads(10) == 3
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,12 @@ def job_threads(parameters: int) -> int | None:
     """Threads for a job on a model of `parameters` parameters; None keeps the caller's count."""
     chosen = os.environ.get(ENV)
     if chosen is not None:
-        if not chosen.strip().isdecimal() or int(chosen) < 1:
+        value = chosen.strip()
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
             raise FmnPatchError(
                 f"{ENV}={chosen!r} is not a thread count; give a whole number of 1 or more, e.g. 1"
             )
-        return int(chosen)
+        return int(value)
     return 1 if parameters < SMALL else None
 
 
