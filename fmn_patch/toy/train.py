@@ -8,14 +8,13 @@ captions for classifier-free guidance, EMA of both), and save the EMA weights as
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPTokenizer
 
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.toy import checkpoint, world, world_v2
 from fmn_patch.toy import model as toy_model
-from fmn_patch.toy import world, world_v2
+from fmn_patch.toy.options import parse_config
 from fmn_patch.toy.paths import toy_pipeline_path
 from fmn_patch.toy.vocab import build_tokenizer
 
@@ -58,6 +59,8 @@ class TrainConfig:
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
     # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
     world: str = "v1"
+    resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
+    state: Path | None = None  # where that state goes (~5x the model); None: a cache folder
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
@@ -205,21 +208,33 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
     }
     log(f"rendered {cfg.images} images in {record['timings_s']['render']:.0f} s")
 
+    state = checkpoint.state_dir(cfg.out, cfg.state, "toy")
+    done = checkpoint.resumable_record(cfg, cfg.out, state) if cfg.resume else None
     t1 = time.perf_counter()
-    vae = toy_model.build_vae(mcfg)
-    vae_losses = train_vae(vae, x, cfg, gen)
-    mean, std = encode_all(vae, x)
-    latents = mean + std * torch.randn(mean.shape, generator=gen)
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
-    vae.requires_grad_(False)
-    vae.save_pretrained(cfg.out / "vae")  # early, so that the judge can train on reconstructions meanwhile
-    record["timings_s"]["vae"] = time.perf_counter() - t1
-    record["vae"] = {"final_mse": float(np.mean(vae_losses[-100:])), "scaling_factor": scaling}
-    record["vae"]["psnr_db"] = 10 * math.log10(4 / record["vae"]["final_mse"])
-    log(f"vae done in {record['timings_s']['vae']:.0f} s, scaling factor {scaling:.3f}")
-    if on_vae is not None:
-        on_vae(cfg.out / "vae")
+    if done is None:
+        vae = toy_model.build_vae(mcfg)
+        vae_losses = train_vae(vae, x, cfg, gen)
+        mean, std = encode_all(vae, x)
+        latents = mean + std * torch.randn(mean.shape, generator=gen)
+        scaling = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+        vae.requires_grad_(False)
+        vae.save_pretrained(
+            cfg.out / "vae"
+        )  # early, so that the judge can train on reconstructions meanwhile
+        record["timings_s"]["vae"] = time.perf_counter() - t1
+        record["vae"] = {"final_mse": float(np.mean(vae_losses[-100:])), "scaling_factor": scaling}
+        record["vae"]["psnr_db"] = 10 * math.log10(4 / record["vae"]["final_mse"])
+        log(f"vae done in {record['timings_s']['vae']:.0f} s, scaling factor {scaling:.3f}")
+        if on_vae is not None:
+            on_vae(cfg.out / "vae")
+    else:  # the VAE was trained and saved before the first checkpoint: reload it, re-encode (deterministic)
+        vae = AutoencoderKL.from_pretrained(cfg.out / "vae")
+        vae.requires_grad_(False)
+        mean, std = encode_all(vae, x)
+        scaling = float(done["vae"]["scaling_factor"])
+        record["timings_s"]["vae"] = done["timings_s"]["vae"]
+        record["vae"] = done["vae"]
 
     t2 = time.perf_counter()
     text_encoder = toy_model.build_text_encoder(mcfg, tokenizer)
@@ -232,7 +247,12 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
     losses: list[float] = []
     unet.train()
     text_encoder.train()
-    for step in range(cfg.unet_steps):
+    first = 0
+    if done is not None:
+        first, losses = checkpoint.load_state(state, params, opt, ema, gen)
+        t2 -= done["timings_s"].get("unet", 0.0)  # the time already spent counts
+        log(f"resuming after step {first} of {cfg.unet_steps}")
+    for step in range(first, cfg.unet_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = torch.randint(len(x), (cfg.unet_batch,), generator=gen)
@@ -259,6 +279,7 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
                 "loss_every_100": [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)],
             }
             save(parts, ema, cfg.out, record)
+            checkpoint.save_state(state, step + 1, params, opt, ema, gen, losses)
         if stop:
             log(f"stopping after {step + 1} of {cfg.unet_steps} scheduled steps (--stop-at / --max-minutes)")
             break
@@ -266,22 +287,15 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m fmn_patch.toy.train", description=__doc__.split("\n")[0])
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        kind = type(default)
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default {default})"
-        )
-    try:
-        return TrainConfig(**vars(parser.parse_args(argv)))
-    except ValueError as e:
-        parser.error(str(e))
+    return parse_config(TrainConfig, argv, "python -m fmn_patch.toy.train", __doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> None:
-    record = train(parse_args(argv))
+    try:
+        record = train(parse_args(argv))
+    except FmnPatchError as e:  # bad input: one line and exit 2, as at the fmnpatch CLI
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     log(f"done in {record['timings_s']['total'] / 60:.1f} min, final loss {record['unet']['final_loss']:.4f}")
 
 

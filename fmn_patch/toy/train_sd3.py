@@ -10,13 +10,12 @@ saved, as a StableDiffusion3Pipeline plus ``training.json`` beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.toy import model_sd3
+from fmn_patch.toy import checkpoint, model_sd3
+from fmn_patch.toy.options import parse_config
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 from fmn_patch.toy.train import Ema, encode_all, log, log_step, take_step, to_tensor, tokenize
 from fmn_patch.toy.vocab import build_t5_tokenizer, build_tokenizer
@@ -93,76 +93,6 @@ def save(parts: dict, ema: Ema, out: Path, record: dict) -> None:
     log(f"saved {out}")
 
 
-def state_dir(cfg: Sd3TrainConfig) -> Path:
-    """The folder of the resumable training state: ``cfg.state``, else under $FMNPATCH_CACHE (or ~/.cache/fmn-patch),
-    named after the output, so that it never lands in the package's data folder."""
-    if cfg.state is not None:
-        return cfg.state
-    import hashlib
-
-    from fmn_patch.families.references import cache_dir
-
-    key = hashlib.sha256(str(cfg.out.resolve()).encode()).hexdigest()[:12]
-    return cache_dir().parent / "toy-sd3-train" / key
-
-
-def save_state(
-    folder: Path, step: int, params: list, opt: Any, ema: Ema, gen: torch.Generator, losses: list
-) -> None:
-    """Everything the loop carries from one step to the next, as safetensors (never pickled): the live weights,
-    the EMA's shadow and start, AdamW's moments and step counts, the data generator's and the global RNG's states
-    (T5's dropout draws from it), and the loss history. Written to a temp folder and renamed into place."""
-    import shutil
-
-    import safetensors.torch
-
-    tensors: dict[str, torch.Tensor] = {
-        "gen_state": gen.get_state(),
-        "global_rng": torch.get_rng_state(),
-        "losses": torch.tensor(losses, dtype=torch.float64),
-    }
-    for i, p in enumerate(params):
-        tensors[f"param.{i}"] = p.detach().clone()
-        tensors[f"ema.shadow.{i}"] = ema.shadow[i]
-        tensors[f"ema.initial.{i}"] = ema.initial[i]
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            if key in state:
-                tensors[f"opt.{key}.{i}"] = torch.as_tensor(state[key]).clone()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps}) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_state(folder: Path, params: list, opt: Any, ema: Ema, gen: torch.Generator) -> tuple[int, list]:
-    """Put the state ``save_state`` wrote back into the loop's objects; return (steps done, loss history)."""
-    import safetensors.torch
-
-    meta = json.loads((folder / "state.json").read_text())
-    tensors = safetensors.torch.load_file(str(folder / "state.safetensors"))
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(tensors[f"param.{i}"])
-            ema.shadow[i].copy_(tensors[f"ema.shadow.{i}"])
-            ema.initial[i].copy_(tensors[f"ema.initial.{i}"])
-            if f"opt.step.{i}" in tensors:
-                opt.state[p] = {
-                    key: tensors[f"opt.{key}.{i}"].clone() for key in ("step", "exp_avg", "exp_avg_sq")
-                }
-    ema.steps = int(meta["ema_steps"])
-    gen.set_state(tensors["gen_state"])
-    torch.set_rng_state(tensors["global_rng"])
-    return int(meta["step"]), [float(x) for x in tensors["losses"]]
-
-
 def train(cfg: Sd3TrainConfig) -> dict:
     """Run every phase; return the training record (also written to ``out/training.json``)."""
     torch.set_num_threads(cfg.threads)
@@ -221,18 +151,10 @@ def train(cfg: Sd3TrainConfig) -> dict:
     for m in modules:
         m.train()
     first = 0
+    state = checkpoint.state_dir(cfg.out, cfg.state, "toy-sd3")
     if cfg.resume:
-        if not (state_dir(cfg) / "state.json").exists():
-            raise FmnPatchError(f"--resume: no training state in {state_dir(cfg)}; start without --resume")
-        done = json.loads((cfg.out / "training.json").read_text())
-        same = ("resume", "stop_at", "state", "threads")  # may differ between the parts of one run
-        now = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k not in same}
-        if {k: v for k, v in done["config"].items() if k not in same} != now:
-            raise FmnPatchError(
-                "--resume: the options differ from the run being resumed (see its training.json); resume with "
-                "the same options"
-            )
-        first, losses = load_state(state_dir(cfg), params, opt, ema, gen)
+        done = checkpoint.resumable_record(cfg, cfg.out, state)
+        first, losses = checkpoint.load_state(state, params, opt, ema, gen)
         t2 -= done["timings_s"].get("transformer", 0.0)  # the time already spent counts
         log(f"resuming after step {first} of {cfg.steps}")
     for step in range(first, cfg.steps):
@@ -265,7 +187,7 @@ def train(cfg: Sd3TrainConfig) -> dict:
                 "loss_every_100": [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)],
             }
             save(parts, ema, cfg.out, record)
-            save_state(state_dir(cfg), step + 1, params, opt, ema, gen, losses)
+            checkpoint.save_state(state, step + 1, params, opt, ema, gen, losses)
         if stop:
             log(f"stopping after {step + 1} of {cfg.steps} scheduled steps (--stop-at)")
             break
@@ -273,22 +195,7 @@ def train(cfg: Sd3TrainConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Sd3TrainConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmn_patch.toy.train_sd3", description=__doc__.split("\n")[0]
-    )
-    defaults = Sd3TrainConfig()
-    for f in fields(Sd3TrainConfig):
-        default = getattr(defaults, f.name)
-        kind = Path if isinstance(default, Path) or f.name == "state" else type(default)
-        if isinstance(default, bool):
-            parser.add_argument(
-                f"--{f.name.replace('_', '-')}", action="store_true", help=f"(default {default})"
-            )
-            continue
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default {default})"
-        )
-    return Sd3TrainConfig(**vars(parser.parse_args(argv)))
+    return parse_config(Sd3TrainConfig, argv, "python -m fmn_patch.toy.train_sd3", __doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> None:
