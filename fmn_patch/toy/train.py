@@ -190,6 +190,8 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
     `on_vae(path)` is called once the trained VAE is saved at `path`, before the UNet phase: the judge trains on
     its reconstructions, so `fmn_patch.toy.build` starts it there, on the other core.
     """
+    state = checkpoint.state_dir(cfg.out, cfg.state, "toy")
+    done = checkpoint.resumable_record(cfg, cfg.out, state) if cfg.resume else None  # checked before any work
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -208,8 +210,6 @@ def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dic
     }
     log(f"rendered {cfg.images} images in {record['timings_s']['render']:.0f} s")
 
-    state = checkpoint.state_dir(cfg.out, cfg.state, "toy")
-    done = checkpoint.resumable_record(cfg, cfg.out, state) if cfg.resume else None
     t1 = time.perf_counter()
     if done is None:
         vae = toy_model.build_vae(mcfg)

@@ -95,6 +95,8 @@ def save(parts: dict, ema: Ema, out: Path, record: dict) -> None:
 
 def train(cfg: Sd3TrainConfig) -> dict:
     """Run every phase; return the training record (also written to ``out/training.json``)."""
+    state = checkpoint.state_dir(cfg.out, cfg.state, "toy-sd3")
+    done = checkpoint.resumable_record(cfg, cfg.out, state) if cfg.resume else None  # checked before any work
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -151,9 +153,7 @@ def train(cfg: Sd3TrainConfig) -> dict:
     for m in modules:
         m.train()
     first = 0
-    state = checkpoint.state_dir(cfg.out, cfg.state, "toy-sd3")
-    if cfg.resume:
-        done = checkpoint.resumable_record(cfg, cfg.out, state)
+    if done is not None:
         first, losses = checkpoint.load_state(state, params, opt, ema, gen)
         t2 -= done["timings_s"].get("transformer", 0.0)  # the time already spent counts
         log(f"resuming after step {first} of {cfg.steps}")
