@@ -30,9 +30,10 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from fmn_patch.toy import world_v2  # noqa: E402
-from fmn_patch.toy.judge import PERSON, V2_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
+from fmn_patch.toy.judge import V2_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
 from fmn_patch.toy.paths import toy_pipeline_path  # noqa: E402
 from fmn_patch.toy.train_judge import augment, judge_step, reconstruct, to_unit  # noqa: E402
+from fmn_patch.toy.train_judge import targets as judge_targets  # noqa: E402
 
 NAME = "toy_v2_resolution"
 BAR = 0.98
@@ -40,15 +41,7 @@ BAR = 0.98
 
 def targets(labels: list[world_v2.Sample]) -> dict[str, torch.Tensor]:
     """Class index per head; -100 (ignored) for a person's attributes on an object image."""
-    out: dict[str, list[int]] = {head: [] for head in V2_HEADS}
-    for s in labels:
-        look = s.look
-        out["subject"].append(V2_HEADS["subject"].index(PERSON if look else s.subject))
-        out["style"].append(V2_HEADS["style"].index(s.style))
-        out["colour"].append(V2_HEADS["colour"].index(s.colour))
-        for head, value in zip(world_v2.ATTRIBUTES, look.values() if look else [None] * 4, strict=True):
-            out[head].append(V2_HEADS[head].index(value) if value else -100)
-    return {head: torch.tensor(values) for head, values in out.items()}
+    return judge_targets(labels, "v2")
 
 
 def blur(x: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:

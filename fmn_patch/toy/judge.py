@@ -1,13 +1,19 @@
-"""The toy world's judge: a small CNN with one head per attribute of the toy world (subject = object or
-identity, style, colour), trained on rendered images (``python -m fmn_patch.toy.train_judge``), stored as
-safetensors. Registered as the judge ``toy``, which the toy bench names."""
+"""The toy world's judge: a small CNN with one head per attribute of the toy world, trained on rendered images
+(``python -m fmn_patch.toy.train_judge``), stored as safetensors with the world it judges in its header.
+Registered as the judge ``toy``, which the toy bench names.
+
+v1's heads are subject (an object or an identity), style and colour. v2's are subject (an object or ``person``),
+style, colour and one head per attribute of a person's look; an identity is not a head but follows from the look
+(``identity_probs``), so the category ``identity`` is judged over v2's 96 names."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,6 +27,9 @@ TOY_HEADS: dict[str, tuple[str, ...]] = {"subject": SUBJECTS, "style": STYLES, "
 #: Which toy head decides each ConceptBench category (a head's own name works too: ``colour``).
 TOY_HEAD_OF_CATEGORY: dict[str, str] = {"object": "subject", "identity": "subject", "style": "style"}
 
+#: The heads of each world's judge, by world name (the world is read from a judge file's header).
+WORLD_HEADS: dict[str, dict[str, tuple[str, ...]]] = {}
+
 #: The v2 world's judge: what is drawn (an object or a person), its style and colour, and one head per attribute of
 #: a person's look. An identity is not a head: it follows from the look (`identity_probs`).
 PERSON = "person"
@@ -30,6 +39,8 @@ V2_HEADS: dict[str, tuple[str, ...]] = {
     "colour": world_v2.COLOURS,
     **world_v2.ATTRIBUTES,
 }
+WORLD_HEADS.update(v1=TOY_HEADS, v2=V2_HEADS)
+IDENTITY = "identity"  # the category judged over identities where a world has no identity head (v2)
 
 
 def identity_probs(probs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -90,11 +101,15 @@ class ToyJudgeNet(nn.Module):
 
 
 class ToyJudge:
-    """The toy world's judge; `load()` reads the committed weights."""
+    """A toy world's judge; `load()` reads the committed weights (or a file), whose header names the world."""
 
-    def __init__(self, net: ToyJudgeNet, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: ToyJudgeNet, device: str | torch.device = "cpu", world: str = "v1") -> None:
+        if world not in WORLD_HEADS:
+            raise FmnPatchError(f"the toy judge knows the worlds {', '.join(WORLD_HEADS)}, not {world!r}")
         self.net = net.to(device).eval()
         self.device = torch.device(device)
+        self.world = world
+        self.heads = WORLD_HEADS[world]
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> ToyJudge:
@@ -103,21 +118,28 @@ class ToyJudge:
             raise FmnPatchError(
                 f"no toy judge at {path}; train one with `python -m fmn_patch.toy.train_judge`"
             )
+        with safe_open(str(path), "pt") as f:
+            world = (f.metadata() or {}).get("world", "v1")  # judges written before v2 name no world
+        if world not in WORLD_HEADS:
+            raise FmnPatchError(
+                f"the toy judge {path} names the world {world!r}; this version knows {', '.join(WORLD_HEADS)}"
+            )
         with torch.device(
             "meta"
         ):  # no initialisation drawn from the global RNG: the weights come from the file
-            net = ToyJudgeNet()
+            net = ToyJudgeNet(heads=WORLD_HEADS[world])
         net.load_state_dict(load_file(str(path)), assign=True)
-        return cls(net, device)
+        return cls(net, device, world)
 
     def save(self, path: str | Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(path), metadata={"format": "pt", "heads": repr(TOY_HEADS)})
+        metadata = {"format": "pt", "world": self.world, "heads": json.dumps(self.heads)}
+        save_file(state, str(path), metadata=metadata)
 
     @torch.no_grad()
     def probs(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
         """Softmax per head: {head: (N, classes)}."""
-        outs: dict[str, list[torch.Tensor]] = {k: [] for k in TOY_HEADS}
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in self.heads}
         for i in range(0, len(images), batch_size):
             logits = self.net(images[i : i + batch_size].to(self.device, torch.float32))
             for k, v in logits.items():
@@ -126,21 +148,25 @@ class ToyJudge:
 
     def predict(self, images: torch.Tensor) -> dict[str, list[str]]:
         """The most likely class per head, by name."""
-        return {k: [TOY_HEADS[k][int(i)] for i in p.argmax(-1)] for k, p in self.probs(images).items()}
+        return {k: [self.heads[k][int(i)] for i in p.argmax(-1)] for k, p in self.probs(images).items()}
 
     def classes(self, category: str) -> tuple[str, ...]:
-        return TOY_HEADS[self._head(category)]
+        if self._identities(category):
+            return world_v2.IDENTITIES
+        return self.heads[self._head(category)]
 
     def category_probs(self, images: torch.Tensor, category: str) -> torch.Tensor:
+        if self._identities(category):
+            return identity_probs(self.probs(images))  # (N, identities)
         return self.probs(images)[self._head(category)]
 
-    @staticmethod
-    def _head(category: str) -> str:
-        if category in TOY_HEADS:
+    def _identities(self, category: str) -> bool:
+        return category == IDENTITY and IDENTITY not in self.heads and self.world == "v2"
+
+    def _head(self, category: str) -> str:
+        if category in self.heads:
             return category
         if category not in TOY_HEAD_OF_CATEGORY:
-            raise UnknownNameError(
-                f"the toy judge has no head for category {category!r}; use one of "
-                f"{', '.join([*TOY_HEAD_OF_CATEGORY, *TOY_HEADS])}"
-            )
+            names = ", ".join([*TOY_HEAD_OF_CATEGORY, *self.heads])
+            raise UnknownNameError(f"the toy judge has no head for category {category!r}; use one of {names}")
         return TOY_HEAD_OF_CATEGORY[category]

@@ -8,12 +8,11 @@ the weights (safetensors) plus `judge.json` (config and accuracies) beside them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,22 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from fmn_patch.toy.judge import TOY_HEADS, ToyJudge, ToyJudgeNet
+from fmn_patch.toy import world, world_v2
+from fmn_patch.toy.judge import (
+    PERSON,
+    TOY_HEADS,
+    V2_HEADS,
+    WORLD_HEADS,
+    ToyJudge,
+    ToyJudgeNet,
+    identity_probs,
+)
+from fmn_patch.toy.options import parse_config
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
-from fmn_patch.toy.world import Sample, dataset
+from fmn_patch.toy.world import Sample
+
+#: The worlds a judge can be trained for, by name (as `fmn_patch.toy.train.WORLDS`).
+WORLDS = {"v1": world, "v2": world_v2}
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,11 @@ class JudgeTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     threads: int = 1
+    world: str = "v1"  # the toy world it judges: "v1" or "v2" (ConceptBench-toy v2)
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world {self.world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
 
 
 def log(msg: str) -> None:
@@ -53,10 +70,21 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
 
 
-def targets(labels: list[Sample]) -> dict[str, torch.Tensor]:
-    values = {"subject": [s.subject for s in labels], "style": [s.style for s in labels]}
-    values["colour"] = [s.colour for s in labels]
-    return {k: torch.tensor([TOY_HEADS[k].index(v) for v in vs]) for k, vs in values.items()}
+def targets(labels: list[Sample], world: str = "v1") -> dict[str, torch.Tensor]:
+    """Class index per head of `world`'s judge; in v2, -100 (ignored) for a person's attributes on an object."""
+    if world == "v1":
+        values = {"subject": [s.subject for s in labels], "style": [s.style for s in labels]}
+        values["colour"] = [s.colour for s in labels]
+        return {k: torch.tensor([TOY_HEADS[k].index(v) for v in vs]) for k, vs in values.items()}
+    out: dict[str, list[int]] = {head: [] for head in V2_HEADS}
+    for s in labels:
+        look = s.look if isinstance(s, world_v2.Sample) else None
+        out["subject"].append(V2_HEADS["subject"].index(PERSON if look else s.subject))
+        out["style"].append(V2_HEADS["style"].index(s.style))
+        out["colour"].append(V2_HEADS["colour"].index(s.colour))
+        for head, value in zip(world_v2.ATTRIBUTES, look.values() if look else [None] * 4, strict=True):
+            out[head].append(V2_HEADS[head].index(value) if value else -100)
+    return {head: torch.tensor(values) for head, values in out.items()}
 
 
 @torch.no_grad()
@@ -107,9 +135,23 @@ def judge_step(
     return loss.item()
 
 
-def accuracy(judge: ToyJudge, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
+def accuracy(
+    judge: ToyJudge, x: torch.Tensor, y: dict[str, torch.Tensor], labels: list[Sample]
+) -> dict[str, float]:
+    """Held-out accuracy per head (targets of -100 left out); in v2 also of identities (all four attributes and
+    'person' right) and of the worst identity."""
     probs = judge.probs(x)
-    return {k: float((probs[k].argmax(-1) == y[k]).float().mean()) for k in TOY_HEADS}
+    out: dict[str, float] = {}
+    for k in judge.heads:
+        keep = y[k] != -100
+        out[k] = float((probs[k].argmax(-1)[keep] == y[k][keep]).float().mean())
+    if judge.world == "v2":
+        names = world_v2.IDENTITIES
+        truth = torch.tensor([names.index(s.subject) if s.subject in names else -1 for s in labels])  # (N,)
+        hit = identity_probs(probs).argmax(-1) == truth
+        out["identity"] = float(hit[truth >= 0].float().mean())
+        out["worst_identity"] = min(float(hit[truth == i].float().mean()) for i in truth.unique() if i >= 0)
+    return out
 
 
 def train_judge(cfg: JudgeTrainConfig) -> dict:
@@ -120,16 +162,17 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
     # The VAE first: `fmn_patch.toy.build` starts the judge as soon as the VAE is saved, and the UNet phase
     # rewrites the pipeline folder (same VAE weights) only after its first 1,000 steps.
     vae = AutoencoderKL.from_pretrained(cfg.vae).eval() if (cfg.vae / "config.json").exists() else None
+    dataset = WORLDS[cfg.world].dataset
     images, labels = dataset(cfg.images, cfg.seed)
-    x, y = to_unit(images), targets(labels)
+    x, y = to_unit(images), targets(labels, cfg.world)
     test_images, test_labels = dataset(cfg.heldout, cfg.seed + 1)
-    x_test, y_test = to_unit(test_images), targets(test_labels)
+    x_test, y_test = to_unit(test_images), targets(test_labels, cfg.world)
     if vae is None:
         log(f"no VAE at {cfg.vae}: training on renders only")
     x_rec = reconstruct(vae, x[: cfg.images // 2]) if vae is not None else None
     log(f"data ready in {time.perf_counter() - t0:.0f} s")
 
-    net = ToyJudgeNet()
+    net = ToyJudgeNet(heads=WORLD_HEADS[cfg.world])
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     net.train()
@@ -144,12 +187,12 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
         losses.append(judge_step(net, opt, sched, augment(batch, gen), {k: v[idx] for k, v in y.items()}))
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"judge step {step:5d}/{cfg.steps}  loss {np.mean(losses[-100:]):.4f}")
-    judge = ToyJudge(net)
+    judge = ToyJudge(net, world=cfg.world)
     record: dict = {"config": asdict(cfg), "train_s": time.perf_counter() - t0}
     record["params"] = sum(p.numel() for p in net.parameters())
-    record["heldout_accuracy"] = accuracy(judge, x_test, y_test)
+    record["heldout_accuracy"] = accuracy(judge, x_test, y_test, test_labels)
     if vae is not None:
-        record["heldout_vae_accuracy"] = accuracy(judge, reconstruct(vae, x_test), y_test)
+        record["heldout_vae_accuracy"] = accuracy(judge, reconstruct(vae, x_test), y_test, test_labels)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     judge.save(cfg.out)
     cfg.out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -158,14 +201,7 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> JudgeTrainConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmn_patch.toy.train_judge", description=__doc__.split("\n")[0]
-    )
-    defaults = JudgeTrainConfig()
-    for f in fields(JudgeTrainConfig):
-        default = getattr(defaults, f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default)
-    return JudgeTrainConfig(**vars(parser.parse_args(argv)))
+    return parse_config(JudgeTrainConfig, argv, "python -m fmn_patch.toy.train_judge", __doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> None:
