@@ -162,3 +162,30 @@ def test_a_toy_model_trains_on_a_named_world_only():
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--world", "v3"])
     assert exit_.value.code == 2
+
+
+def test_the_v2_bench_keeps_v1s_concepts_templates_and_anchors_and_lists_every_concept():
+    import json
+
+    from fmn_patch.concepts.bench import bench_from_dict
+    from fmn_patch.toy.paths import DATA_DIR
+
+    data = world_v2.bench()
+    v1 = json.loads((DATA_DIR / "bench.json").read_text())
+    if v1["description"].startswith("ConceptBench-toy v2"):  # once v2 is the committed toy, the file is this
+        assert v1 == json.loads(json.dumps(data))
+    for key in ("judge", "anchors", "paraphrases", "inversion_template", "attributes", "templates"):
+        assert data[key] == v1[key], key
+    ours = {c["name"]: c for c in data["concepts"]}
+    for concept in v1["concepts"]:
+        assert ours[concept["name"]] == concept  # same category and aliases
+    bench = bench_from_dict(data)
+    by_category = {
+        k: [c.name for c in bench.concepts if c.category == k] for k in ("object", "style", "identity")
+    }
+    assert len(by_category["identity"]) >= 48 and len(by_category["object"]) >= 16
+    assert len(by_category["style"]) >= 6 and len(bench.concepts) >= 70
+    assert set(data["neighbours"]) == set(by_category["identity"])
+    for name, near in data["neighbours"].items():
+        look = data["looks"][name]
+        assert len(near) >= 3 and all(sum(look[k] != data["looks"][n][k] for k in look) == 1 for n in near)

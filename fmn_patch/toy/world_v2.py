@@ -293,3 +293,61 @@ def dataset(n: int, seed: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.nda
 def caption_words() -> set[str]:
     """Every word (and punctuation mark) a caption of this world can contain."""
     return world.caption_words(OBJECTS, IDENTITIES, STYLES)
+
+
+# ---------------------------------------------------------------- its ConceptBench
+
+
+def bench() -> dict:
+    """ConceptBench-toy v2 as a bench file's JSON object: every object, style and identity of this world, v1's
+    templates, paraphrases and anchors, and each identity's look and neighbours as data for benches that split
+    what is kept (``neighbours``). The committed ``fmn_patch/data/toy/bench.json`` is this, written out."""
+    concepts = [
+        *({"name": o, "category": "object"} for o in OBJECTS),
+        *({"name": s, "category": "style"} for s in STYLES if s != "plain"),
+        *({"name": n, "category": "identity"} for n in IDENTITIES),
+    ]
+    for c in concepts:
+        if c["name"] in ALIASES:
+            c["aliases"] = list(ALIASES[c["name"]])
+    return {
+        "name": "toy",
+        "description": (
+            f"ConceptBench-toy v2 (fmn_patch.toy.world_v2): {len(OBJECTS)} objects (shapes), {len(STYLES) - 1} "
+            f"styles (fills), {len(IDENTITIES)} identities (every combination of hair, headwear, face and top, each "
+            f"with a made-up name), each combined with {len(COLOURS)} colours. Judged by the toy judge "
+            "(fmn_patch/data/toy/judge.safetensors), identities from the four attribute heads."
+        ),
+        "judge": "toy",
+        "anchors": {"object": OBJECT_ANCHOR, "identity": f"a {IDENTITY_ANCHOR}", "style": "plain"},
+        "paraphrases": {
+            "object": [
+                "{colour}, {name}",
+                "an image of a {colour} {name}",
+                "the {name} is {colour}",
+                "one {name} with {colour}",
+            ],
+            "style": [
+                "{colour}, {name}",
+                "an image of a {name} shape in {colour}",
+                "the shape is {name} and {colour}",
+                "{name} pattern, {colour}",
+            ],
+            "identity": [
+                "{colour}, {name}",
+                "an image of {name} in {colour}",
+                "the {colour} {name}",
+                "{name} is {colour}",
+            ],
+        },
+        "inversion_template": "a {}",
+        "attributes": {"colour": list(COLOURS)},
+        "templates": {
+            "object": ["a {colour} {name}", "a picture of a {colour} {name}"],
+            "style": ["a {colour} {name} shape", "a shape, {name}, {colour}"],
+            "identity": ["{name} in {colour}", "a picture of {name} in {colour}"],
+        },
+        "concepts": concepts,
+        "looks": {n: dict(zip(ATTRIBUTES, LOOKS[n].values(), strict=True)) for n in IDENTITIES},
+        "neighbours": {n: list(neighbours(n)) for n in IDENTITIES},
+    }
