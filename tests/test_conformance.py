@@ -374,7 +374,9 @@ def _third_party_imports(folder: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
     own = {path.stem for path in (ROOT / folder).glob("*.py")}
-    return found - set(sys.stdlib_module_names) - {"fmn_patch"} - own
+    own |= {path.parent.name for path in (ROOT / folder).glob("*/__init__.py")}  # sub-packages: bench/peers
+    # the repository's own: the package, and bench/ (tests import bench.peers from the repository root)
+    return found - set(sys.stdlib_module_names) - {"fmn_patch", "bench"} - own
 
 
 def _declared() -> tuple[dict[str, Requirement], dict[str, Requirement]]:
