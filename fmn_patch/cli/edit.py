@@ -15,21 +15,26 @@ from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
 from ..families.base import load_base, peek_family
 from ..files import check_output, read_lines, slug
+from ..format.lowrank import AUTO_CAP
 from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
 from ..methods.editor import EditConfig
+from ..values import AUTO
 from .options import (
     BaseOpt,
     Device,
     Dtype,
     EachOpt,
     JsonOut,
+    MaxResidual,
     Overwrite,
     ResumeOpt,
+    chosen_rank,
     configured_base,
     each_folder,
     echo_json,
     info,
+    rank_line,
     report_each,
     where_to_use,
 )
@@ -71,7 +76,14 @@ def edit(
     preserve_file: Annotated[
         Path | None, typer.Option("--preserve-file", help="Prompts to keep unchanged, one per line.")
     ] = None,
-    rank: Annotated[int, typer.Option(help="LoRA rank of the patch.")] = _DEFAULT.rank,
+    rank: Annotated[
+        str,
+        typer.Option(
+            help="LoRA rank of the patch, or auto: per layer the smallest rank within --max-residual.",
+            metavar="R|auto",
+        ),
+    ] = str(_DEFAULT.rank),
+    max_residual: MaxResidual = None,
     push: Annotated[
         float, typer.Option(help="How far past the anchor the keys/values go (0: onto it).")
     ] = _DEFAULT.push,
@@ -95,7 +107,7 @@ def edit(
     Data-free: no images and no gradient steps; the cost is text encoding (under a second on the toy model, minutes
     for a thousand concepts on an SD-1.5-size text encoder on CPU).
     The result is an ordinary patch that stacks, merges and loads in stock diffusers. The residual of the rank-R
-    truncation is reported and kept in the patch header.
+    truncation is reported and kept in the patch header; --rank auto picks each layer's rank from its residual.
 
     What it is: a least-squares solve per key/value projection that treats the projection's input as a function of
     the text alone. That holds for UNet models (SD 1.x, 2.x, SDXL), whose cross-attention reads the text encoder's
@@ -112,6 +124,8 @@ def edit(
       fmnpatch edit --from-file celebrities.txt --preserve-file keep.txt --base ./sd15 -o celebs.safetensors --json
 
       fmnpatch edit --preset nsfw --base ./sd15 -o no-nsfw.safetensors   # nudity, sexual content -> "fully clothed"
+
+      fmnpatch edit --from-file celebrities.txt --base ./sd15 --rank auto --max-residual 0.1 -o celebs.safetensors
 
       fmnpatch edit --from-file celebrities.txt --each -o celebs/ --base ./sd15   # one patch per line, --resume
     """
@@ -131,7 +145,10 @@ def edit(
             "no concept given; name one (fmnpatch edit circle), pass --from-file FILE or --preset nsfw"
         )
     preserve = read_lines(preserve_file) if preserve_file else []
-    config = EditConfig(rank=rank, lam=lam, erase_weight=erase_weight, push=push, bench=bench)
+    rank_, within = chosen_rank(rank, max_residual)
+    config = EditConfig(
+        rank=rank_, max_residual=within, lam=lam, erase_weight=erase_weight, push=push, bench=bench
+    )
     device = processes.current().device(device)
     base = configured_base(base, [chosen.name] if chosen is not None else names)
     known = peek_family(base)
@@ -158,9 +175,11 @@ def edit(
     path = patch.save(output, overwrite=overwrite)
     extra = patch.info.extra
     seconds = {**extra["seconds"], "write": time.perf_counter() - t0}
+    size = path.stat().st_size
     info(
-        f"erased {len(patch.info.concepts)} concept(s) into rank-{patch.rank} patch: residual {extra['residual']:.3g}, "
-        f"{extra['rows']['erase']} erase / {extra['rows']['preserve']} preserve rows, {seconds['total']:.2f} s"
+        f"erased {len(patch.info.concepts)} concept(s) into a patch of {rank_line(patch)} ({size / 1024:,.0f} KiB): "
+        f"residual {extra['residual']:.3g}{_over(extra['residuals'], config)}, {extra['rows']['erase']} erase / "
+        f"{extra['rows']['preserve']} preserve rows, {seconds['total']:.2f} s"
     )
     info(where_to_use(patch, path))
     if json_out:
@@ -169,6 +188,8 @@ def edit(
                 "output": str(path),
                 "concepts": patch.concept_names,
                 "rank": patch.rank,
+                "ranks": patch.rank_summary(),
+                "bytes": size,
                 "residual": extra["residual"],
                 "residuals": extra["residuals"],
                 "rows": extra["rows"],
@@ -177,6 +198,15 @@ def edit(
         )
     else:
         typer.echo(str(path))
+
+
+def _over(residuals: dict[str, float], config: EditConfig) -> str:
+    """At rank auto: how many layers stayed above the target at the largest rank auto gives."""
+    if config.rank != AUTO:
+        return ""
+    over = sum(r > config.max_residual for r in residuals.values())
+    cap = f"; {over} at rank {AUTO_CAP} still above it" if over else ""
+    return f" (each layer within {config.max_residual:g}{cap})"
 
 
 def _slug(names: list[str]) -> str:

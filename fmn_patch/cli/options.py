@@ -18,12 +18,14 @@ from ..evaluation.judges import Judge, load_judge
 from ..families.base import Base, load_base
 from ..families.export import use_with
 from ..families.registry import named_bases
+from ..format.lowrank import MAX_RESIDUAL
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
 from ..methods.each import MANIFEST, EachReport
 from ..processes import Processes, current
 from ..text import printable
+from ..values import AUTO, Rank, rank_text, residual
 
 BaseArg = Annotated[
     str, typer.Argument(help="Base model: `toy` (bundled), a local diffusers folder, or a Hub repo id.")
@@ -44,6 +46,15 @@ Strict = Annotated[
 Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
 Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+MaxResidual = Annotated[
+    float | None,
+    typer.Option(
+        "--max-residual",
+        help=f"With --rank auto: each layer's largest relative residual ||D - B A|| / ||D||, in (0, 1); smaller "
+        f"gives higher ranks. [default: {MAX_RESIDUAL}]",
+        show_default=False,
+    ),
+]
 BASE_ENV = "FMNPATCH_BASE"
 BaseOpt = Annotated[
     str | None,
@@ -108,6 +119,29 @@ def _knows(bench: Any, name: str) -> bool:
     except FmnPatchError:
         return False
     return True
+
+
+def chosen_rank(rank: str, max_residual: float | None) -> tuple[Rank, float]:
+    """``--rank`` (digits or auto) and the residual target it goes with: --max-residual only goes with auto."""
+    chosen = rank_text(rank)
+    if max_residual is not None:
+        residual(max_residual, "--max-residual")
+    if max_residual is not None and chosen != AUTO:
+        raise FmnPatchError(
+            f"--max-residual {max_residual:g} only applies to --rank auto; add --rank auto, or drop --max-residual "
+            f"to keep rank {chosen}"
+        )
+    return chosen, MAX_RESIDUAL if max_residual is None else max_residual
+
+
+def rank_line(patch: Patch) -> str:
+    """The patch's rank for a progress line: one number, or the spread of per-module ranks."""
+    r = patch.rank_summary()
+    return (
+        f"rank {r['max']}"
+        if r["min"] == r["max"]
+        else f"ranks {r['min']}-{r['max']} (median {r['median']:g})"
+    )
 
 
 def where_to_use(patch: Patch, path: Path) -> str:

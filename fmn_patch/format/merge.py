@@ -2,8 +2,9 @@
 
 Concatenation, per module:  A = cat_i(w_i A_i) along ranks (dim 0),  B = cat_i(B_i) (dim 1), so that
 B @ A = sum_i w_i B_i A_i exactly and the merged rank is the sum of the parents' ranks. A module that a parent lacks
-contributes zero factors, keeping one rank everywhere. SVD re-compression factors that same sum at a chosen rank and
-reports the relative Frobenius residual per module and in total (zero while the rank covers the delta's true rank).
+contributes zero factors, keeping one rank everywhere. SVD re-compression factors that same sum at a chosen rank, or
+at the smallest rank per module within a residual target (``rank="auto"``), and reports the relative Frobenius
+residual per module and in total (zero while the rank covers the delta's true rank).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 from .. import values
 from ..errors import FmnPatchError
-from ..values import MAX_RANK
+from ..values import AUTO, Rank
 from .header import PatchConcept, PatchInfo
+from .lowrank import MAX_RESIDUAL
 from .patch import Patch
 
 
@@ -33,23 +35,30 @@ def merge_patches(
     patches: Sequence[Patch],
     weights: Sequence[float] | None = None,
     *,
-    rank: int | None = None,
+    rank: Rank | None = None,
+    max_residual: float = MAX_RESIDUAL,
     title: str = "",
 ) -> tuple[Patch, MergeReport]:
-    """Merge patches into one. ``rank=None`` concatenates (exact); an int re-compresses by truncated SVD."""
+    """Merge patches into one. ``rank=None`` concatenates (exact); an int re-compresses by truncated SVD (capped
+    at min(in, out) per module); ``"auto"`` re-compresses each module at the smallest rank whose relative
+    residual is at most ``max_residual``."""
     if rank is not None:
-        values.whole(rank, "rank", 1, MAX_RANK, example=8)  # capped at min(in, out) per module
+        values.rank(rank, "rank", example="8 or 'auto' (or None: exact)")
+        values.residual(max_residual, "max_residual")
     if len(patches) < 2:
         raise FmnPatchError(f"merge needs at least two patches, got {len(patches)}")
     weights = check_weights(patches, weights)
     _check_same_layout(patches)
-    info = _merged_info(patches, weights, rank, title)
+    info = _merged_info(patches, weights, rank, max_residual, title)
     component = patches[0].component
     if rank is None:
         merged = Patch(_concatenate(patches, weights), info, component)
         return merged, MergeReport({m: 0.0 for m in merged.modules}, 0.0)
     deltas = {m: sum_of_deltas(patches, weights, m) for m in _all_modules(patches)}
-    merged, residuals = Patch.from_deltas(deltas, rank, info, component)
+    if rank == AUTO:
+        merged, residuals = Patch.from_deltas_within(deltas, max_residual, info, component)
+    else:
+        merged, residuals = Patch.from_deltas(deltas, rank, info, component)
     norms = {m: float(d.norm()) for m, d in deltas.items()}
     total_sq = sum(n * n for n in norms.values())
     total = math.sqrt(sum((residuals[m] * norms[m]) ** 2 for m in deltas) / total_sq) if total_sq else 0.0
@@ -128,7 +137,7 @@ def _check_same_layout(patches: Sequence[Patch]) -> None:
 
 
 def _merged_info(
-    patches: Sequence[Patch], weights: Sequence[float], rank: int | None, title: str
+    patches: Sequence[Patch], weights: Sequence[float], rank: Rank | None, max_residual: float, title: str
 ) -> PatchInfo:
     first = patches[0].info
     concepts: list[PatchConcept] = []
@@ -154,6 +163,11 @@ def _merged_info(
         base_hash=first.base_hash if same_base else None,
         architecture=first.architecture,
         title=title,
-        config={"combination": "cat" if rank is None else "svd", "rank": rank, "weights": list(weights)},
+        config={
+            "combination": "cat" if rank is None else "svd",
+            "rank": rank,
+            "weights": list(weights),
+            **({"max_residual": max_residual} if rank == AUTO else {}),
+        },
         parents=parents,
     )

@@ -39,7 +39,7 @@ from .header import (
     tensor_hash,
     write_header,
 )
-from .lowrank import low_rank
+from .lowrank import low_rank, low_rank_within
 from .schema import format_version, info_from_header
 from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
 
@@ -75,12 +75,19 @@ class Patch:
 
     @property
     def rank(self) -> int:
-        """The largest rank over modules (patches made here have one rank everywhere)."""
+        """The largest rank over modules (one rank everywhere, except at ``rank="auto"``: see ``ranks``)."""
         return max(a.shape[0] for a, _ in self.factors.values())
 
     @property
     def ranks(self) -> dict[str, int]:
         return {m: a.shape[0] for m, (a, _) in sorted(self.factors.items())}
+
+    def rank_summary(self) -> dict[str, float]:
+        """The smallest, median and largest rank over modules."""
+        ranks = sorted(self.ranks.values())
+        mid = len(ranks) // 2
+        median = ranks[mid] if len(ranks) % 2 else (ranks[mid - 1] + ranks[mid]) / 2
+        return {"min": ranks[0], "median": median, "max": ranks[-1]}
 
     @property
     def concept_names(self) -> list[str]:
@@ -135,6 +142,25 @@ class Patch:
         residuals: dict[str, float] = {}
         for module, d in sorted(deltas.items()):
             a, b, residual = low_rank(d.float(), rank)
+            factors[module] = (a, b)
+            residuals[module] = residual
+        return cls(factors, info or PatchInfo(), component), residuals
+
+    @classmethod
+    def from_deltas_within(
+        cls,
+        deltas: Mapping[str, torch.Tensor],
+        max_residual: float,
+        info: PatchInfo | None = None,
+        component: str = DEFAULT_COMPONENT,
+    ) -> tuple[Patch, dict[str, float]]:
+        """Factor dense deltas (out, in) by truncated SVD, each at the smallest rank whose relative Frobenius
+        residual ``||D - B A|| / ||D||`` is at most ``max_residual`` (at least 1). Returns the patch and the
+        residual of each module."""
+        factors: Factors = {}
+        residuals: dict[str, float] = {}
+        for module, d in sorted(deltas.items()):
+            a, b, residual = low_rank_within(d.float(), max_residual)
             factors[module] = (a, b)
             residuals[module] = residual
         return cls(factors, info or PatchInfo(), component), residuals

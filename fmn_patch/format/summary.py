@@ -41,6 +41,7 @@ def summarize(patch: Patch, path: str | Path | None = None, use_with: str | None
         "component": patch.component,
         "targets": kind_for(patch.component, patch.modules).description,
         "rank": patch.rank,
+        "ranks": patch.rank_summary(),  # min, median, max over modules (they differ at rank "auto")
         "modules": len(patch.factors),
         "parameters": patch.num_parameters(),
         "size_bytes": size,
@@ -67,6 +68,12 @@ def render_text(summary: dict[str, Any]) -> str:
     base = summary["base"]
     size = summary["size_bytes"]
     integrity = "verified" if summary["verified"] else "NOT VERIFIED: the header carries no hash"
+    ranks = summary["ranks"]
+    rank = (
+        f"{ranks['min']} to {ranks['max']} (median {ranks['median']:g})"
+        if ranks["min"] != ranks["max"]
+        else str(summary["rank"])
+    )
     lines = [
         f"title        {show(summary['title'])}",
         f"method       {show(summary['method'])}",
@@ -74,7 +81,7 @@ def render_text(summary: dict[str, Any]) -> str:
         f"base         {show(base['model'] or '-')}  [{show(base['architecture'])}]"
         + (f"  revision {show(base['revision'])}" if base["revision"] else ""),
         f"base hash    {show(base['hash'] or '-')}",
-        f"rank         {summary['rank']}  ({summary['modules']} modules, {summary['parameters']:,} parameters"
+        f"rank         {rank}  ({summary['modules']} modules, {summary['parameters']:,} parameters"
         + (f", {size / 1024:.1f} KiB" if size is not None else "")
         + ")",
         f"tensor hash  {summary['tensor_hash']}  ({integrity})",

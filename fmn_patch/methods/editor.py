@@ -1,7 +1,8 @@
 """The streaming machinery of the closed-form edit: prompts go through the text encoder in batches at their true
 token length (plus ``padding`` slots) into the shared normal equations, so memory does not grow with the number of
 concepts: only two (dim x dim) sums are kept. ``solver`` solves the ridge least squares once for all layers;
-``fmn_patch.format.lowrank`` turns each layer's delta into LoRA factors of the requested rank.
+``fmn_patch.format.lowrank`` turns each layer's delta into LoRA factors of the requested rank, or of the smallest
+rank per layer within a residual target (``rank="auto"``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ from ..errors import FmnPatchError
 from ..families.base import Base
 from ..families.encoding import align
 from ..families.tokens import ConceptNotFoundError
-from ..format.lowrank import NARROW, ResidualKind, factorize, factorize_products
-from ..values import MAX_BATCH, MAX_RANK
+from ..format.lowrank import (
+    AUTO_CAP,
+    MAX_RESIDUAL,
+    NARROW,
+    Factors,
+    ResidualKind,
+    factorize,
+    factorize_products,
+    factorize_products_within,
+    factorize_within,
+)
+from ..values import AUTO, MAX_BATCH, Rank
 from .solver import NormalEquations, layer_delta
 
 
@@ -27,7 +38,10 @@ from .solver import NormalEquations, layer_delta
 class EditConfig:
     """How a closed-form edit is computed; every field is recorded in the patch header."""
 
-    rank: int = 16  # LoRA rank of the patch (truncated SVD of each layer's delta)
+    # LoRA rank of the patch (truncated SVD of each layer's delta), or "auto": per layer, the smallest rank (up to
+    # fmn_patch.format.lowrank.AUTO_CAP) whose relative residual ||D - B A|| / ||D|| is at most max_residual
+    rank: Rank = 16
+    max_residual: float = MAX_RESIDUAL  # the residual target of rank="auto" (unused at a fixed rank)
     lam: float = 0.1  # ridge: pull toward the base weights, sum lam ||W' - W||^2
     erase_weight: float = 1.0  # weight of each erase row (each concept position of each prompt)
     preserve_weight: float = 1.0  # weight of each preserved row
@@ -45,7 +59,8 @@ class EditConfig:
     exact_svd: bool | None = None
 
     def __post_init__(self) -> None:
-        values.whole(self.rank, "rank", 1, MAX_RANK, example=8)
+        values.rank(self.rank, "rank", example="8 or 'auto'")
+        values.residual(self.max_residual, "max_residual")
         values.number(self.lam, "lam", 0, 1e6, example="0.1")
         values.number(self.erase_weight, "erase_weight", 0, 1e6, above=True, example=10)
         values.number(self.preserve_weight, "preserve_weight", 0, 1e6, example=1)
@@ -172,12 +187,9 @@ class Editor:
         """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it."""
         t0 = time.perf_counter()
         exact = self.config.exact_svd
-        # a rank above min(out, in) of the narrowest layer adds nothing: capped there (one rank for every layer)
-        rank = min(self.config.rank, *(min(w.shape) for w in self.targets.values()))
         wide = [n for n, w in sorted(self.targets.items()) if exact is None and min(w.shape) > NARROW]
-        done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
-        for name in sorted(set(self.targets) - set(wide)):
-            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=exact)
+        rank = self.config.rank
+        done = self._within(p, wide) if rank == AUTO else self._fixed(p, wide, rank)
         factors, res, tot = {}, 0.0, 0.0
         for name, (a, b, r, t) in sorted(done.items()):
             factors[name] = (a, b)
@@ -187,6 +199,25 @@ class Editor:
         self.report.residual_kind = "estimate" if wide else "exact"
         self.report.seconds["svd"] = time.perf_counter() - t0
         return factors
+
+    def _fixed(self, p: torch.Tensor, wide: list[str], rank: int) -> dict[str, Factors]:
+        """One rank for every layer, capped at min(out, in) of the narrowest (beyond it adds nothing)."""
+        rank = min(rank, *(min(w.shape) for w in self.targets.values()))
+        done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
+        for name in sorted(set(self.targets) - set(wide)):
+            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=self.config.exact_svd)
+        return done
+
+    def _within(self, p: torch.Tensor, wide: list[str]) -> dict[str, Factors]:
+        """Per layer the smallest rank up to ``AUTO_CAP`` within ``max_residual``: one factorisation at the cap."""
+        target = self.config.max_residual
+        done = dict(
+            zip(wide, factorize_products_within([self.targets[n] for n in wide], p, target), strict=True)
+        )
+        for name in sorted(set(self.targets) - set(wide)):
+            delta = layer_delta(self.targets[name], p)
+            done[name] = factorize_within(delta, target, AUTO_CAP, exact=self.config.exact_svd)
+        return done
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
