@@ -28,7 +28,7 @@ from fmn_patch.format.lowrank import (
     spectrum,
 )
 from fmn_patch.format.merge import merge_patches
-from fmn_patch.methods.edit import EditConfig, edit_patch
+from fmn_patch.methods.edit import EditConfig, edit_patch, edit_patches
 from fmn_patch.values import MAX_RANK
 
 
@@ -301,3 +301,14 @@ def test_cli_exact_merge_refuses_a_residual_target(capsys, sd1, tmp_path):
         capsys, "merge", *parents, "--max-residual", "0.1", "-o", str(tmp_path / "m.safetensors")
     )
     assert code == 2 and "only applies to --rank auto" in err and "exact merge" in err
+
+
+def test_one_stream_factors_several_configs_as_separate_edits_do(toy, toy_names):
+    configs = [EditConfig(rank=4), EditConfig(rank="auto"), EditConfig(rank=8, exact_svd=True)]
+    together = edit_patches(toy, toy_names[:4], configs=configs)
+    for config, patch in zip(configs, together, strict=True):
+        alone = edit_patch(toy, toy_names[:4], config=config)
+        assert patch.tensor_hash() == alone.tensor_hash() and patch.info.config == alone.info.config
+        assert patch.info.extra["residuals"] == alone.info.extra["residuals"]
+    with pytest.raises(FmnPatchError, match="may differ only in rank, max_residual, exact_svd"):
+        edit_patches(toy, ["circle"], configs=[EditConfig(), EditConfig(lam=1.0)])

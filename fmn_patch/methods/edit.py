@@ -21,7 +21,7 @@ from ..concepts.bench import Bench, Concept, load_bench
 from ..concepts.prompts import ConceptLike, anchor_for, preserve_prompts, resolve
 from ..concepts.templates import fill
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.family import Family
 from ..families.threads import sized_threads
 from ..families.tokens import find_subsequence
@@ -32,7 +32,16 @@ from .editor import EditConfig, Editor, EditReport
 #: Templates for concepts whose category the bench has none for (and for ``bench="none"``).
 FALLBACK_TEMPLATES: tuple[str, ...] = ("a photo of {name}", "an image of {name}", "a picture of {name}")
 
-__all__ = ["FALLBACK_TEMPLATES", "EditConfig", "EditReport", "edit_patch", "erase_prompts", "templates"]
+__all__ = [
+    "FACTORING",
+    "FALLBACK_TEMPLATES",
+    "EditConfig",
+    "EditReport",
+    "edit_patch",
+    "edit_patches",
+    "erase_prompts",
+    "templates",
+]
 
 
 def templates(concept: Concept, bench: Bench | None) -> list[str]:
@@ -68,9 +77,35 @@ def edit_patch(
     or per concept name); default: each concept's own, else the bench's anchor of its category. ``preserve``: extra
     prompts whose keys/values must not change, added to the default preserve set.
     """
-    base = as_base(base)
+    return edit_patches(base, erase, anchor, preserve, [config or EditConfig()], category)[0]
+
+
+#: The EditConfig fields that only choose how the solved deltas are factored: ``edit_patches`` varies them.
+FACTORING: tuple[str, ...] = ("rank", "max_residual", "exact_svd")
+
+
+@sized_threads
+def edit_patches(
+    base: Base | Any,
+    erase: Sequence[ConceptLike],
+    anchor: str | Mapping[str, str] | None = None,
+    preserve: Sequence[str] = (),
+    configs: Sequence[EditConfig] = (EditConfig(),),
+    category: str | None = None,
+) -> list[Patch]:
+    """``edit_patch`` once per config, from one pass of the prompts and one solve: the configs may differ only in
+    how the deltas are factored (``FACTORING``: rank, max_residual, exact_svd), e.g. to compare ranks."""
     base.family.require_closed_form()
-    config = config or EditConfig()
+    if not configs:
+        raise FmnPatchError("edit_patches needs at least one EditConfig")
+    config = configs[0]
+    unfactored = {f: getattr(config, f) for f in FACTORING}
+    for other in configs[1:]:
+        if dataclasses.replace(other, **unfactored) != config:
+            raise FmnPatchError(
+                f"the configs of one edit_patches call may differ only in {', '.join(FACTORING)}; make one call "
+                "per set of the other fields"
+            )
     bench = _bench(config, base)
     concepts = resolve(erase, bench, category)
     if not concepts:
@@ -87,9 +122,26 @@ def edit_patch(
             f"none of the prompts of {[c.name for c in concepts]} could be aligned with their anchor; check that "
             "the concept's words survive tokenization, or give another --anchor"
         )
-    factors = editor.factors(editor.solve())
-    report = editor.report
-    report.seconds["total"] = time.perf_counter() - t0
+    p = editor.solve()
+    streamed = time.perf_counter() - t0  # encoding, the sums and the solve: shared by every config
+    patches = []
+    for each in configs:
+        factors = editor.factors(p, each)
+        report = editor.report
+        report.seconds["total"] = streamed + report.seconds["svd"]
+        patches.append(_patch(base, concepts, anchors, bench, each, report, factors))
+    return patches
+
+
+def _patch(
+    base: Base,
+    concepts: Sequence[Concept],
+    anchors: Sequence[str],
+    bench: Bench | None,
+    config: EditConfig,
+    report: EditReport,
+    factors: dict[str, tuple[Any, Any]],
+) -> Patch:
     described = base.describe()
     info = PatchInfo(
         method="edit",
@@ -105,9 +157,9 @@ def edit_patch(
             "rows": {"erase": report.erase_rows, "preserve": report.keep_rows},
             "prompts_skipped": report.skipped[:20],
             "residual": report.residual,
-            "residuals": report.residuals,
+            "residuals": dict(report.residuals),
             "residual_kind": report.residual_kind,
-            "seconds": report.seconds,
+            "seconds": dict(report.seconds),
         },
     )
     return Patch(factors, info, base.family.component)

@@ -183,13 +183,21 @@ class Editor:
         self.report.erase_rows, self.report.keep_rows = self.normal.erase_rows, self.normal.keep_rows
         return p
 
-    def factors(self, p: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it."""
+    def factors(
+        self, p: torch.Tensor, config: EditConfig | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """LoRA factors of every W @ P: narrow layers from the formed delta, wide ones without forming it.
+
+        ``config``: whose rank, max_residual and exact_svd to factor with (default: the editor's)."""
         t0 = time.perf_counter()
-        exact = self.config.exact_svd
+        config = config or self.config
+        exact = config.exact_svd
         wide = [n for n, w in sorted(self.targets.items()) if exact is None and min(w.shape) > NARROW]
-        rank = self.config.rank
-        done = self._within(p, wide) if rank == AUTO else self._fixed(p, wide, rank)
+        if config.rank == AUTO:
+            done = self._within(p, wide, config.max_residual, exact)
+        else:
+            done = self._fixed(p, wide, config.rank, exact)
+        self.report.residuals = {}
         factors, res, tot = {}, 0.0, 0.0
         for name, (a, b, r, t) in sorted(done.items()):
             factors[name] = (a, b)
@@ -200,23 +208,24 @@ class Editor:
         self.report.seconds["svd"] = time.perf_counter() - t0
         return factors
 
-    def _fixed(self, p: torch.Tensor, wide: list[str], rank: int) -> dict[str, Factors]:
+    def _fixed(self, p: torch.Tensor, wide: list[str], rank: int, exact: bool | None) -> dict[str, Factors]:
         """One rank for every layer, capped at min(out, in) of the narrowest (beyond it adds nothing)."""
         rank = min(rank, *(min(w.shape) for w in self.targets.values()))
         done = dict(zip(wide, factorize_products([self.targets[n] for n in wide], p, rank), strict=True))
         for name in sorted(set(self.targets) - set(wide)):
-            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=self.config.exact_svd)
+            done[name] = factorize(layer_delta(self.targets[name], p), rank, exact=exact)
         return done
 
-    def _within(self, p: torch.Tensor, wide: list[str]) -> dict[str, Factors]:
-        """Per layer the smallest rank up to ``AUTO_CAP`` within ``max_residual``: one factorisation at the cap."""
-        target = self.config.max_residual
+    def _within(
+        self, p: torch.Tensor, wide: list[str], target: float, exact: bool | None
+    ) -> dict[str, Factors]:
+        """Per layer the smallest rank up to ``AUTO_CAP`` within ``target``: one factorisation at the cap."""
         done = dict(
             zip(wide, factorize_products_within([self.targets[n] for n in wide], p, target), strict=True)
         )
         for name in sorted(set(self.targets) - set(wide)):
             delta = layer_delta(self.targets[name], p)
-            done[name] = factorize_within(delta, target, AUTO_CAP, exact=self.config.exact_svd)
+            done[name] = factorize_within(delta, target, AUTO_CAP, exact=exact)
         return done
 
 
