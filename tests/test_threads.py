@@ -95,3 +95,9 @@ def test_a_count_with_spaces_around_it_is_read(monkeypatch):
 def test_every_public_job_takes_its_threads_from_its_base(name):
     fn = getattr(fmn_patch, name)
     assert getattr(fn, "__wrapped__", None) is not None, f"{name} is not wrapped in sized_threads"
+
+
+def test_scoring_a_model_on_a_bench_takes_its_threads_from_its_base():
+    from fmn_patch.evaluation.mscore import evaluate
+
+    assert getattr(evaluate, "__wrapped__", None) is not None  # benches call it directly, many times over

@@ -31,6 +31,7 @@ from .. import values
 from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
 from ..families.base import Base, as_base
+from ..families.threads import sized_threads
 from ..values import MAX_BATCH, MAX_SEEDS, MAX_STEPS
 from .batches import BatchResult, ImageBatch, ImageJob, batches, mean_scores, run_batches
 from .judges import Judge, class_index
@@ -172,6 +173,7 @@ def group_scores(
     return scores
 
 
+@sized_threads
 def evaluate(
     base: Base | Any,
     bench: Bench,
