@@ -85,7 +85,7 @@ def test_a_resumed_run_is_the_same_bits_as_one_run(trained: Path, tmp_path: Path
     quick = {**build_sd3.QUICK_TRAIN, "save_every": 1, "out": tmp_path / "p", "state": state}
     train(Sd3TrainConfig(**quick, stop_at=2))  # type: ignore[arg-type]
     assert json.loads((state / "state.json").read_text())["step"] == 2
-    with pytest.raises(FmnPatchError, match="options differ"):
+    with pytest.raises(FmnPatchError, match="lr differ from the run being resumed"):
         train(Sd3TrainConfig(**{**quick, "lr": 0.5}, resume=True))  # type: ignore[arg-type]
     record = train(Sd3TrainConfig(**quick, resume=True))  # type: ignore[arg-type]
     assert record["transformer"]["steps_done"] == build_sd3.QUICK_TRAIN["steps"]
