@@ -195,11 +195,11 @@ def build_tokenizer(directory: Path, words: Iterable[str] | None = None) -> CLIP
 T5_MAX_LENGTH = 16  # tokens, `</s>` included: the toy captions are at most 8 words
 
 
-def build_t5_tokenizer(directory: Path) -> Any:
-    """Write the toy MMDiT's T5 vocabulary (every world and extra word one ``▁word`` piece, then characters) into
-    ``directory`` and load a ``T5Tokenizer`` from it."""
+def build_t5_tokenizer(directory: Path, words: Iterable[str] | None = None) -> Any:
+    """Write the toy MMDiT's T5 vocabulary (every world word, of v1's world or of `words`, and extra word one
+    ``▁word`` piece, then characters) into ``directory`` and load a ``T5Tokenizer`` from it."""
     from transformers import T5Tokenizer
 
     from fmn_patch.families.tiny_mmdit import write_t5_tokenizer
 
-    return T5Tokenizer.from_pretrained(write_t5_tokenizer(directory, vocab_words(), T5_MAX_LENGTH))
+    return T5Tokenizer.from_pretrained(write_t5_tokenizer(directory, vocab_words(words), T5_MAX_LENGTH))
