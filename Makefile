@@ -95,14 +95,14 @@ fingerprint: install
 	$(PY) bench/run.py --render
 
 # Model on one core, judge alongside on the other once the VAE exists, then the card: see fmn_patch/toy/build.py.
-# Then the toy MMDiT, which reuses that VAE (about an hour of one core more): see fmn_patch/toy/build_sd3.py.
+# Then the toy MMDiT, which reuses that VAE (about an hour of one core more): the same builder, --family sd3.
 toy-model: install
 	$(PY) -m fmn_patch.toy.build
-	$(PY) -m fmn_patch.toy.build_sd3
+	$(PY) -m fmn_patch.toy.build --family sd3
 
 # The toy MMDiT alone, on the committed UNet toy's VAE.
 toy-sd3: install
-	$(PY) -m fmn_patch.toy.build_sd3
+	$(PY) -m fmn_patch.toy.build --family sd3
 
 patches: install
 	$(PY) patches/make.py

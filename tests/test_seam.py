@@ -241,7 +241,7 @@ def test_train_restores_the_state_when_interrupted(busy, monkeypatch):
 def test_no_library_call_seeds_the_global_rng():
     """Only inside a fork (``torch.random.fork_rng``); the toy world's trainers are scripts, run as processes."""
     root = Path(__file__).parent.parent / "fmn_patch"
-    scripts = {root / "toy" / n for n in ("train.py", "train_judge.py", "train_sd3.py")}
+    scripts = {root / "toy" / n for n in ("train.py", "train_judge.py")}
     for path in set(root.rglob("*.py")) - scripts:
         for line in path.read_text(encoding="utf-8").splitlines():
             if re.search(r"torch\.manual_seed\(", line):

@@ -11,8 +11,9 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from fmn_patch.toy import build as toy_build
+from fmn_patch.toy.family import UNET
 from fmn_patch.toy.judge import ToyJudge
-from fmn_patch.toy.train import TrainConfig, train
+from fmn_patch.toy.train import train
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_build_writes_every_part_and_they_load(built: Path) -> None:
 
 
 def test_build_model_is_the_training_script_bit_for_bit(built: Path, tmp_path: Path) -> None:
-    train(TrainConfig(**toy_build.QUICK_TRAIN, out=tmp_path))  # type: ignore[arg-type]
+    train(UNET.quick_config(out=tmp_path))
     for part in ("unet", "text_encoder", "vae"):
         name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
         a, b = load_file(built / "pipeline" / part / name), load_file(tmp_path / part / name)

@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.toy.train import TrainConfig
-from fmn_patch.toy.train import train as train_unet
-from fmn_patch.toy.train_sd3 import Sd3TrainConfig
-from fmn_patch.toy.train_sd3 import train as train_sd3
+from fmn_patch.toy.train import Sd3TrainConfig, TrainConfig, train
 
 
 def _digest(folder: Path) -> str:
@@ -34,13 +31,13 @@ def _straight_and_resumed(tmp_path: Path, cfg, train, stop: int) -> tuple[str, s
 
 def test_unet_toy_resumes_bit_for_bit(tmp_path):
     cfg = TrainConfig(images=96, vae_steps=2, unet_steps=5, save_every=2, world="v2")
-    straight, resumed = _straight_and_resumed(tmp_path, cfg, train_unet, stop=3)
+    straight, resumed = _straight_and_resumed(tmp_path, cfg, train, stop=3)
     assert straight == resumed
 
 
 def test_sd3_toy_resumes_bit_for_bit(tmp_path):
     cfg = Sd3TrainConfig(images=96, steps=5, save_every=2)
-    straight, resumed = _straight_and_resumed(tmp_path, cfg, train_sd3, stop=3)
+    straight, resumed = _straight_and_resumed(tmp_path, cfg, train, stop=3)
     assert straight == resumed
 
 
@@ -54,11 +51,11 @@ def test_resume_refuses_other_options_and_a_missing_state(tmp_path):
         save_every=2,
         stop_at=2,
     )
-    train_unet(cfg)
+    train(cfg)
     with pytest.raises(FmnPatchError, match="lr, unet_steps differ"):
-        train_unet(replace(cfg, resume=True, unet_steps=9, lr=0.5))
+        train(replace(cfg, resume=True, unet_steps=9, lr=0.5))
     with pytest.raises(FmnPatchError, match="no training state"):
-        train_unet(replace(cfg, resume=True, state=tmp_path / "elsewhere"))
+        train(replace(cfg, resume=True, state=tmp_path / "elsewhere"))
 
 
 def test_trainer_cli_refuses_a_resume_without_state_with_exit_2(tmp_path, capsys):

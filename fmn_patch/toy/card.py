@@ -1,37 +1,36 @@
-"""Measure the trained toy pipeline and write its model card: `python -m fmn_patch.toy.card`.
+"""Measure a trained toy pipeline and write its model card: `python -m fmn_patch.toy.card [--family unet|sd3]`.
 
-Measures, on fresh generations judged by the toy judge: per-attribute accuracy (object, style, colour on every
-"a {colour} {style} {object}" prompt; identity and colour on "{identity} in {colour}"), the M-Score, acc and alias
-accuracy of every toy ConceptBench concept, the colour bias of uncoloured circles, and how close aliases and
-names end up in the text encoder. Writes `card.json` and `README.md` into the toy data folder.
+Measures, on fresh generations judged by the toy judge, with the pipeline's own sampler: per-attribute accuracy
+(object, style, colour on every "a {colour} {style} {object}" prompt; identity and colour on "{identity} in
+{colour}"), the M-Score, acc and alias accuracy of every toy ConceptBench concept, the colour bias of uncoloured
+circles, and how close aliases and names end up in the (first) text encoder. Writes `card.json` and `README.md`
+(its text: `fmn_patch.toy.card_text`, the family's) into the family's data folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from fmn_patch.concepts.bench import load_bench
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate, generate
+from fmn_patch.toy.family import FAMILIES, UNET, ToyFamily
 from fmn_patch.toy.judge import ToyJudge
-from fmn_patch.toy.paths import DATA_DIR, toy_judge_path, toy_pipeline_path
+from fmn_patch.toy.options import log
+from fmn_patch.toy.paths import toy_judge_path
 from fmn_patch.toy.world import ALIASES, COLOURS, IDENTITIES, OBJECTS, STYLES, caption_words
 
 #: Name pairs whose text-encoder similarity is reported: (name, alias) pairs and unrelated pairs as a baseline.
 ALIAS_PAIRS: tuple[tuple[str, str], ...] = tuple((k, a) for k, v in ALIASES.items() for a in v)
 BASELINE_PAIRS: tuple[tuple[str, str], ...] = (("circle", "square"), ("striped", "dotted"), ("bob", "alice"))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def attribute_accuracy(pipe: object, judge: ToyJudge, sampler: SamplerConfig) -> dict[str, float]:
@@ -123,178 +122,63 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
-def _params(pipe: object) -> dict[str, int]:
-    parts = {"text_encoder": pipe.text_encoder, "vae": pipe.vae, "unet": pipe.unet}  # type: ignore[attr-defined]
+def _params(pipe: Any) -> dict[str, int]:
+    """Parameters of each of the pipeline's networks (text encoders, VAE, denoiser)."""
+    parts = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _tokenizers(pipe: Any) -> dict[str, int]:
+    """Vocabulary sizes and lengths: the (first) CLIP tokenizer's, and the T5 one's where there is one."""
+    out = {"vocab_size": len(pipe.tokenizer), "max_length": pipe.tokenizer.model_max_length}
+    t5 = getattr(pipe, "tokenizer_3", None)
+    if t5 is not None:
+        out |= {"t5_vocab_size": len(t5), "t5_length": t5.model_max_length}
+    return out
 
 
-def _parts_table(card: dict, training: dict) -> str:
-    p = card["params"]
-    tok = f"CLIPTokenizer, project vocab ({card['vocab_size']} tokens), max length {card['max_length']}"
-    vae = (
-        f"AutoencoderKL, channels (32, 64), 16x16x4 latents, scaling {training['vae']['scaling_factor']:.3f}"
-    )
-    rows = [
-        ("tokenizer", f"{tok}; every world word is one token", "-"),
-        (
-            "text_encoder",
-            "CLIPTextModel, hidden 64, 2 layers, 4 heads, trained with the UNet",
-            f"{p['text_encoder']:,}",
-        ),
-        ("vae", vae, f"{p['vae']:,}"),
-        ("unet", "UNet2DConditionModel, channels (32, 64), cross-attention at 8x8 only", f"{p['unet']:,}"),
-        ("scheduler", "DDIM, SD-1.x scaled-linear betas, 1000 training steps", "-"),
-    ]
-    return "| part | what | parameters |\n|---|---|---|\n" + "\n".join(
-        f"| {a} | {b} | {c} |" for a, b, c in rows
-    )
-
-
-def _training_text(training: dict) -> str:
-    t, cfg, unet = training["timings_s"], training["config"], training["unet"]
-    early = (
-        f" (stopped after {unet['steps_done']} of {cfg['unet_steps']} scheduled steps)"
-        if unet["stopped_early"]
-        else ""
-    )
-    return f"""## Training (`python -m fmn_patch.toy.train`, seed {cfg["seed"]}, {cfg["threads"]} CPU threads)
-- Data: {cfg["images"]:,} rendered images with captions (word-order variety; aliases disc/circle, stripy/striped,
-  spotted/dotted, mister bob/bob in 30% of captions; anchor words "shape"/"person" in 10%; an uncoloured circle
-  is red 90% of the time).
-- VAE: {cfg["vae_steps"]} steps, batch {cfg["vae_batch"]}, MSE + {cfg["kl_weight"]:g} KL:
-  {training["vae"]["psnr_db"]:.1f} dB PSNR; {t["vae"] / 60:.1f} min (with encoding every image once).
-- UNet + text encoder: {unet["steps_done"]} steps, batch {cfg["unet_batch"]}, AdamW lr {cfg["lr"]:g} (warm-up
-  {cfg["warmup"]}, cosine to {cfg["min_lr_ratio"]:g}x), {int(100 * cfg["caption_dropout"])}% empty captions,
-  EMA {cfg["ema"]}: loss {unet["loss_every_100"][0]:.3f} -> {unet["final_loss"]:.4f} (mean of the last 200
-  steps); {t["unet"] / 60:.1f} min{early}.
-- Training alone: {t["total"] / 60:.1f} min wall time.
-"""
-
-
-def _build_text(build: dict | None) -> str:
-    if not build:
-        return ""
-    t = build["timings_s"]
-    return f"""
-## Building it all (`make toy-model` = `python -m fmn_patch.toy.build`)
-Model training on one core, the judge alongside on the other as soon as the VAE is saved, then this card on
-both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside, from minute
-{t["judge_started_after"] / 60:.1f}), card {t["card"] / 60:.1f} min;
-**total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, load average {build["load_before"]:.2f} before the
-start; {build["date"]}, git {build["git_revision"]}).
-"""
-
-
-def _accuracy_text(card: dict, sampler_name: str = "DDIM", detail: str = ", eta 0") -> str:
-    a, s = card["attributes"], card["sampler"]
-    n = len(s["seeds"])
-    rows = "\n".join(
-        f"| {name} | {c['category']} | {c['m_score']:.3f} | {_pct(c['acc'])} | "
-        f"{_pct(c['alias_acc']) if 'alias_acc' in c else '-'} |"
-        for name, c in card["bench"]["concepts"].items()
-    )
-    bias = _pct(card["circle_bias"]["red"])
-    return f"""## Generation accuracy (toy judge; {sampler_name} {s["steps"]} steps, guidance {s["guidance"]})
-Every "a {{colour}} {{style}} {{object}}" prompt (80) x {n} seeds; every "{{identity}} in {{colour}}" (8) x {2 * n}
-seeds.
-
-| object | style | identity | colour |
-|---|---|---|---|
-| {_pct(a["object"])} | {_pct(a["style"])} | {_pct(a["identity"])} | {_pct(a["colour"])} |
-
-ConceptBench `toy` (`fmn_patch/data/conceptbench/toy.json`). For a concept c with prompts P(c) (its category's
-templates x the 4 colours: 8 prompts) and seeds S = {list(s["seeds"])}:
-M-Score m(c) = mean over p in P(c), s in S of J_c(x(p, s)), where x(p, s) is the image generated for p from
-initial latents drawn by `torch.Generator().manual_seed(s)` ({sampler_name} {s["steps"]} steps{detail}, guidance
-{s["guidance"]}) and J_c the toy judge's softmax probability of c on the head of c's category (subject for
-objects and identities, style for styles). acc(c): the share of those images whose top class on that head is c.
-Alias columns: the same templates with the alias. Mean alias accuracy: {_pct(card["alias_acc"])}.
-
-| concept | category | M-Score | acc | alias acc |
-|---|---|---|---|---|
-{rows}
-
-Bias kept for correction experiments: "a circle" (no colour) is red in {bias} of 32 images.
-"""
-
-
-def render_card(card: dict, training: dict, judge: dict, build: dict | None = None) -> str:
-    sims = "\n".join(
-        f"| {k} | {v['pooled']:.3f} | {v['token']:.3f} | {v['token_centred']:.3f} |"
-        for k, v in card["similarity"].items()
-    )
-    held = ", ".join(f"{k} {_pct(v)}" for k, v in judge["heldout_accuracy"].items())
-    held_vae = ", ".join(f"{k} {_pct(v)}" for k, v in judge.get("heldout_vae_accuracy", {}).items())
-    return f"""# The toy model (`toy`)
-
-A tiny Stable Diffusion pipeline (diffusers `StableDiffusionPipeline`) trained on the toy world of
-`fmn_patch.toy.world`: 32x32 images of shapes (circle, square, triangle, cross, star) in fills (plain,
-striped, dotted, checkered) and two identities (bob, a smiley with a top hat; alice, a figure in a dress),
-each in red, green, blue or yellow. Load it with `fmn_patch.toy.load_toy_pipeline()` or
-`StableDiffusionPipeline.from_pretrained("fmn_patch/data/toy/pipeline")`.
-
-## Parts and sizes
-{_parts_table(card, training)}
-
-On disk: {card["size_mb"]:.1f} MB (safetensors). Judge: {judge["params"]:,} parameters, {card["judge_size_mb"]:.1f} MB.
-
-{_training_text(training)}{_build_text(build)}
-{_accuracy_text(card)}
-## Alias vs name in the text encoder (cosine similarity, each word alone)
-"pooled": the pooled (EOS) output; "token": the mean final hidden state over the word's tokens; "centred": the
-token states minus their mean over all world words (removes what every word shares). The last three rows are
-unrelated words, for scale.
-
-| pair | pooled | token | centred |
-|---|---|---|---|
-{sims}
-
-## Judge (`python -m fmn_patch.toy.train_judge`)
-CNN with heads subject (5 objects + 2 identities), style (4), colour (4); trained on renders and VAE
-reconstructions with blur/noise/brightness/contrast/flip augmentation. Held-out accuracy on renders: {held};
-on VAE reconstructions: {held_vae or "not measured"}.
-
-Measuring this card took {card["eval_s"]:.0f} s (`python -m fmn_patch.toy.card`).
-"""
-
-
-def write_readme(out: Path, pipeline: Path, judge_path: Path) -> Path:
+def write_readme(out: Path, pipeline: Path, judge_path: Path, family: ToyFamily = UNET) -> Path:
     """Render `out/README.md` from the stored measurements: card.json, training.json, judge.json, build.json."""
     card = json.loads((out / "card.json").read_text())
     training = json.loads((pipeline / "training.json").read_text())
-    judge = json.loads(judge_path.with_suffix(".json").read_text())
+    judge_file = judge_path.with_suffix(".json")
+    judge = json.loads(judge_file.read_text()) if judge_file.exists() else {}
     build_file = out / "build.json"
     build = json.loads(build_file.read_text()) if build_file.exists() else None
-    (out / "README.md").write_text(render_card(card, training, judge, build))
+    (out / "README.md").write_text(family.card(card, training, judge, build))
     return out / "README.md"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fmn_patch.toy.card", description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=FAMILIES, default=UNET.key, help="which toy (default unet)")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--pipeline", type=Path, default=toy_pipeline_path(), help="pipeline to measure")
+    parser.add_argument(
+        "--pipeline", type=Path, help="pipeline to measure (default: the family's committed one)"
+    )
     parser.add_argument("--judge", type=Path, default=toy_judge_path(), help="judge weights (safetensors)")
-    parser.add_argument("--out", type=Path, default=DATA_DIR, help="where card.json and README.md go")
+    parser.add_argument(
+        "--out", type=Path, help="where card.json and README.md go (default: the family's folder)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    family = FAMILIES[args.family]
+    pipeline = args.pipeline or family.data_dir / "pipeline"
+    out = args.out or family.data_dir
     torch.set_num_threads(args.threads)
     sampler = SamplerConfig(steps=args.steps, guidance=args.guidance, seeds=tuple(range(args.seeds)))
-    pipe = StableDiffusionPipeline.from_pretrained(args.pipeline)
+    pipe = DiffusionPipeline.from_pretrained(pipeline)
     pipe.set_progress_bar_config(disable=True)
     card = measure(pipe, sampler, args.judge)
-    card["size_mb"] = _size_mb(args.pipeline)
+    card["size_mb"] = _size_mb(pipeline)
     card["judge_size_mb"] = args.judge.stat().st_size / 1e6
     card["params"] = _params(pipe)
-    card["vocab_size"], card["max_length"] = len(pipe.tokenizer), pipe.tokenizer.model_max_length
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    log(f"wrote {write_readme(args.out, args.pipeline, args.judge)}")
+    card |= _tokenizers(pipe)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    log(f"wrote {write_readme(out, pipeline, args.judge, family)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The resumable state of a toy trainer: what its loop carries from one step to the next, saved beside each
 checkpoint so that `--resume` continues a run bit for bit (same seed and thread count).
 
-Both toys' trainers use it: `fmn_patch.toy.train` (the UNet toy) and `fmn_patch.toy.train_sd3` (the MMDiT).
+The toy trainer (`fmn_patch.toy.train`) uses it for every family.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def resumable_record(cfg: Any, out: Path, folder: Path) -> dict:
     def fixed(config: dict) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in config.items() if k not in PER_PART}
 
-    differ = sorted(k for k, v in fixed(asdict(cfg)).items() if fixed(done["config"]).get(k) != v)
+    # an option the record lacks is newer than the run, which then ran as its default does
+    recorded = {**fixed(asdict(type(cfg)())), **fixed(done["config"])}
+    differ = sorted(k for k, v in fixed(asdict(cfg)).items() if recorded.get(k) != v)
     if differ:
         raise FmnPatchError(
             f"--resume: {', '.join(differ)} differ from the run being resumed (see {out / 'training.json'}); "

@@ -3,12 +3,19 @@
 Sizes follow a feasibility probe on 2 CPU cores: 32x32 RGB images, a VAE with one down-sampling (16x16x4
 latents), a UNet with channels (32, 64) and cross-attention only at 8x8 (cross-attention at 16x16 made a step
 2.4x slower, mid-block attention in the VAE 3.5x).
+
+How it trains (`fmn_patch.toy.family.UNET` names these for the shared loop): one CLIP tokenizer (`tokenizers`),
+the UNet and its text encoder trained together (`trainable`), conditioned on the encoder's last hidden states
+(`predict`), saved as a StableDiffusionPipeline (`pipeline`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -18,6 +25,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from fmn_patch.toy.vocab import build_tokenizer
 from fmn_patch.toy.world import SIZE
 
 
@@ -122,3 +130,40 @@ def assemble(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def tokenizers(folder: Path, words: Iterable[str]) -> tuple[CLIPTokenizer]:
+    """The one tokenizer, its vocabulary the world's caption `words`, written into `folder`."""
+    return (build_tokenizer(folder, words),)
+
+
+def trainable(
+    cfg: ModelConfig, tokenizers: tuple[CLIPTokenizer]
+) -> tuple[UNet2DConditionModel, tuple[CLIPTextModel]]:
+    """The parts trained together, freshly initialised from the global RNG: the text encoder, then the UNet."""
+    text_encoder = build_text_encoder(cfg, tokenizers[0])
+    return build_unet(cfg), (text_encoder,)
+
+
+def predict(
+    cfg: ModelConfig,
+    unet: UNet2DConditionModel,
+    encoders: tuple[CLIPTextModel],
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    ids: tuple[torch.Tensor],
+) -> torch.Tensor:
+    """The UNet's prediction for x_t (B, 4, 16, 16), cross-attending to the text encoder's last states."""
+    context = encoders[0](ids[0])[0]  # (B, T, D)
+    return unet(x_t, timestep, context).sample
+
+
+def pipeline(
+    cfg: ModelConfig,
+    tokenizers: tuple[CLIPTokenizer],
+    encoders: tuple[CLIPTextModel],
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+) -> StableDiffusionPipeline:
+    """`assemble` from the shared loop's parts."""
+    return assemble(cfg, tokenizers[0], encoders[0], vae, unet)

@@ -9,12 +9,22 @@ learned from that VAE's reconstructions, judges both models alike.
 
 Sizes: 32x32 images, 16x16x4 latents, patch 2 (64 image tokens), 20 CLIP + 16 T5 text tokens, width 128
 (4 heads of 32), 4 joint blocks: about 1 s per training step of 64 images on one core.
+
+How it trains (`fmn_patch.toy.family.SD3` names these for the shared loop): a CLIP tokenizer, read by both CLIP
+encoders, and a T5 one (`tokenizers`); the transformer and its three text encoders trained together
+(`trainable`), conditioned as StableDiffusion3Pipeline.encode_prompt does (`text_conditioning`, `predict`); saved
+as a StableDiffusion3Pipeline (`pipeline`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import torch
+import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -29,6 +39,7 @@ from transformers import (
     T5EncoderModel,
 )
 
+from fmn_patch.toy.vocab import build_t5_tokenizer, build_tokenizer
 from fmn_patch.toy.world import SIZE
 
 
@@ -131,3 +142,61 @@ def assemble(
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
+
+
+def tokenizers(folder: Path, words: Iterable[str]) -> tuple[CLIPTokenizer, Any]:
+    """The CLIP tokenizer (both CLIP encoders read it) and the T5 one, over the world's caption `words`."""
+    words = sorted(words)
+    return build_tokenizer(folder / "clip", words), build_t5_tokenizer(folder / "t5", words)
+
+
+Encoders = tuple[CLIPTextModelWithProjection, CLIPTextModelWithProjection, T5EncoderModel]
+
+
+def trainable(
+    cfg: Sd3ModelConfig, tokenizers: tuple[CLIPTokenizer, Any]
+) -> tuple[SD3Transformer2DModel, Encoders]:
+    """The parts trained together, freshly initialised from the global RNG: both CLIPs, T5, then the transformer."""
+    encoders = (
+        build_clip(cfg, tokenizers[0]),
+        build_clip(cfg, tokenizers[0]),
+        build_t5(cfg, len(tokenizers[1])),
+    )
+    return build_transformer(cfg), encoders
+
+
+def text_conditioning(
+    encoders: Encoders, clip_ids: torch.Tensor, t5_ids: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What StableDiffusion3Pipeline.encode_prompt computes, with autograd: the two CLIPs' penultimate states
+    concatenated and zero-padded to the T5 width, then the T5 states, along the sequence; pooled: both CLIPs'."""
+    one, two, t5 = encoders
+    a, b = one(clip_ids, output_hidden_states=True), two(clip_ids, output_hidden_states=True)
+    clip = torch.cat([a.hidden_states[-2], b.hidden_states[-2]], dim=-1)  # (B, 20, 2 * clip_hidden)
+    clip = F.pad(clip, (0, width - clip.shape[-1]))  # (B, 20, t5_width)
+    states = torch.cat([clip, t5(t5_ids)[0]], dim=-2)  # (B, 20 + 16, t5_width)
+    return states, torch.cat([a.text_embeds, b.text_embeds], dim=-1)
+
+
+def predict(
+    cfg: Sd3ModelConfig,
+    transformer: SD3Transformer2DModel,
+    encoders: Encoders,
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    ids: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The transformer's prediction for x_t (B, 4, 16, 16) given (CLIP ids, T5 ids); timestep in [0, 1000]."""
+    states, pooled = text_conditioning(encoders, ids[0], ids[1], cfg.t5_width)
+    return transformer(x_t, encoder_hidden_states=states, pooled_projections=pooled, timestep=timestep).sample
+
+
+def pipeline(
+    cfg: Sd3ModelConfig,
+    tokenizers: tuple[CLIPTokenizer, Any],
+    encoders: Encoders,
+    vae: AutoencoderKL,
+    transformer: SD3Transformer2DModel,
+) -> StableDiffusion3Pipeline:
+    """`assemble` from the shared loop's parts."""
+    return assemble(cfg, tokenizers[0], tokenizers[1], *encoders, vae, transformer)

@@ -1,13 +1,20 @@
-"""Command-line options of the toy trainers, read from their dataclass configs (one option per field)."""
+"""Command-line options of the toy trainers, read from their dataclass configs (one option per field), and the
+progress lines they print."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def log(msg: str) -> None:
+    """A progress line, on stderr, at once."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str) -> T:

@@ -1,122 +1,51 @@
-"""Train the toy pipeline: `python -m fmn_patch.toy.train [--out DIR] [--unet-steps N] ...`.
+"""Train a toy model: `python -m fmn_patch.toy.train [--family unet|sd3] [--out DIR] [--steps N] ...`.
 
-Deterministic for a given seed and thread count. Phases: render the world, train the VAE (MSE + small KL),
-encode every image once, then train the UNet jointly with the text encoder (noise-prediction MSE, 10% empty
-captions for classifier-free guidance, EMA of both), and save the EMA weights as a StableDiffusionPipeline
-(safetensors) plus `training.json` (config, losses, timings) beside it.
+One loop for every toy family (`fmn_patch.toy.family`), deterministic for a given seed and thread count. Phases:
+render the world, get the latents (the UNet toy trains its VAE, MSE + small KL; the MMDiT reuses the UNet toy's),
+encode every image once, then train the denoiser jointly with its text encoders in the family's parametrisation
+(epsilon DDPM or rectified flow), with 10% empty captions for classifier-free guidance and an EMA of the weights,
+which are what is saved: the family's pipeline (safetensors) plus `training.json` (config, losses, timings) beside
+it. `--resume` continues from the last checkpoint bit for bit (`fmn_patch.toy.checkpoint`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from transformers import CLIPTokenizer
 
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.toy import checkpoint, world, world_v2
-from fmn_patch.toy import model as toy_model
-from fmn_patch.toy.options import parse_config
-from fmn_patch.toy.paths import toy_pipeline_path
-from fmn_patch.toy.vocab import build_tokenizer
+from fmn_patch.toy import checkpoint
+from fmn_patch.toy.config import WORLDS, Sd3TrainConfig, TrainConfig
+from fmn_patch.toy.family import FAMILIES, UNET, family_of
+from fmn_patch.toy.latents import to_tensor
+from fmn_patch.toy.options import log, parse_config
 
-#: The toy worlds a model can be trained on, by name.
-WORLDS = {"v1": world, "v2": world_v2}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines the trained toy model."""
-
-    out: Path = field(default_factory=toy_pipeline_path)  # where the pipeline is saved
-    seed: int = 0
-    images: int = 50_000  # rendered training images
-    vae_steps: int = 500
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    unet_steps: int = 3500
-    unet_batch: int = 64
-    lr: float = 1e-3  # UNet and text encoder
-    warmup: int = 200
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
-    weight_decay: float = 1e-2
-    ema: float = 0.999
-    caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
-    save_every: int = 1000  # also save a checkpoint every this many UNet steps
-    stop_at: int = 0  # > 0: stop after this many UNet steps, keeping the LR schedule of unet_steps
-    max_minutes: float = 0.0  # > 0: stop the UNet phase after this long (breaks determinism)
-    threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
-    # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
-    world: str = "v1"
-    resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
-    state: Path | None = None  # where that state goes (~5x the model); None: a cache folder
-
-    def __post_init__(self) -> None:
-        if self.world not in WORLDS:
-            raise ValueError(f"world {self.world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
+__all__ = ["WORLDS", "Ema", "Sd3TrainConfig", "TrainConfig", "main", "parse_args", "train"]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: Any) -> float:
+    """Linear warm-up over `cfg.warmup` steps, then cosine decay to `cfg.min_lr_ratio` of `cfg.lr`."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.unet_steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_vae(vae: AutoencoderKL, x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> list[float]:
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
-    losses: list[float] = []
-    vae.train()
-    for step in range(cfg.vae_steps):
-        batch = x[torch.randint(len(x), (cfg.vae_batch,), generator=gen)]
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        mse = F.mse_loss(recon, batch)
-        loss = mse + cfg.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(mse.item())
-        if step % 100 == 0 or step == cfg.vae_steps - 1:
-            recent = float(np.mean(losses[-100:]))
-            psnr = 10 * math.log10(4 / max(recent, 1e-12))  # range [-1, 1] -> peak 2
-            log(f"vae step {step:5d}/{cfg.vae_steps}  mse {recent:.5f}  psnr {psnr:.1f} dB")
-    vae.eval()
-    return losses
-
-
-@torch.no_grad()
-def encode_all(vae: AutoencoderKL, x: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image's latent."""
-    means, stds = [], []
-    for i in range(0, len(x), batch):
-        dist = vae.encode(x[i : i + batch]).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
-
-
-def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """(N, the tokenizer's max length) ids, padded and truncated."""
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
     return torch.tensor(ids.input_ids)
 
@@ -152,7 +81,7 @@ class Ema:
 def take_step(
     loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, ema: Ema, losses: list[float]
 ) -> None:
-    """One optimiser step of a toy trainer: backward, gradients clipped to norm 1, the step, the EMA, the loss."""
+    """One optimiser step: backward, gradients clipped to norm 1, the step, the EMA, the loss."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -171,12 +100,11 @@ def log_step(name: str, step: int, steps: int, losses: list[float], lr: float, e
         )
 
 
-def save(pipe_parts: dict, ema: Ema, out: Path, record: dict) -> None:
-    """Save the EMA weights as a pipeline without disturbing the training weights."""
+def save(assemble: Callable[[], Any], ema: Ema, out: Path, record: dict) -> None:
+    """Save the EMA weights as the pipeline `assemble()` makes, without disturbing the training weights."""
     live = [p.detach().clone() for p in ema.params]
     ema.copy_to()
-    pipe = toy_model.assemble(**pipe_parts)
-    pipe.save_pretrained(out, safe_serialization=True)
+    assemble().save_pretrained(out, safe_serialization=True)
     with torch.no_grad():
         for p, v in zip(ema.params, live, strict=True):
             p.copy_(v)
@@ -184,119 +112,103 @@ def save(pipe_parts: dict, ema: Ema, out: Path, record: dict) -> None:
     log(f"saved {out}")
 
 
-def train(cfg: TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dict:
-    """Run every phase; return the training record (also written to `out/training.json`).
+def train(cfg: TrainConfig | Sd3TrainConfig, on_vae: Callable[[Path], None] | None = None) -> dict:
+    """Train the toy of `cfg`'s family; return the training record (also written to `out/training.json`).
 
-    `on_vae(path)` is called once the trained VAE is saved at `path`, before the UNet phase: the judge trains on
-    its reconstructions, so `fmn_patch.toy.build` starts it there, on the other core.
+    `on_vae(path)` is called once a newly trained VAE is saved at `path`, before the denoiser phase: the judge
+    trains on its reconstructions, so `fmn_patch.toy.build` starts it there, on the other core.
     """
-    state = checkpoint.state_dir(cfg.out, cfg.state, "toy")
+    family = family_of(cfg)
+    state = checkpoint.state_dir(cfg.out, cfg.state, family.name)
     done = checkpoint.resumable_record(cfg, cfg.out, state) if cfg.resume else None  # checked before any work
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    mcfg = toy_model.ModelConfig()
+    sizes = family.sizes()
+    world = WORLDS[cfg.world]
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp), WORLDS[cfg.world].caption_words())
-    images, labels = WORLDS[cfg.world].dataset(cfg.images, cfg.seed)
-    x = to_tensor(images)
-    ids = tokenize(tokenizer, [s.caption for s in labels])
-    empty = tokenize(tokenizer, [""])[0]
+        tokenizers = family.tokenizers(Path(tmp), world.caption_words())
+    images, labels = world.dataset(cfg.images, cfg.seed)
+    captions = [s.caption for s in labels]
+    ids = tuple(tokenize(t, captions) for t in tokenizers)  # (N, T) per tokenizer
+    empty = tuple(tokenize(t, [""])[0] for t in tokenizers)
     record: dict = {
         "config": asdict(cfg),
-        "model": asdict(mcfg),
+        "model": asdict(sizes),
         "timings_s": {"render": time.perf_counter() - t0},
     }
     log(f"rendered {cfg.images} images in {record['timings_s']['render']:.0f} s")
-
-    t1 = time.perf_counter()
-    if done is None:
-        vae = toy_model.build_vae(mcfg)
-        vae_losses = train_vae(vae, x, cfg, gen)
-        mean, std = encode_all(vae, x)
-        latents = mean + std * torch.randn(mean.shape, generator=gen)
-        scaling = float(1.0 / latents.std())
-        vae.register_to_config(scaling_factor=scaling)
-        vae.requires_grad_(False)
-        vae.save_pretrained(
-            cfg.out / "vae"
-        )  # early, so that the judge can train on reconstructions meanwhile
-        record["timings_s"]["vae"] = time.perf_counter() - t1
-        record["vae"] = {"final_mse": float(np.mean(vae_losses[-100:])), "scaling_factor": scaling}
-        record["vae"]["psnr_db"] = 10 * math.log10(4 / record["vae"]["final_mse"])
-        log(f"vae done in {record['timings_s']['vae']:.0f} s, scaling factor {scaling:.3f}")
-        if on_vae is not None:
-            on_vae(cfg.out / "vae")
-    else:  # the VAE was trained and saved before the first checkpoint: reload it, re-encode (deterministic)
-        vae = AutoencoderKL.from_pretrained(cfg.out / "vae")
-        vae.requires_grad_(False)
-        mean, std = encode_all(vae, x)
-        scaling = float(done["vae"]["scaling_factor"])
-        record["timings_s"]["vae"] = done["timings_s"]["vae"]
-        record["vae"] = done["vae"]
+    latents = family.latents(cfg, sizes, to_tensor(images), gen, record, done, on_vae)
 
     t2 = time.perf_counter()
-    text_encoder = toy_model.build_text_encoder(mcfg, tokenizer)
-    unet = toy_model.build_unet(mcfg)
-    scheduler = toy_model.build_train_scheduler(mcfg)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    denoiser, encoders = family.trainable(sizes, tokenizers)
+    objective = family.objective(sizes)
+    modules = [denoiser, *encoders]
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = Ema(params, cfg.ema)
-    parts = {"cfg": mcfg, "tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet}
+    assemble = partial(family.pipeline, sizes, tokenizers, encoders, latents.vae, denoiser)
     losses: list[float] = []
-    unet.train()
-    text_encoder.train()
+    for m in modules:
+        m.train()
     first = 0
     if done is not None:
         first, losses = checkpoint.load_state(state, params, opt, ema, gen)
-        t2 -= done["timings_s"].get("unet", 0.0)  # the time already spent counts
-        log(f"resuming after step {first} of {cfg.unet_steps}")
-    for step in range(first, cfg.unet_steps):
+        t2 -= done["timings_s"].get(family.phase, 0.0)  # the time already spent counts
+        log(f"resuming after step {first} of {cfg.steps}")
+    for step in range(first, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        idx = torch.randint(len(x), (cfg.unet_batch,), generator=gen)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
-        tokens = ids[idx].clone()
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-        tokens[drop] = empty
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(mcfg.train_timesteps, (cfg.unet_batch,), generator=gen)
-        noisy = scheduler.add_noise(z0, noise, t)
-        context = text_encoder(tokens)[0]  # (B, T, D)
-        take_step(F.mse_loss(unet(noisy, t, context).sample, noise), opt, params, ema, losses)
+        idx = torch.randint(len(latents.mean), (cfg.batch,), generator=gen)
+        x0 = latents.sample(idx, gen)  # (B, C, h, w)
+        tokens = tuple(i[idx].clone() for i in ids)
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
+        for t, e in zip(tokens, empty, strict=True):
+            t[drop] = e
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t, timestep, target = objective.noised(x0, noise, gen)
+        pred = family.predict(sizes, denoiser, encoders, x_t, timestep, tokens)
+        take_step(F.mse_loss(pred, target), opt, params, ema, losses)
         elapsed = time.perf_counter() - t2
-        log_step("unet", step, cfg.unet_steps, losses, lr_at(step, cfg), elapsed)
+        log_step(family.label, step, cfg.steps, losses, lr_at(step, cfg), elapsed)
         stop = (cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60) or step + 1 == cfg.stop_at
-        last = stop or step == cfg.unet_steps - 1
-        if (step + 1) % cfg.save_every == 0 or last:
-            record["timings_s"]["unet"] = elapsed
+        if (step + 1) % cfg.save_every == 0 or stop or step == cfg.steps - 1:
+            record["timings_s"][family.phase] = elapsed
             record["timings_s"]["total"] = time.perf_counter() - t0
-            record["unet"] = {
+            record[family.phase] = {
                 "steps_done": step + 1,
-                "stopped_early": stop and step < cfg.unet_steps - 1,
+                "stopped_early": stop and step < cfg.steps - 1,
                 "final_loss": float(np.mean(losses[-200:])),
                 "loss_every_100": [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)],
             }
-            save(parts, ema, cfg.out, record)
+            save(assemble, ema, cfg.out, record)
             checkpoint.save_state(state, step + 1, params, opt, ema, gen, losses)
         if stop:
-            log(f"stopping after {step + 1} of {cfg.unet_steps} scheduled steps (--stop-at / --max-minutes)")
+            log(f"stopping after {step + 1} of {cfg.steps} scheduled steps (--stop-at / --max-minutes)")
             break
     return record
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    return parse_config(TrainConfig, argv, "python -m fmn_patch.toy.train", __doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None) -> TrainConfig | Sd3TrainConfig:
+    """`--family KEY` (default unet) picks the toy; every other option is a field of that family's config."""
+    prog = "python -m fmn_patch.toy.train"
+    first = argparse.ArgumentParser(prog=prog, add_help=False)
+    first.add_argument("--family", choices=FAMILIES, default=UNET.key)
+    known, rest = first.parse_known_args(argv)
+    description = f"{__doc__.split(chr(10))[0]} These are the options of --family {known.family}."
+    return parse_config(FAMILIES[known.family].config, rest, f"{prog} --family {known.family}", description)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        record = train(parse_args(argv))
+        cfg = parse_args(argv)
+        record = train(cfg)
     except FmnPatchError as e:  # bad input: one line and exit 2, as at the fmnpatch CLI
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    log(f"done in {record['timings_s']['total'] / 60:.1f} min, final loss {record['unet']['final_loss']:.4f}")
+    phase = family_of(cfg).phase
+    log(f"done in {record['timings_s']['total'] / 60:.1f} min, final loss {record[phase]['final_loss']:.4f}")
 
 
 if __name__ == "__main__":
