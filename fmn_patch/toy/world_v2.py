@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -298,11 +299,11 @@ def caption_words() -> set[str]:
 # ---------------------------------------------------------------- its ConceptBench
 
 
-def bench() -> dict:
+def bench() -> dict[str, Any]:
     """ConceptBench-toy v2 as a bench file's JSON object: every object, style and identity of this world, v1's
     templates, paraphrases and anchors, and each identity's look and neighbours as data for benches that split
     what is kept (``neighbours``). The committed ``fmn_patch/data/toy/bench.json`` is this, written out."""
-    concepts = [
+    concepts: list[dict[str, Any]] = [
         *({"name": o, "category": "object"} for o in OBJECTS),
         *({"name": s, "category": "style"} for s in STYLES if s != "plain"),
         *({"name": n, "category": "identity"} for n in IDENTITIES),
