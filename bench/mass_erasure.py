@@ -1,0 +1,322 @@
+"""Mass erasure on ConceptBench-toy v2: N identities erased by one patch, every method side by side in one run.
+
+    python bench/mass_erasure.py                                  # N = 1, 5, 10, 25, 50; 3 draws; every method
+    python bench/mass_erasure.py --sizes 1 5 --draws 1 --methods edit uce speed   # a part of it
+    python bench/mass_erasure.py --pipeline out/toy-v2/pipeline --judge out/toy-v2/judge.safetensors --bench v2
+
+For each N, `--draws` seeded random draws of N identities (the same draws for every method). Each method makes
+one model that forgets the drawn names; the judge then scores, with the card's sampler:
+
+- Acc_erased: how often the judge still sees each erased identity in its own prompts (mean and max over them),
+  and in its alias prompts where it has an alias (only `bob` has one);
+- Acc_kept, split: the erased identities' neighbours (one attribute apart, not erased themselves), `--others`
+  other identities (drawn from the rest), every object and every style; each also as a ratio to the base's;
+- H-score: the harmonic mean of (1 - Acc_erased) and Acc_kept, as MACE reports it (Acc_kept over every kept
+  concept scored);
+- patch size (bytes of the saved patch; FMN's baseline changes the whole UNet and has none) and wall time.
+
+Methods: `edit` (closed form, `edit_patch`), `train` (re-steering, `train_patch`, defaults), `fmn` (the faithful
+FMN baseline, whole UNet), `uce` and `speed` (faithful re-implementations in bench/peers/). Writes
+bench/results/mass_erasure.json and regenerates BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from run import RESULTS, machine, write_markdown
+
+from fmn_patch import apply_patches, load_base, remove_patches
+from fmn_patch.cli.options import quiet_libraries
+from fmn_patch.concepts.bench import Bench, load_bench
+from fmn_patch.evaluation.mscore import ModelScore, SamplerConfig, evaluate
+from fmn_patch.format import Patch
+from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
+from fmn_patch.methods.edit import EditConfig, edit_patch
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy import world_v2
+from fmn_patch.toy.judge import ToyJudge
+from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
+
+NAME = "mass_erasure"
+SIZES = (1, 5, 10, 25, 50)
+METHODS = ("edit", "train", "fmn", "uce", "speed")
+#: The goals of issue 26 at N = 50, in the same run.
+GOALS = {"acc_erased": 0.05, "acc_erased_max": 0.10, "neighbours_kept": 0.90, "kept_ratio": 0.95}
+
+
+@dataclass(frozen=True)
+class World:
+    """What every run shares: the base's folder, its bench and judge, the sampler and the base's scores."""
+
+    pipeline: str
+    bench: Bench
+    bench_path: str
+    judge: ToyJudge
+    sampler: SamplerConfig
+    base: ModelScore
+    neighbours: dict[str, list[str]]
+
+
+#: A method: (world, erased names) -> (a model that forgets them, the patch or None, seconds).
+Method = Callable[[World, list[str]], tuple[Any, Patch | None, float]]
+
+
+def _timed(make: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    made = make()
+    return made, time.perf_counter() - started
+
+
+def _patched(world: World, make: Callable[[Any], Patch]) -> tuple[Any, Patch | None, float]:
+    base = load_base(world.pipeline)
+    patch, seconds = _timed(lambda: make(base))
+    return base, patch, seconds
+
+
+def edit(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    return _patched(world, lambda base: edit_patch(base, names, config=EditConfig(bench=world.bench_path)))
+
+
+def train(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    config = TrainConfig(bench=world.bench_path)
+    return _patched(world, lambda base: train_patch(base, names, config, progress=False))
+
+
+def fmn(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    base = load_base(world.pipeline)  # trained in place: a fresh copy each run
+    pairs = [(n, world.bench.concept(n).category) for n in names]
+    report = train_fmn_baseline(base, pairs, FMNConfig(), progress=False)
+    return base, None, report.seconds
+
+
+def uce(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    from peers.uce import uce_patch
+
+    anchor = world.bench.anchors["identity"]
+    preserve = [c.name for c in world.bench.concepts if c.name not in names]
+    return _patched(world, lambda base: uce_patch(base, names, anchor, preserve))
+
+
+def speed(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    from peers.speed import MULTI_CONCEPT, SpeedConfig, speed_patch
+
+    anchor = world.bench.anchors["identity"]
+    preserve = [c.name for c in world.bench.concepts if c.name not in names]
+    config = MULTI_CONCEPT if len(names) > 1 else SpeedConfig()  # SPEED's README: its multi-concept settings
+    return _patched(world, lambda base: speed_patch(base, names, anchor, preserve, config))
+
+
+REGISTRY: dict[str, Method] = {"edit": edit, "train": train, "fmn": fmn, "uce": uce, "speed": speed}
+
+
+def draws(bench: Bench, size: int, count: int) -> list[list[str]]:
+    """`count` seeded draws of `size` identities: the same for every method and every run of the bench."""
+    people = sorted(c.name for c in bench.concepts if c.category == "identity")
+    if size > len(people):
+        raise SystemExit(f"--sizes {size}: the bench has {len(people)} identities; ask for at most {len(people)}")
+    return [sorted(random.Random(f"{size}/{i}").sample(people, size)) for i in range(count)]
+
+
+def scored_sets(world: World, erased: list[str], others: int, seed: str) -> dict[str, list[str]]:
+    """The concepts a run is scored on, by role: erased, neighbours, other identities, objects, styles."""
+    gone = set(erased)
+    near = sorted({n for e in erased for n in world.neighbours.get(e, []) if n not in gone})
+    rest = sorted(
+        c.name for c in world.bench.concepts if c.category == "identity" and c.name not in gone | set(near)
+    )
+    return {
+        "erased": list(erased),
+        "neighbours": near,
+        "others": sorted(random.Random(seed).sample(rest, min(others, len(rest)))),
+        "objects": [c.name for c in world.bench.concepts if c.category == "object"],
+        "styles": [c.name for c in world.bench.concepts if c.category == "style"],
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def h_score(acc_erased: float, acc_kept: float) -> float:
+    """MACE's H-score: the harmonic mean of efficacy (1 - Acc_erased) and specificity (Acc_kept)."""
+    efficacy = 1.0 - acc_erased
+    return 0.0 if efficacy + acc_kept == 0 else 2 * efficacy * acc_kept / (efficacy + acc_kept)
+
+
+def run_one(world: World, method: str, erased: list[str], sets: dict[str, list[str]]) -> dict[str, Any]:
+    model, patch, seconds = REGISTRY[method](world, erased)
+    names = apply_patches(model, [patch]) if patch is not None else []
+    try:
+        concepts = [n for role in sets.values() for n in role]
+        score = evaluate(model, world.bench, world.judge, world.sampler, concepts, erased, progress=False)
+    finally:
+        if names:
+            remove_patches(model, names)
+    size = None
+    if patch is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            size = patch.save(Path(tmp) / "p.safetensors").stat().st_size
+    acc = {n: s.acc for n, s in score.concepts.items()}
+    base = {n: s.acc for n, s in world.base.concepts.items()}
+    kept_roles = ("neighbours", "others", "objects", "styles")
+    out: dict[str, Any] = {
+        "method": method,
+        "n": len(erased),
+        "erased": erased,
+        "acc_erased": _mean([acc[n] for n in erased]),
+        "acc_erased_max": max(acc[n] for n in erased),
+        "alias": _mean(
+            [s.alias_acc for n, s in score.concepts.items() if n in erased and s.alias_acc is not None]
+        ),
+        "seconds": round(seconds, 2),
+        "patch_bytes": size,
+    }
+    for role in kept_roles:
+        out[f"{role}_kept"] = _mean([acc[n] for n in sets[role]])
+        out[f"{role}_base"] = _mean([base[n] for n in sets[role]])
+    kept = [n for role in kept_roles for n in sets[role]]
+    out["acc_kept"] = _mean([acc[n] for n in kept])
+    out["base_kept"] = _mean([base[n] for n in kept])
+    out["kept_ratio"] = out["acc_kept"] / out["base_kept"] if out["base_kept"] else None
+    out["h_score"] = h_score(out["acc_erased"], out["acc_kept"])
+    return out
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and N: the mean over draws of every number (max: the max over draws)."""
+    out = []
+    keys = sorted({(r["method"], r["n"]) for r in rows}, key=lambda k: (k[1], METHODS.index(k[0])))
+    for method, n in keys:
+        group = [r for r in rows if r["method"] == method and r["n"] == n]
+        line: dict[str, Any] = {"method": method, "n": n, "draws": len(group)}
+        for key, value in group[0].items():
+            if key in ("method", "n", "erased") or not isinstance(value, int | float | type(None)):
+                continue
+            values = [r[key] for r in group if r[key] is not None]
+            line[key] = (
+                (max(values) if key == "acc_erased_max" else statistics.fmean(values)) if values else None
+            )
+        out.append(line)
+    return out
+
+
+def load_world(args: argparse.Namespace) -> World:
+    if args.bench == "v2":
+        path = Path(tempfile.mkdtemp()) / "toy-v2.json"
+        path.write_text(json.dumps(world_v2.bench()))
+        bench_path = str(path)
+    else:
+        bench_path = args.bench
+    bench = load_bench(bench_path)
+    data = json.loads(Path(bench_path).read_text()) if Path(bench_path).is_file() else {}
+    if not data.get("neighbours"):
+        raise SystemExit(
+            f"--bench {args.bench}: it lists no identity neighbours; use ConceptBench-toy v2 (--bench v2)"
+        )
+    judge = ToyJudge.load(args.judge)
+    sampler = SamplerConfig(steps=args.steps, seeds=SamplerConfig.first_seeds(args.seeds))
+    print("scoring the base on every concept", file=sys.stderr)
+    base = evaluate(load_base(args.pipeline), bench, judge, sampler, progress=True)
+    return World(str(args.pipeline), bench, bench_path, judge, sampler, base, data["neighbours"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pipeline", default=str(toy_pipeline_path()), help="the base (default: the toy)")
+    parser.add_argument("--judge", default=str(toy_judge_path()), help="the toy judge's file")
+    parser.add_argument(
+        "--bench", default=str(toy_pipeline_path().parent / "bench.json"), help="bench or 'v2'"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--others", type=int, default=24, help="other identities scored per run")
+    parser.add_argument("--seeds", type=int, default=2, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps")
+    parser.add_argument("--note", default="", help="a note for the results")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results JSON")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    world = load_world(args)
+    rows: list[dict[str, Any]] = []
+    for n in args.sizes:
+        for i, erased in enumerate(draws(world.bench, n, args.draws)):
+            sets = scored_sets(world, erased, args.others, f"others/{n}/{i}")
+            for method in args.methods:
+                row = run_one(world, method, erased, sets)
+                row["draw"] = i
+                rows.append(row)
+                print(
+                    f"N={n} draw {i} {method}: erased {row['acc_erased']:.1%} (max {row['acc_erased_max']:.1%}), "
+                    f"neighbours {row['neighbours_kept'] or 0:.1%}, kept {row['kept_ratio'] or 0:.1%} of base, "
+                    f"H {row['h_score']:.3f}, {row['seconds']:.1f} s",
+                    file=sys.stderr,
+                )
+    result = {
+        "note": args.note,
+        "pipeline": args.pipeline,
+        "sampler": {"steps": args.steps, "seeds": args.seeds},
+        "others": args.others,
+        "goals": GOALS,
+        "base": {n: s.acc for n, s in world.base.concepts.items()},
+        "rows": rows,
+        "summary": summary(rows),
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    record = {"meta": {**machine(), "note": args.note}, "result": result}
+    (args.results / f"{NAME}.json").write_text(json.dumps(record, indent=2) + "\n")
+    if args.results == RESULTS:
+        write_markdown()
+
+
+def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:
+    """BENCHMARKS.md's section: one row per method and N, means over the draws."""
+    record = read(NAME)
+    if not record:
+        return []
+    res = record["result"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = [
+        "## Mass erasure on ConceptBench-toy v2",
+        "",
+        "N identities erased by one patch (`bench/mass_erasure.py`), the same seeded draws for every method; means "
+        f"over {max((r['draws'] for r in res['summary']), default=0)} draws (max: over them). Kept: neighbours "
+        "(one attribute from an erased identity), other identities, objects, styles, and all of them as a ratio "
+        "to the base; H: harmonic mean of 1 - Acc_erased and Acc_kept. Goals at N = 50: erased <= 5% (max <= "
+        "10%), neighbours >= 90%, kept >= 95% of base.",
+        "",
+        "| N | method | erased | max | alias | neighbours | others | objects | styles | kept / base | H | "
+        "size | time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["summary"]:
+        size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
+        lines.append(
+            f"| {r['n']} | {r['method']} | {pct(r['acc_erased'])} | {pct(r['acc_erased_max'])} | "
+            f"{pct(r.get('alias'))} | {pct(r['neighbours_kept'])} | {pct(r['others_kept'])} | "
+            f"{pct(r['objects_kept'])} | {pct(r['styles_kept'])} | {pct(r['kept_ratio'])} | {r['h_score']:.3f} | "
+            f"{size} | {r['seconds']:.1f} s |"
+        )
+    return [*lines, "", "- " + provenance(record), ""]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""bench/mass_erasure.py: its draws, roles and H-score, and one tiny run of every closed-form method end to end on
+a v2 pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fmn_patch.concepts.bench import bench_from_dict
+from fmn_patch.toy import world_v2
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))  # bench/ is no package of the install; last on the path, it shadows nothing
+
+import mass_erasure  # noqa: E402
+
+V2 = bench_from_dict(world_v2.bench())
+
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_h_score_is_the_harmonic_mean_of_efficacy_and_kept(erased, kept):
+    h = mass_erasure.h_score(erased, kept)
+    efficacy = 1 - erased
+    assert min(efficacy, kept) - 1e-12 <= h <= max(efficacy, kept) + 1e-12
+    if efficacy == kept:
+        assert h == pytest.approx(kept)
+    assert mass_erasure.h_score(1.0, kept) == 0.0  # nothing forgotten scores 0, however much is kept
+
+
+@pytest.mark.parametrize("size", [1, 5, 50, 96])
+def test_draws_are_seeded_distinct_identities_the_same_for_every_call(size):
+    first = mass_erasure.draws(V2, size, 3)
+    assert first == mass_erasure.draws(V2, size, 3)
+    people = {c.name for c in V2.concepts if c.category == "identity"}
+    for drawn in first:
+        assert len(drawn) == len(set(drawn)) == size and set(drawn) <= people
+    with pytest.raises(SystemExit, match="at most 96"):
+        mass_erasure.draws(V2, 97, 1)
+
+
+def _world() -> mass_erasure.World:
+    data = world_v2.bench()
+    return mass_erasure.World("", V2, "", None, None, None, data["neighbours"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [1, 10, 50])
+def test_the_roles_of_a_run_are_disjoint_and_neighbours_are_one_attribute_away(size):
+    erased = mass_erasure.draws(V2, size, 1)[0]
+    sets = mass_erasure.scored_sets(_world(), erased, 24, "x")
+    names = [n for role in sets.values() for n in role]
+    assert len(names) == len(set(names))
+    looks = world_v2.bench()["looks"]
+    for n in sets["neighbours"]:
+        assert any(sum(looks[n][k] != looks[e][k] for k in looks[n]) == 1 for e in erased)
+    assert len(sets["others"]) <= 24 and len(sets["objects"]) == 16 and len(sets["styles"]) == 6
+
+
+def test_summary_means_over_draws_and_takes_the_max_of_the_max():
+    rows = [
+        {"method": "edit", "n": 5, "erased": [], "acc_erased": 0.1, "acc_erased_max": 0.2, "alias": None},
+        {"method": "edit", "n": 5, "erased": [], "acc_erased": 0.3, "acc_erased_max": 0.6, "alias": 0.5},
+    ]
+    (line,) = mass_erasure.summary(rows)
+    assert line["draws"] == 2 and line["acc_erased"] == pytest.approx(0.2)
+    assert line["acc_erased_max"] == 0.6 and line["alias"] == 0.5
+
+
+def test_a_bench_without_neighbours_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="lists no identity neighbours"):
+        mass_erasure.main(["--bench", "toy", "--results", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
+    from fmn_patch.toy.judge import V2_HEADS, ToyJudge, ToyJudgeNet
+    from fmn_patch.toy.train import TrainConfig, train
+
+    pipeline = tmp_path / "pipe"
+    train(TrainConfig(out=pipeline, state=tmp_path / "s", images=96, vae_steps=1, unet_steps=2, world="v2"))
+    torch.manual_seed(0)
+    ToyJudge(ToyJudgeNet(heads=V2_HEADS), world="v2").save(tmp_path / "judge.safetensors")
+    args = ["--pipeline", str(pipeline), "--judge", str(tmp_path / "judge.safetensors"), "--bench", "v2"]
+    args += ["--sizes", "1", "3", "--draws", "1", "--methods", "edit", "uce", "speed", "--seeds", "1"]
+    mass_erasure.main([*args, "--steps", "1", "--others", "4", "--results", str(tmp_path)])
+    result = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]
+    assert [(r["method"], r["n"]) for r in result["summary"]] == [
+        (m, n) for n in (1, 3) for m in ("edit", "uce", "speed")
+    ]
+    for row in result["rows"]:
+        assert 0 <= row["acc_erased"] <= row["acc_erased_max"] <= 1 and 0 <= row["h_score"] <= 1
+        assert row["patch_bytes"] > 0 and row["seconds"] > 0
