@@ -229,6 +229,9 @@ def write_markdown() -> None:
     for dtype in ("float16", "float32"):
         lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
     lines += edit_sections()
+    from edit_ranks import ranks_section  # bench/edit_ranks.py: residual against rank, and rank auto
+
+    lines += ranks_section(_read, _provenance)
     lines += attack_section()
     lines += correct_section()
     lines += fingerprint_section()

@@ -28,10 +28,14 @@ OVERSAMPLE, POWER_ITERS, PROBES = 8, 1, 16
 NARROW = 256
 
 Factors = tuple[torch.Tensor, torch.Tensor, float, float]  # A (r, in), B (out, r), ||D - B A||^2, ||D||^2
-#: The largest rank ``rank="auto"`` gives a layer of an edit: its randomised factorisation keeps AUTO_CAP +
-#: OVERSAMPLE directions of every layer (bench/edit_ranks.py times it at SD-1.5 size).
+#: The largest rank ``rank="auto"`` gives a layer of an edit (its randomised factorisation keeps AUTO_CAP + OVERSAMPLE
+#: directions per layer): the largest power of two below the rank at which a LoRA of SD-1.5's narrowest projection
+#: (320 x 768) outgrows its dense delta, out * in / (out + in); at SD-1.5 size the factorisation at the cap costs
+#: about a second beside the encoding's minutes (BENCHMARKS.md, "Residual against rank").
 AUTO_CAP: Final = 128
-#: ``rank="auto"``'s default: each layer keeps ||D - B A|| <= MAX_RESIDUAL ||D||.
+#: ``rank="auto"``'s default, each layer's ||D - B A|| <= MAX_RESIDUAL ||D||: a margin below the worst-layer residual
+#: at which the toy's many-concept edit stops erasing, since the SD-1.5-size curves fall without a knee to pick
+#: (BENCHMARKS.md, "Residual against rank").
 MAX_RESIDUAL: Final = 0.2
 
 
