@@ -72,6 +72,8 @@ bench: install
 	$(PY) bench/train_quality.py
 	$(PY) bench/edit_timing.py --threads 2
 	$(PY) bench/edit_timing.py --threads 2 --arch sdxl
+	$(PY) bench/edit_ranks.py --threads 2
+	$(PY) bench/edit_ranks.py --toy-quality
 	$(PY) bench/edit_quality.py
 	$(PY) bench/train_timing.py --threads 2
 	$(PY) bench/train_cost.py
