@@ -126,7 +126,9 @@ def draws(bench: Bench, size: int, count: int) -> list[list[str]]:
     """`count` seeded draws of `size` identities: the same for every method and every run of the bench."""
     people = sorted(c.name for c in bench.concepts if c.category == "identity")
     if size > len(people):
-        raise SystemExit(f"--sizes {size}: the bench has {len(people)} identities; ask for at most {len(people)}")
+        raise SystemExit(
+            f"--sizes {size}: the bench has {len(people)} identities; ask for at most {len(people)}"
+        )
     return [sorted(random.Random(f"{size}/{i}").sample(people, size)) for i in range(count)]
 
 
