@@ -269,8 +269,18 @@ def main(argv: list[str] | None = None) -> None:
                     f"H {row['h_score']:.3f}, {row['seconds']:.1f} s",
                     file=sys.stderr,
                 )
+    curve = None
+    if (
+        max(args.sizes) >= 50 and "edit" in args.methods
+    ):  # residual against rank and size at N = 50 (first draw)
+        from edit_ranks import rank_curve
+
+        erased = draws(world.bench, max(args.sizes), 1)[0]
+        config = EditConfig(bench=world.bench_path)
+        curve = rank_curve(load_base(world.pipeline), erased, config=config, exact=False)
     result = {
         "note": args.note,
+        "rank_curve": curve,
         "pipeline": args.pipeline,
         "sampler": {"steps": args.steps, "seeds": args.seeds},
         "others": args.others,
@@ -317,7 +327,26 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
             f"{pct(r['objects_kept'])} | {pct(r['styles_kept'])} | {pct(r['kept_ratio'])} | {r['h_score']:.3f} | "
             f"{size} | {r['seconds']:.1f} s |"
         )
-    return [*lines, "", "- " + provenance(record), ""]
+    lines += ["", "- " + provenance(record), ""]
+    curve = res.get("rank_curve")
+    if curve:
+        lines += [
+            f"`edit` of the first N = {curve['concepts']} draw at each rank: the relative residual of the "
+            "factored delta (over all layers / the worst layer), and the patch size; `auto` picks each layer's "
+            "smallest rank within its target.",
+            "",
+            "| rank | residual | worst layer | ranks (min/median/max) | size |",
+            "|---|---|---|---|---|",
+        ]
+        for row in [*curve["fixed"], *curve["auto"]]:
+            rank = row["rank"] if row["rank"] != "auto" else f"auto ({row.get('max_residual', '')})"
+            spread = row["ranks"]
+            lines.append(
+                f"| {rank} | {row['residual']:.3f} | {row['worst']:.3f} | "
+                f"{spread['min']}/{spread['median']}/{spread['max']} | {row['bytes'] / 1024:.0f} kB |"
+            )
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -247,6 +247,9 @@ def write_markdown() -> None:
     from toy_v2_pilot import pilot_section  # bench/toy_v2_pilot.py: a pilot v2 model, concept by concept
 
     lines += pilot_section(_read, _provenance)
+    from mass_erasure import mass_erasure_section  # bench/mass_erasure.py: N identities at once, every method
+
+    lines += mass_erasure_section(_read, _provenance)
     from toy_threads import threads_section  # bench/toy_threads.py: torch threads for toy-sized training
 
     lines += threads_section(_read, _provenance)
