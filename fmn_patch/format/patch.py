@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -138,13 +138,7 @@ class Patch:
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise FmnPatchError(f"rank={rank!r} must be a whole number >= 1, e.g. 8")
         rank = min(rank, *(min(d.shape) for d in deltas.values())) if deltas else rank
-        factors: Factors = {}
-        residuals: dict[str, float] = {}
-        for module, d in sorted(deltas.items()):
-            a, b, residual = low_rank(d.float(), rank)
-            factors[module] = (a, b)
-            residuals[module] = residual
-        return cls(factors, info or PatchInfo(), component), residuals
+        return cls._factored(deltas, lambda d: low_rank(d, rank), info, component)
 
     @classmethod
     def from_deltas_within(
@@ -157,10 +151,21 @@ class Patch:
         """Factor dense deltas (out, in) by truncated SVD, each at the smallest rank whose relative Frobenius
         residual ``||D - B A|| / ||D||`` is at most ``max_residual`` (at least 1). Returns the patch and the
         residual of each module."""
+        return cls._factored(deltas, lambda d: low_rank_within(d, max_residual), info, component)
+
+    @classmethod
+    def _factored(
+        cls,
+        deltas: Mapping[str, torch.Tensor],
+        factor: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, float]],
+        info: PatchInfo | None,
+        component: str,
+    ) -> tuple[Patch, dict[str, float]]:
+        """Each module's delta (out, in, float32) through `factor` -> (A, B, relative residual)."""
         factors: Factors = {}
         residuals: dict[str, float] = {}
         for module, d in sorted(deltas.items()):
-            a, b, residual = low_rank_within(d.float(), max_residual)
+            a, b, residual = factor(d.float())
             factors[module] = (a, b)
             residuals[module] = residual
         return cls(factors, info or PatchInfo(), component), residuals
