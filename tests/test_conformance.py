@@ -375,7 +375,8 @@ def _third_party_imports(folder: str) -> set[str]:
                 found.add(node.module.split(".")[0])
     own = {path.stem for path in (ROOT / folder).glob("*.py")}
     own |= {path.parent.name for path in (ROOT / folder).glob("*/__init__.py")}  # sub-packages: bench/peers
-    own |= {path.stem for path in (ROOT / "bench").glob("*.py")}  # bench scripts, imported from bench/ on the path
+    # bench scripts, imported from bench/ on the path
+    own |= {path.stem for path in (ROOT / "bench").glob("*.py")}
     # the repository's own: the package, and bench/ (tests import bench.peers from the repository root)
     return found - set(sys.stdlib_module_names) - {"fmn_patch", "bench"} - own
 
