@@ -93,6 +93,14 @@ class LatentSource(Protocol):
         ...
 
 
+def _frozen_encoding(folder: Path, x: torch.Tensor) -> tuple[AutoencoderKL, torch.Tensor, torch.Tensor]:
+    """A saved VAE, frozen, and the posterior mean and std of every image `x` (N, 3, H, W) in [-1, 1]."""
+    vae = AutoencoderKL.from_pretrained(folder)
+    vae.requires_grad_(False)
+    mean, std = encode_all(vae, x)
+    return vae, mean, std
+
+
 @dataclass(frozen=True)
 class TrainedVae:
     """The VAE trains first (`train_vae`, options `vae_*` and `kl_weight`) and is saved into the pipeline folder
@@ -113,9 +121,7 @@ class TrainedVae:
     ) -> Latents:
         t1 = time.perf_counter()
         if done is not None:  # the VAE was trained and saved before the first checkpoint
-            vae = AutoencoderKL.from_pretrained(cfg.out / "vae")
-            vae.requires_grad_(False)
-            mean, std = encode_all(vae, x)
+            vae, mean, std = _frozen_encoding(cfg.out / "vae", x)
             record["timings_s"]["vae"] = done["timings_s"]["vae"]
             record["vae"] = done["vae"]
             return Latents(vae, mean, std, 0.0, float(done["vae"]["scaling_factor"]))
@@ -154,9 +160,7 @@ class ReusedVae:
         on_vae: Callable[[Path], None] | None,
     ) -> Latents:
         t1 = time.perf_counter()
-        vae = AutoencoderKL.from_pretrained(cfg.vae)
-        vae.requires_grad_(False)
-        mean, std = encode_all(vae, x)
+        vae, mean, std = _frozen_encoding(cfg.vae, x)
         sampled = mean + std * torch.randn(mean.shape, generator=gen)
         shift = float(sampled.mean())
         scaling = float(1.0 / (sampled - shift).std())
