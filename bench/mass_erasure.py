@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="a note for the results")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results JSON")
     args = parser.parse_args(argv)
+    for name, low in (("sizes", 1), ("draws", 1), ("others", 0), ("seeds", 1), ("steps", 1)):
+        for value in getattr(args, name) if name == "sizes" else [getattr(args, name)]:
+            if value < low:
+                parser.error(f"--{name} {value}: give a whole number of {low} or more")
     quiet_libraries()
     world = load_world(args)
     rows: list[dict[str, Any]] = []

@@ -7,9 +7,11 @@ UNet toy's `unet_steps` and `unet_batch` are read by that loop as `steps` and `b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from fmn_patch import values
 from fmn_patch.toy import world, world_v2
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 
@@ -17,9 +19,19 @@ from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 WORLDS = {"v1": world, "v2": world_v2}
 
 
-def _check_world(name: str) -> None:
-    if name not in WORLDS:
-        raise ValueError(f"world {name!r} is not a toy world; choose one of {', '.join(WORLDS)}")
+#: Whole-number options that may be 0 (the rest are counts of 1 or more).
+MAY_BE_ZERO = ("seed", "warmup", "stop_at")
+
+
+def _check(cfg: Any) -> None:
+    """A trainer config's world and its whole-number options (a bad one raises FmnPatchError naming it)."""
+    world = cfg.world
+    if world not in WORLDS:
+        raise ValueError(f"world {world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            values.whole(value, f.name.replace("_", "-"), 0 if f.name in MAY_BE_ZERO else 1, example=1000)
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class TrainConfig:
     state: Path | None = None  # where that state goes (~5x the model); None: a cache folder
 
     def __post_init__(self) -> None:
-        _check_world(self.world)
+        _check(self)
 
     @property
     def steps(self) -> int:
@@ -89,4 +101,4 @@ class Sd3TrainConfig:
     state: Path | None = None  # where that state goes (~5x the model); None: a cache folder (state_dir)
 
     def __post_init__(self) -> None:
-        _check_world(self.world)
+        _check(self)
