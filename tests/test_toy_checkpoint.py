@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fmn_patch.errors import FmnPatchError
+from fmn_patch.errors import FmnPatchError, OutputError
 from fmn_patch.toy.train import Sd3TrainConfig, TrainConfig, train
 
 
@@ -66,3 +66,47 @@ def test_trainer_cli_refuses_a_resume_without_state_with_exit_2(tmp_path, capsys
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --resume: no training state in")
+
+
+@pytest.mark.parametrize(
+    ("fault", "seen"),
+    [(KeyboardInterrupt, KeyboardInterrupt), (OSError(28, "No space left on device"), OutputError)],
+    ids=["ctrl-c", "disk"],
+)
+def test_an_interrupted_checkpoint_leaves_the_previous_one(tmp_path, fault, seen):
+    """Ctrl-C or a full disk while a checkpoint is written: the last complete checkpoint stays as it was, the live
+    weights are back, and no temp folder is left beside it."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from fmn_patch.toy.train import Ema, save
+
+    torch.manual_seed(0)
+    model = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8,),
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+    ema = Ema(model.parameters(), decay=0.9)
+    out = tmp_path / "pipeline"
+    save(lambda: model, ema, out, {"step": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()
+    live = [p.detach().clone() for p in model.parameters()]
+
+    class Failing:  # the real model's save, then the fault before the record is complete
+        def save_pretrained(self, folder: Path, **kwargs) -> None:
+            model.save_pretrained(folder, **kwargs)
+            raise fault
+
+    with pytest.raises(seen):  # a full disk is one line naming the folder
+        save(Failing, ema, out, {"step": 2})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]
+    assert all(torch.equal(p, v) for p, v in zip(model.parameters(), live, strict=True))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import safetensors.torch
 import torch
 
+from fmn_patch import files
 from fmn_patch.errors import FmnPatchError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def save_state(
 ) -> None:
     """Everything the loop carries from one step to the next, as safetensors (never pickled): the live weights,
     the EMA's shadow and start, AdamW's moments and step counts, the data generator's and the global RNG's states
-    (dropout draws from the latter), and the loss history. Written to a temp folder and renamed into place."""
+    (dropout draws from the latter), and the loss history. Written aside and swapped in whole."""
     tensors: dict[str, torch.Tensor] = {
         "gen_state": gen.get_state(),
         "global_rng": torch.get_rng_state(),
@@ -55,17 +55,12 @@ def save_state(
         for key in ("exp_avg", "exp_avg_sq", "step"):
             if key in state:
                 tensors[f"opt.{key}.{i}"] = torch.as_tensor(state[key]).clone()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps}) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps}) + "\n")
+
+    files.atomic_folder(folder, write, overwrite=True)
 
 
 def load_state(folder: Path, params: list, opt: Any, ema: Ema, gen: torch.Generator) -> tuple[int, list]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fmn_patch import files
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.toy import checkpoint
 from fmn_patch.toy.config import WORLDS, Sd3TrainConfig, TrainConfig
@@ -101,14 +102,22 @@ def log_step(name: str, step: int, steps: int, losses: list[float], lr: float, e
 
 
 def save(assemble: Callable[[], Any], ema: Ema, out: Path, record: dict) -> None:
-    """Save the EMA weights as the pipeline `assemble()` makes, without disturbing the training weights."""
+    """Save the EMA weights as the pipeline `assemble()` makes, with its `training.json`, without disturbing the
+    training weights. The folder is written aside and swapped in whole: Ctrl-C or a full disk midway leaves the
+    previous checkpoint as it was."""
+
+    def write(folder: Path) -> None:
+        assemble().save_pretrained(folder, safe_serialization=True)
+        (folder / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
     live = [p.detach().clone() for p in ema.params]
     ema.copy_to()
-    assemble().save_pretrained(out, safe_serialization=True)
-    with torch.no_grad():
-        for p, v in zip(ema.params, live, strict=True):
-            p.copy_(v)
-    (out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    try:
+        files.atomic_folder(out, write, overwrite=True)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(ema.params, live, strict=True):
+                p.copy_(v)
     log(f"saved {out}")
 
 
