@@ -3,6 +3,7 @@
     python bench/mass_erasure.py                                  # N = 1, 5, 10, 25, 50; 3 draws; every method
     python bench/mass_erasure.py --sizes 1 5 --draws 1 --methods edit uce speed   # a part of it
     python bench/mass_erasure.py --pipeline out/toy-v2/pipeline --judge out/toy-v2/judge.safetensors --bench v2
+    python bench/mass_erasure.py --resume                         # go on with a run that was stopped
 
 For each N, `--draws` seeded random draws of N identities (the same draws for every method). Each method makes
 one model that forgets the drawn names; the judge then scores, with the card's sampler:
@@ -17,7 +18,8 @@ one model that forgets the drawn names; the judge then scores, with the card's s
 
 Methods: `edit` (closed form, `edit_patch`), `train` (re-steering, `train_patch`, defaults), `fmn` (the faithful
 FMN baseline, whole UNet), `uce` and `speed` (faithful re-implementations in bench/peers/). Writes
-bench/results/mass_erasure.json and regenerates BENCHMARKS.md.
+bench/results/mass_erasure.json after every run (`--resume` continues from it, keeping the base's scores and the
+finished runs) and, when all are done, regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from run import RESULTS, machine, write_markdown
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import Bench, load_bench
-from fmn_patch.evaluation.mscore import ModelScore, SamplerConfig, evaluate
+from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
+from fmn_patch.files import atomic_write
 from fmn_patch.format import Patch
 from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
 from fmn_patch.methods.edit import EditConfig, edit_patch
@@ -66,7 +69,7 @@ class World:
     bench_path: str
     judge: ToyJudge
     sampler: SamplerConfig
-    base: ModelScore
+    base: dict[str, float]  # the base's accuracy on every concept
     neighbours: dict[str, list[str]]
 
 
@@ -163,7 +166,7 @@ def run_one(world: World, method: str, erased: list[str], sets: dict[str, list[s
     names = apply_patches(model, [patch]) if patch is not None else []
     try:
         concepts = [n for role in sets.values() for n in role]
-        score = evaluate(model, world.bench, world.judge, world.sampler, concepts, erased, progress=False)
+        score = evaluate(model, world.bench, world.judge, world.sampler, concepts, erased, progress=True)
     finally:
         if names:
             remove_patches(model, names)
@@ -172,7 +175,7 @@ def run_one(world: World, method: str, erased: list[str], sets: dict[str, list[s
         with tempfile.TemporaryDirectory() as tmp:
             size = patch.save(Path(tmp) / "p.safetensors").stat().st_size
     acc = {n: s.acc for n, s in score.concepts.items()}
-    base = {n: s.acc for n, s in world.base.concepts.items()}
+    base = world.base
     kept_roles = ("neighbours", "others", "objects", "styles")
     out: dict[str, Any] = {
         "method": method,
@@ -215,7 +218,9 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def load_world(args: argparse.Namespace) -> World:
+def load_world(args: argparse.Namespace, base: dict[str, float] | None = None) -> World:
+    """The bench, judge and sampler of `args`, and the base's scores (`base`, from a run being resumed, or
+    measured now)."""
     if args.bench == "v2":
         path = Path(tempfile.mkdtemp()) / "toy-v2.json"
         path.write_text(json.dumps(world_v2.bench()))
@@ -230,9 +235,48 @@ def load_world(args: argparse.Namespace) -> World:
         )
     judge = ToyJudge.load(args.judge)
     sampler = SamplerConfig(steps=args.steps, seeds=SamplerConfig.first_seeds(args.seeds))
-    print("scoring the base on every concept", file=sys.stderr)
-    base = evaluate(load_base(args.pipeline), bench, judge, sampler, progress=True)
+    if base is None:
+        print("scoring the base on every concept", file=sys.stderr)
+        score = evaluate(load_base(args.pipeline), bench, judge, sampler, progress=True)
+        base = {n: s.acc for n, s in score.concepts.items()}
     return World(str(args.pipeline), bench, bench_path, judge, sampler, base, data["neighbours"])
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's rows depend on besides the method, N and draw: a resumed run must have the same."""
+    return {
+        "pipeline": str(args.pipeline),
+        "judge": str(args.judge),
+        "bench": str(args.bench),
+        "sampler": {"steps": args.steps, "seeds": args.seeds},
+        "others": args.others,
+    }
+
+
+def resumed(args: argparse.Namespace) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+    """The base's scores and the rows of the run in `--results` that `--resume` continues; refuses one made
+    with other settings."""
+    path = args.results / f"{NAME}.json"
+    if not args.resume:
+        return None, []
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist; run without --resume to start")
+    result = json.loads(path.read_text())["result"]
+    theirs = {key: result.get(key) for key in settings(args)}
+    if theirs != settings(args):
+        differ = ", ".join(k for k in theirs if theirs[k] != settings(args)[k])
+        raise SystemExit(f"--resume: {differ} differ from the run in {path}; give the same, or start afresh")
+    return result["base"], result["rows"]
+
+
+def write_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The results JSON, written aside and renamed into place (a run stopped midway keeps its last rows)."""
+    record = {"meta": {**machine(), "note": args.note}, "result": result}
+    atomic_write(
+        args.results / f"{NAME}.json",
+        lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"),
+        overwrite=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,21 +296,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
     parser.add_argument("--note", default="", help="a note for the results")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results JSON")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --results (same settings): the base's scores and finished rows are kept",
+    )
     args = parser.parse_args(argv)
     for name, low in (("sizes", 1), ("draws", 1), ("others", 0), ("seeds", 1), ("steps", 1)):
         for value in getattr(args, name) if name == "sizes" else [getattr(args, name)]:
             if value < low:
                 parser.error(f"--{name} {value}: give a whole number of {low} or more")
     quiet_libraries()
-    world = load_world(args)
-    rows: list[dict[str, Any]] = []
+    base, rows = resumed(args)
+    world = load_world(args, base)
+    done = {(r["method"], r["n"], r["draw"]) for r in rows}
+    result: dict[str, Any] = {
+        "note": args.note,
+        **settings(args),
+        "goals": GOALS,
+        "base": world.base,
+        "complete": False,
+    }
     for n in args.sizes:
         for i, erased in enumerate(draws(world.bench, n, args.draws)):
             sets = scored_sets(world, erased, args.others, f"others/{n}/{i}")
             for method in args.methods:
+                if (method, n, i) in done:
+                    continue
                 row = run_one(world, method, erased, sets)
                 row["draw"] = i
                 rows.append(row)
+                write_result(args, {**result, "rows": rows, "summary": summary(rows)})
                 print(
                     f"N={n} draw {i} {method}: erased {row['acc_erased']:.1%} (max {row['acc_erased_max']:.1%}), "
                     f"neighbours {row['neighbours_kept'] or 0:.1%}, kept {row['kept_ratio'] or 0:.1%} of base, "
@@ -282,20 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         erased = draws(world.bench, max(args.sizes), 1)[0]
         config = EditConfig(bench=world.bench_path)
         curve = rank_curve(load_base(world.pipeline), erased, config=config, exact=False)
-    result = {
-        "note": args.note,
-        "rank_curve": curve,
-        "pipeline": args.pipeline,
-        "sampler": {"steps": args.steps, "seeds": args.seeds},
-        "others": args.others,
-        "goals": GOALS,
-        "base": {n: s.acc for n, s in world.base.concepts.items()},
-        "rows": rows,
-        "summary": summary(rows),
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    record = {"meta": {**machine(), "note": args.note}, "result": result}
-    (args.results / f"{NAME}.json").write_text(json.dumps(record, indent=2) + "\n")
+    result.update(rank_curve=curve, rows=rows, summary=summary(rows), complete=True)
+    write_result(args, result)
     if args.results == RESULTS:
         write_markdown()
 

@@ -87,12 +87,23 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
     torch.manual_seed(0)
     ToyJudge(ToyJudgeNet(heads=V2_HEADS), world="v2").save(tmp_path / "judge.safetensors")
     args = ["--pipeline", str(pipeline), "--judge", str(tmp_path / "judge.safetensors"), "--bench", "v2"]
-    args += ["--sizes", "1", "3", "--draws", "1", "--methods", "edit", "uce", "speed", "--seeds", "1"]
-    mass_erasure.main([*args, "--steps", "1", "--others", "4", "--results", str(tmp_path)])
+    args += ["--draws", "1", "--seeds", "1", "--steps", "1", "--others", "4", "--results", str(tmp_path)]
+    mass_erasure.main([*args, "--sizes", "1", "--methods", "edit", "uce"])
+    first = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]
+    # resumed with more sizes and methods: the finished rows and the base's scores are kept, not redone
+    mass_erasure.main([*args, "--sizes", "1", "3", "--methods", "edit", "uce", "speed", "--resume"])
     result = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]
+    assert result["complete"] and result["base"] == first["base"] and result["rows"][:2] == first["rows"]
     assert [(r["method"], r["n"]) for r in result["summary"]] == [
         (m, n) for n in (1, 3) for m in ("edit", "uce", "speed")
     ]
     for row in result["rows"]:
         assert 0 <= row["acc_erased"] <= row["acc_erased_max"] <= 1 and 0 <= row["h_score"] <= 1
         assert row["patch_bytes"] > 0 and row["seconds"] > 0
+    with pytest.raises(SystemExit, match="--resume: sampler differ"):
+        mass_erasure.main([*args, "--steps", "2", "--resume"])
+
+
+def test_resume_without_a_run_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist; run without --resume"):
+        mass_erasure.main(["--resume", "--results", str(tmp_path)])
