@@ -17,9 +17,10 @@ one model that forgets the drawn names; the judge then scores, with the card's s
 - patch size (bytes of the saved patch; FMN's baseline changes the whole UNet and has none) and wall time.
 
 Methods: `edit` (closed form, `edit_patch`), `train` (re-steering, `train_patch`, defaults), `fmn` (the faithful
-FMN baseline, whole UNet), `uce` and `speed` (faithful re-implementations in bench/peers/). Writes
-bench/results/mass_erasure.json after every run (`--resume` continues from it, keeping the base's scores and the
-finished runs) and, when all are done, regenerates BENCHMARKS.md.
+FMN baseline, whole UNet), `uce`, `speed` and `mace` (faithful re-implementations in bench/peers/; MACE's images and
+masks are the toy world's renders, its prior the world's captions, the world the pipeline's training.json names).
+Writes bench/results/mass_erasure.json after every run (`--resume` continues from it, keeping the base's scores and
+the finished runs) and, when all are done, regenerates BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 
 NAME = "mass_erasure"
 SIZES = (1, 5, 10, 25, 50)
-METHODS = ("edit", "train", "fmn", "uce", "speed")
+METHODS = ("edit", "train", "fmn", "uce", "speed", "mace")
 #: The goals of issue 26 at N = 50, in the same run.
 GOALS = {"acc_erased": 0.05, "acc_erased_max": 0.10, "neighbours_kept": 0.90, "kept_ratio": 0.95}
 
@@ -122,7 +123,35 @@ def speed(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
     return _patched(world, lambda base: speed_patch(base, names, anchor, preserve, config))
 
 
-REGISTRY: dict[str, Method] = {"edit": edit, "train": train, "fmn": fmn, "uce": uce, "speed": speed}
+def mace(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
+    from peers.mace import for_concepts, mace_patch
+    from peers.mace_toy import toy_captions, toy_references, toy_templates
+
+    # the toy's world: its training config's "world" (v1 when it names none)
+    trained = Path(world.pipeline) / "training.json"
+    record = json.loads(trained.read_text()) if trained.is_file() else {}
+    version = record.get("config", {}).get("world", "v1")
+    category = {n: world.bench.concept(n).category for n in names}
+    anchors = [world.bench.anchor(category[n]) for n in names]
+    preserve = [c.name for c in world.bench.concepts if c.name not in names]
+
+    def make(base: Any) -> Patch:  # MACE's data preparation (renders, masks, captions) counts in its time
+        refs = {n: toy_references(n, category[n], version, seed=i) for i, n in enumerate(names)}
+        templates = {n: toy_templates(world.bench, category[n]) for n in names}
+        config = for_concepts(len(names))  # the celebrity config's preserve_weight for this N
+        return mace_patch(base, names, anchors, refs, preserve, toy_captions(version), templates, config)
+
+    return _patched(world, make)
+
+
+REGISTRY: dict[str, Method] = {
+    "edit": edit,
+    "train": train,
+    "fmn": fmn,
+    "uce": uce,
+    "speed": speed,
+    "mace": mace,
+}
 
 
 def draws(bench: Bench, size: int, count: int) -> list[list[str]]:

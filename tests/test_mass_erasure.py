@@ -1,5 +1,5 @@
-"""bench/mass_erasure.py: its draws, roles and H-score, and one tiny run of every closed-form method end to end on
-a v2 pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
+"""bench/mass_erasure.py: its draws, roles and H-score, and one tiny run of the closed-form methods and MACE end to
+end on a v2 pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
 
 from __future__ import annotations
 
@@ -91,11 +91,11 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
     mass_erasure.main([*args, "--sizes", "1", "--methods", "edit", "uce"])
     first = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]
     # resumed with more sizes and methods: the finished rows and the base's scores are kept, not redone
-    mass_erasure.main([*args, "--sizes", "1", "3", "--methods", "edit", "uce", "speed", "--resume"])
+    mass_erasure.main([*args, "--sizes", "1", "3", "--methods", "edit", "uce", "speed", "mace", "--resume"])
     result = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]
     assert result["complete"] and result["base"] == first["base"] and result["rows"][:2] == first["rows"]
     assert [(r["method"], r["n"]) for r in result["summary"]] == [
-        (m, n) for n in (1, 3) for m in ("edit", "uce", "speed")
+        (m, n) for n in (1, 3) for m in ("edit", "uce", "speed", "mace")
     ]
     for row in result["rows"]:
         assert 0 <= row["acc_erased"] <= row["acc_erased_max"] <= 1 and 0 <= row["h_score"] <= 1
