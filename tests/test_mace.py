@@ -244,6 +244,10 @@ def test_bad_input_is_refused_in_one_line(toy: Base) -> None:
         (lambda: mace_patch(toy, ["alice"], "a person", refs), "no reference images"),
         (lambda: mace_patch(toy, ["bob"], "a person", refs, templates=["a photo"]), "must hold"),
         (lambda: mace_patch(toy, ["bob"], "a person", refs, templates="{concept}"), "list of texts"),
+        (
+            lambda: mace_patch(toy, ["bob"], "a person", refs, templates={"alice": ["{concept}"]}),
+            "list of texts",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(FmnPatchError, match=message) as err:

@@ -397,10 +397,10 @@ def mace_patch(
 ) -> Patch:
     """A patch that erases the ``erase`` concepts from ``base`` with MACE, each mapped to its ``anchor``.
 
-        ``references``: each concept's images and masks. ``preserve``: the domain set (MACE's other celebrities);
-        ``prior``: general captions (MACE's COCO). ``templates``: the prompt forms, with ``{concept}`` (MACE's
+    ``references``: each concept's images and masks. ``preserve``: the domain set (MACE's other celebrities);
+    ``prior``: general captions (MACE's COCO). ``templates``: the prompt forms, with ``{concept}`` (MACE's
     ``augment``), for all concepts or {name: forms} (MACE's per-concept type, object or style). The patch holds
-        every projection's exact delta W* - W (LoRA rank min(out, in)).
+    every projection's exact delta W* - W (LoRA rank min(out, in)).
     """
     base = as_base(base)
     base.family.require_closed_form()
@@ -410,7 +410,9 @@ def mace_patch(
     missing = [n for n in names if n not in references]
     if missing:
         raise FmnPatchError(f"no reference images for {missing}; give references={{name: References(...)}}")
-    forms = {n: check_templates(templates[n] if isinstance(templates, Mapping) else templates) for n in names}
+    forms = {
+        n: check_templates(templates.get(n) if isinstance(templates, Mapping) else templates) for n in names
+    }
     t0 = time.perf_counter()
     targets = weights(base, "KV")  # (out, in) float64 each
     dim = next(iter(targets.values())).shape[1]
