@@ -2,7 +2,7 @@
 
     python bench/mass_erasure.py                                  # N = 1, 5, 10, 25, 50; 3 draws; every method
     python bench/mass_erasure.py --sizes 1 5 --draws 1 --methods edit uce speed   # a part of it
-    python bench/mass_erasure.py --pipeline out/toy-v2/pipeline --judge out/toy-v2/judge.safetensors --bench v2
+    python bench/mass_erasure.py --pipeline out/toy-v2/pipeline --judge out/toy-v2/judge.safetensors  # not built in
     python bench/mass_erasure.py --resume                         # go on with a run that was stopped
 
 For each N, `--draws` seeded random draws of N identities (the same draws for every method). Each method makes
@@ -44,13 +44,13 @@ from run import RESULTS, machine, write_markdown
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import Bench, load_bench
+from fmn_patch.concepts.bench import bench_path as concept_bench_path
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
 from fmn_patch.files import atomic_write
 from fmn_patch.format import Patch
 from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
 from fmn_patch.methods.edit import EditConfig, edit_patch
 from fmn_patch.methods.resteer import TrainConfig, train_patch
-from fmn_patch.toy import world_v2
 from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 
@@ -250,17 +250,12 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def load_world(args: argparse.Namespace, base: dict[str, float] | None = None) -> World:
     """The bench, judge and sampler of `args`, and the base's scores (`base`, from a run being resumed, or
     measured now)."""
-    if args.bench == "v2":
-        path = Path(tempfile.mkdtemp()) / "toy-v2.json"
-        path.write_text(json.dumps(world_v2.bench()))
-        bench_path = str(path)
-    else:
-        bench_path = args.bench
+    bench_path = str(concept_bench_path(args.bench))
     bench = load_bench(bench_path)
-    data = json.loads(Path(bench_path).read_text()) if Path(bench_path).is_file() else {}
+    data = json.loads(Path(bench_path).read_text())
     if not data.get("neighbours"):
         raise SystemExit(
-            f"--bench {args.bench}: it lists no identity neighbours; use ConceptBench-toy v2 (--bench v2)"
+            f"--bench {args.bench}: it lists no identity neighbours; use the toy bench (the default)"
         )
     judge = ToyJudge.load(args.judge)
     sampler = SamplerConfig(steps=args.steps, seeds=SamplerConfig.first_seeds(args.seeds))
@@ -315,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline", default=str(toy_pipeline_path()), help="the base (default: the toy)")
     parser.add_argument("--judge", default=str(toy_judge_path()), help="the toy judge's file")
     parser.add_argument(
-        "--bench", default=str(toy_pipeline_path().parent / "bench.json"), help="bench or 'v2'"
+        "--bench", default="toy", help="a bench name or file with identity neighbours (default: toy)"
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--draws", type=int, default=3)

@@ -1,6 +1,6 @@
 """Can the toy model's size and recipe learn the v2 world? Judge a pilot v2 pipeline concept by concept.
 
-    python -m fmn_patch.toy.train --world v2 --out /tmp/v2 [--max-minutes M]   # the pilot model
+    python -m fmn_patch.toy.train --out /tmp/v2 [--max-minutes M]              # the pilot model
     python bench/toy_v2_resolution.py --size 32 --save /tmp/judge_v2.safetensors  # the v2 judge
     python bench/toy_v2_pilot.py --pipeline /tmp/v2 --judge /tmp/judge_v2.safetensors
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(HERE))
 from toy_v2_resolution import scores, targets  # noqa: E402  (a sibling script module)
 
 from fmn_patch.evaluation.mscore import SamplerConfig, generate  # noqa: E402
-from fmn_patch.toy import world_v2  # noqa: E402
-from fmn_patch.toy.judge import V2_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
+from fmn_patch.toy import world  # noqa: E402
+from fmn_patch.toy.judge import TOY_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
 from fmn_patch.toy.train_judge import reconstruct, to_unit  # noqa: E402
 
 NAME = "toy_v2_pilot"
@@ -66,7 +66,9 @@ def main() -> None:
     if args.seeds < 1 or args.threads < 1:
         parser.error("--seeds and --threads take 1 or more")
     if not (args.pipeline / "model_index.json").is_file():
-        parser.error(f"--pipeline {args.pipeline}: no model_index.json; train one with --world v2 first")
+        parser.error(
+            f"--pipeline {args.pipeline}: no model_index.json; train one with fmn_patch.toy.train first"
+        )
     if not args.judge.is_file():
         parser.error(f"--judge {args.judge}: no such file; make it with bench/toy_v2_resolution.py --save")
     from diffusers import StableDiffusionPipeline
@@ -76,7 +78,7 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     with torch.device("meta"):
-        net = ToyJudgeNet(heads=V2_HEADS, size=32)
+        net = ToyJudgeNet(size=32)
     net.load_state_dict(load_file(str(args.judge)), assign=True)
     net.eval()
     sampler = SamplerConfig(20, 5.0, tuple(range(args.seeds)), 64)
@@ -86,37 +88,35 @@ def main() -> None:
         images = generate(pipe, prompts, sampler, desc="pilot")
         with torch.no_grad():
             logits = [net(images[i : i + 256]) for i in range(0, len(images), 256)]
-        return {h: torch.cat([part[h] for part in logits]).softmax(-1) for h in V2_HEADS}
+        return {h: torch.cat([part[h] for part in logits]).softmax(-1) for h in TOY_HEADS}
 
-    colours = world_v2.COLOURS
+    colours = world.COLOURS
     per: dict[str, dict[str, float]] = {"identity": {}, "object": {}, "style": {}}
-    probs = judged([f"{name} in {c}" for name in world_v2.IDENTITIES for c in colours])
-    hits = (
-        identity_probs(probs).argmax(-1).view(len(world_v2.IDENTITIES), -1)
-    )  # (identities, colours x seeds)
-    attribute_hits: dict[str, list[float]] = {head: [] for head in world_v2.ATTRIBUTES}
-    for i, name in enumerate(world_v2.IDENTITIES):
+    probs = judged([f"{name} in {c}" for name in world.IDENTITIES for c in colours])
+    hits = identity_probs(probs).argmax(-1).view(len(world.IDENTITIES), -1)  # (identities, colours x seeds)
+    attribute_hits: dict[str, list[float]] = {head: [] for head in world.ATTRIBUTES}
+    for i, name in enumerate(world.IDENTITIES):
         per["identity"][name] = float((hits[i] == i).float().mean())
         rows = slice(i * len(colours) * args.seeds, (i + 1) * len(colours) * args.seeds)
-        for head, value in zip(world_v2.ATTRIBUTES, world_v2.LOOKS[name].values(), strict=True):
-            right = probs[head][rows].argmax(-1) == world_v2.ATTRIBUTES[head].index(value)
+        for head, value in zip(world.ATTRIBUTES, world.LOOKS[name].values(), strict=True):
+            right = probs[head][rows].argmax(-1) == world.ATTRIBUTES[head].index(value)
             attribute_hits[head].append(float(right.float().mean()))
-    probs = judged([f"a {c} {o}" for o in world_v2.OBJECTS for c in colours])
-    subject = probs["subject"].argmax(-1).view(len(world_v2.OBJECTS), -1)
-    for i, name in enumerate(world_v2.OBJECTS):
+    probs = judged([f"a {c} {o}" for o in world.OBJECTS for c in colours])
+    subject = probs["subject"].argmax(-1).view(len(world.OBJECTS), -1)
+    for i, name in enumerate(world.OBJECTS):
         per["object"][name] = float((subject[i] == i).float().mean())
-    styles = [s for s in world_v2.STYLES if s != "plain"]
+    styles = [s for s in world.STYLES if s != "plain"]
     probs = judged([f"a {c} {s} {o}" for s in styles for o in STYLE_OBJECTS for c in colours])
     style = probs["style"].argmax(-1).view(len(styles), -1)
     for i, name in enumerate(styles):
-        per["style"][name] = float((style[i] == world_v2.STYLES.index(name)).float().mean())
+        per["style"][name] = float((style[i] == world.STYLES.index(name)).float().mean())
     picture = generate(pipe, list(GRID_PROMPTS), SamplerConfig(20, 5.0, tuple(range(6)), 64), progress=False)
     grid = picture.view(len(GRID_PROMPTS), 6, 3, 32, 32).permute(0, 3, 1, 4, 2).reshape(-1, 6 * 32, 3)
     big = (6 * 128, len(GRID_PROMPTS) * 128)  # each pixel a 4 x 4 block, as drawn
     image = Image.fromarray((grid.numpy() * 255).round().astype(np.uint8))
     image.resize(big, Image.Resampling.NEAREST).save(HERE / "results" / f"{NAME}.png")
     # the judge on held-out renders passed through the pilot's own VAE: what the decoder alone keeps of each head
-    test_images, test_labels = world_v2.dataset(2_000, 1001)
+    test_images, test_labels = world.dataset(2_000, 1001)
     x_test = to_unit(test_images)
     vae_scores = scores(net, reconstruct(pipe.vae, x_test), targets(test_labels), test_labels)
     row: dict[str, Any] = {

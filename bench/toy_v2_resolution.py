@@ -3,10 +3,11 @@
     python bench/toy_v2_resolution.py --size 32      # about 15 minutes of one core
     python bench/toy_v2_resolution.py --size 48
 
-Trains the toy judge's CNN with the v2 heads (``fmn_patch.toy.judge.V2_HEADS``) on v2 renders at that size with the
-toy judge's augmentation, then scores held-out renders three ways: as drawn, blurred (a Gaussian of 0.8 px, roughly
-what a decoder's softness does) and, at 32 px, through the committed v1 model's VAE (what generated images look
-like; v2's VAE does not exist yet). The bar is 98% on every head and on identities (all four attributes right and
+Trains the toy judge's CNN with the v2 heads (``fmn_patch.toy.judge.TOY_HEADS``) on v2 renders at that size with
+the toy judge's augmentation, then scores held-out renders three ways: as drawn, blurred (a Gaussian of 0.8 px,
+roughly what a decoder's softness does) and, at 32 px, through the committed toy model's VAE (what generated images
+look like). The rows recorded on 2026-12-05 used v1's VAE (`v1_vae`), when v1 was the committed toy; a run since
+records the committed VAE as `toy_vae`. The bar is 98% on every head and on identities (all four attributes right and
 "person"). Each run adds its row to bench/results/toy_v2_resolution.json and BENCHMARKS.md.
 """
 
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from fmn_patch.toy import world_v2  # noqa: E402
-from fmn_patch.toy.judge import V2_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
+from fmn_patch.toy import world  # noqa: E402
+from fmn_patch.toy.judge import TOY_HEADS, ToyJudgeNet, identity_probs  # noqa: E402
 from fmn_patch.toy.paths import toy_pipeline_path  # noqa: E402
 from fmn_patch.toy.train_judge import augment, judge_step, reconstruct, to_unit  # noqa: E402
 from fmn_patch.toy.train_judge import targets as judge_targets  # noqa: E402
@@ -39,9 +40,9 @@ NAME = "toy_v2_resolution"
 BAR = 0.98
 
 
-def targets(labels: list[world_v2.Sample]) -> dict[str, torch.Tensor]:
+def targets(labels: list[world.Sample]) -> dict[str, torch.Tensor]:
     """Class index per head; -100 (ignored) for a person's attributes on an object image."""
-    return judge_targets(labels, "v2")
+    return judge_targets(labels)
 
 
 def blur(x: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
@@ -59,17 +60,17 @@ def scores(
     """Accuracy per head (a person's attributes over person images), of objects, styles and identities."""
     net.eval()
     logits = [net(x[i : i + 500]) for i in range(0, len(x), 500)]
-    probs = {head: torch.cat([part[head] for part in logits]).softmax(-1) for head in V2_HEADS}
+    probs = {head: torch.cat([part[head] for part in logits]).softmax(-1) for head in TOY_HEADS}
     out: dict[str, float] = {}
-    for head in V2_HEADS:
+    for head in TOY_HEADS:
         keep = y[head] != -100
         out[head] = float((probs[head].argmax(-1)[keep] == y[head][keep]).float().mean())
     person = torch.tensor([s.look is not None for s in labels])
-    truth = torch.tensor([world_v2.IDENTITIES.index(s.subject) if s.look else -1 for s in labels])
+    truth = torch.tensor([world.IDENTITIES.index(s.subject) if s.look else -1 for s in labels])
     out["identity"] = float((identity_probs(probs).argmax(-1)[person] == truth[person]).float().mean())
     per_identity = [
         float((identity_probs(probs).argmax(-1)[truth == i] == i).float().mean())
-        for i in range(len(world_v2.IDENTITIES))
+        for i in range(len(world.IDENTITIES))
         if (truth == i).any()
     ]
     out["worst_identity"] = min(per_identity)
@@ -99,16 +100,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(1000)
     gen = torch.Generator().manual_seed(1000)
-    cfg = replace(world_v2.WorldConfig(), size=args.size)
+    cfg = replace(world.WorldConfig(), size=args.size)
     t0 = time.perf_counter()
-    images, labels = world_v2.dataset(args.images, 1000, cfg)
-    test_images, test_labels = world_v2.dataset(args.heldout, 1001, cfg)
+    images, labels = world.dataset(args.images, 1000, cfg)
+    test_images, test_labels = world.dataset(args.heldout, 1001, cfg)
     x, y = to_unit(images), targets(labels)
     x_test, y_test = to_unit(test_images), targets(test_labels)
     render_s = time.perf_counter() - t0
     print(f"rendered {args.images} + {args.heldout} images at {args.size} px in {render_s:.0f} s", flush=True)
 
-    net = ToyJudgeNet(heads=V2_HEADS, size=args.size)
+    net = ToyJudgeNet(size=args.size)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)))
     net.train()
@@ -137,7 +138,7 @@ def main() -> None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-        row["v1_vae"] = scores(net, reconstruct(vae, x_test), y_test, test_labels)
+        row["toy_vae"] = scores(net, reconstruct(vae, x_test), y_test, test_labels)
     row["meets_bar"] = all(v >= BAR for k, v in row["renders"].items() if k != "worst_identity") and all(
         v >= BAR for k, v in row["blurred"].items() if k != "worst_identity"
     )
@@ -165,16 +166,17 @@ def resolution_section(read: Any, provenance: Any) -> list[str]:
         "## ConceptBench-toy v2: judging its attributes at 32 or 48 px",
         "",
         "The toy judge's CNN with v2's heads, trained on v2 renders at each size; accuracy on held-out renders, on",
-        "the same blurred (Gaussian, 0.8 px) and, at 32 px, through the v1 model's VAE, which never saw v2's hair",
-        "and headwear colours (a v2 VAE is judged in the pilot's section). A person's heads count person images",
+        "the same blurred (Gaussian, 0.8 px) and, at 32 px, through a toy model's VAE: v1_vae is v1's, which never",
+        "saw v2's hair and headwear colours (a v2 VAE is judged in the pilot's section); toy_vae the committed",
+        "toy's at the time of the run. A person's heads count person images",
         f"only; identity is all four attributes and 'person' right. The bar is {BAR:.0%} on renders and blurred.",
         "",
     ]
-    heads = [*V2_HEADS, "identity", "worst_identity", "object"]
+    heads = [*TOY_HEADS, "identity", "worst_identity", "object"]
     lines += ["| size | images | steps | scored on | " + " | ".join(heads) + " |"]
     lines += ["|" + "---|" * (4 + len(heads))]
     for row in sorted(record["rows"], key=lambda r: r["size"]):
-        for where in ("renders", "blurred", "v1_vae"):
+        for where in ("renders", "blurred", "v1_vae", "toy_vae"):
             if where in row:
                 cells = " | ".join(f"{row[where][h]:.1%}" for h in heads)
                 lines.append(f"| {row['size']} | {row['images']:,} | {row['steps']:,} | {where} | {cells} |")

@@ -1,5 +1,5 @@
 """bench/mass_erasure.py: its draws, roles and H-score, and one tiny run of the closed-form methods and MACE end to
-end on a v2 pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
+end on a toy pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fmn_patch.concepts.bench import bench_from_dict
-from fmn_patch.toy import world_v2
+from fmn_patch.toy import world
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 if str(BENCH) not in sys.path:
@@ -21,7 +21,7 @@ if str(BENCH) not in sys.path:
 
 import mass_erasure  # noqa: E402
 
-V2 = bench_from_dict(world_v2.bench())
+TOY = bench_from_dict(world.bench())
 
 
 @given(st.floats(0, 1), st.floats(0, 1))
@@ -36,27 +36,27 @@ def test_h_score_is_the_harmonic_mean_of_efficacy_and_kept(erased, kept):
 
 @pytest.mark.parametrize("size", [1, 5, 50, 96])
 def test_draws_are_seeded_distinct_identities_the_same_for_every_call(size):
-    first = mass_erasure.draws(V2, size, 3)
-    assert first == mass_erasure.draws(V2, size, 3)
-    people = {c.name for c in V2.concepts if c.category == "identity"}
+    first = mass_erasure.draws(TOY, size, 3)
+    assert first == mass_erasure.draws(TOY, size, 3)
+    people = {c.name for c in TOY.concepts if c.category == "identity"}
     for drawn in first:
         assert len(drawn) == len(set(drawn)) == size and set(drawn) <= people
     with pytest.raises(SystemExit, match="at most 96"):
-        mass_erasure.draws(V2, 97, 1)
+        mass_erasure.draws(TOY, 97, 1)
 
 
 def _world() -> mass_erasure.World:
-    data = world_v2.bench()
-    return mass_erasure.World("", V2, "", None, None, None, data["neighbours"])  # type: ignore[arg-type]
+    data = world.bench()
+    return mass_erasure.World("", TOY, "", None, None, None, data["neighbours"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("size", [1, 10, 50])
 def test_the_roles_of_a_run_are_disjoint_and_neighbours_are_one_attribute_away(size):
-    erased = mass_erasure.draws(V2, size, 1)[0]
+    erased = mass_erasure.draws(TOY, size, 1)[0]
     sets = mass_erasure.scored_sets(_world(), erased, 24, "x")
     names = [n for role in sets.values() for n in role]
     assert len(names) == len(set(names))
-    looks = world_v2.bench()["looks"]
+    looks = world.bench()["looks"]
     for n in sets["neighbours"]:
         assert any(sum(looks[n][k] != looks[e][k] for k in looks[n]) == 1 for e in erased)
     assert len(sets["others"]) <= 24 and len(sets["objects"]) == 16 and len(sets["styles"]) == 6
@@ -74,19 +74,19 @@ def test_summary_means_over_draws_and_takes_the_max_of_the_max():
 
 def test_a_bench_without_neighbours_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="lists no identity neighbours"):
-        mass_erasure.main(["--bench", "toy", "--results", str(tmp_path)])
+        mass_erasure.main(["--bench", "real", "--results", str(tmp_path)])
 
 
 @pytest.mark.slow
 def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
-    from fmn_patch.toy.judge import V2_HEADS, ToyJudge, ToyJudgeNet
+    from fmn_patch.toy.judge import ToyJudge, ToyJudgeNet
     from fmn_patch.toy.train import TrainConfig, train
 
     pipeline = tmp_path / "pipe"
-    train(TrainConfig(out=pipeline, state=tmp_path / "s", images=96, vae_steps=1, unet_steps=2, world="v2"))
+    train(TrainConfig(out=pipeline, state=tmp_path / "s", images=96, vae_steps=1, unet_steps=2))
     torch.manual_seed(0)
-    ToyJudge(ToyJudgeNet(heads=V2_HEADS), world="v2").save(tmp_path / "judge.safetensors")
-    args = ["--pipeline", str(pipeline), "--judge", str(tmp_path / "judge.safetensors"), "--bench", "v2"]
+    ToyJudge(ToyJudgeNet()).save(tmp_path / "judge.safetensors")
+    args = ["--pipeline", str(pipeline), "--judge", str(tmp_path / "judge.safetensors")]
     args += ["--draws", "1", "--seeds", "1", "--steps", "1", "--others", "4", "--results", str(tmp_path)]
     mass_erasure.main([*args, "--sizes", "1", "--methods", "edit", "uce"])
     first = json.loads((tmp_path / "mass_erasure.json").read_text())["result"]

@@ -30,7 +30,7 @@ def _straight_and_resumed(tmp_path: Path, cfg, train, stop: int) -> tuple[str, s
 
 
 def test_unet_toy_resumes_bit_for_bit(tmp_path):
-    cfg = TrainConfig(images=96, vae_steps=2, unet_steps=5, save_every=2, world="v2")
+    cfg = TrainConfig(images=96, vae_steps=2, unet_steps=5, save_every=2)
     straight, resumed = _straight_and_resumed(tmp_path, cfg, train, stop=3)
     assert straight == resumed
 

@@ -44,13 +44,12 @@ def test_the_families_are_the_two_toys() -> None:
 
 
 def test_the_family_option_picks_the_config() -> None:
-    assert parse_args(["--family", "sd3", "--world", "v2", "--steps", "7"]) == Sd3TrainConfig(
-        world="v2", steps=7
-    )
+    assert parse_args(["--family", "sd3", "--world", "v2", "--steps", "7"]) == Sd3TrainConfig(steps=7)
     assert parse_args(["--unet-steps", "7"]) == TrainConfig(unet_steps=7)
-    with pytest.raises(ValueError, match="world 'v3' is not a toy world"):
-        Sd3TrainConfig(world="v3")
-    for argv in (["--family", "flux"], ["--family", "sd3", "--unet-steps", "3"]):
+    for world in ("v1", "v3"):
+        with pytest.raises(ValueError, match=f"world '{world}' is not this version's toy world, v2"):
+            Sd3TrainConfig(world=world)
+    for argv in (["--family", "flux"], ["--family", "sd3", "--unet-steps", "3"], ["--world", "v1"]):
         with pytest.raises(SystemExit) as exit_:
             parse_args(argv)
         assert exit_.value.code == 2

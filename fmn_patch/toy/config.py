@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fmn_patch import values
-from fmn_patch.toy import world, world_v2
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
-
-#: The toy worlds a model can be trained on, by name.
-WORLDS = {"v1": world, "v2": world_v2}
+from fmn_patch.toy.world import NAME as WORLD
 
 
 #: Whole-number options that may be 0 (the rest are counts of 1 or more).
@@ -25,9 +22,8 @@ MAY_BE_ZERO = ("seed", "warmup", "stop_at")
 
 def _check(cfg: Any) -> None:
     """A trainer config's world and its whole-number options (a bad one raises FmnPatchError naming it)."""
-    world = cfg.world
-    if world not in WORLDS:
-        raise ValueError(f"world {world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
+    if cfg.world != WORLD:
+        raise ValueError(f"world {cfg.world!r} is not this version's toy world, {WORLD}; v1 lives in git history")
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -57,8 +53,7 @@ class TrainConfig:
     stop_at: int = 0  # > 0: stop after this many UNet steps, keeping the LR schedule of unet_steps
     max_minutes: float = 0.0  # > 0: stop the UNet phase after this long (breaks determinism)
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
-    # the world it learns: "v1" (the committed toy) or "v2" (ConceptBench-toy v2, in progress)
-    world: str = "v1"
+    world: str = WORLD  # the world it learns, recorded in training.json
     resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
     state: Path | None = None  # where that state goes (~5x the model); None: a cache folder
 
@@ -96,7 +91,7 @@ class Sd3TrainConfig:
     stop_at: int = 0  # > 0: stop after this many steps, keeping the LR schedule of `steps`
     max_minutes: float = 0.0  # > 0: stop after this long (breaks determinism)
     threads: int = 1
-    world: str = "v1"  # the world it learns, as the UNet toy's `world`; its VAE must have learnt the same
+    world: str = WORLD  # the world it learns, as the UNet toy's `world`; its VAE must have learnt the same
     resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
     state: Path | None = None  # where that state goes (~5x the model); None: a cache folder (state_dir)
 

@@ -2,9 +2,10 @@
 (``python -m fmn_patch.toy.train_judge``), stored as safetensors with the world it judges in its header.
 Registered as the judge ``toy``, which the toy bench names.
 
-v1's heads are subject (an object or an identity), style and colour. v2's are subject (an object or ``person``),
-style, colour and one head per attribute of a person's look; an identity is not a head but follows from the look
-(``identity_probs``), so the category ``identity`` is judged over v2's 96 names."""
+Its heads are subject (an object or ``person``), style, colour and one head per attribute of a person's look
+(hair, headwear, face, top); an identity is not a head but follows from the look (``identity_probs``), so the
+category ``identity`` is judged over the world's 96 names. A judge of another world (v1's, whose file names no world
+or ``v1``) is refused: its heads are not these."""
 
 from __future__ import annotations
 
@@ -18,42 +19,34 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import FmnPatchError, UnknownNameError
-from . import world_v2
+from . import world
 from .paths import toy_judge_path
-from .world import COLOURS, STYLES, SUBJECTS
 
-#: Heads of the toy judge and their classes, in output order.
-TOY_HEADS: dict[str, tuple[str, ...]] = {"subject": SUBJECTS, "style": STYLES, "colour": COLOURS}
-#: Which toy head decides each ConceptBench category (a head's own name works too: ``colour``).
-TOY_HEAD_OF_CATEGORY: dict[str, str] = {"object": "subject", "identity": "subject", "style": "style"}
-
-#: The heads of each world's judge, by world name (the world is read from a judge file's header).
-WORLD_HEADS: dict[str, dict[str, tuple[str, ...]]] = {}
-
-#: The v2 world's judge: what is drawn (an object or a person), its style and colour, and one head per attribute of
-#: a person's look. An identity is not a head: it follows from the look (`identity_probs`).
+#: What is drawn (an object or a person), its style and colour, and one head per attribute of a person's look.
 PERSON = "person"
-V2_HEADS: dict[str, tuple[str, ...]] = {
-    "subject": (*world_v2.OBJECTS, PERSON),
-    "style": world_v2.STYLES,
-    "colour": world_v2.COLOURS,
-    **world_v2.ATTRIBUTES,
+TOY_HEADS: dict[str, tuple[str, ...]] = {
+    "subject": (*world.OBJECTS, PERSON),
+    "style": world.STYLES,
+    "colour": world.COLOURS,
+    **world.ATTRIBUTES,
 }
-WORLD_HEADS.update(v1=TOY_HEADS, v2=V2_HEADS)
-IDENTITY = "identity"  # the category judged over identities where a world has no identity head (v2)
+#: Which toy head decides each ConceptBench category (a head's own name works too: ``colour``); the category
+#: ``identity`` has no head: it is judged over the world's identities from the look (``identity_probs``).
+TOY_HEAD_OF_CATEGORY: dict[str, str] = {"object": "subject", "style": "style"}
+IDENTITY = "identity"
 
 
 def identity_probs(probs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """P(identity) from v2 head probabilities: P(person) x the product of each attribute head's P(value).
+    """P(identity) from head probabilities: P(person) x the product of each attribute head's P(value).
 
-    probs: {head: (N, classes)} -> (N, identities) in the order of ``world_v2.IDENTITIES``; rows sum to P(person).
+    probs: {head: (N, classes)} -> (N, identities) in the order of ``world.IDENTITIES``; rows sum to P(person).
     """
-    person = probs["subject"][:, V2_HEADS["subject"].index(PERSON)]  # (N,)
+    person = probs["subject"][:, TOY_HEADS["subject"].index(PERSON)]  # (N,)
     columns = []
-    for name in world_v2.IDENTITIES:
+    for name in world.IDENTITIES:
         p = person
-        for head, value in zip(world_v2.ATTRIBUTES, world_v2.LOOKS[name].values(), strict=True):
-            p = p * probs[head][:, world_v2.ATTRIBUTES[head].index(value)]
+        for head, value in zip(world.ATTRIBUTES, world.LOOKS[name].values(), strict=True):
+            p = p * probs[head][:, world.ATTRIBUTES[head].index(value)]
         columns.append(p)
     return torch.stack(columns, dim=1)
 
@@ -72,7 +65,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 class ToyJudgeNet(nn.Module):
     """CNN over square images: size -> size/2 -> size/4 -> pooled features, one linear head per attribute.
 
-    `heads` maps each head to its classes (the v1 world's by default); `size` is the side images are resized to.
+    `heads` maps each head to its classes (the toy judge's by default); `size` is the side images are resized to.
     """
 
     def __init__(
@@ -101,35 +94,32 @@ class ToyJudgeNet(nn.Module):
 
 
 class ToyJudge:
-    """A toy world's judge; `load()` reads the committed weights (or a file), whose header names the world."""
+    """The toy world's judge; `load()` reads the committed weights (or a file), whose header names the world."""
 
-    def __init__(self, net: ToyJudgeNet, device: str | torch.device = "cpu", world: str = "v1") -> None:
-        if world not in WORLD_HEADS:
-            raise FmnPatchError(f"the toy judge knows the worlds {', '.join(WORLD_HEADS)}, not {world!r}")
+    def __init__(self, net: ToyJudgeNet, device: str | torch.device = "cpu") -> None:
         self.net = net.to(device).eval()
         self.device = torch.device(device)
-        self.world = world
-        self.heads = WORLD_HEADS[world]
+        self.world = world.NAME
+        self.heads = TOY_HEADS
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> ToyJudge:
         path = Path(path) if path is not None else toy_judge_path()
         if not path.exists():
-            raise FmnPatchError(
-                f"no toy judge at {path}; train one with `python -m fmn_patch.toy.train_judge`"
-            )
+            raise FmnPatchError(f"no toy judge at {path}; build it with `make toy-model`")
         with safe_open(str(path), "pt") as f:
-            world = (f.metadata() or {}).get("world", "v1")  # judges written before v2 name no world
-        if world not in WORLD_HEADS:
+            named = (f.metadata() or {}).get("world")  # judges written before v2 name no world
+        if named != world.NAME:
             raise FmnPatchError(
-                f"the toy judge {path} names the world {world!r}; this version knows {', '.join(WORLD_HEADS)}"
+                f"the toy judge {path} judges the world {named or 'v1'}, not this version's {world.NAME}; "
+                "rebuild it with `make toy-model`"
             )
         with torch.device(
             "meta"
         ):  # no initialisation drawn from the global RNG: the weights come from the file
-            net = ToyJudgeNet(heads=WORLD_HEADS[world])
+            net = ToyJudgeNet()
         net.load_state_dict(load_file(str(path)), assign=True)
-        return cls(net, device, world)
+        return cls(net, device)
 
     def save(self, path: str | Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
@@ -151,22 +141,19 @@ class ToyJudge:
         return {k: [self.heads[k][int(i)] for i in p.argmax(-1)] for k, p in self.probs(images).items()}
 
     def classes(self, category: str) -> tuple[str, ...]:
-        if self._identities(category):
-            return world_v2.IDENTITIES
+        if category == IDENTITY:
+            return world.IDENTITIES
         return self.heads[self._head(category)]
 
     def category_probs(self, images: torch.Tensor, category: str) -> torch.Tensor:
-        if self._identities(category):
+        if category == IDENTITY:
             return identity_probs(self.probs(images))  # (N, identities)
         return self.probs(images)[self._head(category)]
-
-    def _identities(self, category: str) -> bool:
-        return category == IDENTITY and IDENTITY not in self.heads and self.world == "v2"
 
     def _head(self, category: str) -> str:
         if category in self.heads:
             return category
         if category not in TOY_HEAD_OF_CATEGORY:
-            names = ", ".join([*TOY_HEAD_OF_CATEGORY, *self.heads])
+            names = ", ".join([*TOY_HEAD_OF_CATEGORY, IDENTITY, *self.heads])
             raise UnknownNameError(f"the toy judge has no head for category {category!r}; use one of {names}")
         return TOY_HEAD_OF_CATEGORY[category]

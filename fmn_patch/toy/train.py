@@ -28,13 +28,13 @@ import torch.nn.functional as F
 
 from fmn_patch import files
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.toy import checkpoint
-from fmn_patch.toy.config import WORLDS, Sd3TrainConfig, TrainConfig
+from fmn_patch.toy import checkpoint, world
+from fmn_patch.toy.config import Sd3TrainConfig, TrainConfig
 from fmn_patch.toy.family import FAMILIES, UNET, family_of
 from fmn_patch.toy.latents import to_tensor
 from fmn_patch.toy.options import log, parse_config
 
-__all__ = ["WORLDS", "Ema", "Sd3TrainConfig", "TrainConfig", "main", "parse_args", "train"]
+__all__ = ["Ema", "Sd3TrainConfig", "TrainConfig", "main", "parse_args", "train"]
 
 
 def lr_at(step: int, cfg: Any) -> float:
@@ -135,7 +135,6 @@ def train(cfg: TrainConfig | Sd3TrainConfig, on_vae: Callable[[Path], None] | No
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     sizes = family.sizes()
-    world = WORLDS[cfg.world]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizers = family.tokenizers(Path(tmp), world.caption_words())
     images, labels = world.dataset(cfg.images, cfg.seed)

@@ -20,22 +20,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from fmn_patch.toy import world, world_v2
-from fmn_patch.toy.judge import (
-    PERSON,
-    TOY_HEADS,
-    V2_HEADS,
-    WORLD_HEADS,
-    ToyJudge,
-    ToyJudgeNet,
-    identity_probs,
-)
+from fmn_patch.toy import world
+from fmn_patch.toy.judge import PERSON, TOY_HEADS, ToyJudge, ToyJudgeNet, identity_probs
 from fmn_patch.toy.options import parse_config
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 from fmn_patch.toy.world import Sample
-
-#: The worlds a judge can be trained for, by name (as `fmn_patch.toy.train.WORLDS`).
-WORLDS = {"v1": world, "v2": world_v2}
 
 
 @dataclass(frozen=True)
@@ -49,16 +38,11 @@ class JudgeTrainConfig:
     seed: int = 1000  # the toy model trains on seed 0; the held-out set uses seed + 1
     images: int = 30_000
     heldout: int = 4_000
-    steps: int = 1_500  # the committed judge; held-out accuracy is 100% on every head
+    steps: int = 1_500
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     threads: int = 1
-    world: str = "v1"  # the toy world it judges: "v1" or "v2" (ConceptBench-toy v2)
-
-    def __post_init__(self) -> None:
-        if self.world not in WORLDS:
-            raise ValueError(f"world {self.world!r} is not a toy world; choose one of {', '.join(WORLDS)}")
 
 
 def log(msg: str) -> None:
@@ -70,20 +54,16 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
 
 
-def targets(labels: list[Sample], world: str = "v1") -> dict[str, torch.Tensor]:
-    """Class index per head of `world`'s judge; in v2, -100 (ignored) for a person's attributes on an object."""
-    if world == "v1":
-        values = {"subject": [s.subject for s in labels], "style": [s.style for s in labels]}
-        values["colour"] = [s.colour for s in labels]
-        return {k: torch.tensor([TOY_HEADS[k].index(v) for v in vs]) for k, vs in values.items()}
-    out: dict[str, list[int]] = {head: [] for head in V2_HEADS}
+def targets(labels: list[Sample]) -> dict[str, torch.Tensor]:
+    """Class index per head of the judge; -100 (ignored) for a person's attributes on an object."""
+    out: dict[str, list[int]] = {head: [] for head in TOY_HEADS}
     for s in labels:
-        look = s.look if isinstance(s, world_v2.Sample) else None
-        out["subject"].append(V2_HEADS["subject"].index(PERSON if look else s.subject))
-        out["style"].append(V2_HEADS["style"].index(s.style))
-        out["colour"].append(V2_HEADS["colour"].index(s.colour))
-        for head, value in zip(world_v2.ATTRIBUTES, look.values() if look else [None] * 4, strict=True):
-            out[head].append(V2_HEADS[head].index(value) if value else -100)
+        look = s.look
+        out["subject"].append(TOY_HEADS["subject"].index(PERSON if look else s.subject))
+        out["style"].append(TOY_HEADS["style"].index(s.style))
+        out["colour"].append(TOY_HEADS["colour"].index(s.colour))
+        for head, value in zip(world.ATTRIBUTES, look.values() if look else [None] * 4, strict=True):
+            out[head].append(TOY_HEADS[head].index(value) if value else -100)
     return {head: torch.tensor(values) for head, values in out.items()}
 
 
@@ -138,19 +118,18 @@ def judge_step(
 def accuracy(
     judge: ToyJudge, x: torch.Tensor, y: dict[str, torch.Tensor], labels: list[Sample]
 ) -> dict[str, float]:
-    """Held-out accuracy per head (targets of -100 left out); in v2 also of identities (all four attributes and
-    'person' right) and of the worst identity."""
+    """Held-out accuracy per head (targets of -100 left out), of identities (all four attributes and 'person'
+    right) and of the worst identity."""
     probs = judge.probs(x)
     out: dict[str, float] = {}
     for k in judge.heads:
         keep = y[k] != -100
         out[k] = float((probs[k].argmax(-1)[keep] == y[k][keep]).float().mean())
-    if judge.world == "v2":
-        names = world_v2.IDENTITIES
-        truth = torch.tensor([names.index(s.subject) if s.subject in names else -1 for s in labels])  # (N,)
-        hit = identity_probs(probs).argmax(-1) == truth
-        out["identity"] = float(hit[truth >= 0].float().mean())
-        out["worst_identity"] = min(float(hit[truth == i].float().mean()) for i in truth.unique() if i >= 0)
+    names = world.IDENTITIES
+    truth = torch.tensor([names.index(s.subject) if s.subject in names else -1 for s in labels])  # (N,)
+    hit = identity_probs(probs).argmax(-1) == truth
+    out["identity"] = float(hit[truth >= 0].float().mean())
+    out["worst_identity"] = min(float(hit[truth == i].float().mean()) for i in truth.unique() if i >= 0)
     return out
 
 
@@ -162,17 +141,16 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
     # The VAE first: `fmn_patch.toy.build` starts the judge as soon as the VAE is saved, and the UNet phase
     # rewrites the pipeline folder (same VAE weights) only after its first 1,000 steps.
     vae = AutoencoderKL.from_pretrained(cfg.vae).eval() if (cfg.vae / "config.json").exists() else None
-    dataset = WORLDS[cfg.world].dataset
-    images, labels = dataset(cfg.images, cfg.seed)
-    x, y = to_unit(images), targets(labels, cfg.world)
-    test_images, test_labels = dataset(cfg.heldout, cfg.seed + 1)
-    x_test, y_test = to_unit(test_images), targets(test_labels, cfg.world)
+    images, labels = world.dataset(cfg.images, cfg.seed)
+    x, y = to_unit(images), targets(labels)
+    test_images, test_labels = world.dataset(cfg.heldout, cfg.seed + 1)
+    x_test, y_test = to_unit(test_images), targets(test_labels)
     if vae is None:
         log(f"no VAE at {cfg.vae}: training on renders only")
     x_rec = reconstruct(vae, x[: cfg.images // 2]) if vae is not None else None
     log(f"data ready in {time.perf_counter() - t0:.0f} s")
 
-    net = ToyJudgeNet(heads=WORLD_HEADS[cfg.world])
+    net = ToyJudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     net.train()
@@ -187,8 +165,8 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
         losses.append(judge_step(net, opt, sched, augment(batch, gen), {k: v[idx] for k, v in y.items()}))
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"judge step {step:5d}/{cfg.steps}  loss {np.mean(losses[-100:]):.4f}")
-    judge = ToyJudge(net, world=cfg.world)
-    record: dict = {"config": asdict(cfg), "train_s": time.perf_counter() - t0}
+    judge = ToyJudge(net)
+    record: dict = {"config": asdict(cfg), "world": world.NAME, "train_s": time.perf_counter() - t0}
     record["params"] = sum(p.numel() for p in net.parameters())
     record["heldout_accuracy"] = accuracy(judge, x_test, y_test, test_labels)
     if vae is not None:

@@ -125,7 +125,7 @@ EXTRA_WORDS: tuple[str, ...] = (
 
 
 def vocab_words(words: Iterable[str] | None = None) -> list[str]:
-    """World words first (sorted; v1's caption words unless given), then the extra words; no duplicates."""
+    """World words first (sorted; the toy world's caption words unless given), then the extra words; no duplicates."""
     world = sorted(w for w in (caption_words() if words is None else words) if w.isalpha())
     extra = [w for w in dict.fromkeys(EXTRA_WORDS) if w not in world]
     return world + extra
@@ -187,7 +187,7 @@ def write_vocab(directory: Path, words: Iterable[str] | None = None) -> tuple[Pa
 
 
 def build_tokenizer(directory: Path, words: Iterable[str] | None = None) -> CLIPTokenizer:
-    """Write the vocab (of v1's world, or of `words`) into `directory` and load a CLIPTokenizer from it."""
+    """Write the vocab (of the toy world, or of `words`) into `directory` and load a CLIPTokenizer from it."""
     vocab_file, merges_file = write_vocab(directory, words)
     return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=MAX_LENGTH)
 
@@ -196,7 +196,7 @@ T5_MAX_LENGTH = 16  # tokens, `</s>` included: the toy captions are at most 8 wo
 
 
 def build_t5_tokenizer(directory: Path, words: Iterable[str] | None = None) -> Any:
-    """Write the toy MMDiT's T5 vocabulary (every world word, of v1's world or of `words`, and extra word one
+    """Write the toy MMDiT's T5 vocabulary (every world word, of the toy world or of `words`, and extra word one
     ``▁word`` piece, then characters) into ``directory`` and load a ``T5Tokenizer`` from it."""
     from transformers import T5Tokenizer
 

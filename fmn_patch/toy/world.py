@@ -1,26 +1,79 @@
-"""The toy world: a deterministic, seeded renderer of 32x32 subjects with ground-truth labels and captions.
+"""The toy world (ConceptBench-toy v2): a deterministic, seeded renderer of subjects with ground-truth labels and
+captions, at 32x32 by default.
 
-A subject is an object (a shape) drawn in a colour and a style (a fill), or an identity (a composite figure,
-"bob" or "alice") drawn in a colour. Every image is drawn at 4x resolution and box-downsampled.
+A subject is an object (one of 16 shapes) drawn in a colour and a style (a white fill pattern), or an identity: a
+bust drawn with four attributes (hair colour, headwear, a face feature, the pattern of its top), its top in a
+colour. Every combination of the attributes is one identity with a made-up single-token name, so each identity
+has neighbours that differ from it in exactly one attribute: the hardest things to keep when it is erased.
+Captions name the person (and sometimes the colour of the top), never an attribute, so a model must bind each
+name to its look. Every image is drawn at 4x resolution and box-downsampled.
 
 Captions vary their word order, use aliases in a share of them ("disc" for "circle"), sometimes replace the
 subject's name by a neutral anchor word ("shape", "person"), and carry a bias to correct later: a circle whose
-caption names no colour is red 90% of the time.
+caption names no colour is red 90% of the time. The first world (v1: 5 objects, 3 styles, the identities bob and
+alice) lives in git history; its ten concepts keep their names and aliases here (bob wears the top hat).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
-IDENTITIES: tuple[str, ...] = ("bob", "alice")
-SUBJECTS: tuple[str, ...] = OBJECTS + IDENTITIES
-STYLES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
+from .drawing import (
+    RGB,
+    SIZE,
+    WHITE,
+    Look,
+    Scene,
+    canvas,
+    downsample,
+    draw_identity,
+    fill_mask,
+    paint,
+    shape_mask,
+)
+
+#: This world's name, written into what is trained on it (a judge file's header, the trainers' records).
+NAME = "v2"
+
+#: v1's objects first, then v2's: 16 shapes.
+OBJECTS: tuple[str, ...] = (
+    *("circle", "square", "triangle", "cross", "star"),
+    *(
+        "diamond",
+        "heart",
+        "crescent",
+        "ring",
+        "arrow",
+        "semicircle",
+        "tee",
+        "hourglass",
+        "house",
+        "bar",
+        "ell",
+    ),
+)
+#: "plain" is the style anchor, not a concept; six styles can be erased.
+STYLES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "hatched", "gridded", "outlined")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+
+#: An identity's attributes and their values, in the order a look is written.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "hair": ("black", "brown", "blond", "grey"),
+    "headwear": ("bare", "tophat", "cap", "crown"),
+    "face": ("clean", "glasses", "beard"),
+    "top": ("shirt", "tie"),
+}
+#: v1's two identities keep their names; their looks are combinations of the attributes.
+KEPT_LOOKS: dict[str, tuple[str, ...]] = {
+    "bob": ("brown", "tophat", "clean", "shirt"),  # v1's bob wore a top hat
+    "alice": ("grey", "bare", "clean", "shirt"),  # v1's alice had grey hair
+}
 ALIASES: dict[str, tuple[str, ...]] = {
     "circle": ("disc",),
     "striped": ("stripy",),
@@ -32,36 +85,70 @@ IDENTITY_ANCHOR = "person"
 #: Colour an object is drawn in when its caption names no colour, and how often (the bias to correct).
 BIASED_COLOUR: dict[str, tuple[str, float]] = {"circle": ("red", 0.9)}
 
-RGB: dict[str, tuple[float, float, float]] = {
-    "red": (0.90, 0.15, 0.10),
-    "green": (0.15, 0.78, 0.20),
-    "blue": (0.20, 0.35, 0.95),
-    "yellow": (0.95, 0.85, 0.10),
-}
-WHITE = (0.95, 0.95, 0.95)
-BLACK = (0.02, 0.02, 0.02)
-HAT = (0.70, 0.70, 0.75)
-SKIN = (1.00, 0.80, 0.65)
+# ---------------------------------------------------------------- identities
 
-SIZE = 32  # output resolution
-SCALE = 4  # drawn at SIZE * SCALE, then box-downsampled
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("n", "r", "l", "x", "k")
+
+
+def _made_up_names(count: int, taken: set[str]) -> list[str]:
+    """`count` distinct two-syllable names (consonant-vowel-consonant-vowel-consonant), in a fixed order."""
+    rng = np.random.default_rng(2026)
+    names: list[str] = []
+    while len(names) < count:
+        parts = [rng.choice(_ONSETS), rng.choice(_VOWELS), rng.choice(_ONSETS), rng.choice(_VOWELS)]
+        name = "".join(str(p) for p in parts) + str(rng.choice(_CODAS))
+        if name not in taken and name not in names:
+            names.append(name)
+    return names
+
+
+def _looks() -> dict[str, Look]:
+    combos = list(itertools.product(*ATTRIBUTES.values()))
+    kept = {look: name for name, look in KEPT_LOOKS.items()}
+    reserved = set(OBJECTS) | set(STYLES) | set(COLOURS) | set(ATTRIBUTES) | {OBJECT_ANCHOR, IDENTITY_ANCHOR}
+    reserved |= {value for values in ATTRIBUTES.values() for value in values} | set(kept.values())
+    fresh = iter(_made_up_names(len(combos) - len(kept), reserved))
+    return {kept[combo] if combo in kept else next(fresh): Look(*combo) for combo in combos}
+
+
+#: Identity name -> look; one identity per combination of attribute values.
+LOOKS: dict[str, Look] = _looks()
+IDENTITIES: tuple[str, ...] = tuple(LOOKS)
+SUBJECTS: tuple[str, ...] = OBJECTS + IDENTITIES
+
+
+def neighbours(name: str) -> tuple[str, ...]:
+    """The identities whose look differs from `name`'s in exactly one attribute."""
+    look = LOOKS[name]
+    return tuple(other for other, o in LOOKS.items() if look.differences(o) == 1)
+
+
+# ---------------------------------------------------------------- what is sampled
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """How captions are sampled; the defaults are the ones the toy model was trained with."""
+    """How scenes and captions are sampled; the defaults are the ones the toy model was trained with."""
 
-    p_identity: float = 0.25  # share of identities among subjects
+    p_identity: float = 0.5  # share of identities among subjects: there are six identities per object
     p_mention_colour: float = 0.85  # a caption names the colour
     p_mention_style: float = 0.85  # an object's caption names the style
     p_alias: float = 0.3  # a concept with an alias is called by it
     p_anchor: float = 0.1  # the subject's name is replaced by the anchor word
-    noise: float = 0.02  # std of the per-pixel Gaussian noise on the 32x32 image
+    noise: float = 0.02  # std of the per-pixel Gaussian noise on the output image
+    size: int = SIZE  # output resolution in pixels
+    identity_scale: tuple[float, float] = (0.72, 0.9)  # an identity's extent, fraction of the frame
+    # objects as large as people nearly: at v1's (0.36, 0.62) a v2 model drew 16 shapes as blobs (22% after 3,000
+    # steps, identities 76%), an object spanning 3 of the 8x8 cells where cross-attention reads the text
+    object_scale: tuple[float, float] = (0.5, 0.8)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """Ground truth of one image. `style` is "plain" for identities."""
+    """Ground truth of one image. `style` is "plain" for identities; `look` is None for objects."""
 
     subject: str
     style: str
@@ -70,135 +157,30 @@ class Sample:
 
     @property
     def category(self) -> str:
-        return "identity" if self.subject in IDENTITIES else "object"
+        return "identity" if self.subject in LOOKS else "object"
+
+    @property
+    def look(self) -> Look | None:
+        return LOOKS.get(self.subject)
 
 
-@dataclass(frozen=True)
-class Scene:
-    """Everything needed to draw one image."""
-
-    subject: str
-    style: str
-    colour: str
-    size: float  # subject extent as a fraction of the frame
-    cx: float  # centre, fraction of the frame
-    cy: float
-    background: float  # grey level
-    phase: float  # offset of the fill pattern, in output pixels
-
-
-# ---------------------------------------------------------------- masks, in units of the subject's half-size
-
-
-def _star(u: np.ndarray, v: np.ndarray, inner: float = 0.45) -> np.ndarray:
-    r = np.hypot(u, v)
-    a = np.mod(np.arctan2(u, -v), 2 * np.pi / 5)  # point up, fold into one 72 degree sector
-    a = np.minimum(a, 2 * np.pi / 5 - a)  # mirror into [0, 36 degrees]
-    p1 = np.array([1.0, 0.0])
-    p2 = inner * np.array([np.cos(np.pi / 5), np.sin(np.pi / 5)])
-    x, y = r * np.cos(a), r * np.sin(a)
-    edge = p2 - p1
-    side = edge[0] * (y - p1[1]) - edge[1] * (x - p1[0])
-    return side >= 0  # type: ignore[no-any-return]
-
-
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    if shape == "circle":
-        return u**2 + v**2 <= 1.0  # type: ignore[no-any-return]
-    if shape == "square":
-        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)  # type: ignore[no-any-return]
-    if shape == "triangle":
-        return (v <= 0.8) & (np.abs(u) <= (v + 1.0) * 0.95 / 1.8)  # type: ignore[no-any-return]
-    if shape == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | (  # type: ignore[no-any-return]
-            (np.abs(v) <= 0.3) & (np.abs(u) <= 0.95)
-        )
-    if shape == "star":
-        return _star(u, v * 0.95 + 0.05)
-    raise ValueError(f"unknown shape {shape!r}; choose one of {OBJECTS}")
-
-
-def _fill_mask(style: str, x: np.ndarray, y: np.ndarray, phase: float) -> np.ndarray:
-    """Where the white pattern of `style` lies; x, y in output pixels."""
-    if style == "plain":
-        return np.zeros_like(x, dtype=bool)
-    if style == "striped":
-        return np.mod(y + phase, 5.0) < 2.0  # type: ignore[no-any-return]
-    if style == "dotted":
-        dx, dy = np.mod(x + phase, 6.0) - 3.0, np.mod(y + phase, 6.0) - 3.0
-        return dx**2 + dy**2 <= 1.3**2  # type: ignore[no-any-return]
-    if style == "checkered":
-        return (np.floor((x + phase) / 4.0) + np.floor((y + phase) / 4.0)) % 2 == 0  # type: ignore[no-any-return]
-    raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
-
-
-def _paint(img: np.ndarray, mask: np.ndarray, rgb: tuple[float, float, float]) -> None:
-    img[mask] = rgb
-
-
-def _draw_bob(img: np.ndarray, u: np.ndarray, v: np.ndarray, colour: tuple[float, float, float]) -> None:
-    # u, v: the face has radius 1, centred; the hat rises to v = -1.6
-    _paint(img, u**2 + v**2 <= 1.0, colour)
-    for ex in (-0.38, 0.38):
-        _paint(img, (u - ex) ** 2 + (v + 0.2) ** 2 <= 0.16**2, BLACK)
-    r = np.hypot(u, v - 0.05)
-    _paint(img, (r >= 0.45) & (r <= 0.64) & (v >= 0.3), BLACK)
-    _paint(img, (np.abs(u) <= 0.85) & (v >= -1.08) & (v <= -0.88), HAT)
-    _paint(img, (np.abs(u) <= 0.5) & (v >= -1.6) & (v <= -1.0), HAT)
-
-
-def _draw_alice(img: np.ndarray, u: np.ndarray, v: np.ndarray, colour: tuple[float, float, float]) -> None:
-    # u, v in [-1, 1]: head on top, a triangular dress, arms and legs
-    _paint(img, (np.abs(v + 0.15) <= 0.08) & (np.abs(u) <= 0.8), SKIN)  # arms
-    _paint(img, (np.abs(np.abs(u) - 0.22) <= 0.09) & (v >= 0.6) & (v <= 1.0), SKIN)  # legs
-    dress = (v >= -0.35) & (v <= 0.65) & (np.abs(u) <= (v + 0.45) * 0.62)
-    _paint(img, dress, colour)
-    _paint(img, u**2 + (v + 0.68) ** 2 <= 0.32**2, SKIN)  # head
-    _paint(img, (u**2 + (v + 0.76) ** 2 <= 0.36**2) & (v <= -0.8), HAT)  # hair, a grey cap over the head
-
-
-Canvas = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def canvas(scene: Scene, size: int = SIZE) -> Canvas:
-    """The background of `scene` drawn at SCALE x `size`, and the coordinates to draw its subject with.
-
-    Returns (img (n, n, 3), x, y, u, v), each coordinate (n, n): x, y in units of a 32 px frame (patterns keep
-    their period at any size), u, v in units of the subject's half-size around its centre.
-    """
-    n = size * SCALE
-    coords = (np.arange(n, dtype=np.float32) + 0.5) / SCALE / (size / SIZE)  # pixel centres in 32 px units
-    x, y = np.meshgrid(coords, coords)
-    img = np.empty((n, n, 3), dtype=np.float32)
-    img[:] = scene.background
-    half = scene.size * SIZE / 2
-    return img, x, y, (x - scene.cx * SIZE) / half, (y - scene.cy * SIZE) / half
-
-
-def downsample(img: np.ndarray, size: int, rng: np.random.Generator | None, noise: float) -> np.ndarray:
-    """Box-average the SCALE x canvas to (size, size, 3), add Gaussian noise of std `noise`, clip to [0, 1]."""
-    out = img.reshape(size, SCALE, size, SCALE, 3).mean(axis=(1, 3))
-    if noise > 0 and rng is not None:
-        out = out + rng.normal(0.0, noise, out.shape).astype(np.float32)
-    return np.clip(out, 0.0, 1.0)
-
-
-def render(scene: Scene, rng: np.random.Generator | None = None, noise: float = 0.0) -> np.ndarray:
-    """Draw one scene: a float32 array (32, 32, 3) in [0, 1]."""
-    img, x, y, u, v = canvas(scene)
+def render(
+    scene: Scene, rng: np.random.Generator | None = None, noise: float = 0.0, size: int = SIZE
+) -> np.ndarray:
+    """Draw one scene: a float32 array (size, size, 3) in [0, 1]."""
+    img, x, y, u, v = canvas(scene, size)
     colour = RGB[scene.colour]
-    if scene.subject == "bob":
-        _draw_bob(img, u * 1.3, v * 1.3 - 0.3, colour)
-    elif scene.subject == "alice":
-        _draw_alice(img, u, v, colour)
+    look = LOOKS.get(scene.subject)
+    if look is not None:
+        draw_identity(img, u, v, look, colour)
     else:
-        shape = _shape_mask(scene.subject, u, v)
-        _paint(img, shape, colour)
-        _paint(img, shape & _fill_mask(scene.style, x, y, scene.phase), WHITE)
-    return downsample(img, SIZE, rng, noise)
+        shape = shape_mask(scene.subject, u, v)
+        paint(img, shape, colour)
+        paint(img, fill_mask(scene.style, x, y, scene.phase, shape, size / SIZE), WHITE)
+    return downsample(img, size, rng, noise)
 
 
-# ---------------------------------------------------------------- captions
+# ---------------------------------------------------------------- captions and samples
 
 
 def _name(concept: str, rng: np.random.Generator, cfg: WorldConfig) -> str:
@@ -238,18 +220,12 @@ def identity_caption(name: str, colour: str | None, rng: np.random.Generator) ->
     return f"{article}{name}, {colour}"
 
 
-def draw_words(
-    rng: np.random.Generator,
-    cfg: WorldConfig,
-    objects: tuple[str, ...] = OBJECTS,
-    identities: tuple[str, ...] = IDENTITIES,
-    styles: tuple[str, ...] = STYLES,
-) -> tuple[str, str, str, str, bool]:
+def draw_words(rng: np.random.Generator, cfg: WorldConfig) -> tuple[str, str, str, str, bool]:
     """What one image shows and its caption: (subject, style, colour, caption, is it an identity)."""
     is_identity = rng.random() < cfg.p_identity
-    pool = identities if is_identity else objects
+    pool = IDENTITIES if is_identity else OBJECTS
     subject = str(pool[int(rng.integers(len(pool)))])
-    style = "plain" if is_identity else str(styles[int(rng.integers(len(styles)))])
+    style = "plain" if is_identity else str(STYLES[int(rng.integers(len(STYLES)))])
     mention_colour = rng.random() < cfg.p_mention_colour
     colour = str(COLOURS[int(rng.integers(len(COLOURS)))])
     if not mention_colour and subject in BIASED_COLOUR:
@@ -270,11 +246,7 @@ def draw_words(
 
 
 def place(
-    rng: np.random.Generator,
-    subject: str,
-    style: str,
-    colour: str,
-    extent: tuple[float, float] = (0.36, 0.62),
+    rng: np.random.Generator, subject: str, style: str, colour: str, extent: tuple[float, float]
 ) -> Scene:
     """Where and how large the subject is drawn: its size a uniform share of the frame within `extent`."""
     size = float(rng.uniform(*extent))
@@ -293,46 +265,112 @@ def place(
 
 def sample(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple[Scene, Sample]:
     """Draw a random scene and its caption."""
-    subject, style, colour, caption, _ = draw_words(rng, cfg)
-    scene = place(rng, subject, style, colour)
+    subject, style, colour, caption, is_identity = draw_words(rng, cfg)
+    scene = place(rng, subject, style, colour, cfg.identity_scale if is_identity else cfg.object_scale)
     return scene, Sample(subject=subject, style=style, colour=colour, caption=caption)
 
 
-def rendered(
-    n: int, seed: int, draw: Callable[[np.random.Generator], tuple[np.ndarray, Any]], size: int = SIZE
-) -> tuple[np.ndarray, list[Any]]:
-    """`n` images from `draw(rng)` (a float image in [0, 1] and its label) on one seeded generator, as uint8."""
+def dataset(n: int, seed: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, list[Sample]]:
+    """Render `n` random images: uint8 array (n, size, size, 3) and their labels. Same seed, same data."""
+
     if n < 1:
         raise ValueError(f"n={n} must be at least 1")
     rng = np.random.default_rng(seed)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    labels: list[Any] = []
+    images = np.empty((n, cfg.size, cfg.size, 3), dtype=np.uint8)
+    labels: list[Sample] = []
     for i in range(n):
-        image, label = draw(rng)
-        images[i] = np.round(image * 255).astype(np.uint8)
+        scene, label = sample(rng, cfg)
+        images[i] = np.round(render(scene, rng, cfg.noise, cfg.size) * 255).astype(np.uint8)
         labels.append(label)
     return images, labels
 
 
-def dataset(n: int, seed: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, list[Sample]]:
-    """Render `n` random images: uint8 array (n, 32, 32, 3) and their labels. Same seed, same data."""
-
-    def draw(rng: np.random.Generator) -> tuple[np.ndarray, Sample]:
-        scene, label = sample(rng, cfg)
-        return render(scene, rng, cfg.noise), label
-
-    return rendered(n, seed, draw)
-
-
-def caption_words(
-    objects: tuple[str, ...] = OBJECTS,
-    identities: tuple[str, ...] = IDENTITIES,
-    styles: tuple[str, ...] = STYLES,
-) -> set[str]:
-    """Every word (and punctuation mark) a caption of this world (or of one with these concepts) can contain."""
+def caption_words() -> set[str]:
+    """Every word (and punctuation mark) a caption of this world can contain."""
     words = {"a", "picture", "of", "in", ",", OBJECT_ANCHOR, IDENTITY_ANCHOR}
-    words.update(objects, identities, styles, COLOURS)
+    words.update(OBJECTS, IDENTITIES, STYLES, COLOURS)
     for aliases in ALIASES.values():
         for alias in aliases:
             words.update(alias.split())
     return words
+
+
+# ---------------------------------------------------------------- its ConceptBench
+
+
+def bench() -> dict[str, Any]:
+    """ConceptBench-toy v2 as a bench file's JSON object: every object, style and identity of this world, v1's
+    templates, paraphrases and anchors, and each identity's look and neighbours as data for benches that split
+    what is kept (``neighbours``). The committed ``fmn_patch/data/toy/bench.json`` is this (``write_bench``)."""
+    concepts: list[dict[str, Any]] = [
+        *({"name": o, "category": "object"} for o in OBJECTS),
+        *({"name": s, "category": "style"} for s in STYLES if s != "plain"),
+        *({"name": n, "category": "identity"} for n in IDENTITIES),
+    ]
+    for c in concepts:
+        if c["name"] in ALIASES:
+            c["aliases"] = list(ALIASES[c["name"]])
+    return {
+        "name": "toy",
+        "description": (
+            f"ConceptBench-toy v2 (fmn_patch.toy.world): {len(OBJECTS)} objects (shapes), {len(STYLES) - 1} "
+            f"styles (fills), {len(IDENTITIES)} identities (every combination of hair, headwear, face and top, each "
+            f"with a made-up name), each combined with {len(COLOURS)} colours. Judged by the toy judge "
+            "(fmn_patch/data/toy/judge.safetensors), identities from the four attribute heads."
+        ),
+        "judge": "toy",
+        "anchors": {"object": OBJECT_ANCHOR, "identity": f"a {IDENTITY_ANCHOR}", "style": "plain"},
+        "paraphrases": {
+            "object": [
+                "{colour}, {name}",
+                "an image of a {colour} {name}",
+                "the {name} is {colour}",
+                "one {name} with {colour}",
+            ],
+            "style": [
+                "{colour}, {name}",
+                "an image of a {name} shape in {colour}",
+                "the shape is {name} and {colour}",
+                "{name} pattern, {colour}",
+            ],
+            "identity": [
+                "{colour}, {name}",
+                "an image of {name} in {colour}",
+                "the {colour} {name}",
+                "{name} is {colour}",
+            ],
+        },
+        "inversion_template": "a {}",
+        "attributes": {"colour": list(COLOURS)},
+        "templates": {
+            "object": ["a {colour} {name}", "a picture of a {colour} {name}"],
+            "style": ["a {colour} {name} shape", "a shape, {name}, {colour}"],
+            "identity": ["{name} in {colour}", "a picture of {name} in {colour}"],
+        },
+        "concepts": concepts,
+        "looks": {n: dict(zip(ATTRIBUTES, LOOKS[n].values(), strict=True)) for n in IDENTITIES},
+        "neighbours": {n: list(neighbours(n)) for n in IDENTITIES},
+    }
+
+
+def write_bench(path: Path) -> Path:
+    """Write `bench()` to `path` as JSON, one line per top-level key and per concept, look and neighbour list:
+    ``python -m fmn_patch.toy.world`` writes the committed ``fmn_patch/data/toy/bench.json``."""
+
+    def entries(value: list | dict) -> str:
+        if isinstance(value, list):
+            return "[\n" + ",\n".join(f"    {json.dumps(v)}" for v in value) + "\n  ]"
+        return "{\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()) + "\n  }"
+
+    long = ("concepts", "looks", "neighbours")
+    body = ",\n".join(
+        f"  {json.dumps(k)}: {entries(v) if k in long else json.dumps(v)}" for k, v in bench().items()
+    )
+    path.write_text("{\n" + body + "\n}\n", encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    from fmn_patch.toy.paths import DATA_DIR
+
+    print(write_bench(DATA_DIR / "bench.json"))
