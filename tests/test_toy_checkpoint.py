@@ -4,13 +4,25 @@ run straight through; a resume with other options, or without a state, is refuse
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fmn_patch.errors import FmnPatchError, OutputError
-from fmn_patch.toy.train import Sd3TrainConfig, TrainConfig, train
+from fmn_patch.toy.checkpoint import resumable_record
+from fmn_patch.toy.train import Sd3TrainConfig, TrainConfig, parse_args, train
+
+#: training.json's "config" as `python -m fmn_patch.toy.train --world v2 --images 100000 --unet-steps 16000
+#: --save-every 1000 --out out/toy-v2/pipeline --state out/toy-v2/state` wrote it at 1927df0 (v1 the default then):
+#: the run of the committed v2 toy, which the default options must resume.
+V2_RUN = {
+    "out": "out/toy-v2/pipeline", "seed": 0, "images": 100000, "vae_steps": 500, "vae_batch": 32, "vae_lr": 0.001,
+    "kl_weight": 1e-06, "unet_steps": 16000, "unet_batch": 64, "lr": 0.001, "warmup": 200, "min_lr_ratio": 0.1,
+    "weight_decay": 0.01, "ema": 0.999, "caption_dropout": 0.1, "save_every": 1000, "stop_at": 0,
+    "max_minutes": 0.0, "threads": 1, "world": "v2", "resume": False, "state": "out/toy-v2/state",
+}  # fmt: skip
 
 
 def _digest(folder: Path) -> str:
@@ -110,3 +122,32 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one(tmp_path, fault, seen
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]
     assert all(torch.equal(p, v) for p, v in zip(model.parameters(), live, strict=True))
+
+
+def _recorded(tmp_path: Path, config: dict) -> tuple[Path, Path]:
+    out, state = tmp_path / "pipeline", tmp_path / "state"
+    out.mkdir()
+    state.mkdir()
+    (state / "state.json").write_text('{"step": 1000, "ema_steps": 1000}')
+    (out / "training.json").write_text(
+        json.dumps({"config": {**config, "out": str(out), "state": str(state)}})
+    )
+    return out, state
+
+
+def test_the_default_options_resume_the_run_of_the_v2_toy(tmp_path):
+    out, state = _recorded(tmp_path, V2_RUN)
+    cfg = parse_args(["--out", str(out), "--state", str(state), "--resume"])
+    assert resumable_record(cfg, out, state)["config"]["world"] == "v2"
+
+
+@pytest.mark.parametrize("world", ["v1", None], ids=["v1", "recorded before the world option"])
+def test_a_v1_run_is_not_resumed(tmp_path, world):
+    config = {**V2_RUN, "images": 50000, "unet_steps": 3500, "world": world}
+    if world is None:
+        del config["world"]
+    out, state = _recorded(tmp_path, config)
+    with pytest.raises(FmnPatchError, match="--resume: world differ from the run being resumed"):
+        resumable_record(
+            TrainConfig(out=out, state=state, images=50000, unet_steps=3500, resume=True), out, state
+        )

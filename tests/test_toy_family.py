@@ -13,6 +13,7 @@ import pytest
 from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
 from fmn_patch.toy import card
 from fmn_patch.toy.family import FAMILIES, SD3, UNET, family_of
@@ -63,8 +64,15 @@ def test_the_committed_cards_are_what_the_card_renders(family, tmp_path: Path) -
     assert (tmp_path / "README.md").read_text() == (family.data_dir / "README.md").read_text()
 
 
+def test_the_defaults_are_the_recipe_of_the_committed_v2_toys() -> None:
+    unet, sd3 = TrainConfig(), Sd3TrainConfig()
+    assert (unet.world, unet.images, unet.unet_steps, unet.vae_steps) == ("v2", 100_000, 16_000, 500)
+    assert (sd3.world, sd3.images, sd3.steps) == ("v2", 100_000, 8_000)
+
+
 def test_a_run_recorded_before_an_option_existed_resumes(tmp_path: Path) -> None:
-    """toy-sd3's `world` and `max_minutes` are newer than its committed record: a missing option was its default."""
+    """`max_minutes` is newer than toy-sd3's committed record: a missing option was its default. A record without
+    `world` is a v1 run, which this version's world cannot continue."""
     cfg = SD3.quick_config(images=64, save_every=1)
     straight, parted = (
         replace(cfg, out=tmp_path / "a", state=tmp_path / "sa"),
@@ -75,7 +83,12 @@ def test_a_run_recorded_before_an_option_existed_resumes(tmp_path: Path) -> None
     train(replace(parted, stop_at=2))
     record_file = tmp_path / "b" / "training.json"
     record = json.loads(record_file.read_text())
-    del record["config"]["world"], record["config"]["max_minutes"]
+    del record["config"]["world"]
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(FmnPatchError, match="world differ from the run being resumed"):
+        train(replace(parted, resume=True))
+    record["config"]["world"] = "v2"
+    del record["config"]["max_minutes"]
     record_file.write_text(json.dumps(record))
     train(replace(parted, resume=True))
     a, b = (load_file(tmp_path / d / "transformer" / "diffusion_pytorch_model.safetensors") for d in "ab")

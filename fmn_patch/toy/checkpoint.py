@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 #: Options that may differ between the parts of one resumed run; every other one must match.
 PER_PART = ("resume", "stop_at", "state", "threads", "max_minutes")
+#: What a record that lacks an option ran with, where that is not today's default: runs recorded before the
+#: `world` option trained v1's world.
+BEFORE_OPTION = {"world": "v1"}
 
 
 def state_dir(out: Path, state: Path | None, kind: str) -> Path:
@@ -92,8 +95,8 @@ def resumable_record(cfg: Any, out: Path, folder: Path) -> dict:
     def fixed(config: dict) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in config.items() if k not in PER_PART}
 
-    # an option the record lacks is newer than the run, which then ran as its default does
-    recorded = {**fixed(asdict(type(cfg)())), **fixed(done["config"])}
+    # an option the record lacks is newer than the run, which then ran as its default did
+    recorded = {**fixed(asdict(type(cfg)())), **BEFORE_OPTION, **fixed(done["config"])}
     differ = sorted(k for k, v in fixed(asdict(cfg)).items() if recorded.get(k) != v)
     if differ:
         raise FmnPatchError(

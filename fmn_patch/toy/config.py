@@ -36,12 +36,12 @@ class TrainConfig:
 
     out: Path = field(default_factory=toy_pipeline_path)  # where the pipeline is saved
     seed: int = 0
-    images: int = 50_000  # rendered training images
+    images: int = 100_000  # rendered training images: 118 concepts, v1's 10 had 50,000
     vae_steps: int = 500
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 3500
+    unet_steps: int = 16_000  # v1's 3,500 drew v2's objects as blobs (BENCHMARKS.md, the v2 pilot)
     unet_batch: int = 64
     lr: float = 1e-3  # UNet and text encoder
     warmup: int = 200
@@ -53,7 +53,7 @@ class TrainConfig:
     stop_at: int = 0  # > 0: stop after this many UNet steps, keeping the LR schedule of unet_steps
     max_minutes: float = 0.0  # > 0: stop the UNet phase after this long (breaks determinism)
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 2.7x slower per step
-    world: str = WORLD  # the world it learns, recorded in training.json
+    world: str = WORLD  # the world it learns, recorded in training.json; a record without it is v1's
     resume: bool = False  # continue from the state written with the last checkpoint, bit for bit
     state: Path | None = None  # where that state goes (~5x the model); None: a cache folder
 
@@ -78,8 +78,8 @@ class Sd3TrainConfig:
     out: Path = field(default_factory=toy_sd3_pipeline_path)  # where the pipeline is saved
     vae: Path = field(default_factory=lambda: toy_pipeline_path() / "vae")  # the UNet toy's trained VAE
     seed: int = 0
-    images: int = 50_000  # rendered training images (the UNet toy's, same seed)
-    steps: int = 3500
+    images: int = 100_000  # rendered training images (the UNet toy's, same seed)
+    steps: int = 8_000  # v1's toy-sd3 had 3,500
     batch: int = 64
     lr: float = 1e-3  # transformer and text encoders
     warmup: int = 200
