@@ -5,39 +5,89 @@ accuracy and the toy ConceptBench) are written once.
 
 from __future__ import annotations
 
+import textwrap
+
+from fmn_patch.toy import world
+from fmn_patch.toy.judge import PERSON, TOY_HEADS
+
+#: The bar a committed toy model meets: every ConceptBench-toy concept drawn with at least this acc.
+BAR = 0.9
+LISTED = 24  # concepts under the bar named in the card, the lowest first (card.json has them all)
+CATEGORIES = ("object", "style", "identity")
+#: What the toy world draws, in a sentence of the cards.
+WORLD_TEXT = (
+    f"32x32 images of {len(world.OBJECTS)} shapes in {len(world.STYLES)} fills (plain and {len(world.STYLES) - 1} "
+    f"styles) and {len(world.IDENTITIES)} identities, busts told apart by hair colour, headwear, a face feature and "
+    "the pattern of their top (every combination, each with a made-up one-word name; v1's bob and alice kept), each "
+    "in red, green, blue or yellow"
+)
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, width=115, break_long_words=False, break_on_hyphens=False)
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _concepts_text(concepts: dict[str, dict]) -> str:
+    """The bench's concepts summarised by category (count, mean M-Score, mean and min acc, how many meet the bar),
+    then every concept under the bar by name."""
+    rows = []
+    for category in CATEGORIES:
+        cs = {n: c for n, c in concepts.items() if c["category"] == category}
+        if not cs:
+            continue
+        accs = [c["acc"] for c in cs.values()]
+        worst = min(cs, key=lambda n: cs[n]["acc"])
+        rows.append(
+            f"| {category} | {len(cs)} | {sum(c['m_score'] for c in cs.values()) / len(cs):.3f} | "
+            f"{_pct(sum(accs) / len(accs))} | {_pct(cs[worst]['acc'])} ({worst}) | "
+            f"{sum(a >= BAR for a in accs)} of {len(cs)} |"
+        )
+    under = sorted((c["acc"], n) for n, c in concepts.items() if c["acc"] < BAR)
+    aliased = ", ".join(f"{n} {_pct(c['alias_acc'])}" for n, c in concepts.items() if "alias_acc" in c)
+    listed = ", ".join(f"{n} {_pct(a)}" for a, n in under[:LISTED])
+    if len(under) > LISTED:
+        listed += f" and {len(under) - LISTED} more"
+    verdict = (
+        f"**Bar: every concept's acc >= {_pct(BAR)}: met** ({len(concepts)} of {len(concepts)})."
+        if not under
+        else f"**Bar: every concept's acc >= {_pct(BAR)}: not met**, {len(under)} of {len(concepts)} under it "
+        f"(the lowest first): {listed}."
+    )
+    return f"""| category | concepts | mean M-Score | mean acc | min acc | acc >= {_pct(BAR)} |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{_wrapped(f"{verdict} Alias acc: {aliased or 'no aliases'}. Every concept's scores are in `card.json`.")}"""
+
+
 def _accuracy_text(card: dict, sampler_name: str = "DDIM", detail: str = ", eta 0") -> str:
     a, s = card["attributes"], card["sampler"]
     n = len(s["seeds"])
-    rows = "\n".join(
-        f"| {name} | {c['category']} | {c['m_score']:.3f} | {_pct(c['acc'])} | "
-        f"{_pct(c['alias_acc']) if 'alias_acc' in c else '-'} |"
-        for name, c in card["bench"]["concepts"].items()
-    )
     bias = _pct(card["circle_bias"]["red"])
     return f"""## Generation accuracy (toy judge; {sampler_name} {s["steps"]} steps, guidance {s["guidance"]})
-Every "a {{colour}} {{style}} {{object}}" prompt (80) x {n} seeds; every "{{identity}} in {{colour}}" (8) x {2 * n}
-seeds.
+Every "a {{colour}} {{style}} {{object}}" prompt ({a["object_prompts"]}) x {n} seeds; every "{{identity}} in
+{{colour}}" ({a["identity_prompts"]}) x {n} seeds. identity: all four attributes and "person" right (the judge's
+most likely identity); hair, headwear, face, top: that head alone, on the identity prompts.
 
-| object | style | identity | colour |
-|---|---|---|---|
-| {_pct(a["object"])} | {_pct(a["style"])} | {_pct(a["identity"])} | {_pct(a["colour"])} |
+| object | style | colour | identity | hair | headwear | face | top |
+|---|---|---|---|---|---|---|---|
+| {_pct(a["object"])} | {_pct(a["style"])} | {_pct(a["colour"])} | {_pct(a["identity"])} | {_pct(a["hair"])} | \
+{_pct(a["headwear"])} | {_pct(a["face"])} | {_pct(a["top"])} |
 
-ConceptBench `toy` (`fmn_patch/data/conceptbench/toy.json`). For a concept c with prompts P(c) (its category's
+ConceptBench `toy` (`fmn_patch/data/toy/bench.json`). For a concept c with prompts P(c) (its category's
 templates x the 4 colours: 8 prompts) and seeds S = {list(s["seeds"])}:
 M-Score m(c) = mean over p in P(c), s in S of J_c(x(p, s)), where x(p, s) is the image generated for p from
 initial latents drawn by `torch.Generator().manual_seed(s)` ({sampler_name} {s["steps"]} steps{detail}, guidance
-{s["guidance"]}) and J_c the toy judge's softmax probability of c on the head of c's category (subject for
-objects and identities, style for styles). acc(c): the share of those images whose top class on that head is c.
-Alias columns: the same templates with the alias. Mean alias accuracy: {_pct(card["alias_acc"])}.
+{s["guidance"]}) and J_c the toy judge's probability of c: on the subject head for objects, the style head for
+styles, and for identities P(person) times each attribute head's probability of c's look. acc(c): the share of
+those images whose most likely class is c. Alias acc: the same templates with the alias. Mean alias accuracy:
+{_pct(card["alias_acc"])}.
 
-| concept | category | M-Score | acc | alias acc |
-|---|---|---|---|---|
-{rows}
+{_concepts_text(card["bench"]["concepts"])}
 
 Bias kept for correction experiments: "a circle" (no colour) is red in {bias} of 32 images.
 """
@@ -73,9 +123,9 @@ def _training_text(training: dict) -> str:
         else ""
     )
     return f"""## Training (`python -m fmn_patch.toy.train`, seed {cfg["seed"]}, {cfg["threads"]} CPU threads)
-- Data: {cfg["images"]:,} rendered images with captions (word-order variety; aliases disc/circle, stripy/striped,
-  spotted/dotted, mister bob/bob in 30% of captions; anchor words "shape"/"person" in 10%; an uncoloured circle
-  is red 90% of the time).
+- Data: {cfg["images"]:,} rendered images with captions, half of them people (word-order variety; aliases
+  disc/circle, stripy/striped, spotted/dotted, mister bob/bob in 30% of captions; anchor words "shape"/"person" in
+  10%; an uncoloured circle is red 90% of the time).
 - VAE: {cfg["vae_steps"]} steps, batch {cfg["vae_batch"]}, MSE + {cfg["kl_weight"]:g} KL:
   {training["vae"]["psnr_db"]:.1f} dB PSNR; {t["vae"] / 60:.1f} min (with encoding every image once).
 - UNet + text encoder: {unet["steps_done"]} steps, batch {cfg["unet_batch"]}, AdamW lr {cfg["lr"]:g} (warm-up
@@ -106,15 +156,26 @@ def unet_card(card: dict, training: dict, judge: dict, build: dict | None = None
         f"| {k} | {v['pooled']:.3f} | {v['token']:.3f} | {v['token_centred']:.3f} |"
         for k, v in card["similarity"].items()
     )
+    heads = ", ".join(
+        f"{k} ({len(v) - 1} objects + {PERSON})" if k == "subject" else f"{k} ({len(v)})"
+        for k, v in TOY_HEADS.items()
+    )
     held = ", ".join(f"{k} {_pct(v)}" for k, v in judge["heldout_accuracy"].items())
     held_vae = ", ".join(f"{k} {_pct(v)}" for k, v in judge.get("heldout_vae_accuracy", {}).items())
+    intro = _wrapped(
+        "A tiny Stable Diffusion pipeline (diffusers `StableDiffusionPipeline`) trained on the toy world of "
+        f"`fmn_patch.toy.world` (ConceptBench-toy {world.NAME}): {WORLD_TEXT}. Load it with "
+        "`fmn_patch.toy.load_toy_pipeline()` or "
+        '`StableDiffusionPipeline.from_pretrained("fmn_patch/data/toy/pipeline")`.'
+    )
+    judged = _wrapped(
+        f"CNN with heads {heads}; an identity is P(person) times its look's probability on the four attribute "
+        "heads. Trained on renders and VAE reconstructions with blur/noise/brightness/contrast/flip augmentation. "
+        f"Held-out accuracy on renders: {held}; on VAE reconstructions: {held_vae or 'not measured'}."
+    )
     return f"""# The toy model (`toy`)
 
-A tiny Stable Diffusion pipeline (diffusers `StableDiffusionPipeline`) trained on the toy world of
-`fmn_patch.toy.world`: 32x32 images of shapes (circle, square, triangle, cross, star) in fills (plain,
-striped, dotted, checkered) and two identities (bob, a smiley with a top hat; alice, a figure in a dress),
-each in red, green, blue or yellow. Load it with `fmn_patch.toy.load_toy_pipeline()` or
-`StableDiffusionPipeline.from_pretrained("fmn_patch/data/toy/pipeline")`.
+{intro}
 
 ## Parts and sizes
 {_parts_table(card, training)}
@@ -133,9 +194,7 @@ unrelated words, for scale.
 {sims}
 
 ## Judge (`python -m fmn_patch.toy.train_judge`)
-CNN with heads subject (5 objects + 2 identities), style (4), colour (4); trained on renders and VAE
-reconstructions with blur/noise/brightness/contrast/flip augmentation. Held-out accuracy on renders: {held};
-on VAE reconstructions: {held_vae or "not measured"}.
+{judged}
 
 Measuring this card took {card["eval_s"]:.0f} s (`python -m fmn_patch.toy.card`).
 """
