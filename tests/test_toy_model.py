@@ -1,10 +1,17 @@
-"""The committed toy pipeline: stock diffusers loads it, it generates, and it stays small."""
+"""The committed toy pipeline: stock diffusers loads it, it generates, and it stays small; one of an older toy world
+is refused by name."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from fmn_patch.errors import FmnPatchError
+from fmn_patch.families import registry
+from fmn_patch.families.base import load_base
 from fmn_patch.toy import load_toy_pipeline, toy_pipeline_path
 
 
@@ -40,3 +47,12 @@ def test_cross_attention_targets_exist() -> None:
     names = [n for n, _ in pipe.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
     assert len(names) >= 6  # down, mid and up cross-attention blocks
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+
+def test_a_named_toy_of_an_older_world_is_refused_in_one_line(monkeypatch) -> None:
+    """A committed toy whose tokenizer reads another world's words (trained before the world changed) is not
+    recognised as the toy world's model; by its name it is refused with the command that rebuilds it."""
+    older = replace(registry.named_base("toy"), recognise=lambda pipe: False)
+    monkeypatch.setitem(registry._NAMED, "toy", older)
+    with pytest.raises(FmnPatchError, match=r"holds no toy model of this version .* `make toy-model`$"):
+        load_base("toy")

@@ -186,6 +186,11 @@ def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     base = as_base(pipe, ref=ref, revision=revision)
+    if named is not None and base.world is not named:
+        raise FmnPatchError(
+            f"{source} holds no {ref} model of this version (one trained on an older toy world: its tokenizer "
+            "reads other words); rebuild it with `make toy-model`"
+        )
     return base
 
 

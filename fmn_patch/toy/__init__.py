@@ -4,7 +4,9 @@ Importing this package registers the world by name: the bases ``toy`` (a tiny St
 and ``toy-sd3`` (a tiny SD3.5-style MMDiT trained on the same world with the same VAE), the bench ``toy``
 (``fmn_patch/data/toy/bench.json``) and the judge ``toy`` (the CNN of ``fmn_patch.toy.judge``), which both bases
 share. A pipeline is recognised as a toy-world model by its contents (a UNet or an SD3 transformer reading the toy
-vocabulary), whatever it was loaded by.
+vocabulary: the committed UNet toy's tokenizer, every word of ``fmn_patch.toy.world`` one token), whatever it was
+loaded by; a toy trained on an older world reads other words, so it is not recognised, and ``load_base`` refuses it
+by name (rebuild it with ``make toy-model``).
 """
 
 from __future__ import annotations
