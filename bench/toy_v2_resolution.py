@@ -167,9 +167,9 @@ def resolution_section(read: Any, provenance: Any) -> list[str]:
         "",
         "The toy judge's CNN with v2's heads, trained on v2 renders at each size; accuracy on held-out renders, on",
         "the same blurred (Gaussian, 0.8 px) and, at 32 px, through a toy model's VAE: v1_vae is v1's, which never",
-        "saw v2's hair and headwear colours (a v2 VAE is judged in the pilot's section); toy_vae the committed",
-        "toy's at the time of the run. A person's heads count person images",
-        f"only; identity is all four attributes and 'person' right. The bar is {BAR:.0%} on renders and blurred.",
+        "saw v2's hair and headwear colours (a v2 VAE is judged in the pilot's section); toy_vae is the committed",
+        "toy's when the row was measured. A person's heads count person images only; identity is all four",
+        f"attributes and 'person' right. The bar is {BAR:.0%} on renders and blurred.",
         "",
     ]
     heads = [*TOY_HEADS, "identity", "worst_identity", "object"]

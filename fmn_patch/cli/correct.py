@@ -67,9 +67,9 @@ def correct(
     """Concept correction: make a concept draw each of its variants equally often, keep everything else.
 
     Distils, for prompts naming the concept, the base model's own predictions for each variant, while keeping the
-    keys/values of the variants' prompts and every other prompt. The toy world's "circle" is red 97% of the time
-    when no colour is asked; after `fmnpatch correct circle --attribute colour` it comes in every colour, and "a red
-    circle" is still red.
+    keys/values of the variants' prompts and every other prompt. The toy model's "circle" is red almost always
+    when no colour is asked (its captions made an uncoloured circle red 90% of the time); after `fmnpatch correct
+    circle --attribute colour` it comes in every colour, and "a red circle" is still red.
 
     Examples:
 

@@ -1,5 +1,5 @@
 """``correct_patch``: concept correction and disentanglement. Remove an unwanted association from a concept while
-keeping the concept: "a circle" that the model draws red 97% of the time should come out in every colour, while
+keeping the concept: "a circle" that the model draws red almost always should come out in every colour, while
 "a red circle" stays red and nothing else moves.
 
 The patch is the same kind of LoRA on the text-side keys/values as every other patch. What it learns is a

@@ -9,7 +9,7 @@ its own process; the other families are judged by the committed judge. Then the 
 running the commands one after another; only the wall time changes. Timings go to `build.json` beside the card
 and into the card itself.
 
-    python -m fmn_patch.toy.build                              # the committed toy world (about an hour on 2 cores)
+    python -m fmn_patch.toy.build                              # the committed toy (16,000 UNet steps: hours)
     python -m fmn_patch.toy.build --family sd3                 # the committed toy MMDiT, on the UNet toy's VAE
     python -m fmn_patch.toy.build --data /tmp/toy --quick      # a tiny end-to-end smoke run (about a minute)
 """
