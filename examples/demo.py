@@ -3,7 +3,8 @@
 1. the toy world: rendered images with their captions (ground truth);
 2. the base model's generations and the judge's verdict on them;
 3. `train_patch`: forget "circle" (a LoRA patch on attn2 to_k/to_v);
-4. ConceptBench before/after: Acc_erased, alias, Acc_kept, M-Score, and a before/after grid;
+4. ConceptBench before/after (every object and style, bob and alice): Acc_erased, alias, Acc_kept, M-Score, and a
+   before/after grid;
 5. the patch file: inspect it, load it in stock diffusers, export it for kohya UIs, merge it with another.
 
 Everything is written under out/demo/. Without the toy model (`make toy-model`), a shorter demo runs on a tiny random
@@ -51,8 +52,8 @@ def toy_demo() -> None:
     from fmn_patch.evaluation import evaluate_patches, write_report
     from fmn_patch.evaluation.mscore import SamplerConfig
     from fmn_patch.methods.resteer import TrainConfig, train_patch
-    from fmn_patch.toy.judge import ToyJudge
-    from fmn_patch.toy.world import dataset
+    from fmn_patch.toy.judge import PERSON, ToyJudge
+    from fmn_patch.toy.world import ATTRIBUTES, IDENTITIES, dataset
 
     images, labels = dataset(12, seed=7)
     cells = [Image.fromarray(img) for img in images]
@@ -70,15 +71,24 @@ def toy_demo() -> None:
         output_type="pt",
     ).images
     verdict = judge.predict(outs)
+    people = judge.category_probs(outs, "identity").argmax(-1)  # the most likely identity, from the look
     for i, prompt in enumerate(shown):
-        log(f"2. base draws {prompt!r}: judge says {', '.join(f'{k}={v[i]}' for k, v in verdict.items())}")
+        said = {k: verdict[k][i] for k in ("subject", "style", "colour")}
+        if said["subject"] == PERSON:  # a person: who, by hair, headwear, face and top
+            said = {
+                "identity": IDENTITIES[int(people[i])],
+                **{k: verdict[k][i] for k in (*ATTRIBUTES, "colour")},
+            }
+        log(f"2. base draws {prompt!r}: judge says {', '.join(f'{k}={v}' for k, v in said.items())}")
 
     started = time.perf_counter()
     patch = train_patch(pipe, ["circle"], TrainConfig())
     path = patch.save(OUT / "forget-circle.safetensors", overwrite=True)
     log(f"3. trained a patch forgetting 'circle' in {time.perf_counter() - started:.1f}s -> {path}")
 
-    report = evaluate_patches(pipe, [patch], bench, judge, sampler, patch_names=[str(path)])
+    # every object and style, and two of the 96 people: the whole bench (118 concepts) takes about 5x longer
+    scored = [c.name for c in bench.concepts if c.category != "identity"] + ["bob", "alice"]
+    report = evaluate_patches(pipe, [patch], bench, judge, sampler, patch_names=[str(path)], concepts=scored)
     paths = write_report(report, OUT / "eval", overwrite=True)
     print(report.to_markdown())
     log(f"4. ConceptBench before/after -> {paths['markdown']}, grid {paths.get('grid')}")

@@ -1,5 +1,6 @@
 """Rebuild the reference patches in this folder (``make patches``): each trained on the bundled toy model, evaluated on
-ConceptBench-toy, with its results in the header, a model card (README-<name>.md) and a before/after grid.
+ConceptBench-toy (every concept), with its results in the header, a model card (README-<name>.md) and a before/after
+grid of the erased concepts and the kept ones nearest to them (an identity's neighbours, one attribute away).
 
     python patches/make.py
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fmn_patch import load_base
+from fmn_patch import SampleConfig, load_base, preview
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.concepts.bench import load_bench
+from fmn_patch.concepts.bench import Bench, load_bench
 from fmn_patch.evaluation import evaluate_patches
 from fmn_patch.evaluation.mscore import SamplerConfig
 from fmn_patch.hub.card import model_card
 from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.toy import world
 from fmn_patch.toy.judge import ToyJudge
 
 HERE = Path(__file__).parent
@@ -25,6 +27,16 @@ REFERENCE = {
     "toy-forget-striped": ["striped"],
     "toy-forget-five": ["circle", "square", "bob", "striped", "star"],
 }
+#: Kept concepts in every grid, besides the erased ones' neighbours: one of each category.
+SHOWN_KEPT = ("triangle", "dotted", "alice")
+
+
+def grid_prompts(bench: Bench, concepts: list[str]) -> list[str]:
+    """The first bench prompt of each erased concept, of up to three neighbours of each erased identity, and of
+    SHOWN_KEPT: the bench has 118 concepts, too many rows for one picture."""
+    near = [n for c in concepts if c in world.LOOKS for n in world.neighbours(c)[:3]]
+    shown = dict.fromkeys([*concepts, *near, *SHOWN_KEPT])
+    return [bench.prompts(bench.concept(c))[0] for c in shown]
 
 
 def main() -> None:
@@ -34,7 +46,9 @@ def main() -> None:
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
     for name, concepts in REFERENCE.items():
         patch = train_patch(pipe, concepts, TrainConfig(), progress=False)
-        report = evaluate_patches(pipe, [patch], bench, judge, sampler, patch_names=[f"{name}.safetensors"])
+        report = evaluate_patches(
+            pipe, [patch], bench, judge, sampler, patch_names=[f"{name}.safetensors"], grid=False
+        )
         comparison = report.comparison()
         patched = report.models[-1].score.concepts
         patch.info.results = {
@@ -49,10 +63,17 @@ def main() -> None:
             "acc_kept": comparison["patched_acc_kept"],
             "base_acc_kept": comparison["base_acc_kept"],
         }
+        near = {n for c in concepts if c in world.LOOKS for n in world.neighbours(c)} - set(concepts)
+        if near:  # the identities one attribute away from an erased one: the hardest to keep
+            before = report.models[0].score.concepts
+            patch.info.results["neighbours_acc_kept"] = sum(patched[n].acc for n in near) / len(near)
+            patch.info.results["base_neighbours_acc_kept"] = sum(before[n].acc for n in near) / len(near)
         patch.info.title = f"toy: forget {', '.join(concepts)}"
         path = patch.save(HERE / f"{name}.safetensors", overwrite=True)
-        assert report.grid is not None
-        report.grid.save(HERE / f"{name}.png")
+        grid = preview(
+            pipe, [patch], grid_prompts(bench, concepts), seeds=sampler.seeds, config=SampleConfig()
+        )
+        grid.save(HERE / f"{name}.png")
         card = model_card(
             patch,
             repo_id=f"fmn-patch/{name}",
