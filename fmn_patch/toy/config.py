@@ -15,7 +15,6 @@ from fmn_patch import values
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 from fmn_patch.toy.world import NAME as WORLD
 
-
 #: Whole-number options that may be 0 (the rest are counts of 1 or more).
 MAY_BE_ZERO = ("seed", "warmup", "stop_at")
 
@@ -23,7 +22,9 @@ MAY_BE_ZERO = ("seed", "warmup", "stop_at")
 def _check(cfg: Any) -> None:
     """A trainer config's world and its whole-number options (a bad one raises FmnPatchError naming it)."""
     if cfg.world != WORLD:
-        raise ValueError(f"world {cfg.world!r} is not this version's toy world, {WORLD}; v1 lives in git history")
+        raise ValueError(
+            f"world {cfg.world!r} is not this version's toy world, {WORLD}; v1 lives in git history"
+        )
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, int) and not isinstance(value, bool):
