@@ -1,5 +1,6 @@
 """bench/mass_erasure.py: its draws, roles and H-score, and one tiny run of the closed-form methods and MACE end to
-end on a toy pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are checked)."""
+end on a toy pipeline trained for a few steps (the numbers mean nothing; the run, the roles and the file are
+checked)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,6 @@ the subject covers at least half of (Grounded-SAM's mask is binary too); styles 
 from __future__ import annotations
 
 import dataclasses
-from types import ModuleType
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,65 +16,59 @@ import torch
 from fmn_patch.concepts.bench import Bench
 from fmn_patch.concepts.templates import expand
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.toy import world, world_v2
+from fmn_patch.toy import world
 
 from .mace import References
 
-World = Literal["v1", "v2"]
 #: Images per concept: ``data_preparation.py`` generates 8 ("num_images = 8").
 IMAGES = 8
 
 
-def _module(version: World) -> tuple[ModuleType, world.WorldConfig]:
-    if version == "v1":
-        return world, world.WorldConfig()
-    if version == "v2":
-        return world_v2, world_v2.WorldConfig()
-    raise FmnPatchError(f"world={version!r} must be 'v1' or 'v2'")
+def _config(version: str) -> world.WorldConfig:
+    """The world a pipeline was trained on (its training.json's ``world``) must be the one this version draws."""
+    if version != world.NAME:
+        raise FmnPatchError(
+            f"world={version!r}: MACE's references are drawn from this version's toy world, {world.NAME}; "
+            "rebuild the pipeline with `make toy-model`"
+        )
+    return world.WorldConfig()
 
 
-def _render(module: ModuleType, cfg: world.WorldConfig, scene: world.Scene, **kw: object) -> np.ndarray:
-    size = getattr(cfg, "size", world.SIZE)
-    return module.render(scene, size=size, **kw) if module is world_v2 else module.render(scene, **kw)  # type: ignore[no-any-return]
-
-
-def subject_mask(module: ModuleType, cfg: world.WorldConfig, scene: world.Scene) -> np.ndarray:
+def subject_mask(scene: world.Scene, size: int = world.SIZE) -> np.ndarray:
     """(H, W) bool: the pixels the scene's subject covers at least half of."""
-    black = _render(module, cfg, dataclasses.replace(scene, background=0.0))
-    white = _render(module, cfg, dataclasses.replace(scene, background=1.0))
+    black = world.render(dataclasses.replace(scene, background=0.0), size=size)
+    white = world.render(dataclasses.replace(scene, background=1.0), size=size)
     coverage = 1.0 - np.abs(white - black).mean(axis=-1)  # (H, W)
     return coverage >= 0.5  # type: ignore[no-any-return]
 
 
 def toy_references(
-    name: str, category: str, version: World, count: int = IMAGES, seed: int = 0
+    name: str, category: str, version: str = world.NAME, count: int = IMAGES, seed: int = 0
 ) -> References:
     """``count`` renders of a concept (random colours, places, fills) and, but for a style, its subject's masks."""
-    module, cfg = _module(version)
+    cfg = _config(version)
     rng = np.random.default_rng(seed)
     images, masks = [], []
     for _ in range(count):
         colour = str(rng.choice(world.COLOURS))
         if category == "style":
-            subject, style = str(rng.choice(module.OBJECTS)), name
+            subject, style = str(rng.choice(world.OBJECTS)), name
         else:
-            subject, style = name, "plain" if category == "identity" else str(rng.choice(module.STYLES))
-        extent = getattr(cfg, "identity_scale" if category == "identity" else "object_scale", (0.36, 0.62))
+            subject, style = name, "plain" if category == "identity" else str(rng.choice(world.STYLES))
+        extent = cfg.identity_scale if category == "identity" else cfg.object_scale
         scene = world.place(rng, subject, style, colour, extent)
-        images.append(_render(module, cfg, scene, rng=rng, noise=cfg.noise))
-        masks.append(subject_mask(module, cfg, scene))
+        images.append(world.render(scene, rng=rng, noise=cfg.noise, size=cfg.size))
+        masks.append(subject_mask(scene, cfg.size))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1  # (n, 3, H, W) in [-1, 1]
     mask = torch.from_numpy(np.stack(masks))[:, None]  # (n, 1, H, W)
     return References(pixels.float(), None if category == "style" else mask)
 
 
-def toy_captions(version: World, count: int = 2000, seed: int = 0) -> list[str]:
+def toy_captions(version: str = world.NAME, count: int = 2000, seed: int = 0) -> list[str]:
     """``count`` captions of the world's training distribution: the toy's COCO."""
-    module, cfg = _module(version)
+    cfg = _config(version)
     rng = np.random.default_rng(seed)
-    return [
-        world.draw_words(rng, cfg, module.OBJECTS, module.IDENTITIES, module.STYLES)[3] for _ in range(count)
-    ]
+    return [world.draw_words(rng, cfg)[3] for _ in range(count)]
 
 
 def toy_templates(bench: Bench, category: str) -> list[str]:
