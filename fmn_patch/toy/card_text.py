@@ -132,22 +132,35 @@ def _training_text(training: dict) -> str:
   {cfg["warmup"]}, cosine to {cfg["min_lr_ratio"]:g}x), {int(100 * cfg["caption_dropout"])}% empty captions,
   EMA {cfg["ema"]}: loss {unet["loss_every_100"][0]:.3f} -> {unet["final_loss"]:.4f} (mean of the last 200
   steps); {t["unet"] / 60:.1f} min{early}.
-- Training alone: {t["total"] / 60:.1f} min wall time.
+- Training alone: {_phases_min(t):.1f} min wall time (render, VAE, UNet).
 """
+
+
+def _phases_min(timings: dict) -> float:
+    """Minutes of a training's phases. A run joined by `--resume` records its denoiser's time summed over the
+    parts, but its "total" for the last part alone (each part renders the data again), so the phases are the
+    honest whole."""
+    return sum(v for k, v in timings.items() if k != "total") / 60
+
+
+def _load_text(build: dict) -> str:
+    load = build.get("load_before")
+    return f"load average {load:.2f} before the start" if load is not None else "load not recorded"
 
 
 def _build_text(build: dict | None) -> str:
     if not build:
         return ""
     t = build["timings_s"]
+    started = t.get("judge_started_after")
+    since = f"from minute {started / 60:.1f}" if started is not None else "its start not recorded"
     return f"""
 ## Building it all (`make toy-model` = `python -m fmn_patch.toy.build`)
 Model training on one core, the judge alongside on the other as soon as the VAE is saved, then this card on
-both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside, from minute
-{t["judge_started_after"] / 60:.1f}), card {t["card"] / 60:.1f} min;
-**total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, load average {build["load_before"]:.2f} before the
-start; {build["date"]}, git {build["git_revision"]}).
-"""
+both: model {t["train"] / 60:.1f} min, judge {t["judge"] / 60:.1f} min (alongside, {since}),
+card {t["card"] / 60:.1f} min; **total {t["total"] / 60:.1f} min** wall time ({build["machine"]}, {_load_text(build)};
+{build["date"]}, git {build["git_revision"]}).
+""" + (f"\n{build['note']}\n" if build.get("note") else "")
 
 
 def unet_card(card: dict, training: dict, judge: dict, build: dict | None = None) -> str:
@@ -230,8 +243,7 @@ def sd3_card(card: dict, training: dict, judge: dict, build: dict | None = None)
     built = ""
     if build:
         b = build["timings_s"]
-        load = build.get("load_before")
-        load_text = f"load average {load:.2f} before the start" if load is not None else "load not recorded"
+        load_text = _load_text(build)
         built = (
             f"\n## Building it (`make toy-sd3` = `python -m fmn_patch.toy.build --family sd3`)\nTraining "
             f"{b['train'] / 60:.1f} min on one core, this card {b['card'] / 60:.1f} min; **total "
@@ -258,7 +270,7 @@ On disk: {card["size_mb"]:.1f} MB (safetensors).
   logit-normal(0, 1) noise levels (SD3's recipe), AdamW lr {cfg["lr"]:g} (warm-up {cfg["warmup"]}, cosine to
   {cfg["min_lr_ratio"]:g}x), {int(100 * cfg["caption_dropout"])}% empty captions, EMA {cfg["ema"]}: loss
   {tr["loss_every_100"][0]:.3f} -> {tr["final_loss"]:.4f} (mean of the last 200 steps); {t["transformer"] / 60:.1f}
-  min; {t["total"] / 60:.1f} min in all.
+  min; {_phases_min(t):.1f} min in all (render, encoding, transformer).
 {built}
 {_accuracy_text(card, "flow-matching Euler", "")}
 Measuring this card took {card["eval_s"]:.0f} s (`python -m fmn_patch.toy.card --family sd3`).
