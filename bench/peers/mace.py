@@ -73,7 +73,7 @@ from fmn_patch.families.threads import sized_threads
 from fmn_patch.format.patch import Patch
 from fmn_patch.methods.loop import LoopConfig, optimise
 
-from .patching import anchors_for, batches, check_names, check_texts, peer_patch, weights
+from .patching import anchors_for, batches, check_names, check_texts, padded_gram, peer_patch, weights
 
 #: The prior cache's size in captions: COCO-2014 train + val, as ``src/cache_coco.py`` reads them.
 PRIOR_CAPTIONS = 616_767
@@ -222,16 +222,6 @@ def erase_sums(
             c, t = c_all[k, a], t_all[k, b]  # (m, dim) each
             cc, tc, rows = cc + c.T @ c, tc + t.T @ c, rows + len(a)
     return cc, tc, rows
-
-
-def all_gram(text: Any, prompts: Sequence[str], dim: int, size: int) -> tuple[torch.Tensor, int]:
-    """sum k k^T (dim, dim) over every position of each prompt padded to the max length, and the row count."""
-    kk = torch.zeros(dim, dim, dtype=torch.float64)
-    rows = 0
-    for chunk in batches(prompts, size):
-        k = text.encode(chunk, text.max_length).double().flatten(0, 1)  # (B L, dim)
-        kk, rows = kk + k.T @ k, rows + k.shape[0]
-    return kk, rows
 
 
 # ------------------------------------------------------------------------------------------------ LoRA stage
@@ -421,8 +411,8 @@ def mace_patch(
     pairs = {n: prompt_pairs(n, a, forms[n]) for n, a in zip(names, anchors, strict=True)}
     domain = [t for t in check_texts(preserve) if t.lower() not in {n.lower() for n in names}]
     captions = without_names(check_texts(prior), names)
-    domain_kk, _ = all_gram(text, list(dict.fromkeys(domain)), dim, config.batch_size)  # each text once
-    prior_kk, prior_rows = all_gram(text, captions, dim, config.batch_size)
+    domain_kk, _ = padded_gram(text, list(dict.fromkeys(domain)), dim, config.batch_size)  # each text once
+    prior_kk, prior_rows = padded_gram(text, captions, dim, config.batch_size)
     cache = PRIOR_CAPTIONS / max(len(captions), 1) * prior_kk + config.preserve_weight * domain_kk  # C
     erase_cc, erase_tc, erase_rows = erase_sums(text, [p for n in names for p in pairs[n]], config.batch_size)
     q = cfr_map(erase_cc, erase_tc, config.train_preserve_scale**2 * cache, config.lamb)  # stage 1
@@ -435,7 +425,7 @@ def mace_patch(
     ]  # stage 2
     loras = [lora for lora, _ in trained]
     t2 = time.perf_counter()
-    grams = [all_gram(text, [o for o, _ in pairs[n]], dim, config.batch_size)[0] for n in names]
+    grams = [padded_gram(text, [o for o, _ in pairs[n]], dim, config.batch_size)[0] for n in names]
     keep = config.fuse_preserve_scale * cache
     deltas = {
         name: fuse(w, refined[name], [lora[name] for lora in loras], grams, keep, config.lamb) - w

@@ -130,3 +130,14 @@ def _categories(base: Base, names: Sequence[str]) -> list[Category]:
         return ["other"] * len(names)
     found = [bench.find(n) for n in names]
     return [c.category if c is not None else "other" for c in found]
+
+
+def padded_gram(text: Any, prompts: Sequence[str], dim: int, size: int) -> tuple[torch.Tensor, int]:
+    """sum k k^T (dim, dim), float64, over every position of each prompt padded to the max length, and the row
+    count: the preservation term of UCE's and MACE's closed forms."""
+    kk = torch.zeros(dim, dim, dtype=torch.float64)
+    rows = 0
+    for chunk in batches(prompts, size):
+        k = text.encode(chunk, text.max_length).double().flatten(0, 1)  # (B L, dim)
+        kk, rows = kk + k.T @ k, rows + k.shape[0]
+    return kk, rows

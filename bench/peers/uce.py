@@ -57,6 +57,7 @@ from .patching import (
     check_params,
     check_texts,
     last_token,
+    padded_gram,
     peer_patch,
     weights,
 )
@@ -164,7 +165,7 @@ def uce_patch(
     dim = next(iter(targets.values())).shape[1]
     text = base.family.text_states()
     erase_cc, erase_tc, erase_rows = _erase_sums(text, pairs, dim, config.batch_size)
-    keep_cc, keep_rows = _keep_sums(text, kept, dim, config.batch_size)
+    keep_cc, keep_rows = padded_gram(text, kept, dim, config.batch_size)
     t1 = time.perf_counter()
     q = uce_map(erase_cc, erase_tc, keep_cc, config.lamb, config.erase_scale, scale)
     shift = q - torch.eye(dim, dtype=torch.float64)  # W' - W = W (Q - I)
@@ -201,14 +202,3 @@ def _erase_sums(
             tc += t.T @ c
             rows += n
     return cc, tc, rows
-
-
-def _keep_sums(text: Any, prompts: Sequence[str], dim: int, size: int) -> tuple[torch.Tensor, int]:
-    """sum k k^T (dim, dim) over every position of each padded preserve prompt."""
-    kk = torch.zeros(dim, dim, dtype=torch.float64)
-    rows = 0
-    for chunk in batches(prompts, size):
-        k = text.encode(chunk, text.max_length).double().flatten(0, 1)  # (B L, dim)
-        kk += k.T @ k
-        rows += k.shape[0]
-    return kk, rows
