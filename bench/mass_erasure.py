@@ -285,12 +285,19 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, float] | None, list[dic
         return None, []
     if not path.is_file():
         raise SystemExit(f"--resume: {path} does not exist; run without --resume to start")
-    result = json.loads(path.read_text())["result"]
-    theirs = {key: result.get(key) for key in settings(args)}
+    try:
+        result = json.loads(path.read_text())["result"]
+        theirs = {key: result.get(key) for key in settings(args)}
+        base, rows = result["base"], result["rows"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SystemExit(
+            f"--resume: {path} is not a results file of this bench ({type(e).__name__}: {e}); "
+            "move it aside, or run without --resume to start afresh"
+        ) from None
     if theirs != settings(args):
         differ = ", ".join(k for k in theirs if theirs[k] != settings(args)[k])
         raise SystemExit(f"--resume: {differ} differ from the run in {path}; give the same, or start afresh")
-    return result["base"], result["rows"]
+    return base, rows
 
 
 def write_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -426,4 +433,16 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as refused:
+        if not isinstance(refused.code, str):
+            raise
+        print(f"mass_erasure.py: error: {refused.code}", file=sys.stderr)  # one line, exit 2 as argparse's
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(
+            "mass_erasure.py: interrupted; the runs finished so far are in the results JSON (--resume goes on)",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None

@@ -108,3 +108,25 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
 def test_resume_without_a_run_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="does not exist; run without --resume"):
         mass_erasure.main(["--resume", "--results", str(tmp_path)])
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"result": {"rows": []}}', "\udcff"], ids=str)
+def test_resume_from_a_damaged_results_file_is_refused(tmp_path, text):
+    (tmp_path / "mass_erasure.json").write_text(text, errors="surrogateescape")
+    with pytest.raises(SystemExit, match=r"is not a results file of this bench .*; move it aside"):
+        mass_erasure.main(["--resume", "--results", str(tmp_path)])
+
+
+def test_a_refusal_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+
+    (tmp_path / "mass_erasure.json").write_text("{not json")
+    script = Path(mass_erasure.__file__)
+    done = subprocess.run(
+        [sys.executable, str(script), "--resume", "--results", str(tmp_path)], capture_output=True, text=True
+    )
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
+    assert (
+        done.returncode == 2 and len(lines) == 1 and lines[0].startswith("mass_erasure.py: error: --resume:")
+    )
+    assert (tmp_path / "mass_erasure.json").read_text() == "{not json"  # nothing overwritten
