@@ -88,3 +88,15 @@ def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) 
         width=32,
     )
     return out.images
+
+
+#: The peers' closed forms are checked in float64 against least squares (tests/test_peers.py, tests/test_mace.py).
+F64 = torch.float64
+
+
+def randn64(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def lstsq64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.lstsq(a, b, driver="gelsd").solution

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # bench/ is no package of the install; last on the path, it shadows nothing
 
+from conftest import F64, lstsq64, randn64  # noqa: E402
+
 from bench.peers.mace import (  # noqa: E402
     TOY,
     MaceConfig,
@@ -38,56 +40,46 @@ from bench.peers.mace import (  # noqa: E402
 )
 from bench.peers.mace_toy import subject_mask, toy_captions, toy_references, toy_templates  # noqa: E402
 
-F64 = torch.float64
-
-
-def _rand(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.lstsq(a, b, driver="gelsd").solution
-
 
 # ------------------------------------------------------------------------------------------------ pure parts
 @pytest.mark.parametrize("lamb", [0.0, 0.5])
 def test_cfr_is_the_least_squares_with_scaled_preservation(lamb: float) -> None:
     """W Q minimises sum ||W' c - W t||^2 + s sum ||W' k - W k||^2 + lamb ||W' - W||^2 (stacked rows, lstsq)."""
-    w, c, t, k = _rand(12, 8, seed=0), _rand(5, 8, seed=1), _rand(5, 8, seed=2), _rand(6, 8, seed=3)
+    w, c, t, k = randn64(12, 8, seed=0), randn64(5, 8, seed=1), randn64(5, 8, seed=2), randn64(6, 8, seed=3)
     s = 0.3
     q = cfr_map(c.T @ c, t.T @ c, s * k.T @ k, lamb)
     a = torch.cat([c, s**0.5 * k, lamb**0.5 * torch.eye(8, dtype=F64)])  # (rows, in)
     b = torch.cat([t @ w.T, s**0.5 * k @ w.T, lamb**0.5 * w.T])  # (rows, out)
-    assert torch.allclose(w @ q, _lstsq(a, b).T, atol=1e-10)
+    assert torch.allclose(w @ q, lstsq64(a, b).T, atol=1e-10)
 
 
 def test_fusion_is_the_least_squares_over_every_lora() -> None:
     """W* minimises sum_i ||W* x - W_i x||^2 over concept i's rows + f ||W* k - W0 k||^2 + lamb ||W* - W'||^2."""
-    w0, w_cfr = _rand(10, 6, seed=0), _rand(10, 6, seed=1)
-    loras = [(_rand(1, 6, seed=2 + i), _rand(10, 1, seed=5 + i)) for i in range(3)]
-    xs = [_rand(4, 6, seed=9 + i) for i in range(3)]  # each concept: 4 rows, fewer than in = 6
-    k, f, lamb = _rand(3, 6, seed=20), 0.2, 0.1
+    w0, w_cfr = randn64(10, 6, seed=0), randn64(10, 6, seed=1)
+    loras = [(randn64(1, 6, seed=2 + i), randn64(10, 1, seed=5 + i)) for i in range(3)]
+    xs = [randn64(4, 6, seed=9 + i) for i in range(3)]  # each concept: 4 rows, fewer than in = 6
+    k, f, lamb = randn64(3, 6, seed=20), 0.2, 0.1
     got = fuse(w0, w_cfr, loras, [x.T @ x for x in xs], f * k.T @ k, lamb)
     a = torch.cat([*xs, f**0.5 * k, lamb**0.5 * torch.eye(6, dtype=F64)])
     erased = [x @ (w_cfr + bb @ aa).T for x, (aa, bb) in zip(xs, loras, strict=True)]
     b = torch.cat([*erased, f**0.5 * k @ w0.T, lamb**0.5 * w_cfr.T])
-    assert torch.allclose(got, _lstsq(a, b).T, atol=1e-10)
+    assert torch.allclose(got, lstsq64(a, b).T, atol=1e-10)
 
 
 def test_fusion_of_one_lora_is_that_lora_fused() -> None:
     w0, w_cfr, a, b, x = (
-        _rand(10, 6, seed=0),
-        _rand(10, 6, seed=1),
-        _rand(1, 6, seed=2),
-        _rand(10, 1, seed=3),
-        _rand(9, 6, seed=4),
+        randn64(10, 6, seed=0),
+        randn64(10, 6, seed=1),
+        randn64(1, 6, seed=2),
+        randn64(10, 1, seed=3),
+        randn64(9, 6, seed=4),
     )
     got = fuse(w0, w_cfr, [(a, b)], [x.T @ x], torch.zeros(6, 6, dtype=F64), 0.0)
     assert torch.allclose(got, w_cfr + b @ a, atol=1e-10)
 
 
 def test_a_singular_closed_form_is_refused_in_one_line() -> None:
-    c = _rand(2, 6, seed=0)  # two rows span 2 of 6 dimensions; no preservation, no ridge
+    c = randn64(2, 6, seed=0)  # two rows span 2 of 6 dimensions; no preservation, no ridge
     with pytest.raises(FmnPatchError, match="singular") as err:
         cfr_map(c.T @ c, c.T @ c, torch.zeros(6, 6, dtype=F64), 0.0)
     assert "\n" not in str(err.value)

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # bench/ is no package of the install; last on the path, it shadows nothing
 
+from conftest import F64, lstsq64, randn64  # noqa: E402
+
 from bench.peers import (  # noqa: E402
     MULTI_CONCEPT,
     SpeedConfig,
@@ -32,25 +34,15 @@ from bench.peers import (  # noqa: E402
 from bench.peers.patching import exact_factors  # noqa: E402
 from bench.peers.speed import kmeans  # noqa: E402
 
-F64 = torch.float64
-
-
-def _rand(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.lstsq(a, b, driver="gelsd").solution
-
 
 # ------------------------------------------------------------------------------------------------ pure solvers
 def test_uce_solve_is_the_ridge_least_squares() -> None:
     """W' minimises es sum ||W' c - W t||^2 + ps sum ||W' k - W k||^2 + lamb ||W' - W||^2 (stacked, lstsq)."""
-    w, c, t, k = _rand(12, 8, seed=0), _rand(5, 8, seed=1), _rand(5, 8, seed=2), _rand(6, 8, seed=3)
+    w, c, t, k = randn64(12, 8, seed=0), randn64(5, 8, seed=1), randn64(5, 8, seed=2), randn64(6, 8, seed=3)
     lamb, es, ps = 0.5, 1.0, 0.3
     a = torch.cat([es**0.5 * c, ps**0.5 * k, lamb**0.5 * torch.eye(8, dtype=F64)])  # (n + k + in, in)
     b = torch.cat([es**0.5 * t @ w.T, ps**0.5 * k @ w.T, lamb**0.5 * w.T])  # (n + k + in, out)
-    expected = _lstsq(a, b).T
+    expected = lstsq64(a, b).T
     assert torch.allclose(uce_solve(w, c, t, k, lamb, es, ps), expected, atol=1e-10)
 
 
@@ -71,16 +63,16 @@ def _speed_reference(
     n = c.shape[0]
     a = torch.cat([c @ e / n**0.5, retain_scale**0.5 * torch.eye(e.shape[1], dtype=F64)])
     b = torch.cat([(anchor - c) @ w.T / n**0.5, torch.zeros(e.shape[1], w.shape[0], dtype=F64)])
-    return _lstsq(a, b).T @ e.T  # Y E^T (out, in)
+    return lstsq64(a, b).T @ e.T  # Y E^T (out, in)
 
 
 @pytest.mark.parametrize("redundant", [False, True], ids=["independent", "redundant-invariant"])
 def test_speed_delta_is_the_constrained_least_squares(redundant: bool) -> None:
     """SPEED's closed form is the ridge least squares inside the retain null space with W' K2 = W K2; also when an
     invariant lies in the retain span (its constraint is then redundant and the code's inverse singular)."""
-    w, c, anchor = _rand(9, 10, seed=4), _rand(3, 10, seed=5), _rand(3, 10, seed=6)
-    retain = _rand(20, 4, seed=7) @ _rand(4, 10, seed=8)  # (20, 10) rows in a 4-dim subspace
-    k2 = _rand(10, 3, seed=9)
+    w, c, anchor = randn64(9, 10, seed=4), randn64(3, 10, seed=5), randn64(3, 10, seed=6)
+    retain = randn64(20, 4, seed=7) @ randn64(4, 10, seed=8)  # (20, 10) rows in a 4-dim subspace
+    k2 = randn64(10, 3, seed=9)
     if redundant:
         k2[:, 0] = retain[0]
     p = speed_projector(retain, 1e-8)
@@ -91,7 +83,7 @@ def test_speed_delta_is_the_constrained_least_squares(redundant: bool) -> None:
 
 
 def test_speed_projector_spans_the_null_space() -> None:
-    retain = _rand(30, 5, seed=10) @ _rand(5, 12, seed=11)
+    retain = randn64(30, 5, seed=10) @ randn64(5, 12, seed=11)
     p = speed_projector(retain, 1e-8)
     assert torch.allclose(p, p.T) and torch.allclose(p @ p, p, atol=1e-10)
     assert round(float(p.trace())) == 7 and (retain @ p).abs().max() < 1e-9
@@ -100,10 +92,10 @@ def test_speed_projector_spans_the_null_space() -> None:
 
 def test_speed_keeps_retained_outputs_exactly_and_uce_does_not() -> None:
     """The null-space property: W' c = W c for retain rows under SPEED; UCE only trades them off."""
-    w, c, anchor = _rand(16, 12, seed=12), _rand(2, 12, seed=13), _rand(2, 12, seed=14)
-    retain = _rand(6, 12, seed=15)
+    w, c, anchor = randn64(16, 12, seed=12), randn64(2, 12, seed=13), randn64(2, 12, seed=14)
+    retain = randn64(6, 12, seed=15)
     p = speed_projector(retain, 1e-8)
-    delta = speed_delta(w, c.T @ c / 2, anchor.T @ c / 2, p, _rand(12, 2, seed=16), 1.0, 0.0)
+    delta = speed_delta(w, c.T @ c / 2, anchor.T @ c / 2, p, randn64(12, 2, seed=16), 1.0, 0.0)
     moved = (retain @ delta.T).norm() / (retain @ w.T).norm()
     assert moved < 1e-10
     assert (c @ delta.T).norm() / (c @ w.T).norm() > 0.1  # and the erased rows do move
@@ -113,13 +105,13 @@ def test_speed_keeps_retained_outputs_exactly_and_uce_does_not() -> None:
 
 def test_exact_factors_multiply_back_bit_for_bit() -> None:
     for shape in [(5, 3), (3, 5), (4, 4)]:
-        d = _rand(*shape, seed=17).float()
+        d = randn64(*shape, seed=17).float()
         a, b = exact_factors(d)
         assert a.shape[0] == min(shape) and torch.equal(b @ a, d)
 
 
 def test_kmeans_finds_separated_clusters() -> None:
-    x = torch.cat([_rand(10, 3, seed=18) * 0.01 + shift for shift in (0.0, 5.0, -5.0)])
+    x = torch.cat([randn64(10, 3, seed=18) * 0.01 + shift for shift in (0.0, 5.0, -5.0)])
     centres = kmeans(x, 3, torch.Generator().manual_seed(0))
     assert sorted(round(float(v)) for v in centres.mean(dim=1)) == [-5, 0, 5]
 
@@ -243,7 +235,10 @@ def test_mixed_ranks_apply_exactly(toy: Base) -> None:
     factors = {}
     for i, name in enumerate(targets):
         rank = 64 if i % 2 else 16
-        factors[name] = (_rand(rank, 64, seed=i).float() * 0.01, _rand(64, rank, seed=99 + i).float() * 0.01)
+        factors[name] = (
+            randn64(rank, 64, seed=i).float() * 0.01,
+            randn64(64, rank, seed=99 + i).float() * 0.01,
+        )
     x = _last(toy, "a red circle")
     names = apply_patches(toy, [Patch(factors)])
     try:
