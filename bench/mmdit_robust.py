@@ -243,10 +243,19 @@ def pooled_lora() -> Iterator[None]:
     def attention_layers(self: Any) -> list[str]:
         return [n for n in layers(self) if n.endswith("attn")]
 
-    def preserve(session: Any, inputs: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    def preserve(
+        session: Any,
+        inputs: dict[str, torch.Tensor],
+        device: torch.device,
+        near: dict[str, torch.Tensor] | None = None,
+        factor: float = 1.0,
+    ) -> torch.Tensor:
         widths = {n: m.in_features for n, m in session.base.family.targets().items()}
-        flat = {n: x.reshape(-1, widths[n]) for n, x in inputs.items()}
-        return lora.preservation_loss(session, flat, device)
+
+        def flat(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {n: x.reshape(-1, widths[n]) for n, x in group.items()}
+
+        return lora.preservation_loss(session, flat(inputs), device, near and flat(near), factor)
 
     object.__setattr__(kind, "regex", wide)
     object.__setattr__(kind, "_compiled", re.compile(wide))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fmn_patch.concepts.bench import Concept, load_bench
-from fmn_patch.concepts.prompts import parse_concept, resolve
+from fmn_patch.concepts.prompts import neighbour_prompts, parse_concept, resolve
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
 from fmn_patch.families.encoding import align
@@ -64,6 +64,34 @@ def test_preserve_set_leaves_out_prompts_with_erased_words(sd1):
     )
     assert "" in prompts and "a dog" in prompts and "a red square" in prompts and "a red shape" in prompts
     assert not any("circle" in p or "disc" in p for p in prompts)
+
+
+def test_neighbours_are_the_other_concepts_of_an_erased_ones_category():
+    bench = load_bench("toy")
+    circle, bob = resolve(["circle", "bob"], bench)
+    near = neighbour_prompts(bench, [circle])
+    assert "a red heart" in near and "a red semicircle" in near
+    assert not any({"circle", "disc"} & set(p.split()) for p in near)
+    owners = {c.name for c in bench.concepts for n in c.names for p in bench.prompts(c, n) if p in set(near)}
+    assert owners == {c.name for c in bench.concepts if c.category == "object"} - {"circle"}
+    both = set(neighbour_prompts(bench, [circle, bob]))
+    assert set(near) < both and not any("bob" in p.split() for p in both)
+    assert neighbour_prompts(None, [circle]) == []
+
+
+def test_the_neighbour_weight_keeps_an_erased_concepts_neighbour_apart():
+    """On the toy, "heart" reads much like "circle" (cosine 0.64 at its position): preserved like any other prompt,
+    the edit of circle moves heart's keys and values by a large share of circle's; weighted, by far less."""
+    toy = load_base("toy")
+    states = toy.family.encode(["a red circle", "a red heart"]).states[:, 3]  # (2, D) the shape's position
+
+    def share(weight: float) -> float:
+        patch = edit_patch(toy, ["circle"], config=EditConfig(neighbour_weight=weight))
+        moved = [(states @ patch.delta(n).T).norm(dim=-1) for n in patch.factors]
+        return float(sum(m[1] / m[0] for m in moved) / len(moved))  # heart's change over circle's
+
+    plain, weighted = share(1.0), share(10.0)
+    assert weighted < 0.5 * plain, (plain, weighted)
 
 
 def _kv(pipe: object, patch: Patch | None, states: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -342,3 +342,31 @@ def test_textual_inversion_optimises_the_new_rows_alone(sd1, monkeypatch):
     assert torch.equal(sd1.family.token_table(), table)  # the tokens are gone, the old rows untouched
     again = learn_tokens(sd1, latents, "<t>", "circle", config, progress=False)
     assert torch.equal(again.embeddings, learned.embeddings)  # same inputs and seed, same tensors
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 20), near=st.integers(1, 20), factor=st.integers(1, 5)
+)
+def test_a_neighbour_row_counts_as_factor_copies_of_itself(sd1, seed, rows, near, factor):
+    """The neighbours' preservation rows, kept apart and weighted ``factor`` times, give the term the rows would give
+    written out ``factor`` times among the others: the same value, hence the same gradient."""
+    from fmn_patch.methods.lora import preservation_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    with lora_adapter(sd1, 2, seed=seed) as session:
+        for m in session.modules.values():
+            with torch.no_grad():
+                m.lora_B["fmn_train"].weight.copy_(
+                    torch.randn(m.lora_B["fmn_train"].weight.shape, generator=gen)
+                )
+        width = next(iter(session.modules.values())).in_features
+        x = torch.randn(rows, width, generator=gen)
+        y = torch.randn(near, width, generator=gen)
+        apart = preservation_loss(session, x, torch.device("cpu"), y, float(factor))
+        written = preservation_loss(session, torch.cat([x, *[y] * factor]), torch.device("cpu"))
+        alone = preservation_loss(session, x, torch.device("cpu"), y, 0.0)
+        torch.testing.assert_close(apart, written, rtol=1e-5, atol=0.0)
+        torch.testing.assert_close(
+            alone, preservation_loss(session, x, torch.device("cpu")), rtol=0.0, atol=0.0
+        )

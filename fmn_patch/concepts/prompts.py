@@ -114,6 +114,22 @@ def names_word(words: Iterable[str]) -> Callable[[str], bool]:
     return lambda prompt: any(p.search(prompt) for p in patterns)
 
 
+def neighbour_prompts(bench: Bench | None, erased: Sequence[Concept]) -> list[str]:
+    """The prompts, under each of their names, of the bench's other concepts that share a category with an erased
+    concept: its neighbours, the kept concepts an edit is most likely to move with it."""
+    if bench is None:
+        return []
+    gone = {c.name for c in erased}
+    categories = {c.category for c in erased}
+    return [
+        p
+        for kept in bench.concepts
+        if kept.category in categories and kept.name not in gone
+        for name in kept.names
+        for p in bench.prompts(kept, name)
+    ]
+
+
 def preserve_prompts(
     bench: Bench | None,
     erased: Sequence[Concept],

@@ -40,10 +40,13 @@ class Budget:
     pool: int
     # The preservation weight w_p for every category; None: per category (resteer.PRESERVE: 30, styles 100).
     preserve_weight: float | None = None
+    # How many times each neighbour's preservation row counts (TrainConfig.neighbour_weight); 1: like any other.
+    neighbour_weight: float = 1.0
 
 
-#: From the closed-form edit (UNet bases): meets the toy bars (bench/train_quality.py, robust_quality.py).
-FROM_EDIT: Final = Budget(steps=15, batch_size=4, pool=32)
+#: From the closed-form edit (UNet bases): meets the toy bars (bench/train_quality.py, robust_quality.py); neighbours
+#: weighted as in the edit it starts from (EditConfig.neighbour_weight).
+FROM_EDIT: Final = Budget(steps=15, batch_size=4, pool=32, neighbour_weight=10.0)
 #: From zero on a family without a closed-form start (SD3/3.5, Flux): toy-sd3's bars (bench/toy_sd3_quality.py).
 FROM_ZERO: Final = Budget(steps=150, batch_size=8, pool=256, preserve_weight=100.0)
 #: ``--robust`` on a UNet base, from zero, split into its rounds (a pool per round): what holds circle against
@@ -61,14 +64,15 @@ def budget_for(closed_form: bool, robust: bool = False) -> Budget:
 
 
 def resolved(config: TrainConfig, closed_form: bool) -> TrainConfig:
-    """``config`` with every budget field it leaves to the method (steps or batch_size 0, pool None) set from
-    ``budget_for(closed_form, robust)``; the fields it gives are kept."""
+    """``config`` with every budget field it leaves to the method (steps or batch_size 0, pool or neighbour_weight
+    None) set from ``budget_for(closed_form, robust)``; the fields it gives are kept."""
     budget = budget_for(closed_form, bool(config.robust_rounds))
     left = {
         "steps": config.steps == 0,
         "batch_size": config.batch_size == 0,
         "pool": config.pool is None,
         "preserve_weight": config.preserve_weight is None and budget.preserve_weight is not None,
+        "neighbour_weight": config.neighbour_weight is None,
     }
     return dataclasses.replace(config, **{n: getattr(budget, n) for n, free in left.items() if free})
 
@@ -77,7 +81,9 @@ def spent(config: TrainConfig) -> Budget:
     """The budget of a resolved ``config`` (``resolved`` first: no field may be left to the method)."""
     if not config.steps or not config.batch_size or config.pool is None:
         raise FmnPatchError("the training budget is not resolved; call budget.resolved(config, ...) first")
-    return Budget(config.steps, config.batch_size, config.pool, config.preserve_weight)
+    return Budget(
+        config.steps, config.batch_size, config.pool, config.preserve_weight, config.neighbour_weight or 1.0
+    )
 
 
 def offers_edit(base: Any) -> bool:

@@ -28,6 +28,10 @@ class TrainingSet:
     concepts: int  # how many concepts the patch forgets
     eta: torch.Tensor  # (P,) negative guidance of each prompt's denoising target
     preserve_weight: float  # w_p for this patch
+    # What the targets read for the neighbours' prompts (the bench's other concepts of an erased one's category), kept
+    # apart from ``preserve``: each of their rows counts ``neighbour_weight`` times in the preservation term
+    neighbours: torch.Tensor | dict[str, torch.Tensor] | None = None
+    neighbour_weight: float = 1.0
 
     def with_prompts(
         self, concept: Conditioning, anchor: Conditioning, masks: torch.Tensor, source: TrainingSet
@@ -98,10 +102,16 @@ def encode_set(
     etas: list[float],
     preserve_weight: float,
     seen: list[str] | None = None,
+    near: Sequence[str] = (),
+    neighbour_weight: float = 1.0,
 ) -> TrainingSet:
-    """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``)."""
+    """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``).
+    ``near``: those of ``keep`` whose rows count ``neighbour_weight`` times (none when it is 1)."""
     masks = concept_masks(base, seen or prompts, words, after)
-    preserve = preserve_states(base, keep, latents)
+    neighbours = set(near) if neighbour_weight != 1 else set()
+    preserve = preserve_states(base, [p for p in keep if p not in neighbours], latents)
+    close = [p for p in keep if p in neighbours]
+    near_states = preserve_states(base, close, latents) if close else None
     concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
     return TrainingSet(
         base.family.encode(prompts),
@@ -113,4 +123,6 @@ def encode_set(
         concepts,
         torch.tensor(etas, dtype=torch.float32),
         preserve_weight,
+        near_states,
+        neighbour_weight,
     )

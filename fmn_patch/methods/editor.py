@@ -43,7 +43,7 @@ class EditConfig:
     rank: Rank = 16
     max_residual: float = MAX_RESIDUAL  # the residual target of rank="auto" (unused at a fixed rank)
     lam: float = 0.1  # ridge: pull toward the base weights, sum lam ||W' - W||^2
-    erase_weight: float = 1.0  # weight of each erase row (each concept position of each prompt)
+    erase_weight: float = 10.0  # weight of each erase row (each concept position of each prompt)
     preserve_weight: float = 1.0  # weight of each preserved row
     push: float = 1.5  # targets go this far past the anchor, away from the concept: t = a + push (a - c)
     after: bool = True  # also re-map the positions after the concept (to EOS): the concept lives there too
@@ -52,6 +52,11 @@ class EditConfig:
         None  # ConceptBench of templates, aliases, preserve set; None: the base's; "none": no bench
     )
     bench_preserve: bool = True  # preserve the bench's other concepts (their prompts, every position)
+    # Extra factor on the rows of the bench's other concepts of an erased concept's own category (its neighbours, the
+    # hardest to keep): the least-squares trade moves a kept concept in proportion to how little of the preserve set
+    # it is, so with 100 other concepts each counts 1% and one near the erased one moves with it (see BENCHMARKS.md,
+    # "neighbour weight").
+    neighbour_weight: float = 10.0
     vocab_words: int = 1000  # preserve the model's N most frequent whole-word tokens (0: none)
     batch_size: int = 64  # prompts per text-encoder call
     # True/False: exact/randomised SVD of each formed delta, exact residuals; None: exact SVD for narrow layers,
@@ -64,6 +69,7 @@ class EditConfig:
         values.number(self.lam, "lam", 0, 1e6, example="0.1")
         values.number(self.erase_weight, "erase_weight", 0, 1e6, above=True, example=10)
         values.number(self.preserve_weight, "preserve_weight", 0, 1e6, example=1)
+        values.number(self.neighbour_weight, "neighbour_weight", 0, 1e6, example=10)
         values.number(self.push, "push", 0, 100, example="1.5 (0: map exactly onto the anchor)")
         if self.padding is not None:
             values.whole(self.padding, "padding", 0, 10_000, example="0 (or None: all)")
@@ -163,8 +169,9 @@ class Editor:
                 self._anchor_cache[p] = s[: min(n + self.padding, self.text.max_length)]
         return [self._anchor_cache[p] for p in prompts]
 
-    def keep(self, prompts: Iterable[str]) -> None:
-        """Preserve every position (BOS .. EOS and the padding slots) of each prompt."""
+    def keep(self, prompts: Iterable[str], factor: float = 1.0) -> None:
+        """Preserve every position (BOS .. EOS and the padding slots) of each prompt, each row at ``factor`` times
+        the config's preserve_weight."""
         for chunk in _batches(prompts, self.config.batch_size):
             t0 = time.perf_counter()
             states = self.text.encode(chunk, self.padding)
@@ -173,7 +180,7 @@ class Editor:
                 s[: min(n + self.padding, self.text.max_length)] for s, n in zip(states, lengths, strict=True)
             ]
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
-            self.normal.add_keep(torch.cat(rows), self.config.preserve_weight)
+            self.normal.add_keep(torch.cat(rows), self.config.preserve_weight * factor)
 
     def solve(self) -> torch.Tensor:
         """The shared map P (in, in), float32: every layer's delta is its W @ P."""

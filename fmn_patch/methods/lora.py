@@ -147,12 +147,26 @@ def lora_adapter(
 
 
 def preservation_loss(
-    session: LoraSession, inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device
+    session: LoraSession,
+    inputs: torch.Tensor | dict[str, torch.Tensor],
+    device: torch.device,
+    near: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    factor: float = 1.0,
 ) -> torch.Tensor:
     """Mean over targets of how far each patched projection moves the keys/values of its preserve inputs
     (``losses.preservation``): the adapter's own float32 change (no difference of two large half-precision
-    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``)."""
-    if isinstance(inputs, torch.Tensor):  # every target reads the same text states
-        states = inputs.to(device)
-        return torch.stack([session.delta_square_mean(n, states) for n in session.modules]).mean()
-    return torch.stack([session.delta_square_mean(n, inputs[n].to(device)) for n in session.modules]).mean()
+    numbers), its mean square taken through the factors' rank (``LoraSession.delta_square_mean``). ``near``: more
+    inputs (the erased concepts' neighbours), each row counting ``factor`` times one of ``inputs``."""
+
+    def rows(group: torch.Tensor | dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        return (group if isinstance(group, torch.Tensor) else group[name]).to(device)
+
+    def one(name: str) -> torch.Tensor:
+        x = rows(inputs, name)
+        if near is None or factor == 0:
+            return session.delta_square_mean(name, x)
+        y = rows(near, name)
+        m, n = len(x), factor * len(y)  # the weighted mean of the two groups' squared changes
+        return (m * session.delta_square_mean(name, x) + n * session.delta_square_mean(name, y)) / (m + n)
+
+    return torch.stack([one(n) for n in session.modules]).mean()

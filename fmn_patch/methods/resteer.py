@@ -29,7 +29,15 @@ import torch.nn.functional as F
 
 from .. import values
 from ..concepts.bench import Bench, load_bench
-from ..concepts.prompts import ConceptLike, ConceptPlan, plan, preserve_prompts, resolve, substitute
+from ..concepts.prompts import (
+    ConceptLike,
+    ConceptPlan,
+    neighbour_prompts,
+    plan,
+    preserve_prompts,
+    resolve,
+    substitute,
+)
 from ..errors import FmnPatchError
 from ..families.base import Base
 from ..families.checkpointing import gradient_checkpointing
@@ -81,6 +89,9 @@ class TrainConfig:
     # concepts. Erasing a style (a fill every shape can wear) reaches everything: at 30 checkered cost the other
     # concepts 7% of their accuracy, at 100 under 3%; objects and identities erase more cleanly at 30.
     preserve_weight: float | None = None
+    # Extra factor on the preservation rows of the bench's other concepts of an erased one's category (its neighbours,
+    # which the patch moves most: the edit's ``neighbour_weight``); None: the start's budget (methods/budget.py).
+    neighbour_weight: float | None = None
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
     images_per_prompt: int = (
         2  # reference images drawn by the base per concept prompt (when no folder is given)
@@ -136,7 +147,9 @@ class TrainConfig:
         if self.robust_attack not in ("kv", "inversion"):
             raise FmnPatchError(f"robust_attack={self.robust_attack!r} is not one of kv, inversion")
         values.number(self.robust_attack_lr, "robust_attack_lr", 0, 1, above=True, example="1e-2")
-        for name in ("eta", "resteer_weight", "denoise_weight", "preserve_weight", "image_guidance"):
+        for name in (
+            "eta", "resteer_weight", "denoise_weight", "preserve_weight", "neighbour_weight", "image_guidance"
+        ):  # fmt: skip
             if getattr(self, name) is not None:
                 values.number(getattr(self, name), name, 0, 1e6)
         object.__setattr__(self, "preserve_extra", tuple(self.preserve_extra))
@@ -336,7 +349,9 @@ def run_steps(
             assert s.target is not None
             parts["denoise"] = F.mse_loss(pred.float(), s.target.float()) * share
         if keep and batch.preserve_weight > 0:
-            parts["preserve"] = preservation_loss(session, batch.preserve, s.x_t.device)
+            parts["preserve"] = preservation_loss(
+                session, batch.preserve, s.x_t.device, batch.neighbours, batch.neighbour_weight
+            )
         return parts
 
     def step(gen: torch.Generator) -> dict[str, torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
@@ -417,10 +432,11 @@ def prepare(
     )
     etas = [eta_of(config, pl.concept.category) for pl in plans for _ in pl.prompts]
     w_p = max(preserve_of(config, pl.concept.category) for pl in plans)
+    near, w_n = neighbour_prompts(bench, erased), config.neighbour_weight or 1.0
     if inversion is None:
         batch = encode_set(
             base, prompts, anchors, words, latents, latent_prompt, keep,
-            after=config.after, etas=etas, preserve_weight=w_p,
+            after=config.after, etas=etas, preserve_weight=w_p, near=near, neighbour_weight=w_n,
         )  # fmt: skip
         return batch, []
     owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])
@@ -453,6 +469,8 @@ def prepare(
             etas=etas + etas,
             preserve_weight=w_p,
             seen=prompts + seen,
+            near=near,
+            neighbour_weight=w_n,
         )
     return dataclasses.replace(batch, concepts=len(plans)), learned
 
