@@ -127,10 +127,12 @@ def mace(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
     from peers.mace import for_concepts, mace_patch
     from peers.mace_toy import toy_captions, toy_references, toy_templates
 
-    # the toy's world: its training config's "world" (v1 when it names none)
+    from fmn_patch.toy.world import NAME as WORLD
+
+    # the toy's world: its training config's "world" (the toy world's when it names none); mace_toy refuses any other
     trained = Path(world.pipeline) / "training.json"
     record = json.loads(trained.read_text()) if trained.is_file() else {}
-    version = record.get("config", {}).get("world", "v1")
+    version = record.get("config", {}).get("world", WORLD)
     category = {n: world.bench.concept(n).category for n in names}
     anchors = [world.bench.anchor(category[n]) for n in names]
     preserve = [c.name for c in world.bench.concepts if c.name not in names]

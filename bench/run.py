@@ -250,6 +250,9 @@ def write_markdown() -> None:
     from mass_erasure import mass_erasure_section  # bench/mass_erasure.py: N identities at once, every method
 
     lines += mass_erasure_section(_read, _provenance)
+    from neighbour_weight import neighbour_section  # bench/neighbour_weight.py: keeping neighbours
+
+    lines += neighbour_section(_read, _provenance)
     from toy_threads import threads_section  # bench/toy_threads.py: torch threads for toy-sized training
 
     lines += threads_section(_read, _provenance)

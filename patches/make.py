@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fmn_patch import SampleConfig, load_base, preview
+from fmn_patch import SampleConfig, apply_patches, load_base, preview, remove_patches
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import Bench, load_bench
-from fmn_patch.evaluation import evaluate_patches
-from fmn_patch.evaluation.mscore import SamplerConfig
+from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
 from fmn_patch.hub.card import model_card
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 from fmn_patch.toy import world
@@ -44,13 +43,15 @@ def main() -> None:
     pipe = load_base("toy")
     bench, judge = load_bench("toy"), ToyJudge.load()
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
+    before = evaluate(pipe, bench, judge, sampler).concepts  # once: every patch is read against it
     for name, concepts in REFERENCE.items():
         patch = train_patch(pipe, concepts, TrainConfig(), progress=False)
-        report = evaluate_patches(
-            pipe, [patch], bench, judge, sampler, patch_names=[f"{name}.safetensors"], grid=False
-        )
-        comparison = report.comparison()
-        patched = report.models[-1].score.concepts
+        applied = apply_patches(pipe, [patch])
+        try:
+            score = evaluate(pipe, bench, judge, sampler, erased=concepts)
+        finally:
+            remove_patches(pipe, applied)
+        patched = score.concepts
         patch.info.results = {
             "bench": "toy",
             "seeds": list(sampler.seeds),
@@ -59,13 +60,12 @@ def main() -> None:
                 c: patched[c].alias_acc for c in concepts if patched[c].alias_acc is not None
             },
             "m_score_after": {c: patched[c].m_score for c in concepts},
-            "m_score_before": {c: report.models[0].score.concepts[c].m_score for c in concepts},
-            "acc_kept": comparison["patched_acc_kept"],
-            "base_acc_kept": comparison["base_acc_kept"],
+            "m_score_before": {c: before[c].m_score for c in concepts},
+            "acc_kept": score.acc_kept,
+            "base_acc_kept": acc_kept(before, concepts),
         }
         near = {n for c in concepts if c in world.LOOKS for n in world.neighbours(c)} - set(concepts)
         if near:  # the identities one attribute away from an erased one: the hardest to keep
-            before = report.models[0].score.concepts
             patch.info.results["neighbours_acc_kept"] = sum(patched[n].acc for n in near) / len(near)
             patch.info.results["base_neighbours_acc_kept"] = sum(before[n].acc for n in near) / len(near)
         patch.info.title = f"toy: forget {', '.join(concepts)}"

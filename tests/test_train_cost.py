@@ -226,8 +226,8 @@ def test_training_starts_from_the_edit_where_the_family_offers_it(sd1, monkeypat
     import fmn_patch.methods.resteer as resteer
 
     edits: list[int] = []
-    real = resteer._edit_factors
-    monkeypatch.setattr(resteer, "_edit_factors", lambda *a: edits.append(1) or real(*a))
+    real = resteer.start_factors
+    monkeypatch.setattr(resteer, "start_factors", lambda *a: edits.append(1) or real(*a))
     auto = train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "init": "auto"}), progress=False)
     assert edits == [1] and auto.info.extra["start"] == "edit"
     zero = train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "init": "zero"}), progress=False)

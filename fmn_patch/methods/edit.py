@@ -136,6 +136,14 @@ def edit_patches(
     return patches
 
 
+def start_factors(
+    base: Base, concepts: Sequence[Concept], anchors: Mapping[str, str], bench: str, rank: int
+) -> dict[str, tuple[Any, Any]]:
+    """The closed-form edit of ``concepts`` toward ``anchors`` at ``rank``, as factors: where training starts on a
+    family that offers the edit (``TrainConfig.init``)."""
+    return dict(edit_patch(base, concepts, anchor=anchors, config=EditConfig(rank=rank, bench=bench)).factors)
+
+
 def _patch(
     base: Base,
     concepts: Sequence[Concept],

@@ -101,3 +101,10 @@ def optimise(
     finally:
         bar.close()
     return report
+
+
+def subsample(values: list[float], n: int) -> list[float]:
+    """At most ``n`` evenly spaced values, first and last included (a loss curve for a patch header)."""
+    if len(values) <= n:
+        return [round(v, 6) for v in values]
+    return [round(values[round(i * (len(values) - 1) / (n - 1))], 6) for i in range(n)]

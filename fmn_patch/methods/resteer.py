@@ -47,8 +47,9 @@ from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_RANK, MAX_STEPS
 from .budget import offers_edit, resolved, spent
 from .dataset import TrainingSet, encode_set, reference_latents
+from .edit import start_factors
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
-from .loop import LoopConfig, LoopReport, optimise
+from .loop import LoopConfig, LoopReport, optimise, subsample
 from .lora import LoraSession, check_rank, lora_adapter, preservation_loss
 from .losses import resteer_loss
 from .samples import Samples, draw, guided_targets, sample_pool, warn_zero_start
@@ -262,7 +263,10 @@ def _train(
     batch, learned = prepare(base, plans, bench, config, images, inversion)
     report.spend("prepare", time.perf_counter() - started)
     tick = time.perf_counter()
-    start = _edit_factors(base, plans, bench, config) if _starts_from_edit(base, config) else None
+    start = None
+    if _starts_from_edit(base, config):  # the closed-form edit of the same concepts and anchors, same rank
+        anchors = {pl.concept.name: pl.anchor for pl in plans}
+        start = start_factors(base, [pl.concept for pl in plans], anchors, bench.name, config.rank)
     if start is None and config.init == "auto" and not offers_edit(base):
         warn_zero_start(budget.steps, budget.batch_size)
     if start is not None:
@@ -284,7 +288,7 @@ def _train(
         "train_seconds": round(report.seconds, 3),
         "final_loss": report.losses[-1],
         "loss_terms": report.parts,
-        "loss_curve": _subsample(report.losses, 50),
+        "loss_curve": subsample(report.losses, 50),
         "seconds_per_step": round(statistics.median(report.step_seconds), 4),
         "cost": report.cost(),
         "start": "edit" if start is not None else "zero",
@@ -492,26 +496,3 @@ def _starts_from_edit(base: Base, config: TrainConfig) -> bool:
     run is not ``--robust`` (from the edit, 300 x 4 robust steps left circle at 56% under Concept Inversion; from
     zero, 0-12%: bench/robust_quality.py)."""
     return config.init == "edit" if config.init != "auto" else offers_edit(base) and not config.robust_rounds
-
-
-def _edit_factors(
-    base: Base, plans: list[ConceptPlan], bench: Bench, config: TrainConfig
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The closed-form edit of the same concepts and anchors at the same rank: the hybrid's starting point."""
-    from .edit import EditConfig, edit_patch
-
-    anchors = {pl.concept.name: pl.anchor for pl in plans}
-    patch = edit_patch(
-        base,
-        [pl.concept for pl in plans],
-        anchor=anchors,
-        config=EditConfig(rank=config.rank, bench=bench.name),
-    )
-    return dict(patch.factors)
-
-
-def _subsample(values: list[float], n: int) -> list[float]:
-    """At most ``n`` evenly spaced values, first and last included."""
-    if len(values) <= n:
-        return [round(v, 6) for v in values]
-    return [round(values[round(i * (len(values) - 1) / (n - 1))], 6) for i in range(n)]
