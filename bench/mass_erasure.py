@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, machine, write_markdown
+from run import RESULTS, machine, percent, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries
@@ -388,9 +388,6 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
         return []
     res = record["result"]
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1%}"
-
     lines = [
         "## Mass erasure on ConceptBench-toy v2",
         "",
@@ -407,10 +404,10 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
     for r in res["summary"]:
         size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
         lines.append(
-            f"| {r['n']} | {r['method']} | {pct(r['acc_erased'])} | {pct(r['acc_erased_max'])} | "
-            f"{pct(r.get('alias'))} | {pct(r['neighbours_kept'])} | {pct(r['others_kept'])} | "
-            f"{pct(r['objects_kept'])} | {pct(r['styles_kept'])} | {pct(r['kept_ratio'])} | {r['h_score']:.3f} | "
-            f"{size} | {r['seconds']:.1f} s |"
+            f"| {r['n']} | {r['method']} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
+            f"{percent(r.get('alias'))} | {percent(r['neighbours_kept'])} | {percent(r['others_kept'])} | "
+            f"{percent(r['objects_kept'])} | {percent(r['styles_kept'])} | {percent(r['kept_ratio'])} | "
+            f"{r['h_score']:.3f} | {size} | {r['seconds']:.1f} s |"
         )
     lines += ["", "- " + provenance(record), ""]
     curve = res.get("rank_curve")

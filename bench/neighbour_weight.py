@@ -15,12 +15,17 @@ import argparse
 import dataclasses
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from run import percent
 
 import fmn_patch.methods.edit as edit_module
 from fmn_patch.cli.options import quiet_libraries
@@ -126,9 +131,6 @@ def neighbour_section(read: Callable[[str], Any], provenance: Callable[[Any], st
     if not record:
         return []
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1%}"
-
     lines = [
         "## Neighbour weight: keeping what reads like the erased concept (`bench/neighbour_weight.py`)",
         "",
@@ -147,8 +149,8 @@ def neighbour_section(read: Callable[[str], Any], provenance: Callable[[Any], st
         )
         below = ", ".join(f"{n} {a:.0%}" for n, a in r["below_90"].items()) or "none"
         lines.append(
-            f"| {r['method']} | {r['concept']} | {r['erase_weight']:g} | {weights} | {pct(r['acc_erased'])} | "
-            f"{pct(r['alias'])} | {pct(r['kept_ratio'])} | {below} | {r['seconds']:.1f} s |"
+            f"| {r['method']} | {r['concept']} | {r['erase_weight']:g} | {weights} | {percent(r['acc_erased'])} | "
+            f"{percent(r['alias'])} | {percent(r['kept_ratio'])} | {below} | {r['seconds']:.1f} s |"
         )
     return [*lines, "", "- " + provenance(record), ""]
 

@@ -656,6 +656,11 @@ def _read(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def percent(x: float | None) -> str:
+    """A share for a table cell, one decimal; "-" where there is none."""
+    return "-" if x is None else f"{x:.1%}"
+
+
 def _provenance(record: dict[str, Any]) -> str:
     m = record["meta"]
     return (
