@@ -31,7 +31,9 @@ def test_a_reference_patch_loads_with_its_card_grid_and_results(name, toy_pipe):
     assert patch.concept_names == NAMES[name]
     results = patch.info.results
     assert results["bench"] == "toy" and set(results["acc_erased"]) == set(NAMES[name])
-    assert all(acc <= 0.05 for acc in results["acc_erased"].values()) and results["acc_kept"] >= 0.95
+    # the bars of the slow quality tests: one concept <= 5% left, several in one patch <= 10% each
+    bar = 0.05 if len(NAMES[name]) == 1 else 0.10
+    assert all(acc <= bar for acc in results["acc_erased"].values()) and results["acc_kept"] >= 0.95
     card = (PATCHES / f"README-{name}.md").read_text()
     assert f"`{name}.safetensors`" in card and (PATCHES / f"{name}.png").stat().st_size > 0
     toy_pipe.load_lora_weights(str(path), adapter_name="ref")  # stock diffusers reads it as it is
