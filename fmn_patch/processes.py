@@ -14,6 +14,7 @@ file is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import FmnPatchError
+from .progress import Phase, phase
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -162,31 +164,29 @@ def run_shared(
 ) -> tuple[list[R], Throughput]:
     """``[work(u) for u in units]``, the units shared between the processes, the results on every process.
 
-    Processes go in rounds, one unit each, and count together after each round: the main process shows one
-    progress bar for the whole job with each process's count. ``size(u)``: what a unit counts for (images).
+    Processes go in rounds, one unit each, and count together after each round: the main process reports one
+    phase for the whole job on the progress channel, with each process's count. ``size(u)``: what a unit counts
+    for (images).
     """
-    from tqdm import tqdm
-
     procs = processes or current()
     started = time.perf_counter()
     mine = procs.share(len(units))
     rounds = math.ceil(len(units) / procs.count)
     total = sum(size(u) for u in units)
-    bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, disable=not (progress and procs.is_main))
+    shown = progress and procs.is_main
     done, results = 0, []
-    try:
+    with phase(what, total, unit) if shown else contextlib.nullcontext() as bar:
         for r in range(rounds):
             if r < len(mine):
                 results.append((mine[r], work(units[mine[r]])))
                 done += size(units[mine[r]])
             if procs.count == 1:
-                bar.update(done - bar.n)
+                counts = [done]
             elif progress:  # every process runs the same command, so all of them take part in this gather
                 counts = procs.gather([done])
-                bar.set_postfix_str(" ".join(f"p{i} {n}" for i, n in enumerate(counts)), refresh=False)
-                bar.update(sum(counts) - bar.n)
-    finally:
-        bar.close()
+            if isinstance(bar, Phase):
+                note = " ".join(f"p{i} {n}" for i, n in enumerate(counts)) if procs.count > 1 else ""
+                bar.advance(sum(counts) - bar.done, note=note)
     gathered = procs.gather(results) if procs.count > 1 else results
     per_process = procs.gather([done]) if procs.count > 1 else [done]
     ordered = [r for _, r in sorted(gathered, key=lambda pair: pair[0])]

@@ -13,9 +13,11 @@ import typer
 
 from ..errors import FmnPatchError
 from ..files import describe_os_error
+from ..processes import current
 from ..startup import release
 from ..text import printable
 from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train
+from .display import shown_on_stderr
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
 
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            code = app(args=args, prog_name="fmnpatch", standalone_mode=False)
+            with shown_on_stderr(current().is_main):  # the library's progress channel
+                code = app(args=args, prog_name="fmnpatch", standalone_mode=False)
         except typer.Abort:
             code = 130
         except KeyboardInterrupt:

@@ -75,7 +75,6 @@ def apply(
         check_image_output(grid, overwrite=overwrite)
     loaded = load_patch_files(patches, require_hash=strict)
     weights = check_weights(loaded, weight)
-    info(f"loading base {base} ...")
     pipe = load_base(base, device=device, dtype=dtype)
     result: dict[str, object] = {"base": base, "patches": [str(p) for p in patches]}
     if prompt:

@@ -220,8 +220,8 @@ def load_judged(
     `accelerate launch` started; the device is this process's share of them."""
     procs = current()
     device = procs.device(device)
-    if procs.is_main:
-        info(f"loading base {base} ..." + (f" in each of {procs.count} processes" if procs.count > 1 else ""))
+    if procs.is_main and procs.count > 1:
+        info(f"loading base {base} in each of {procs.count} processes")
     model = load_base(base, device=device, dtype=dtype)
     bench = chosen or load_bench(model.bench)
     return model, bench, load_judge(bench, device, clip=clip), procs

@@ -238,7 +238,6 @@ def train(
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch train CONCEPT`
         return
     assert output is not None
-    info(f"loading base {base} ...")
     model = load_base(base, device=device, dtype=dtype)
     sibling = output.with_suffix(".ti.safetensors")
     if inversion is not None:

@@ -36,9 +36,15 @@ class SampleConfig:
 
 @sized_threads
 def sample(
-    base: Base | Any, prompt: str, seeds: Sequence[int], config: SampleConfig = SampleConfig()
+    base: Base | Any,
+    prompt: str,
+    seeds: Sequence[int],
+    config: SampleConfig = SampleConfig(),
+    *,
+    desc: str = "drawing images",
 ) -> list[Image.Image]:
-    """One image per seed; each seed owns its generator, so images do not depend on batch composition."""
+    """One image per seed; each seed owns its generator, so images do not depend on batch composition. ``desc``:
+    the phase's name on the progress channel."""
     images: list[Image.Image] = as_base(base).family.generate(
         [prompt],
         seeds,
@@ -48,6 +54,8 @@ def sample(
         batch_size=1,
         height=config.height,
         width=config.width,
+        progress=True,
+        desc=desc,
     )
     return images
 
@@ -65,10 +73,10 @@ def preview(
 ) -> Image.Image:
     """A grid with one row per prompt and columns base | patched for each seed; the pipeline is left unpatched."""
     base = as_base(base)
-    before = [sample(base, p, seeds, config) for p in prompts]
+    before = [sample(base, p, seeds, config, desc=f"drawing {p!r} with the base") for p in prompts]
     names = apply_patches(base, patches, weights, strict=strict)
     try:
-        patched = [sample(base, p, seeds, config) for p in prompts]
+        patched = [sample(base, p, seeds, config, desc=f"drawing {p!r} patched") for p in prompts]
     finally:
         remove_patches(base, names)
     rows = [

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import FmnPatchError
+from ..progress import phase
 from .family import Family
 from .registry import (
     NamedBase,
@@ -172,12 +173,13 @@ def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision
         )
     loader = family_for_index(_model_index(source)) if Path(source).is_dir() else None
     try:
-        if loader is not None:
-            pipe = loader.load(source, dtype=torch_dtype, revision=revision)
-        else:
-            from diffusers import DiffusionPipeline
+        with phase(f"loading base {ref}"):
+            if loader is not None:
+                pipe = loader.load(source, dtype=torch_dtype, revision=revision)
+            else:
+                from diffusers import DiffusionPipeline
 
-            pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, revision=revision)
+                pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, revision=revision)
     except (OSError, ValueError) as e:
         raise FmnPatchError(
             f"cannot load base {ref!r}: {str(e).splitlines()[0]}; give `toy`, a local pipeline folder, or a Hub "

@@ -12,7 +12,6 @@ adapter verbs, sampling with the pipeline's own call) is implemented here."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind
+from ..progress import Phase, phase
 from .grads import frozen as frozen  # re-exported: importers of family keep their import
 from .grads import kept_grads as kept_grads
 from .tokens import Placement
@@ -384,18 +383,29 @@ class Family(ABC):
         The same batch size gives the same images; another batch size may change them in the last float bits."""
         jobs = [(p, s) for p in prompts for s in seeds]
         parts: list[Any] = []
-        bar = tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
-        try:
+        # reported per sampler step of each image: one image of a full-size model on a CPU is minutes
+        with phase(desc, len(jobs) * steps, "steps") if progress else contextlib.nullcontext() as bar:
             for i in range(0, len(jobs), batch_size):
                 chunk = jobs[i : i + batch_size]
+                note = (
+                    f"images {i + 1}-{i + len(chunk)} of {len(jobs)}"
+                    if len(chunk) > 1
+                    else f"image {i + 1} of {len(jobs)}"
+                )
+                on_step = (
+                    (lambda n=len(chunk), note=note: bar.advance(n, note)) if isinstance(bar, Phase) else None
+                )
                 parts.append(
                     self.draw(
-                        chunk, steps=steps, guidance=guidance, output=output, height=height, width=width
+                        chunk,
+                        steps=steps,
+                        guidance=guidance,
+                        output=output,
+                        height=height,
+                        width=width,
+                        on_step=on_step,
                     )
                 )
-                bar.update(len(chunk))
-        finally:
-            bar.close()
         if output == "pil":
             return [image for part in parts for image in part]
         return torch.cat(parts)
@@ -409,8 +419,10 @@ class Family(ABC):
         output: str = "pt",
         height: int | None = None,
         width: int | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> Any:
-        """One pipeline call: an image per (prompt, seed) pair, each from its own seeded generator."""
+        """One pipeline call: an image per (prompt, seed) pair, each from its own seeded generator; ``on_step``
+        is called after each sampler step."""
         if steps > self.num_train_timesteps:
             raise FmnPatchError(
                 f"steps={steps} is more than this base's scheduler has timesteps ({self.num_train_timesteps}); "
@@ -418,6 +430,8 @@ class Family(ABC):
             )
         extra = self.sampler_kwargs()
         extra.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
+        if on_step is not None:
+            extra["callback_on_step_end"] = _stepped(on_step)
         out = self.pipe(
             [p for p, _ in pairs],
             num_inference_steps=steps,
@@ -497,3 +511,13 @@ class Family(ABC):
                 f"shape mismatch at {module}: patch delta is {shape[0]}x{shape[1]}, the layer is "
                 f"{shapes[module][0]}x{shapes[module][1]}"
             )
+
+
+def _stepped(on_step: Callable[[], None]) -> Callable[..., dict[str, Any]]:
+    """``on_step`` as diffusers' ``callback_on_step_end``, which hands back the tensors it was given."""
+
+    def callback(_pipe: Any, _step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step()
+        return tensors
+
+    return callback

@@ -57,7 +57,14 @@ def generated_latents(
             pass  # a damaged cache entry is drawn again and replaced
     # one pipeline call per prompt, all its seeds together
     latents = base.family.generate(
-        prompts, seeds, steps=steps, guidance=guidance, output="latent", batch_size=len(seeds)
+        prompts,
+        seeds,
+        steps=steps,
+        guidance=guidance,
+        output="latent",
+        batch_size=len(seeds),
+        progress=True,
+        desc="drawing reference images",
     )
     if path is not None:
         try:

@@ -42,6 +42,7 @@ from ..format.header import read_header
 from ..format.kohya import SUFFIX as KOHYA_SUFFIX
 from ..format.kohya import kohya_path
 from ..format.patch import Patch
+from ..progress import phase
 from ..text import printable
 from .card import WEIGHT_NAME, hub_model_id, local_paths, model_card
 from .errors import LOGIN, FileNotInRepoError, HubError, NotLoggedInError, OfflineError, hub_errors
@@ -146,7 +147,7 @@ def _fetch(
     if force_download and is_offline_mode():
         raise OfflineError("--force-download needs the network and HF_HUB_OFFLINE is set; unset one of them")
 
-    with hub_errors(str(ref)):
+    with hub_errors(str(ref)), phase(f"downloading {ref}"):
         try:
             return download(ref.filename or WEIGHT_NAME)
         except LocalEntryNotFoundError:
@@ -282,7 +283,10 @@ def push(
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     if grid is not None:
         operations.append(CommitOperationAdd(path_in_repo=GRID_NAME, path_or_fileobj=str(grid)))
-    with hub_errors(ref.repo_id, writing=True):
+    with (
+        hub_errors(ref.repo_id, writing=True),
+        phase(f"uploading to {ref.repo_id}", len(operations), "files") as p,
+    ):
         api.create_repo(ref.repo_id, private=private or None, exist_ok=True)
         if revision != "main":
             api.create_branch(ref.repo_id, branch=revision, exist_ok=True)
@@ -292,4 +296,5 @@ def push(
             commit_message=commit_message or f"fmn-patch: {card_title}",
             revision=revision,
         )
+        p.advance(len(operations))
     return Pushed(ref.repo_id, filename, revision, commit.oid, commit.commit_url, kohya_file)

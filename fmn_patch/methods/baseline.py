@@ -123,7 +123,7 @@ def train_fmn_baseline(
             seed=config.seed,
             max_grad_norm=config.max_grad_norm,
             weight_decay=0.01,
-            desc="fmn-baseline",
+            desc="training (FMN baseline)",
             hint="lower lr",  # AdamW's default decay, as released
         )
         denoiser.train()

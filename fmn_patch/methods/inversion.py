@@ -122,7 +122,7 @@ def learn_tokens(
             lr=config.lr,
             seed=config.seed,
             max_grad_norm=None,
-            desc="inversion",
+            desc="learning concept tokens (textual inversion)",
             hint="lower the inversion learning rate",
         )
         report = optimise([vectors], step, loop, after_step=decay_and_write, progress=progress)

@@ -63,7 +63,7 @@ def kv_inversion(
                 ]
             return {"kv": torch.stack(losses).mean()}
 
-        loop = LoopConfig(steps=steps, lr=lr, seed=seed, max_grad_norm=None, desc="kv-inversion")
+        loop = LoopConfig(steps=steps, lr=lr, seed=seed, max_grad_norm=None, desc="key/value inversion")
         report = optimise([vectors], step, loop, after_step=write, progress=False)
         learned = vectors.detach().to(family.token_table().dtype).clone()
     return LearnedTokens(token, learned, report.losses)

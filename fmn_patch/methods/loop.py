@@ -2,8 +2,8 @@
 inversion and the FMN baseline differ only in the parameters they train and the loss terms a step returns.
 
 Each step returns named loss terms; the loop weighs and sums them, stops with a message (and writes nothing) on a
-non-finite loss, clips, steps AdamW, times the step and shows the terms on a progress bar. Steps draw their
-randomness from the generator they are handed, never from the global RNG.
+non-finite loss, clips, steps AdamW, times the step and reports it with its terms on the progress channel. Steps
+draw their randomness from the generator they are handed, never from the global RNG.
 
 A step may instead return its batch in chunks (an iterable of term dicts, each already weighed by its share of the
 batch): the loop runs backward on each chunk as it comes and steps once on the summed gradient. The loss is the
@@ -12,15 +12,15 @@ same; only one chunk's activations are alive at a time (``TrainConfig.micro_batc
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import FmnPatchError
+from ..progress import Phase, phase
 
 #: Named loss terms of one batch (or of one chunk of it, weighed by the chunk's share).
 Terms = dict[str, torch.Tensor]
@@ -37,7 +37,7 @@ class LoopConfig:
     seed: int = 0
     max_grad_norm: float | None = 1.0  # None: no clipping
     weight_decay: float = 0.0
-    desc: str = "train"
+    desc: str = "training"  # the phase's name on the progress channel
     hint: str = "lower --lr or the loss weights"  # what the divergence message suggests
 
 
@@ -66,9 +66,8 @@ def optimise(
     optimiser = torch.optim.AdamW(list(params), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     report = LoopReport()
-    bar = tqdm(range(config.steps), desc=config.desc, disable=not progress, file=sys.stderr, leave=False)
-    try:
-        for k in bar:
+    with phase(config.desc, config.steps, "steps") if progress else contextlib.nullcontext() as bar:
+        for k in range(config.steps):
             tick = time.perf_counter()
             optimiser.zero_grad(set_to_none=True)
             result = step(gen)
@@ -94,13 +93,15 @@ def optimise(
             report.step_seconds.append(time.perf_counter() - tick)
             report.losses.append(loss.item())
             report.parts = {name: round(term.item(), 6) for name, term in parts.items()}
-            if len(parts) > 1:
-                bar.set_postfix(loss=f"{loss.item():.4f}", **{n: f"{t.item():.3f}" for n, t in parts.items()})
-            else:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    finally:
-        bar.close()
+            if isinstance(bar, Phase):
+                bar.advance(note=_terms_note(loss.item(), report.parts))
     return report
+
+
+def _terms_note(loss: float, parts: Mapping[str, float]) -> str:
+    """``loss 0.1234`` and, where there are several, each term: what a step's report shows."""
+    terms = "".join(f" {name} {value:.3f}" for name, value in parts.items()) if len(parts) > 1 else ""
+    return f"loss {loss:.4f}{terms}"
 
 
 def subsample(values: list[float], n: int) -> list[float]:

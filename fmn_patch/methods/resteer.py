@@ -381,7 +381,7 @@ def run_steps(
         lr=config.lr,
         seed=config.seed,
         max_grad_norm=config.max_grad_norm,
-        desc="train",
+        desc="training",
         hint="lower --lr or the loss weights",
     )
     # The capture stays on through backward (a checkpointed forward is recomputed there, with the same processors);

@@ -23,6 +23,7 @@ from ..families.family import Conditioning
 from ..families.stack import apply_patches, remove_patches
 from ..format.header import PatchInfo
 from ..format.patch import Patch
+from ..progress import phase
 from .dataset import TrainingSet, concept_masks
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .kv_attack import kv_inversion
@@ -46,35 +47,44 @@ def robust_rounds(
     fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     last = config.robust_rounds - 1
     attack = config.robust_attack  # UNet bases only: MMDiT families refuse --robust (Family.require_robust)
-    for r in range(config.robust_rounds):
-        with lora_adapter(
-            base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
-        ) as session:
-            report.add(
-                run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress),
-                config.batch_size,
-            )
-            fresh = session.factors()
-            if r < last and attack == "kv":  # where the patch acts: no denoiser, no apply
+    with phase("robust rounds", config.robust_rounds, "rounds") as rounds:
+        for r in range(config.robust_rounds):
+            with lora_adapter(
+                base, config.rank, seed=config.seed, start=factors, train_values=config.train_values
+            ) as session:
+                report.add(
+                    run_steps(session, batch, per_round, per_round.steps * batch.concepts, progress),
+                    config.batch_size,
+                )
+                fresh = session.factors()
+                if r < last and attack == "kv":  # where the patch acts: no denoiser, no apply
+                    tick = time.perf_counter()
+                    with phase(f"round {r + 1}: key/value inversion attack"):
+                        found = _kv_attack(session, plans, original, r, config)
+                    report.spend(
+                        "attacks", time.perf_counter() - tick, len(plans) * config.robust_attack_steps
+                    )
+            if r == last:
+                rounds.advance()
+                break
+            factors = dict(fresh)
+            if attack == "inversion":
+                names = apply_patches(
+                    base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+                )
                 tick = time.perf_counter()
-                found = _kv_attack(session, plans, original, r, config)
-                report.spend("attacks", time.perf_counter() - tick, len(plans) * config.robust_attack_steps)
-        if r == last:
-            break
-        factors = dict(fresh)
-        if attack == "inversion":
-            names = apply_patches(
-                base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
-            )
-            tick = time.perf_counter()
-            try:
-                with gradient_checkpointing(base.family, config.checkpointing):
-                    found = _attack(base, plans, original.latents, owner, r, config)
-            finally:
-                remove_patches(base, names)
-            spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
-            report.spend("attacks", time.perf_counter() - tick, spent)
-        batch = _with_adversarial(base, batch, original, plans, found, config)
+                try:
+                    with (
+                        gradient_checkpointing(base.family, config.checkpointing),
+                        phase(f"round {r + 1}: Concept Inversion attack"),
+                    ):
+                        found = _attack(base, plans, original.latents, owner, r, config, progress)
+                finally:
+                    remove_patches(base, names)
+                spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
+                report.spend("attacks", time.perf_counter() - tick, spent)
+            batch = _with_adversarial(base, batch, original, plans, found, config)
+            rounds.advance()
     return fresh
 
 
@@ -108,6 +118,7 @@ def _attack(
     owner: torch.Tensor,
     r: int,
     config: TrainConfig,
+    progress: bool,
 ) -> list[LearnedTokens]:
     """Round ``r``'s inner attack: one token per concept, learned against the patch as it stands."""
     return [
@@ -124,7 +135,7 @@ def _attack(
                 template=substitute(pl.prompts[0], pl.concept.name, "{}"),
                 seed=config.seed + r,
             ),
-            progress=False,
+            progress=progress,
         )
         for k, pl in enumerate(plans)
     ]

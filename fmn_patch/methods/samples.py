@@ -11,6 +11,7 @@ the reference latents are then area-downsampled.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import FmnPatchError
 from ..families.family import Family
+from ..progress import phase
 from .lora import LoraSession
 from .losses import guided_target
 
@@ -53,8 +55,15 @@ def draw(family: Family, batch: TrainingSet, count: int, gen: torch.Generator) -
 
 
 @torch.no_grad()
-def guided_targets(session: LoraSession, batch: TrainingSet, samples: Samples, chunk: int) -> torch.Tensor:
-    """The base's (adapter off) guided target of every sample, ``chunk`` samples (two passes each) per call."""
+def guided_targets(
+    session: LoraSession,
+    batch: TrainingSet,
+    samples: Samples,
+    chunk: int,
+    on_chunk: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The base's (adapter off) guided target of every sample, ``chunk`` samples (two passes each) per call;
+    ``on_chunk(n)`` after each call of ``n`` samples."""
     family = session.base.family
     parts = []
     for i in range(0, len(samples), chunk):
@@ -64,6 +73,8 @@ def guided_targets(session: LoraSession, batch: TrainingSet, samples: Samples, c
             eps_c, eps_a = family.denoise(torch.cat([s.x_t, s.x_t]), torch.cat([s.t, s.t]), both).chunk(2)
         eta = batch.eta[s.prompt].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1))
         parts.append(guided_target(eps_c, eps_a, eta))
+        if on_chunk is not None:
+            on_chunk(len(s))
     return torch.cat(parts)
 
 
@@ -73,7 +84,8 @@ def sample_pool(
     """A fixed pool of ``size`` samples drawn with ``seed``, with their guided targets when ``targets``."""
     pool = draw(session.base.family, batch, size, torch.Generator().manual_seed(seed))
     if targets:
-        pool.target = guided_targets(session, batch, pool, chunk)
+        with phase("denoising the target pool", size, "samples") as p:
+            pool.target = guided_targets(session, batch, pool, chunk, on_chunk=p.advance)
     return pool
 
 

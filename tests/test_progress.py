@@ -1,0 +1,103 @@
+"""The progress channel: every long phase of a real job reports, in order, with counts that reach their totals; a
+listener can stop the job, which then writes nothing; the CLI shows the same events on stderr."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from test_cli import run
+
+from fmn_patch.families.base import load_base
+from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.progress import Cancelled, Event, listened, listening, phase
+
+FAST = dict(steps=4, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path / "refcache"))  # empty: references are drawn
+
+
+def _phases(events: list[Event]) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = {}
+    for e in events:
+        out.setdefault(e.phase, []).append(e)
+    return out
+
+
+def test_a_training_reports_loading_references_pool_and_steps_in_order(pipeline_dirs):
+    events: list[Event] = []
+    with listening(events.append):
+        base = load_base(str(pipeline_dirs["sd1"]))
+        patch = train_patch(base, ["circle"], TrainConfig(**FAST))
+    phases = _phases(events)
+    names = list(phases)
+    assert names[0].startswith("loading base")
+    assert names[1:] == ["drawing reference images", "denoising the target pool", "training"], names
+    for name, seen in phases.items():
+        assert not seen[0].ended and seen[-1].ended, name  # a start and an end
+        done = [e.done for e in seen]
+        assert done == sorted(done), name
+        if seen[0].total is not None:
+            assert done[-1] == seen[0].total, name  # the counts reach the total
+    steps = phases["training"]
+    assert steps[0].total == 4 and steps[-1].note.startswith("loss ")
+    references = phases["drawing reference images"]
+    # per image and sampler step: prompts x 1 image x 2 steps
+    assert references[0].unit == "steps" and references[0].total % 2 == 0 and len(references) > 3
+    assert "image" in references[1].note
+    assert patch.info.extra["final_loss"] > 0
+
+
+def test_nothing_listens_by_default_and_listeners_are_per_thread():
+    assert not listened()
+    seen: list[Event] = []
+    other: list[bool] = []
+    with listening(seen.append):
+        thread = threading.Thread(target=lambda: other.append(listened()))
+        thread.start()
+        thread.join()
+        with phase("outer", 2, "rounds") as p, phase("inner", None, "files"):
+            p.advance(2, note="half")
+    assert other == [False]  # another thread's job is not reported to this listener
+    assert [(e.phase, e.depth, e.done, e.ended) for e in seen] == [
+        ("outer", 0, 0, False),
+        ("inner", 1, 0, False),
+        ("outer", 0, 2, False),
+        ("inner", 1, 0, True),
+        ("outer", 0, 2, True),
+    ]
+    assert seen[2].line() == "outer: 2/2 rounds (half)" and seen[-1].fraction == 1.0
+
+
+def test_a_listener_that_raises_stops_the_job_between_steps(pipeline_dirs, tmp_path):
+    base = load_base(str(pipeline_dirs["sd1"]))
+    steps: list[int] = []
+
+    def stop_at_second_step(event: Event) -> None:
+        if event.phase == "training" and event.done:
+            steps.append(event.done)
+            if event.done == 2:
+                raise Cancelled()
+
+    with listening(stop_at_second_step), pytest.raises(Cancelled, match="nothing was written"):
+        train_patch(base, ["circle"], TrainConfig(**FAST))
+    assert steps == [1, 2]
+    assert not (getattr(base.pipe.unet, "peft_config", None) or {})  # the adapter is gone again
+
+
+def test_the_cli_prints_one_line_per_phase_off_a_terminal(capsys, pipeline_dirs, tmp_path):
+    out = tmp_path / "c.safetensors"
+    args = ["--base", str(pipeline_dirs["sd1"]), "--steps", "2", "--batch-size", "2", "--bench", "toy"]
+    code, stdout, err = run(capsys, "train", "circle", *args, "-o", str(out))
+    assert code == 0 and stdout.strip() == str(out)
+    lines = [line for line in err.splitlines() if line.endswith(" ...")]
+    assert lines[0].startswith("fmnpatch: loading base ")
+    assert [line.split(" (")[0] for line in lines[1:]] == [
+        "fmnpatch: drawing reference images",
+        "fmnpatch: denoising the target pool",
+        "fmnpatch: training",
+    ]
+    assert "fmnpatch: training (2 steps) ..." in lines
