@@ -20,7 +20,7 @@ guard()  # fmnpatch's first seconds are these imports: Ctrl-C there exits 130 wi
 
 from . import toy  # registers the toy world: base, bench and judge "toy"
 from .attacks import AttackConfig, AttackReport, InversionAttackConfig, SearchConfig, run_attacks
-from .concepts import Bench, Concept, Preset, load_bench, load_preset, preset_concepts
+from .concepts import Bench, Concept, Preset, known_presets, load_bench, load_preset, preset_concepts
 from .errors import (
     BaseMismatchError,
     BenchError,
@@ -69,38 +69,53 @@ from .format import (
     render_text,
     summarize,
 )
-from .hub import HubRef, pull, push
+from .hub import HubRef, card_preview, pull, push
 from .hub import search as search_hub
 from .methods import (
+    BASE_ENV,
+    METHODS,
+    BaseOutlook,
     CorrectConfig,
     EachConfig,
     EachReport,
     EditConfig,
     FMNConfig,
+    ForgetRequest,
     InversionConfig,
     TrainConfig,
     build_each,
+    configured_base,
     correct_patch,
     edit_patch,
+    forget,
+    outlook,
+    patch_filename,
+    refuse_local,
     train_fmn_baseline,
     train_patch,
     train_patch_with_inversion,
 )
+from .progress import Cancelled, Event, listening, phase
+from .text import printable
 
 search = search_hub
 __version__ = "0.1.0"
 
 __all__ = [
+    "BASE_ENV",
     "CATEGORIES",
     "FORMAT_VERSION",
+    "METHODS",
     "AttackConfig",
     "AttackReport",
     "Base",
     "BaseInfo",
     "BaseMismatchError",
     "BaseMismatchWarning",
+    "BaseOutlook",
     "Bench",
     "BenchError",
+    "Cancelled",
     "Category",
     "Concept",
     "CorrectConfig",
@@ -108,9 +123,11 @@ __all__ = [
     "EachReport",
     "EditConfig",
     "EvalReport",
+    "Event",
     "FMNConfig",
     "Family",
     "FmnPatchError",
+    "ForgetRequest",
     "HubRef",
     "InversionAttackConfig",
     "InversionConfig",
@@ -129,22 +146,32 @@ __all__ = [
     "apply_patches",
     "as_base",
     "build_each",
+    "card_preview",
     "category_of",
     "check_compatible",
+    "configured_base",
     "correct_patch",
     "edit_patch",
     "evaluate_patches",
     "export_kohya",
+    "forget",
     "fuse_patches",
+    "known_presets",
+    "listening",
     "load_base",
     "load_bench",
     "load_judge",
     "load_preset",
     "merge_patches",
+    "outlook",
+    "patch_filename",
+    "phase",
     "preset_concepts",
     "preview",
+    "printable",
     "pull",
     "push",
+    "refuse_local",
     "register_family",
     "remove_patches",
     "render_text",

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "files": 0,
     "processes": 0,
+    "progress": 0,
     "startup": 0,
     "text": 0,
     "values": 0,
@@ -31,6 +32,7 @@ LAYERS: dict[str, int] = {
     "hub": 6,
     "toy": 6,
     "cli": 7,
+    "ui": 7,  # imports only the public API (the package root): test_the_page_calls_only_the_public_api
 }
 TOP = 8
 MAX_LINES = 500
@@ -84,6 +86,8 @@ def test_every_unit_has_a_layer():
 def test_no_upward_import(path: Path):
     unit = _unit(path)
     own = TOP if unit in ("__init__", "__main__") else LAYERS[unit]
+    if unit == "ui":
+        return  # the page imports the package root, above every layer, and nothing under it
     for line, target in _imports(path):
         if target in ("__init__", "__main__"):
             assert own == TOP, f"{path.name}:{line} imports the package root, which imports every layer"
@@ -92,6 +96,15 @@ def test_no_upward_import(path: Path):
         assert LAYERS[target] <= own, (
             f"{path.relative_to(ROOT)}:{line} ({unit}, layer {own}) imports {target} (layer {LAYERS[target]}): "
             "an upward import; move the shared part down or register it"
+        )
+
+
+@pytest.mark.parametrize("path", [f for f in FILES if _unit(f) == "ui"], ids=lambda p: p.name)
+def test_the_page_calls_only_the_public_api(path: Path):
+    """fmn_patch/ui/ sits beside the CLI and asks the library only through ``fmn_patch``'s public names."""
+    for line, target in _imports(path):
+        assert target == "ui" or target in fmn_patch.__all__, (
+            f"{path.name}:{line} imports {target!r}, which is not in the public API (fmn_patch.__all__)"
         )
 
 

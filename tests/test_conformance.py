@@ -351,8 +351,8 @@ def test_fmnpatch_base_trains_elon_musk_on_the_real_bench(pipeline_dirs, tmp_pat
 
 
 def test_toy_concepts_need_no_base(monkeypatch):
-    from fmn_patch.cli.options import configured_base
     from fmn_patch.errors import FmnPatchError
+    from fmn_patch.methods.request import configured_base
 
     assert configured_base(None, ["circle", "bob=robert"]) == "toy"
     assert configured_base("./sd15", ["Elon Musk"]) == "./sd15"

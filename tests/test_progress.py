@@ -8,6 +8,7 @@ import threading
 import pytest
 from test_cli import run
 
+from fmn_patch.cli import display
 from fmn_patch.families.base import load_base
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 from fmn_patch.progress import Cancelled, Event, listened, listening, phase
@@ -88,7 +89,8 @@ def test_a_listener_that_raises_stops_the_job_between_steps(pipeline_dirs, tmp_p
     assert not (getattr(base.pipe.unet, "peft_config", None) or {})  # the adapter is gone again
 
 
-def test_the_cli_prints_one_line_per_phase_off_a_terminal(capsys, pipeline_dirs, tmp_path):
+def test_the_cli_prints_one_line_per_phase_off_a_terminal(capsys, pipeline_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr(display, "QUIET_SECONDS", 0.0)  # the tiny pipeline's phases are over in less
     out = tmp_path / "c.safetensors"
     args = ["--base", str(pipeline_dirs["sd1"]), "--steps", "2", "--batch-size", "2", "--bench", "toy"]
     code, stdout, err = run(capsys, "train", "circle", *args, "-o", str(out))
@@ -101,3 +103,18 @@ def test_the_cli_prints_one_line_per_phase_off_a_terminal(capsys, pipeline_dirs,
         "fmnpatch: training",
     ]
     assert "fmnpatch: training (2 steps) ..." in lines
+
+
+def test_a_phase_over_within_a_second_prints_nothing_and_a_long_one_its_line(capsys):
+    import io
+    import time
+
+    stream = io.StringIO()
+    shown = display.StderrDisplay(stream, bars=False)
+    with listening(shown):
+        with phase("quick"):
+            pass
+        with phase("slow", 3, "images"):
+            time.sleep(display.QUIET_SECONDS + 0.5)
+    shown.close()
+    assert stream.getvalue() == "fmnpatch: slow (3 images) ...\n"

@@ -11,13 +11,13 @@ from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import check_output, slug
 from ..methods.correct import DEFAULT_TEMPLATES, CorrectConfig, attribute_variants, correct_patch
+from ..methods.request import configured_base
 from .options import (
     BaseOpt,
     Device,
     Dtype,
     JsonOut,
     Overwrite,
-    configured_base,
     echo_json,
     info,
     where_to_use,

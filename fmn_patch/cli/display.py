@@ -1,9 +1,11 @@
-"""The progress channel on stderr: a bar per running phase on a terminal, one line as each phase begins elsewhere
-(a log file, CI), so that a long phase never looks like a hang."""
+"""The progress channel on stderr: a bar per running phase on a terminal, one line per phase elsewhere (a log file,
+CI), so that a long phase never looks like a hang. A phase over within ``QUIET_SECONDS`` shows nothing: a command
+that fails at once still prints its one error line alone."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -13,6 +15,9 @@ from tqdm import tqdm
 from ..progress import Event, listening
 from ..text import printable
 
+#: A phase is shown once it has run this long (a bar) or is announced after it (a line).
+QUIET_SECONDS = 1.0
+
 
 class StderrDisplay:
     """A listener of the progress channel that writes to ``stream`` (stderr): bars when ``bars``, else lines."""
@@ -21,14 +26,27 @@ class StderrDisplay:
         self.stream = stream
         self.bars = bars
         self._open: dict[int, tqdm] = {}  # depth -> the bar of the phase running there
+        self._pending: dict[
+            int, threading.Timer
+        ] = {}  # depth -> the line of the phase begun there, not yet due
 
     def __call__(self, event: Event) -> None:
         if self.bars:
             self._bar(event)
-        elif event.done == 0 and not event.ended:  # a phase begins
+        elif event.done == 0 and not event.ended:  # a phase begins: its line, unless it is over soon
+            self._cancel_from(event.depth)
             size = f" ({event.total} {event.unit})" if event.total else ""
-            indent = "  " * event.depth
-            print(f"fmnpatch: {indent}{printable(event.phase, 200)}{size} ...", file=self.stream, flush=True)
+            line = f"fmnpatch: {'  ' * event.depth}{printable(event.phase, 200)}{size} ..."
+            timer = threading.Timer(QUIET_SECONDS, lambda: print(line, file=self.stream, flush=True))
+            timer.daemon = True
+            self._pending[event.depth] = timer
+            timer.start()
+        elif event.ended:
+            self._cancel_from(event.depth)
+
+    def _cancel_from(self, depth: int) -> None:
+        for d in [d for d in self._pending if d >= depth]:
+            self._pending.pop(d).cancel()
 
     def _bar(self, event: Event) -> None:
         bar = self._open.get(event.depth)
@@ -42,6 +60,7 @@ class StderrDisplay:
                 position=event.depth,
                 leave=event.depth == 0,
                 dynamic_ncols=True,
+                delay=QUIET_SECONDS,
             )
         bar.update(event.done - bar.n)
         if event.note:
@@ -54,6 +73,7 @@ class StderrDisplay:
             self._open.pop(d).close()
 
     def close(self) -> None:
+        self._cancel_from(0)
         self._close_from(0)
 
 

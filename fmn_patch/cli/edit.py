@@ -10,15 +10,14 @@ from typing import Annotated
 import typer
 
 from .. import processes
-from ..concepts.bench import Concept
-from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..families.base import load_base, peek_family
-from ..files import check_output, read_lines, slug
+from ..families.base import load_base
+from ..files import check_output, read_lines
 from ..format.lowrank import AUTO_CAP
 from ..methods.each import EachConfig, build_each
 from ..methods.edit import edit_patch
 from ..methods.editor import EditConfig
+from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
 from ..values import AUTO
 from .options import (
     BaseOpt,
@@ -30,7 +29,6 @@ from .options import (
     Overwrite,
     ResumeOpt,
     chosen_rank,
-    configured_base,
     each_folder,
     echo_json,
     info,
@@ -134,7 +132,7 @@ def edit(
         raise FmnPatchError("--resume continues an --each run; add --each (one patch per concept)")
     if each and preset is not None:
         raise FmnPatchError("--each does not combine with --preset; give the concepts with --from-file")
-    chosen = load_preset(preset).with_terms(names) if preset is not None else None
+    chosen = chosen_preset(preset, names)
     if chosen is not None and category is not None:
         raise FmnPatchError(
             f"--category does not combine with --preset: every concept of preset {chosen.name!r} is "
@@ -151,9 +149,7 @@ def edit(
     )
     device = processes.current().device(device)
     base = configured_base(base, [chosen.name] if chosen is not None else names)
-    known = peek_family(base)
-    if known is not None:
-        known.require_closed_form()  # before minutes of loading a large base
+    refuse_early(base, "edit")  # before minutes of loading a large base
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
@@ -166,9 +162,9 @@ def edit(
         )
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
         return
-    output = output or Path(f"forget-{_slug([chosen.name] if chosen else names)}.safetensors")
+    output = output or Path(patch_filename(names, chosen))
     check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
-    erase: list[str | Concept] = list(preset_concepts(chosen, anchor)) if chosen is not None else list(names)
+    erase = wanted_concepts(names, chosen, anchor)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
     t0 = time.perf_counter()
@@ -207,8 +203,3 @@ def _over(residuals: dict[str, float], config: EditConfig) -> str:
     over = sum(r > config.max_residual for r in residuals.values())
     cap = f"; {over} at rank {AUTO_CAP} still above it" if over else ""
     return f" (each layer within {config.max_residual:g}{cap})"
-
-
-def _slug(names: list[str]) -> str:
-    first = slug(names[0].split("=")[0]) or "concept"
-    return first if len(names) == 1 else f"{first}-and-{len(names) - 1}-more"

@@ -17,12 +17,12 @@ from ..errors import FmnPatchError
 from ..evaluation.judges import Judge, load_judge
 from ..families.base import Base, load_base
 from ..families.export import use_with
-from ..families.registry import named_bases
 from ..format.lowrank import MAX_RESIDUAL
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
 from ..hub.transfer import resolve
 from ..methods.each import MANIFEST, EachReport
+from ..methods.request import BASE_ENV
 from ..processes import Processes, current
 from ..text import printable
 from ..values import AUTO, Rank, rank_text, residual
@@ -55,7 +55,6 @@ MaxResidual = Annotated[
         show_default=False,
     ),
 ]
-BASE_ENV = "FMNPATCH_BASE"
 BaseOpt = Annotated[
     str | None,
     typer.Option(
@@ -94,31 +93,6 @@ ResumeOpt = Annotated[
 BatchOpt = Annotated[
     int, typer.Option(help="Images per pipeline call; the same batch size gives the same numbers.")
 ]
-
-
-def configured_base(base: str | None, concepts: Sequence[str]) -> str:
-    """The base a command runs on: ``--base``, else FMNPATCH_BASE (typer reads it into ``base``), else the named
-    world (the bundled toy model) whose bench knows every concept; otherwise one line saying how to set one."""
-    if base:
-        return base
-    names = [c.split("=")[0].strip() for c in concepts]
-    for world in named_bases():
-        bench = load_bench(world.bench)
-        if names and all(_knows(bench, n) for n in names):
-            return world.name
-    shown = ", ".join(repr(n) for n in names[:3]) or "these concepts"
-    raise FmnPatchError(
-        f"no base model for {shown}: pass --base (a diffusers folder, a Hub repo id, or toy) or set it once with "
-        f"{BASE_ENV}, e.g. `export {BASE_ENV}=./sd15`"
-    )
-
-
-def _knows(bench: Any, name: str) -> bool:
-    try:
-        bench.concept(name)
-    except FmnPatchError:
-        return False
-    return True
 
 
 def chosen_rank(rank: str, max_residual: float | None) -> tuple[Rank, float]:

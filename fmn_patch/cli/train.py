@@ -10,13 +10,12 @@ from typing import Annotated
 import typer
 
 from .. import processes, values
-from ..concepts.bench import Concept
-from ..concepts.presets import load_preset, preset_concepts
 from ..errors import FmnPatchError
-from ..families.base import load_base, peek_family
-from ..files import check_input, check_output, read_lines, slug
+from ..families.base import load_base
+from ..files import check_input, check_output, read_lines
 from ..methods.each import EachConfig, build_each
 from ..methods.inversion import InversionConfig
+from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
 from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
 from ..values import MAX_BATCH, MAX_STEPS
 from .options import (
@@ -28,7 +27,6 @@ from .options import (
     Overwrite,
     ResumeOpt,
     Seed,
-    configured_base,
     each_folder,
     echo_json,
     info,
@@ -177,21 +175,19 @@ def train(
         )
     if each and category and len(category) > 1:
         raise FmnPatchError(f"with --each give one --category for every concept, not {len(category)}")
-    chosen = load_preset(preset).with_terms(concepts) if preset is not None else None
+    chosen = chosen_preset(preset, concepts)
     if chosen is not None and category:
         raise FmnPatchError(
             f"--category does not combine with --preset: every concept of preset {chosen.name!r} is "
             f"{chosen.category}; train other concepts into a separate patch and stack the two"
         )
-    if not concepts and chosen is None:
+    if not concepts and chosen is None:  # the library says it too; here, before any other check
         raise FmnPatchError("no concept given; name one (fmnpatch train circle) or pass --preset nsfw")
     device = processes.current().device(device)
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
     else:
-        output = _single_output(
-            output, chosen.name if chosen is not None else "-".join(concepts), ti, overwrite
-        )
+        output = _single_output(output, patch_filename(concepts, chosen), ti, overwrite)
         if category and len(category) not in (1, len(concepts)):
             raise FmnPatchError(
                 f"got {len(category)} --category values for {len(concepts)} concepts; give one or one each"
@@ -221,12 +217,11 @@ def train(
     inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
     inversion = inversion_config if ti else None
     base = configured_base(base, [chosen.name] if chosen is not None else concepts)
-    known = peek_family(base) if robust else None
-    if known is not None:
-        known.require_robust()  # before minutes of loading a large base
-    wanted: list[str | Concept] = list(concepts)
-    if chosen is not None:  # the preset's terms carry their aliases, templates and anchor
-        wanted, categories = list(preset_concepts(chosen, anchor)), None
+    if robust:
+        refuse_early(base, "robust")  # before minutes of loading a large base
+    wanted = wanted_concepts(concepts, chosen, anchor)
+    if chosen is not None:  # the preset's terms carry their own categories
+        categories = None
     folder = str(images) if images else None
     if each:
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
@@ -276,9 +271,9 @@ def train(
         typer.echo(str(path))
 
 
-def _single_output(output: Path | None, name: str, ti: bool, overwrite: bool) -> Path:
-    """The one patch's path (default ``forget-<slug>.safetensors``), checked before any work."""
-    output = output or Path(f"forget-{slug(name)}.safetensors")
+def _single_output(output: Path | None, default: str, ti: bool, overwrite: bool) -> Path:
+    """The one patch's path (``default`` where none is given), checked before any work."""
+    output = output or Path(default)
     check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     if ti:
         check_output(

@@ -22,9 +22,10 @@ from torch import nn
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind
-from ..progress import Phase, phase
+from ..progress import phase
 from .grads import frozen as frozen  # re-exported: importers of family keep their import
 from .grads import kept_grads as kept_grads
+from .stepping import step_callback, step_reporter
 from .tokens import Placement
 
 #: A sink for attention probabilities: (layer name, probs (B, heads, image tokens, text tokens)).
@@ -383,28 +384,13 @@ class Family(ABC):
         The same batch size gives the same images; another batch size may change them in the last float bits."""
         jobs = [(p, s) for p in prompts for s in seeds]
         parts: list[Any] = []
-        # reported per sampler step of each image: one image of a full-size model on a CPU is minutes
+        size = {"height": height, "width": width}
         with phase(desc, len(jobs) * steps, "steps") if progress else contextlib.nullcontext() as bar:
             for i in range(0, len(jobs), batch_size):
                 chunk = jobs[i : i + batch_size]
-                note = (
-                    f"images {i + 1}-{i + len(chunk)} of {len(jobs)}"
-                    if len(chunk) > 1
-                    else f"image {i + 1} of {len(jobs)}"
-                )
-                on_step = (
-                    (lambda n=len(chunk), note=note: bar.advance(n, note)) if isinstance(bar, Phase) else None
-                )
+                on_step = step_reporter(bar, i, len(chunk), len(jobs))
                 parts.append(
-                    self.draw(
-                        chunk,
-                        steps=steps,
-                        guidance=guidance,
-                        output=output,
-                        height=height,
-                        width=width,
-                        on_step=on_step,
-                    )
+                    self.draw(chunk, steps=steps, guidance=guidance, output=output, on_step=on_step, **size)
                 )
         if output == "pil":
             return [image for part in parts for image in part]
@@ -431,7 +417,7 @@ class Family(ABC):
         extra = self.sampler_kwargs()
         extra.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
         if on_step is not None:
-            extra["callback_on_step_end"] = _stepped(on_step)
+            extra["callback_on_step_end"] = step_callback(on_step)
         out = self.pipe(
             [p for p, _ in pairs],
             num_inference_steps=steps,
@@ -511,13 +497,3 @@ class Family(ABC):
                 f"shape mismatch at {module}: patch delta is {shape[0]}x{shape[1]}, the layer is "
                 f"{shapes[module][0]}x{shapes[module][1]}"
             )
-
-
-def _stepped(on_step: Callable[[], None]) -> Callable[..., dict[str, Any]]:
-    """``on_step`` as diffusers' ``callback_on_step_end``, which hands back the tensors it was given."""
-
-    def callback(_pipe: Any, _step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step()
-        return tensors
-
-    return callback

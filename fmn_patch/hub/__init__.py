@@ -12,7 +12,7 @@ from .errors import (
     hub_errors,
 )
 from .refs import HubRef, as_ref, is_hub_ref
-from .transfer import GRID_NAME, Pulled, Pushed, pull, push, resolve
+from .transfer import GRID_NAME, Pulled, Pushed, card_preview, pull, push, resolve
 
 __all__ = [
     "GRID_NAME",
@@ -28,6 +28,7 @@ __all__ = [
     "Pushed",
     "RepoNotFoundError",
     "as_ref",
+    "card_preview",
     "hub_errors",
     "is_hub_ref",
     "model_card",

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Final
 
 import safetensors.torch
-from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, is_offline_mode
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token, hf_hub_download, is_offline_mode
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import FmnPatchError, PatchFileError
@@ -262,17 +262,8 @@ def push(
         raise NotLoggedInError(f"pushing to {ref.repo_id} needs a Hugging Face login: {LOGIN}")
     api = HfApi(token=token)
     card_title = header.get("modelspec.title") or patch.header()["modelspec.title"]
-    kohya_file = kohya_path(filename).as_posix() if has_kohya_form(patch) else None
-    card = model_card(
-        patch,
-        repo_id=ref.repo_id,
-        filename=filename,
-        size_bytes=size,
-        grid=GRID_NAME if grid is not None else None,
-        base_model=base_model,
-        license=license,
-        kohya_filename=kohya_file,
-    )
+    kohya_file = _kohya_file(patch, filename)
+    card = _card(patch, ref, filename, size, grid is not None, base_model, license)
     operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
     if (
         kohya_file is not None
@@ -298,3 +289,45 @@ def push(
         )
         p.advance(len(operations))
     return Pushed(ref.repo_id, filename, revision, commit.oid, commit.commit_url, kohya_file)
+
+
+def card_preview(
+    path: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    grid: bool = False,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> str:
+    """The model card ``push`` would upload with the patch at ``path`` to ``repo_id`` (``grid``: with a
+    before/after image), as Markdown; nothing is sent."""
+    ref = as_ref(repo_id)
+    patch = Patch.load(path, require_hash=True)
+    size = Path(path).stat().st_size
+    return str(_card(patch, ref, ref.filename or WEIGHT_NAME, size, grid, base_model, license))
+
+
+def _kohya_file(patch: Patch, filename: str) -> str | None:
+    """The kohya export's name in the repo, beside ``filename``; None where the family has no kohya form."""
+    return kohya_path(filename).as_posix() if has_kohya_form(patch) else None
+
+
+def _card(
+    patch: Patch,
+    ref: HubRef,
+    filename: str,
+    size: int,
+    grid: bool,
+    base_model: str | None,
+    license: str | None,
+) -> ModelCard:
+    return model_card(
+        patch,
+        repo_id=ref.repo_id,
+        filename=filename,
+        size_bytes=size,
+        grid=GRID_NAME if grid else None,
+        base_model=base_model,
+        license=license,
+        kohya_filename=_kohya_file(patch, filename),
+    )
