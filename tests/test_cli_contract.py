@@ -155,6 +155,7 @@ def valid_args(command: str, w: dict) -> list[str]:
         "push": [a, "acme/x"],
         "pull": ["acme/x"],
         "search": ["circle"],
+        "ui": ["--no-local-paths"],  # refused values stop it before the server starts
     }[command]
 
 

@@ -16,7 +16,7 @@ from ..files import describe_os_error
 from ..processes import current
 from ..startup import release
 from ..text import printable
-from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train
+from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train, ui
 from .display import shown_on_stderr
 from .options import quiet_libraries
 from .planned import PLANNED, planned_command
@@ -46,6 +46,7 @@ app.command()(attack.attack)
 app.command()(push.push)
 app.command()(pull.pull)
 app.command()(search.search)
+app.command()(ui.ui)
 for _name, _what in PLANNED.items():
     app.command(_name)(planned_command(_name, _what))
 

@@ -13,7 +13,7 @@ from .mscore import (
     generate,
     judged,
 )
-from .preview import SampleConfig, preview, sample
+from .preview import SampleConfig, check_prompts, preview, sample
 from .report import EvalReport, ModelEntry, evaluate_patches, write_report
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "SampleConfig",
     "SamplerConfig",
     "acc_kept",
+    "check_prompts",
     "class_index",
     "concept_probs",
     "concept_samples",

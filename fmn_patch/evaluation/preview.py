@@ -9,9 +9,12 @@ from typing import Any
 from PIL import Image
 
 from .. import values
+from ..concepts.bench import Bench, Concept
+from ..errors import BenchError
 from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
 from ..families.threads import sized_threads
+from ..format.category import category_of
 from ..format.patch import Patch
 from ..values import MAX_STEPS
 from .grid import labelled_grid
@@ -85,3 +88,26 @@ def preview(
     columns = [f"{label} s{seed}" for seed in seeds for label in ("base", "patched")]
     scale = max(1, 128 // rows[0][0].size[0])
     return labelled_grid(rows, row_labels=list(prompts), col_labels=columns, scale=scale)
+
+
+def check_prompts(bench: Bench, patch: Patch, kept: int = 2) -> list[str]:
+    """A quick ConceptBench check of ``patch``: a prompt of each erased concept, one with an alias of it, and
+    prompts of ``kept`` concepts it should leave alone (its category's first, then others), one each."""
+    erased = [bench.find(c.name) or Concept(c.name, category_of(c.category)) for c in patch.info.concepts]
+    gone = {w for c in erased for w in c.names}
+    prompts = []
+    for concept in erased:
+        prompts.append(_first_prompt(bench, concept, concept.name))
+        if concept.aliases:
+            prompts.append(_first_prompt(bench, concept, concept.aliases[0]))
+    others = [c for c in bench.concepts if not gone & set(c.names)]
+    others.sort(key=lambda c: c.category != erased[0].category if erased else False)
+    prompts += [_first_prompt(bench, c, c.name) for c in others[:kept]]
+    return list(dict.fromkeys(prompts))
+
+
+def _first_prompt(bench: Bench, concept: Concept, name: str) -> str:
+    try:
+        return bench.prompts(concept, name)[0]
+    except BenchError:  # a category this bench has no templates for
+        return name
