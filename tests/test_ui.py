@@ -22,7 +22,7 @@ from fmn_patch.ui import PageConfig, serve  # noqa: E402
 from fmn_patch.ui.context import PageContext  # noqa: E402
 
 #: The Forget tab's fields in order: base, concepts, category, anchor, preset, method, rank, steps, seed.
-EDIT_CIRCLE = ("toy", "circle", "(the bench's)", "", "(none)", "edit", 2, None, 0)
+EDIT_CIRCLE = ("toy", "circle", "(the bench's)", "", "(none)", "edit", 2, 0, 0)
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ def test_edit_circle_downloads_a_patch_that_fmn_patch_and_stock_diffusers_load(s
     [
         ({"steps": 10**9, "method": "train"}, "steps"),  # absurd steps
         ({"concepts": "   "}, "no concept given"),  # an empty concept
-        ({"rank": 0}, "rank 0 is not a whole number of at least 1"),
+        ({"rank": -1}, "rank -1 is not a whole number of at least 0"),
         ({"method": "erase"}, "'erase'"),  # Gradio's own check of the choices
         ({"base": "no/such-model-here", "concepts": "circle"}, "no/such-model-here"),
         ({"concepts": "\x1b[31mred\x1b[0m"}, "\\x1b[31mred"),  # terminal escapes in a name: shown, not obeyed

@@ -54,7 +54,9 @@ class PageContext:
             )
         try:
             return Patch.load(path), path
-        except PatchFileError as e:  # named by its file name: the server's folders are not the visitor's business
+        except (
+            PatchFileError
+        ) as e:  # named by its file name: the server's folders are not the visitor's business
             raise PatchFileError(str(e).replace(str(path), path.name)) from None
 
 

@@ -39,7 +39,7 @@ def shown(handler: F) -> F:
         except gr.Error:
             raise
         except (FmnPatchError, OSError, ValueError) as e:
-            raise gr.Error(one_line(e), print_exception=False) from None
+            raise gr.Error(one_line(e), duration=None, print_exception=False) from None
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             raise gr.Error(

@@ -54,10 +54,8 @@ def forget_tab(ctx: PageContext) -> gr.State:
             preset = gr.Dropdown([NO_PRESET, *known_presets()], value=NO_PRESET, label="Preset")
         method = gr.Radio(list(METHODS), value="edit", label="Method")
         with gr.Row():
-            rank = gr.Number(None, label="Rank", precision=0, info="empty: the method's default")
-            steps = gr.Number(
-                None, label="Steps", precision=0, info="train only; empty: what the start needs"
-            )
+            rank = gr.Number(0, label="Rank", precision=0, info="0: the method's default")
+            steps = gr.Number(0, label="Steps", precision=0, info="train only; 0: what the start needs")
             seed = gr.Number(0, label="Seed", precision=0)
         with gr.Row():
             go = gr.Button("Forget", variant="primary", elem_id="forget-go")
@@ -134,8 +132,8 @@ def forget_job(
         method=METHODS[method],  # type: ignore[arg-type]  # one of the library's methods
         category=None if category in (None, FROM_BENCH) else category,
         anchor=(anchor or "").strip() or None,
-        rank=count(rank, "rank", low=1),
-        steps=count(steps, "steps", low=1),
+        rank=count(rank, "rank") or None,  # 0 or empty: the method's default
+        steps=count(steps, "steps") or None,
         seed=count(seed, "seed") or 0,
         local_paths=ctx.config.local_paths,
     )
