@@ -15,6 +15,7 @@ import torch
 gr = pytest.importorskip("gradio", reason="the ui extra (pip install 'fmn-patch[ui]') is not installed")
 from gradio_client import Client, handle_file  # noqa: E402  (after the extra's check)
 from gradio_client.exceptions import AppError  # noqa: E402
+from test_hub import hub  # noqa: E402, F401  (the in-process Hub)
 
 from fmn_patch import Patch, PatchFileError  # noqa: E402
 from fmn_patch.families.registry import named_base  # noqa: E402
@@ -137,3 +138,41 @@ def test_cancel_stops_a_training_and_it_writes_nothing(served):
     with pytest.raises(AppError, match="cancelled; nothing was written"):
         job.result(timeout=300)
     assert files_of(ctx) == before
+
+
+def test_try_and_attack_use_the_patch_made_on_the_page(served):
+    url, _ = served
+    client = Client(url, verbose=False)
+    client.predict(*EDIT_CIRCLE, api_name="/forget")  # the session's patch
+    grid = client.predict("toy", True, [], "", "1", "0, 1", 4, "a red circle", api_name="/try")
+    assert Path(grid).stat().st_size > 0
+    with pytest.raises(AppError, match="2 weights for 1 patches"):
+        client.predict("toy", True, [], "", "1, 0.5", "0", 4, "a red circle", api_name="/try")
+    report, image = client.predict("toy", "circle", True, None, ["paraphrase"], 2, 2, api_name="/attack")
+    assert "| paraphrase |" in report and image is not None
+    with pytest.raises(AppError, match="not in ConceptBench 'toy'"):
+        client.predict("toy", "zebra", True, None, ["paraphrase"], 2, 2, api_name="/attack")
+
+
+def test_share_pushes_with_the_typed_token_only_and_pulls_back(served, hub, tmp_path, monkeypatch):
+    from test_hub import TOKEN
+
+    url, ctx = served
+    client = Client(url, verbose=False)
+    client.predict(*EDIT_CIRCLE, api_name="/forget")
+    card = client.predict(None, True, "acme/forget-circle", api_name="/card")
+    assert "# forget circle" in card
+    # the server's own login (HF_TOKEN) is never used for a visitor's push
+    with pytest.raises(AppError, match="needs a Hugging Face token"):
+        client.predict(None, True, "acme/forget-circle", "", False, api_name="/push")
+    assert hub.repos == {}
+    status = client.predict(None, True, "acme/forget-circle", TOKEN, False, api_name="/push")
+    assert status.startswith("pushed pytorch_lora_weights.safetensors to acme/forget-circle")
+    assert "acme/forget-circle" in hub.repos
+    rows = client.predict("circle", "object", "", api_name="/search")
+    assert [r[0] for r in rows["data"]] == ["acme/forget-circle"]
+    path, pulled_card, *_ = client.predict("hf://acme/forget-circle", api_name="/pull")
+    assert Patch.load(path).concept_names == ["circle"] and "circle (object)" in pulled_card
+    # the token went to the Hub in the request, and nowhere on disk
+    written = [p for root in (ctx.sessions.root, Path(gr.utils.get_upload_folder())) for p in root.rglob("*")]
+    assert not any(TOKEN.encode() in p.read_bytes() for p in written if p.is_file())

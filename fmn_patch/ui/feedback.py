@@ -25,7 +25,7 @@ def one_line(error: BaseException) -> str:
     """The error as the visitor reads it: its first line, terminal escapes shown as text, HTML escaped (Gradio
     renders an error's message as HTML)."""
     lines = str(error).strip().splitlines() or [type(error).__name__]
-    return html.escape(printable(lines[0], 500))
+    return html.escape(printable(lines[0], 500), quote=False)
 
 
 def shown(handler: F) -> F:

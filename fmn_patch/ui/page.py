@@ -2,12 +2,15 @@
 
 import gradio as gr
 
+from .attack import attack_tab
 from .bases import LoadedBase
 from .config import PageConfig
 from .context import PageContext
 from .forget import forget_tab
 from .inspect import inspect_tab
 from .session import Sessions
+from .share import share_tab
+from .trial import try_tab
 
 TITLE = "fmn-patch"
 INTRO = (
@@ -24,7 +27,10 @@ def build_page(config: PageConfig | None = None) -> tuple[gr.Blocks, PageContext
     ctx = PageContext(config, Sessions(), LoadedBase(config.device))
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_SWEEP) as page:
         gr.Markdown(INTRO)
-        forget_tab(ctx)
+        made = forget_tab(ctx)
+        try_tab(ctx, made)
+        attack_tab(ctx, made)
+        share_tab(ctx, made)
         inspect_tab(ctx)
 
         def ended(request: gr.Request) -> None:
@@ -51,6 +57,8 @@ def serve(config: PageConfig | None = None, *, block: bool = True) -> tuple[gr.B
             mcp_server=False,
             enable_monitoring=False,
             inbrowser=False,
+            run_history=False,  # it would keep every input, a Hub token too, in the browser's storage
+            allowed_paths=[],  # given: GRADIO_ALLOWED_PATHS in the environment opens no folder
             prevent_thread_lock=not block,
         )
     finally:
