@@ -112,3 +112,44 @@ def test_a_corrupted_upload_to_inspect_is_one_line_in_the_page(page: Page, tmp_p
     assert "\n" not in text and "Traceback" not in page.content() and "/tmp" not in text, text
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "inspect-error.png"))  # the viewport, where the message shows
+
+
+def test_every_tab_works_in_the_browser_and_is_pictured(page: Page, tmp_path: Path):
+    """Forget, then each tab on that patch; a screenshot of each (docs/ui/ holds the committed ones)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.get_by_label("Concepts").fill("circle")
+    page.locator("#forget-go").click()
+    expect(page.locator("#forget-grid img")).to_be_visible(timeout=JOB_SECONDS * 1000)
+    page.screenshot(path=str(SHOTS / "forget.png"), full_page=True)
+
+    page.get_by_role("tab", name="Try").click()
+    page.locator("#try-go").click()
+    expect(page.locator("#try-grid img")).to_be_visible(timeout=JOB_SECONDS * 1000)
+    page.screenshot(path=str(SHOTS / "try.png"), full_page=True)
+
+    page.get_by_role("tab", name="Attack").click()
+    page.get_by_label("inversion", exact=True).uncheck()  # paraphrases alone: seconds on the toy
+    page.locator("#attack-go").click()
+    expect(page.locator("#attack-grid img")).to_be_visible(timeout=JOB_SECONDS * 1000)
+    expect(page.locator("#attack-report")).to_contain_text("paraphrase")
+    page.screenshot(path=str(SHOTS / "attack.png"), full_page=True)
+
+    page.get_by_role("tab", name="Share").click()
+    page.get_by_role("textbox", name="Hub repo", exact=True).fill("your-name/forget-circle")
+    page.locator("#share-preview").click()
+    expect(page.locator("#share-card")).to_contain_text("forget circle", timeout=60_000)
+    page.locator("#share-push").click()  # no token typed: one line, nothing sent
+    expect(page.get_by_test_id("toast-text").first).to_contain_text(
+        "needs a Hugging Face token", timeout=60_000
+    )
+    page.screenshot(path=str(SHOTS / "share.png"), full_page=True)
+
+    with page.expect_download() as download:
+        page.get_by_role("tab", name="Forget").click()
+        page.locator('#forget-files a[download="forget-circle.safetensors"]').click()
+    saved = tmp_path / "forget-circle.safetensors"
+    download.value.save_as(saved)
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#inspect-upload input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#inspect-card")).to_contain_text("circle (object)", timeout=60_000)
+    page.screenshot(path=str(SHOTS / "inspect.png"), full_page=True)

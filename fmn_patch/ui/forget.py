@@ -65,7 +65,9 @@ def forget_tab(ctx: PageContext) -> gr.State:
         files = gr.File(
             label="Patch: native and kohya", file_count="multiple", interactive=False, elem_id="forget-files"
         )
-        card = gr.Textbox(label="Inspect", lines=12, interactive=False, elem_id="forget-card")
+        card = gr.Code(
+            label="Inspect", interactive=False, elem_id="forget-card"
+        )  # monospace: aligned columns
 
     @shown
     def read_family(ref: str) -> str:
@@ -93,7 +95,8 @@ def forget_tab(ctx: PageContext) -> gr.State:
 
     base.blur(read_family, base, family, api_name="family", concurrency_limit=None)
     inputs = [base, concepts, category, anchor, preset, method, rank, steps, seed]
-    go.click(make, inputs, [status, files, card, grid, made], api_name="forget", concurrency_id="job")
+    outputs = [status, files, card, grid, made, family]
+    go.click(make, inputs, outputs, api_name="forget", concurrency_id="job")
     stop.click(cancel, None, None, api_name="cancel", concurrency_limit=None)
     return made
 
@@ -121,7 +124,7 @@ def forget_job(
     *,
     request: gr.Request | None,
     bar: gr.Progress,
-) -> tuple[str, list[str], str, Any, str]:
+) -> tuple[str, list[str], str, Any, str, str]:
     """One patch made for a visitor: checked before any loading, written to their folder only once done."""
     if method not in METHODS:
         raise FmnPatchError(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -152,7 +155,8 @@ def forget_job(
         f"{written[0].name}"
     )
     card = render_text(summarize(Patch.load(written[0]), written[0]))  # as written: with its tensor hash
-    return one_line(FmnPatchError(status)), [str(p) for p in written], card, grid, str(written[0])
+    family = f"**Family:** {model.family.name}, read from the loaded base."
+    return one_line(FmnPatchError(status)), [str(p) for p in written], card, grid, str(written[0]), family
 
 
 def _write(patch: Patch, path: Path) -> list[Path]:

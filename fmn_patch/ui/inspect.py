@@ -10,7 +10,7 @@ from .feedback import shown
 def inspect_tab(ctx: PageContext) -> None:
     with gr.Tab("Inspect"):
         upload = gr.File(label="Patch (.safetensors)", file_count="single", elem_id="inspect-upload")
-        card = gr.Textbox(label="Card", lines=16, interactive=False, elem_id="inspect-card")
+        card = gr.Code(label="Card", interactive=False, elem_id="inspect-card")
 
     @shown
     def read(file: str | None) -> str:

@@ -44,7 +44,7 @@ def share_tab(ctx: PageContext, made: gr.State) -> None:
             ref = gr.Textbox(label="Pull", placeholder="hf://ORG/NAME")
             fetch = gr.Button("Pull", elem_id="share-pull")
         pulled = gr.File(label="Pulled patch", interactive=False, elem_id="share-pulled")
-        pulled_card = gr.Textbox(label="Its card", lines=10, interactive=False)
+        pulled_card = gr.Code(label="Its card", interactive=False)
 
     def chosen(upload: str | None, made: str | None, use_made: bool) -> Path:
         """The file of the patch to share: an upload (size-capped, read as a patch), else the page's own."""
