@@ -13,7 +13,7 @@ TORCH   := torch==2.13.0+cpu
 TORCH_WHEELS ?= --find-links /opt/wheels
 UPGRADE ?=
 
-.PHONY: install lock test test-latest test-slow lint format typecheck demo bench bench-quick fingerprint toy-model toy-sd3 patches clean
+.PHONY: install lock test test-latest test-slow lint format typecheck demo ui bench bench-quick fingerprint toy-model toy-sd3 patches clean
 
 install: $(STAMP)
 
@@ -66,6 +66,10 @@ typecheck: install
 
 demo: install
 	$(PY) examples/demo.py
+
+# The web page on http://127.0.0.1:7860 (or the next free port); `make ui UI_ARGS="--port 8080"` passes flags.
+ui: install
+	$(VENV)/bin/fmnpatch ui $(UI_ARGS)
 
 bench: install
 	$(PY) bench/run.py --full

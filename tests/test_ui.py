@@ -176,3 +176,25 @@ def test_share_pushes_with_the_typed_token_only_and_pulls_back(served, hub, tmp_
     # the token went to the Hub in the request, and nowhere on disk
     written = [p for root in (ctx.sessions.root, Path(gr.utils.get_upload_folder())) for p in root.rglob("*")]
     assert not any(TOKEN.encode() in p.read_bytes() for p in written if p.is_file())
+
+
+def test_the_space_example_is_a_hosted_page_that_refuses_local_folders(tmp_path):
+    import dataclasses
+    import runpy
+
+    space = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "space" / "app.py"), run_name="space")
+    config = space["CONFIG"]
+    assert config.public and not config.local_paths and not config.share
+    here = dataclasses.replace(
+        config, host="127.0.0.1", port=free_port()
+    )  # this test serves this machine only
+    page, ctx = serve(here, block=False)
+    try:
+        client = Client(page.local_url, verbose=False)
+        for api, args in (("/forget", forget_fields(base=str(tmp_path))), ("/family", (str(tmp_path),))):
+            with pytest.raises(AppError, match="does not read local folders; give toy or a Hub repo id"):
+                client.predict(*args, api_name=api)
+        assert files_of(ctx) == []
+    finally:
+        page.close()
+        ctx.sessions.close()
