@@ -1,5 +1,6 @@
 """What forgetting one concept costs at full size (SD-1.5 architecture, 512 px): the default ``fmnpatch train``, the
-default ``--robust`` and FMN's recipe, side by side in one run.
+default ``--robust`` and FMN's recipe, side by side in one run; and the bare command (``bare``: no ``--images``), whose
+first and largest CPU phase is drawing its own reference images, reported apart from training.
 
     python bench/train_timing.py                                  # CPU, fp32, 2 measured steps of each phase
     python bench/train_timing.py --steps 3 --threads 2 --note "idle machine"
@@ -9,7 +10,9 @@ Builds, without any download of weights, a real ``StableDiffusionPipeline`` at r
 ``bench/configs/sd15.json`` (860M parameters), an SD-1.5-size CLIP text encoder, an SD-1.5-shaped VAE, and the real
 CLIP tokenizer (from the open_clip wheel; see ``bench/edit_timing.py``), so "Elon Musk" has its real tokens and
 positions. The compute is real even though the weights are not. Two reference images (noise, 512 px) stand in for
-the concept's pictures; every method reads the same folder.
+the concept's pictures; every method but ``bare`` reads the same folder. ``bare`` draws its references as
+``fmnpatch train "Elon Musk"`` does (every prompt x ``images_per_prompt`` images, ``image_steps`` sampler steps each,
+no cache), timed from the library's progress channel and extrapolated per image-step to the default counts.
 
 Each method runs in its own process (so that its peak memory, max RSS, is its own) through the library's public
 entry points, ``train_patch`` and ``train_fmn_baseline``. A default run is long on a CPU, so each runs its default
@@ -47,7 +50,8 @@ sys.path.insert(0, str(HERE))
 
 CONCEPT = ("Elon Musk", "identity")
 PIXELS = 512
-METHODS = ("plain", "robust", "fmn")
+METHODS = ("plain", "robust", "fmn", "bare")
+DRAWING = "drawing reference images"  # the phase's name on fmn_patch's progress channel
 
 
 def sd15_pipeline(seed: int = 0) -> Any:
@@ -105,7 +109,7 @@ def defaults(method: str) -> Any:
     from fmn_patch.methods.budget import resolved
     from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig
 
-    rounds = ROBUST_ROUNDS if method == "robust" else 0
+    rounds = ROBUST_ROUNDS if method == "robust" else 0  # bare: the plain default, without --images
     # the UNet's budget (SD-1.5 is measured): plain, or --robust's own (from zero, its rounds)
     return resolved(TrainConfig(bench="real", robust_rounds=rounds), closed_form=True)
 
@@ -119,6 +123,23 @@ def measured(config: Any, steps: int) -> Any:
         pool=min(config.pool, config.batch_size),
         robust_attack_steps=min(config.robust_attack_steps, steps),
     )
+
+
+def references(events: list[Any], run: Any, default: Any) -> dict[str, Any]:
+    """The reference drawing of a bare run from its progress events: the units are image-steps (one sampler step of
+    one image), measured at ``run.image_steps`` per image and extrapolated to ``default.image_steps``."""
+    drawn = [e for e in events if e.phase == DRAWING and e.ended]
+    if not drawn:
+        raise SystemExit(f"no {DRAWING!r} phase was reported: were the references cached or given?")
+    end = drawn[-1]
+    images = end.done // run.image_steps
+    return {
+        "measured_samples": end.done,
+        "measured_seconds": round(end.seconds, 3),
+        "seconds_per_sample": round(end.seconds / end.done, 4),
+        "default_samples": images * default.image_steps,
+        "seconds": round(images * default.image_steps * end.seconds / end.done, 2),
+    }
 
 
 def extrapolate(cost: dict[str, Any], config: Any, default: Any) -> dict[str, Any]:
@@ -155,6 +176,7 @@ def extrapolate(cost: dict[str, Any], config: Any, default: Any) -> dict[str, An
 
 def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> dict[str, Any]:
     """One method in this process: build, train, report."""
+    from fmn_patch import Event, listening
     from fmn_patch.cli.options import quiet_libraries
     from fmn_patch.concepts.bench import load_bench
     from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
@@ -203,10 +225,16 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
         else:
             default = defaults(method)
             run = default if full else measured(default, steps)
-            patch = train_patch(
-                pipe, [CONCEPT[0]], run, categories=[CONCEPT[1]], images=images, bench=load_bench("real"),
-                progress=False,
-            )  # fmt: skip
+            bare = method == "bare"
+            if bare and not full:  # every reference image, each over fewer sampler steps
+                run = dataclasses.replace(run, image_steps=min(default.image_steps, steps))
+            events: list[Event] = []
+            os.environ["FMNPATCH_CACHE"] = tmp  # an empty cache: the bare run draws its references
+            with listening(events.append):
+                patch = train_patch(
+                    pipe, [CONCEPT[0]], run, categories=[CONCEPT[1]], images=None if bare else images,
+                    bench=load_bench("real"), progress=False,
+                )  # fmt: skip
             cost = patch.info.extra["cost"] | {"median_step_s": patch.info.extra["seconds_per_step"]}
             keys = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init", "robust_rounds")
             keys += ("robust_attack", "robust_attack_steps", "robust_attack_batch")
@@ -216,6 +244,13 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
                 "median_step_s": cost["median_step_s"],
                 **extrapolate(cost, run, default),
             }
+            if bare:  # apart from training: out of "prepare", which timed it too
+                drawing = references(events, run, default)
+                row["phases"]["prepare"]["seconds"] = round(
+                    row["phases"]["prepare"]["seconds"] - drawing["measured_seconds"], 2
+                )
+                row["phases"] = {"references": drawing, **row["phases"]}
+                row["total_s"] = round(sum(p["seconds"] for p in row["phases"].values()), 1)
         row["wall_s"] = round(time.perf_counter() - t0, 1)  # this run's own wall time (measured steps only)
     row |= {
         "full": full,
@@ -262,7 +297,8 @@ def main() -> None:
             f"forgetting {CONCEPT[0]!r} ({CONCEPT[1]}) on the SD-1.5 architecture at random init, {PIXELS} px "
             f"references, {args.dtype} on {args.device} (FMN float32), real CLIP tokenizer; plain = the default "
             "fmnpatch train, "
-            "robust = the default --robust, fmn = FMN's recipe (35 steps x batch 1, AdamW over the whole UNet)"
+            "robust = the default --robust, fmn = FMN's recipe (35 steps x batch 1, AdamW over the whole UNet), "
+            "bare = the default fmnpatch train without --images (references: image x sampler steps it draws)"
         ),
         "note": args.note,
         "measured_steps": None if args.full else args.steps,
