@@ -118,3 +118,17 @@ def test_a_phase_over_within_a_second_prints_nothing_and_a_long_one_its_line(cap
             time.sleep(display.QUIET_SECONDS + 0.5)
     shown.close()
     assert stream.getvalue() == "fmnpatch: slow (3 images) ...\n"
+
+
+def test_on_a_terminal_each_phase_is_a_bar(monkeypatch):
+    import io
+
+    monkeypatch.setattr(display, "QUIET_SECONDS", 0.0)
+    stream = io.StringIO()
+    shown = display.StderrDisplay(stream, bars=True)
+    with listening(shown), phase("drawing reference images", 3, "steps") as p:
+        for _ in range(3):
+            p.advance(note="image 1 of 1")
+    shown.close()
+    last = stream.getvalue().split("\r")[-1]
+    assert "drawing reference images" in last and "3/3" in last and "image 1 of 1" in last

@@ -198,3 +198,23 @@ def test_the_space_example_is_a_hosted_page_that_refuses_local_folders(tmp_path)
     finally:
         page.close()
         ctx.sessions.close()
+
+
+def test_fmnpatch_ui_states_its_flags_and_refuses_a_public_host_without_public(capsys):
+    from test_cli import run
+
+    code, out, _ = run(capsys, "ui", "--help")
+    assert code == 0
+    for flag in ("--host", "--port", "--public", "--share", "--no-local-paths", "--max-upload-mb"):
+        assert flag in out, flag
+    assert "127.0.0.1" in out
+    code, out, err = run(capsys, "ui", "--host", "0.0.0.0")
+    assert (
+        code == 2
+        and out == ""
+        and err.strip().splitlines()
+        == [
+            "fmnpatch: error: --host 0.0.0.0 serves the page to every machine that reaches this one; add --public to "
+            "mean it, or leave --host out for 127.0.0.1"
+        ]
+    )
