@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine, percent, write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
+from fmn_patch.cli.display import shown_on_stderr
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import Bench, load_bench
 from fmn_patch.concepts.bench import bench_path as concept_bench_path
@@ -433,7 +434,8 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
 
 if __name__ == "__main__":
     try:
-        main()
+        with shown_on_stderr():  # the library's progress channel: a bar per run's sampling, as the CLI shows it
+            main()
     except SystemExit as refused:
         if not isinstance(refused.code, str):
             raise
