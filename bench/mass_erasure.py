@@ -434,7 +434,8 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
 
 if __name__ == "__main__":
     try:
-        with shown_on_stderr():  # the library's progress channel: a bar per run's sampling, as the CLI shows it
+        # The library's progress channel: a bar per run's sampling, as the CLI shows it; closed before the one line.
+        with shown_on_stderr():
             main()
     except SystemExit as refused:
         if not isinstance(refused.code, str):
