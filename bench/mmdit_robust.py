@@ -209,7 +209,9 @@ def name_targets(prompts: int) -> Iterator[None]:
     own = samples.guided_targets
 
     @torch.no_grad()
-    def targets(session: Any, batch: TrainingSet, s: samples.Samples, chunk: int) -> torch.Tensor:
+    def targets(
+        session: Any, batch: TrainingSet, s: samples.Samples, chunk: int, on_chunk: Any = None
+    ) -> torch.Tensor:
         family = session.base.family
         parts = []
         for i in range(0, len(s), chunk):
@@ -220,6 +222,8 @@ def name_targets(prompts: int) -> Iterator[None]:
                 eps_c, eps_a = family.denoise(x, t, both).chunk(2)
             eta = batch.eta[part.prompt].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1))
             parts.append(guided_target(eps_c, eps_a, eta))
+            if on_chunk is not None:  # sample_pool's progress phase, as samples.guided_targets reports it
+                on_chunk(len(part))
         return torch.cat(parts)
 
     samples.guided_targets = targets
