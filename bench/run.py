@@ -228,6 +228,7 @@ def write_markdown() -> None:
     lines += train_timing_section()
     for dtype in ("float16", "float32"):
         lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
+    lines += train_timing_section("train_timing_bare", "the bare command beside the plain one, CPU")
     lines += edit_sections()
     from edit_ranks import ranks_section  # bench/edit_ranks.py: residual against rank, and rank auto
 
@@ -326,7 +327,7 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
     lines += [r["what"] + ".", ""]
     if r.get("note"):
         lines += [f"Note: {r['note']}", ""]
-    if "total_ratio" not in r:  # a result from before the per-phase record
+    if "ratio_step_time_ours_over_fmn" in r:  # a result from before the per-phase record
         return [*lines, f"Step time ratio ours / FMN: {r['ratio_step_time_ours_over_fmn']:.2f}x.", ""]
     measured = r.get("measured_steps")
     lines += [
@@ -361,11 +362,15 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
         )
     ratios = ", ".join(
         f"{m}: compute {r['total_ratio'][m]:.2f}x, peak memory {r['memory_ratio'][m]:.3f}x"
-        for m in r["total_ratio"]
+        for m in r.get("total_ratio", {})
     )
-    lines += ["", f"Ratios to FMN's recipe, same run: {ratios}."]
-    if "robust_over_plain" in r:
-        lines.append(f"Robust / plain: {r['robust_over_plain']:.2f}x.")
+    lines += [
+        "",
+        f"Ratios to FMN's recipe, same run: {ratios}." if ratios else "FMN's recipe was not in this run.",
+    ]
+    for other in ("robust", "bare"):
+        if f"{other}_over_plain" in r:
+            lines.append(f"{other.capitalize()} / plain: {r[f'{other}_over_plain']:.2f}x.")
     lines.append("")
     return lines
 

@@ -310,8 +310,9 @@ def main() -> None:
             result.setdefault("total_ratio", {})[method] = round(rows[method]["total_s"] / fmn["total_s"], 3)
             peak = "peak_gpu_mib" if "peak_gpu_mib" in fmn else "peak_rss_mib"
             result.setdefault("memory_ratio", {})[method] = round(rows[method][peak] / fmn[peak], 3)
-    if "plain" in rows and "robust" in rows:
-        result["robust_over_plain"] = round(rows["robust"]["total_s"] / rows["plain"]["total_s"], 3)
+    for other in ("robust", "bare"):
+        if "plain" in rows and other in rows:
+            result[f"{other}_over_plain"] = round(rows[other]["total_s"] / rows["plain"]["total_s"], 3)
     save(args.out, result)
     if args.out == "train_timing":
         write_markdown()
