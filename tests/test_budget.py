@@ -119,3 +119,10 @@ def test_an_inner_attack_of_no_steps_is_refused_before_training():
     """Concept Inversion of 0 steps cannot run: refused when the config is made, not after the first round."""
     with pytest.raises(FmnPatchError, match="robust_attack_steps=0 must be a whole number from 1"):
         TrainConfig(robust_rounds=2, robust_attack_steps=0)
+
+
+def test_an_explicit_zero_neighbour_weight_stays_zero():
+    """0 means the neighbours go unweighted in the preservation term; only None is left to the start's budget."""
+    assert spent(resolved(TrainConfig(neighbour_weight=0.0), True)).neighbour_weight == 0.0
+    assert spent(resolved(TrainConfig(), True)).neighbour_weight == FROM_EDIT.neighbour_weight == 10.0
+    assert spent(resolved(TrainConfig(), False)).neighbour_weight == 1.0

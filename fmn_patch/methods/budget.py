@@ -82,7 +82,11 @@ def spent(config: TrainConfig) -> Budget:
     if not config.steps or not config.batch_size or config.pool is None:
         raise FmnPatchError("the training budget is not resolved; call budget.resolved(config, ...) first")
     return Budget(
-        config.steps, config.batch_size, config.pool, config.preserve_weight, config.neighbour_weight or 1.0
+        config.steps,
+        config.batch_size,
+        config.pool,
+        config.preserve_weight,
+        1.0 if config.neighbour_weight is None else config.neighbour_weight,
     )
 
 

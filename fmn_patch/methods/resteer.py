@@ -436,7 +436,8 @@ def prepare(
     )
     etas = [eta_of(config, pl.concept.category) for pl in plans for _ in pl.prompts]
     w_p = max(preserve_of(config, pl.concept.category) for pl in plans)
-    near, w_n = neighbour_prompts(bench, erased), config.neighbour_weight or 1.0
+    near = neighbour_prompts(bench, erased)
+    w_n = 1.0 if config.neighbour_weight is None else config.neighbour_weight  # 0 stays 0
     if inversion is None:
         batch = encode_set(
             base, prompts, anchors, words, latents, latent_prompt, keep,
