@@ -130,6 +130,15 @@ def neighbour_prompts(bench: Bench | None, erased: Sequence[Concept]) -> list[st
     ]
 
 
+def split_neighbours(prompts: Iterable[str], near: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``prompts`` in two lists, order kept: those not in ``near``, and those in it (whose rows get a weight)."""
+    close = set(near)
+    both: tuple[list[str], list[str]] = ([], [])
+    for p in prompts:
+        both[p in close].append(p)
+    return both
+
+
 def preserve_prompts(
     bench: Bench | None,
     erased: Sequence[Concept],

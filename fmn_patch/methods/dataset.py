@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..concepts.prompts import split_neighbours
 from ..families.base import Base
 from ..families.family import Conditioning
 from ..families.references import folder_latents, generated_latents
@@ -108,9 +109,8 @@ def encode_set(
     """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``).
     ``near``: those of ``keep`` whose rows count ``neighbour_weight`` times (none when it is 1)."""
     masks = concept_masks(base, seen or prompts, words, after)
-    neighbours = set(near) if neighbour_weight != 1 else set()
-    preserve = preserve_states(base, [p for p in keep if p not in neighbours], latents)
-    close = [p for p in keep if p in neighbours]
+    rest, close = split_neighbours(keep, near if neighbour_weight != 1 else ())
+    preserve = preserve_states(base, rest, latents)
     near_states = preserve_states(base, close, latents) if close else None
     concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
     return TrainingSet(

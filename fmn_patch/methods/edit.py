@@ -18,7 +18,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..concepts.bench import Bench, Concept, load_bench
-from ..concepts.prompts import ConceptLike, anchor_for, neighbour_prompts, preserve_prompts, resolve
+from ..concepts.prompts import (
+    ConceptLike,
+    anchor_for,
+    neighbour_prompts,
+    preserve_prompts,
+    resolve,
+    split_neighbours,
+)
 from ..concepts.templates import fill
 from ..errors import FmnPatchError
 from ..families.base import Base
@@ -116,10 +123,10 @@ def edit_patches(
         _check_anchor(base.family, c, a, bench)
     t0 = time.perf_counter()
     editor.erase(t for c, a in zip(concepts, anchors, strict=True) for t in erase_prompts(c, a, bench))
-    kept = _preserve(base.family, concepts, anchors, bench, config, preserve)
-    near = set(neighbour_prompts(bench, concepts)) if config.bench_preserve else set()
-    editor.keep(p for p in kept if p not in near)
-    editor.keep((p for p in kept if p in near), config.neighbour_weight)
+    near = neighbour_prompts(bench, concepts) if config.bench_preserve else []
+    rest, close = split_neighbours(_preserve(base.family, concepts, anchors, bench, config, preserve), near)
+    editor.keep(rest)
+    editor.keep(close, config.neighbour_weight)
     if editor.normal.erase_rows == 0:
         raise FmnPatchError(
             f"none of the prompts of {[c.name for c in concepts]} could be aligned with their anchor; check that "
