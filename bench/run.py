@@ -258,6 +258,7 @@ def write_markdown() -> None:
 
     lines += threads_section(_read, _provenance)
     lines += mmdit_sections(_read, _provenance)
+    lines += ["", *(HERE / "defaults.md").read_text().splitlines(), ""]  # hand-kept: see its first paragraph
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
 

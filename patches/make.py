@@ -2,11 +2,13 @@
 ConceptBench-toy (every concept), with its results in the header, a model card (README-<name>.md) and a before/after
 grid of the erased concepts and the kept ones nearest to them (an identity's neighbours, one attribute away).
 
-    python patches/make.py
+    python patches/make.py                      # every patch below
+    python patches/make.py toy-forget-bob       # some of them
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -39,12 +41,21 @@ def grid_prompts(bench: Bench, concepts: list[str]) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help=f"patches to rebuild (default: all): {', '.join(REFERENCE)}")
+    wanted = parser.parse_args().names or list(REFERENCE)
+    for name in wanted:
+        if name not in REFERENCE:
+            parser.error(f"no reference patch {name!r}; choose from {', '.join(REFERENCE)}")
     quiet_libraries()
     pipe = load_base("toy")
     bench, judge = load_bench("toy"), ToyJudge.load()
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1))
     before = evaluate(pipe, bench, judge, sampler).concepts  # once: every patch is read against it
-    for name, concepts in REFERENCE.items():
+    for name in wanted:
+        concepts = REFERENCE[name]
         patch = train_patch(pipe, concepts, TrainConfig(), progress=False)
         applied = apply_patches(pipe, [patch])
         try:

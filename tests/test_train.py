@@ -307,3 +307,18 @@ def test_negative_guidance_per_category():
 
     assert preserve_of(TrainConfig(), "style") == 100.0 and preserve_of(TrainConfig(), "object") == 30.0
     assert preserve_of(TrainConfig(preserve_weight=5.0), "style") == 5.0
+
+
+def test_preservation_without_padding_reads_each_prompt_from_bos_to_eos(sd1, mmdit_dirs):
+    from fmn_patch.methods.dataset import preserve_states
+
+    prompts = ["a photo of bob", "circle", ""]
+    rows = preserve_states(sd1, prompts, padding=False)
+    full = sd1.family.encode(prompts).states  # padded to the max length, as the pipeline encodes them
+    lengths = [len(ids) for ids in sd1.family.text_states().ids(prompts)]
+    assert rows.shape == (sum(lengths), full.shape[-1])
+    expected = torch.cat([s[:n] for s, n in zip(full, lengths, strict=True)]).float()
+    torch.testing.assert_close(rows, expected, atol=1e-4, rtol=1e-4)  # the same states, padding left out
+    mmdit = load_base(str(mmdit_dirs["sd3"]))
+    with pytest.raises(FmnPatchError, match="leave preserve_padding True"):
+        preserve_states(mmdit, prompts, padding=False)

@@ -3,19 +3,11 @@ run, where the caller leaves them to the method (``TrainConfig``: steps or batch
 None).
 
 A start from the closed-form edit (UNet bases) already meets the toy bars; training only has to make the values
-carry the anchor: 15 steps of 4 samples from a pool of 32, preservation per category. A family with no closed-form
-start (SD3/3.5, Flux) trains from zero, and there the budget decides whether the concept goes at all. Measured on
-toy-sd3 (bench/toy_sd3_levers.py, one patch per row; one image is 4.2 points of Acc): 15 x 4 left circle at 100%;
-150 x 8 from a pool of 32 left it at 21%, and so did re-steering the padding too, dropping re-steering, or a pool of
-1,200; from a pool of 256 it fell to 4% (0% with 300 steps or eta 4), at seeds 0 and 1. Why 256 beats both 32 and
-1,200 is not established. Preservation 100 instead of 30 kept bob's neighbours (kept 94% -> 100% of base) and
-still erased; five concepts at once then stay at or under 8% each with 93% kept.
-
-On an MMDiT the pooled CLIP embedding, which no K/V patch touches, reaches every block's modulation. On toy-sd3 it
-carries objects and identities by itself (drawn with the anchor's text states and the concept's pooled embedding,
-circle and bob still appear in 100% of images; a style, striped, in 0%): the values have to learn to push against
-it, which the guided target teaches, and an edit that only redirected the keys and values to the anchor's could
-not meet the bars.
+carry the anchor, so its budget is small. A family with no closed-form start (SD3/3.5, Flux) trains from zero, and
+there the budget decides whether the concept goes at all: steps, pool and preservation weight were chosen on toy-sd3,
+one patch per lever (BENCHMARKS.md, "What makes a toy-sd3 patch forget"). On an MMDiT the pooled CLIP embedding,
+which no K/V patch touches, reaches every block's modulation, so the values have to learn to push against it; the
+guided target teaches that, and an edit that only redirected the keys and values to the anchor's could not.
 """
 
 from __future__ import annotations
@@ -50,8 +42,7 @@ FROM_EDIT: Final = Budget(steps=15, batch_size=4, pool=32, neighbour_weight=10.0
 #: From zero on a family without a closed-form start (SD3/3.5, Flux): toy-sd3's bars (bench/toy_sd3_quality.py).
 FROM_ZERO: Final = Budget(steps=150, batch_size=8, pool=256, preserve_weight=100.0)
 #: ``--robust`` on a UNet base, from zero, split into its rounds (a pool per round): what holds circle against
-#: Concept Inversion on the toy (bench/robust_quality.py). 15 x 4 from the edit, 100 x 2 from zero and 300 x 4 from the
-#: edit did not (Concept Inversion 88-100%, 88% and 56%).
+#: Concept Inversion on the toy (bench/robust_quality.py; the budgets that did not: BENCHMARKS.md "Training defaults").
 ROBUST: Final = Budget(steps=300, batch_size=2, pool=32)
 
 

@@ -48,7 +48,7 @@ class CorrectConfig:
     """Everything that decides the correction patch. Same config, inputs and seed give the same tensors."""
 
     rank: int = 4
-    steps: int = 600  # optimisation steps (300 left the toy circle's colours at 81% of the maximum entropy)
+    steps: int = 600  # optimisation steps (why 600: BENCHMARKS.md "Training defaults")
     lr: float = 3e-3
     batch_size: int = 8
     seed: int = 0

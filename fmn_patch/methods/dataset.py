@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..concepts.prompts import split_neighbours
+from ..errors import FmnPatchError
 from ..families.base import Base
 from ..families.family import Conditioning
 from ..families.references import folder_latents, generated_latents
@@ -83,11 +84,27 @@ def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], afte
 
 
 def preserve_states(
-    base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None
+    base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None, padding: bool = True
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """What the targets read for every token of every preserve prompt (``Family.preserve_inputs``): the text
-    states for a UNet; for an MMDiT the text stream at each block, recorded on ``latents`` noised at random."""
-    return base.family.preserve_inputs(prompts, latents)
+    states for a UNet; for an MMDiT the text stream at each block, recorded on ``latents`` noised at random.
+    ``padding`` False: each prompt's rows BOS .. EOS only, as the closed-form edit preserves them (families with
+    true-length text states; the others refuse in one line)."""
+    if padding:
+        return base.family.preserve_inputs(prompts, latents)
+    try:
+        text = base.family.text_states()
+    except FmnPatchError:
+        raise FmnPatchError(
+            f"preserve_padding=False reads each prompt's states at its true length, which {base.family.name} "
+            "models do not have (their text stream depends on the image); leave preserve_padding True"
+        ) from None
+    rows: list[torch.Tensor] = []
+    for i in range(0, len(prompts), 64):
+        chunk = list(prompts[i : i + 64])
+        states = text.encode(chunk, 0)  # (B, longest true length, in)
+        rows += [s[: len(ids)] for s, ids in zip(states, text.ids(chunk), strict=True)]
+    return torch.cat(rows) if rows else torch.zeros(0, 0)
 
 
 def encode_set(
@@ -105,13 +122,15 @@ def encode_set(
     seen: list[str] | None = None,
     near: Sequence[str] = (),
     neighbour_weight: float = 1.0,
+    padding: bool = True,
 ) -> TrainingSet:
     """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``).
-    ``near``: those of ``keep`` whose rows count ``neighbour_weight`` times (none when it is 1)."""
+    ``near``: those of ``keep`` whose rows count ``neighbour_weight`` times (none when it is 1); ``padding``: as in
+    ``preserve_states``."""
     masks = concept_masks(base, seen or prompts, words, after)
     rest, close = split_neighbours(keep, near if neighbour_weight != 1 else ())
-    preserve = preserve_states(base, rest, latents)
-    near_states = preserve_states(base, close, latents) if close else None
+    preserve = preserve_states(base, rest, latents, padding)
+    near_states = preserve_states(base, close, latents, padding) if close else None
     concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
     return TrainingSet(
         base.family.encode(prompts),

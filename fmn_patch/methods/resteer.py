@@ -77,26 +77,24 @@ class TrainConfig:
     batch_size: int = 0
     seed: int = 0
     anchor: str | None = None  # what the concepts are redirected to; None: each concept's, else the bench's
-    # Negative guidance of the denoising target (0: plain redirect to the anchor); None: per category (ETA). An anchor
-    # like the toy "shape" or "person" draws every shape or person, the erased one included: at 1, cross kept 8-12%
-    # of its images over seeds, at 2, 0%. A style's anchor ("plain") never draws the style, and at 2 erasing
-    # checkered cost the other styles 9% of their accuracy: styles keep 1.
+    # Negative guidance of the denoising target, away from the concept (0: plain redirect to the anchor); None: per
+    # category (ETA; why each value: BENCHMARKS.md "Training defaults").
     eta: float | None = None
     resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
-    denoise_weight: float = (
-        100.0  # w_d, guided denoising target (trains the values); noise MSE is small, hence 100
-    )
+    # w_d, guided denoising target (trains the values); noise MSE is small, hence 100
+    denoise_weight: float = 100.0
     # w_p, keys/values of the preserve prompts' tokens; None: per category (PRESERVE), the largest of the patch's
-    # concepts. Erasing a style (a fill every shape can wear) reaches everything: at 30 checkered cost the other
-    # concepts 7% of their accuracy, at 100 under 3%; objects and identities erase more cleanly at 30.
+    # concepts (BENCHMARKS.md "Training defaults").
     preserve_weight: float | None = None
     # Extra factor on the preservation rows of the bench's other concepts of an erased one's category (its neighbours,
     # which the patch moves most: the edit's ``neighbour_weight``); None: the start's budget (methods/budget.py).
     neighbour_weight: float | None = None
+    # The preservation term also reads each preserve prompt's padding slots after EOS (False: BOS .. EOS, as the
+    # edit preserves; UNet bases only). BENCHMARKS.md "Neighbour weight" measures both.
+    preserve_padding: bool = True
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
-    images_per_prompt: int = (
-        2  # reference images drawn by the base per concept prompt (when no folder is given)
-    )
+    # reference images drawn by the base per concept prompt (when no folder is given)
+    images_per_prompt: int = 2
     image_steps: int = 20  # sampler steps for drawing reference images
     image_guidance: float = 5.0
     max_grad_norm: float = 1.0
@@ -108,8 +106,8 @@ class TrainConfig:
     init: Literal["auto", "zero", "edit"] = "auto"
     train_values: bool = True  # False: freeze the value projections' factors (an ablation: keys alone)
     robust_rounds: int = 0  # adversarial re-steering (--robust): rounds of train-then-attack; 0 = off
-    # Each inner attack against the patch as it stands: inversion (Concept Inversion through the denoiser; 100 x 2
-    # holds circle on the toy, 25 x 4 did not) or kv (key/value inversion, no denoiser: cheaper, did not either).
+    # Each inner attack against the patch as it stands: inversion (Concept Inversion through the denoiser) or kv
+    # (key/value inversion, no denoiser: cheaper); BENCHMARKS.md "Training defaults".
     robust_attack: Literal["kv", "inversion"] = "inversion"
     robust_attack_steps: int = 100
     robust_attack_batch: int = 2
@@ -124,7 +122,7 @@ class TrainConfig:
     # Gradient checkpointing of the denoiser: the forward recomputed in backward, less memory for more compute.
     checkpointing: bool = True
     # Samples per denoiser pass: a larger batch runs in chunks whose gradients add up to the batch's (same loss; one
-    # chunk's activations alive at a time). SD-1.5, 256 px, CPU: peak RSS 5.17 GiB at 2, 5.58 GiB at 4.
+    # chunk's activations alive at a time, BENCHMARKS.md "Training defaults").
     micro_batch: int = 2
 
     def __post_init__(self) -> None:
@@ -442,6 +440,7 @@ def prepare(
         batch = encode_set(
             base, prompts, anchors, words, latents, latent_prompt, keep,
             after=config.after, etas=etas, preserve_weight=w_p, near=near, neighbour_weight=w_n,
+            padding=config.preserve_padding,
         )  # fmt: skip
         return batch, []
     owner = torch.tensor([k for k, pl in enumerate(plans) for _ in pl.prompts])
@@ -476,6 +475,7 @@ def prepare(
             seen=prompts + seen,
             near=near,
             neighbour_weight=w_n,
+            padding=config.preserve_padding,
         )
     return dataclasses.replace(batch, concepts=len(plans)), learned
 
@@ -494,6 +494,5 @@ def _token(name: str) -> str:
 
 def _starts_from_edit(base: Base, config: TrainConfig) -> bool:
     """Whether training starts from the closed-form edit: ``init`` edit, or auto where the family offers it and the
-    run is not ``--robust`` (from the edit, 300 x 4 robust steps left circle at 56% under Concept Inversion; from
-    zero, 0-12%: bench/robust_quality.py)."""
+    run is not ``--robust`` (robust rounds hold better from zero: BENCHMARKS.md "Training defaults")."""
     return config.init == "edit" if config.init != "auto" else offers_edit(base) and not config.robust_rounds

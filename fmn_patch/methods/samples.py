@@ -121,7 +121,7 @@ def warn_zero_start(steps: int, batch_size: int) -> None:
     if steps * batch_size < ZERO_START_SAMPLES:
         warnings.warn(
             f"this family has no closed-form start, so training starts from zero, and {steps} x {batch_size} "
-            "samples is too few from zero (on toy-sd3 15 x 4 left circle at 100%); leave --steps and --batch-size "
+            "samples is too few from zero (the concept may not go at all); leave --steps and --batch-size "
             "to the default (150 x 8 from zero) or give at least as many",
             UserWarning,
             stacklevel=3,
