@@ -295,11 +295,8 @@ def _train(
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
-    method = (
-        "resteer+ti" if inversion is not None else "resteer+robust" if config.robust_rounds else "resteer"
-    )
     info = PatchInfo(
-        method=method,
+        method=method_name(config, inversion=inversion is not None),
         concepts=tuple(p.record for p in plans),
         base_model=described.model,
         base_revision=described.revision,
@@ -313,6 +310,12 @@ def _train(
         extra=extra,
     )
     return Patch(factors, info, base.family.component), learned
+
+
+def method_name(config: TrainConfig, *, inversion: bool = False) -> str:
+    """The header's ``method`` of a patch trained with ``config``: resteer, resteer+robust, or (with textual
+    inversion first) resteer+ti."""
+    return "resteer+ti" if inversion else "resteer+robust" if config.robust_rounds else "resteer"
 
 
 # ---------------------------------------------------------------------------------------------- the step
