@@ -7,7 +7,7 @@ The manifest (``manifest.jsonl`` in the output folder) has one JSON object per l
     {"concept": "circle", "output": "forget-circle.safetensors", "status": "done", "seconds": 31.2,
      "metrics": {"final_loss": 0.012, ...}, "process": 0, "date": "2025-01-01T00:00:00+00:00",
      "concepts": ["circle"], "method": "resteer", "base_hash": "...", "config": "...", "tensor_hash": "...",
-     "options": {"rank": 4, ...}}
+     "file_hash": "...", "options": {"rank": 4, ...}}
 
 ``status`` is ``done`` or ``failed`` (then ``error`` holds the one-line reason); ``output`` is relative to the
 folder. A done line records what its patch is, and a resume checks it (``fmn_patch.methods.manifest``): a concept
@@ -40,10 +40,12 @@ from .manifest import (
     DONE,
     FAILED,
     MANIFEST,
+    Manifest,
     Recipe,
     check_base,
     check_recipe,
     latest,
+    load_manifest,
     mismatch,
     patch_name,
     read_manifest,
@@ -136,11 +138,9 @@ def build_each(
     procs = processes or current()
     folder = config.folder
     _check_names(concepts)
-    lines: dict[str, dict[str, Any]] = {}
-    if config.resume:
-        lines = latest(
-            read_manifest(folder)
-        )  # refuses a manifest fmnpatch did not write, before the base loads
+    manifest = Manifest(folder / MANIFEST, [], [])
+    if config.resume:  # a manifest fmnpatch did not write is refused here, before the base loads
+        manifest = load_manifest(folder)
     elif not config.overwrite:
         there = [n for n in [MANIFEST, *(patch_name(c) for c in concepts)] if (folder / n).exists()]
         if there:
@@ -148,11 +148,14 @@ def build_each(
                 f"{folder / there[0]} already exists; pass --resume to make only the missing patches, --overwrite "
                 "to start again, or choose another --output"
             )
+    lines = latest(manifest.entries)
     if recipe is not None:
         check_recipe(folder / MANIFEST, lines, recipe)
         base_hash = recipe.base_hash() if recipe.base_hash is not None else None
         if base_hash is not None:
             check_base(folder / MANIFEST, lines, base_hash)
+    if procs.is_main:
+        manifest.note_torn()  # after the refusals, so that a refusal is one line
     skipped = _verified(folder, concepts, lines, say=procs.is_main)
     if config.overwrite and procs.is_main:
         (folder / MANIFEST).unlink(missing_ok=True)
@@ -233,7 +236,7 @@ def _make_one(
         }
         metrics = {**numbers, "rank": patch.rank, "bytes": path.stat().st_size}
         entry |= {"status": DONE, "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
-        entry |= record(patch, recipe)
+        entry |= record(patch, path, recipe)
     except FmnPatchError as e:
         entry |= {"status": FAILED, "seconds": round(time.perf_counter() - started, 3), "error": str(e)}
     entry |= {"process": process, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}

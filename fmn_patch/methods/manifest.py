@@ -2,9 +2,10 @@
 
 ``manifest.jsonl`` in the output folder has one JSON object per line (see ``fmn_patch.methods.each``). A ``done``
 line records what its patch is: the header's concepts, method, base hash, a digest of its config, the tensors' hash,
-and the options of the run that made it (``Recipe``). On resume a done line counts only if the file it names is
-``patch_name(concept)`` in the folder itself (no other path is ever opened), loads as a patch, and its header and
-tensors are the ones the line records; any other done line is made again, with one line on stderr saying why.
+the file's hash, and the options of the run that made it (``Recipe``). On resume a done line counts only if the
+file it names is ``patch_name(concept)`` in the folder itself (no other path is ever opened), loads as a patch, and
+its header, tensors and bytes are the ones the line records; any other done line is made again, with one line on
+stderr saying why.
 
 Refused in one line, before anything is made or changed: a manifest that is not a regular file, not UTF-8, or has a
 line of the wrong JSON types (what a hand edit or another program leaves); and a manifest whose patches were made
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import FmnPatchError, PatchFileError
+from ..errors import FmnPatchError
 from ..format.patch import Patch
 from ..text import printable
 
@@ -36,6 +37,9 @@ RECORD: Final[dict[str, tuple[type, ...]]] = {
     "base_hash": (str, type(None)),
     "config": (str,),
     "tensor_hash": (str,),
+    "file_hash": (
+        str,
+    ),  # SHA-256 of the file's bytes: any change after it was written, the header's date included
 }
 _SHORT: Final = 80  # option values whose JSON is longer are recorded by their SHA-256 (a preserve list, say)
 _FIX: Final = "fix or remove that line, or pass --overwrite to start again"
@@ -65,14 +69,15 @@ def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def record(patch: Patch, recipe: Recipe | None) -> dict[str, Any]:
-    """The facts a done line keeps about the patch it made (``RECORD``, and the run's options)."""
+def record(patch: Patch, path: Path, recipe: Recipe | None) -> dict[str, Any]:
+    """The facts a done line keeps about the patch it wrote to ``path`` (``RECORD``, and the run's options)."""
     facts: dict[str, Any] = {
         "concepts": patch.concept_names,
         "method": patch.info.method,
         "base_hash": patch.info.base_hash,
         "config": _config_digest(patch),
         "tensor_hash": patch.tensor_hash(),
+        "file_hash": _file_hash(path),
     }
     if recipe is not None:
         facts["options"] = recorded_options(recipe.options)
@@ -80,14 +85,40 @@ def record(patch: Patch, recipe: Recipe | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ reading
+@dataclass
+class Manifest:
+    """The lines of a manifest, each checked for its JSON types, and the numbers of the lines a crash tore."""
+
+    path: Path
+    entries: list[dict[str, Any]]
+    torn: list[int]
+
+    def note_torn(self) -> None:
+        """One line on stderr naming the torn lines (after any refusal, so that a refusal stays one line)."""
+        if self.torn:
+            shown = ", ".join(map(str, self.torn[:10])) + (" ..." if len(self.torn) > 10 else "")
+            plural = "s" if len(self.torn) > 1 else ""
+            print(
+                f"fmnpatch: skipped unreadable line{plural} {shown} of {printable(self.path)}",
+                file=sys.stderr,
+            )
+
+
 def read_manifest(folder: Path) -> list[dict[str, Any]]:
     """Every line of the folder's manifest (none when it has none), each checked for its JSON types.
 
     A line torn by a crash is skipped with a note on stderr; anything else that fmnpatch did not write is a
     one-line ``FmnPatchError``."""
+    manifest = load_manifest(folder)
+    manifest.note_torn()
+    return manifest.entries
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """``read_manifest`` that leaves the note of torn lines to the caller (``Manifest.note_torn``)."""
     path = Path(folder) / MANIFEST
     if not path.exists() and not path.is_symlink():
-        return []
+        return Manifest(path, [], [])
     if not path.is_file():  # a folder, a FIFO (reading it would wait forever), a broken link
         raise FmnPatchError(
             f"{path} is not a file; remove it, or pass --overwrite to start again, or choose another --output"
@@ -96,7 +127,7 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except OSError as e:
         raise FmnPatchError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from e
-    entries = []
+    manifest = Manifest(path, [], [])
     for number, raw in enumerate(data.split(b"\n"), 1):
         try:
             line = raw.decode("utf-8")
@@ -105,25 +136,21 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
                 raise FmnPatchError(
                     f"line {number} of {path} is not UTF-8 text ({e.reason} at byte {e.start}); {_FIX}"
                 ) from e
-            _skipped(number, path)
+            manifest.torn.append(number)
             continue
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
-            _skipped(number, path)
+            manifest.torn.append(number)
             continue
         except RecursionError as e:
-            raise FmnPatchError(
-                f"line {number} of {path} nests too deep to be a manifest line; {_FIX}"
-            ) from e
-        entries.append(_typed(entry, number, path))
-    return entries
-
-
-def _skipped(number: int, path: Path) -> None:
-    print(f"fmnpatch: skipped unreadable line {number} of {printable(path)}", file=sys.stderr)
+            raise FmnPatchError(f"line {number} of {path} nests too deep for a manifest line; {_FIX}") from e
+        except ValueError as e:  # JSON, but not what a manifest holds: an integer of thousands of digits
+            raise FmnPatchError(f"line {number} of {path} holds a value out of range ({e}); {_FIX}") from e
+        manifest.entries.append(_typed(entry, number, path))
+    return manifest
 
 
 def _typed(entry: object, number: int, path: Path) -> dict[str, Any]:
@@ -227,26 +254,35 @@ def mismatch(folder: Path, entry: Mapping[str, Any]) -> str | None:
         return f"{printable(path)} is {'missing' if not path.exists() else 'not a file'}"
     try:
         patch = Patch.load(path)
-    except PatchFileError:
+    except FmnPatchError:
         return f"{printable(path)} does not load as a patch"
     if patch.form != "native" or not patch.verified:
         return f"{printable(path)} is not the file fmnpatch wrote (no tensor hash, or a kohya export)"
-    facts = record(patch, None)
+    facts = record(patch, path, None)
     for key, what in (
-        ("concepts", "forgets other concepts"),
-        ("method", "was made by another method"),
-        ("base_hash", "was made on another base"),
-        ("config", "was made with another config"),
-        ("tensor_hash", "holds other tensors"),
+        ("concepts", "forgets other concepts than its line records"),
+        ("method", "was made by another method than its line records"),
+        ("base_hash", "was made on another base than its line records"),
+        ("config", "was made with another config than its line records"),
+        ("tensor_hash", "holds other tensors than its line records"),
+        ("file_hash", "was changed after its line was written"),
     ):
         if facts[key] != entry[key]:
-            return f"{printable(path)} {what} than its line records"
+            return f"{printable(path)} {what}"
     return None
 
 
 def _config_digest(patch: Patch) -> str:
     """The SHA-256 of the header's config, as the header writes it (sorted JSON)."""
     return _digest(json.dumps(patch.info.config, sort_keys=True))
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _digest(text: str) -> str:
