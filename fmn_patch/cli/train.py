@@ -16,13 +16,7 @@ from ..files import check_input, check_output, read_lines
 from ..methods.each import EachConfig, Recipe, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
-from ..methods.resteer import (
-    ROBUST_ROUNDS,
-    TrainConfig,
-    method_name,
-    train_patch,
-    train_patch_with_inversion,
-)
+from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
 from ..values import MAX_BATCH, MAX_STEPS
 from .options import (
     BaseOpt,
@@ -240,7 +234,7 @@ def train(
                     loaded(), [c], config, categories=category, images=folder, progress=False
                 ),
                 target,
-                recipe=Recipe(method_name(config), options, lambda: loaded().describe().hash),
+                recipe=Recipe(config.patch_method(), options, lambda: loaded().describe().hash),
             )
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch train CONCEPT`
         return

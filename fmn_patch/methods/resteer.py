@@ -127,6 +127,10 @@ class TrainConfig:
     # chunk's activations alive at a time). SD-1.5, 256 px, CPU: peak RSS 5.17 GiB at 2, 5.58 GiB at 4.
     micro_batch: int = 2
 
+    def patch_method(self, *, inversion: bool = False) -> str:
+        """The header's ``method``: resteer, resteer+robust, or resteer+ti (textual inversion first)."""
+        return "resteer+ti" if inversion else "resteer+robust" if self.robust_rounds else "resteer"
+
     def __post_init__(self) -> None:
         values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
         for name in ("steps", "image_steps"):
@@ -296,7 +300,7 @@ def _train(
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
     info = PatchInfo(
-        method=method_name(config, inversion=inversion is not None),
+        method=config.patch_method(inversion=inversion is not None),
         concepts=tuple(p.record for p in plans),
         base_model=described.model,
         base_revision=described.revision,
@@ -310,12 +314,6 @@ def _train(
         extra=extra,
     )
     return Patch(factors, info, base.family.component), learned
-
-
-def method_name(config: TrainConfig, *, inversion: bool = False) -> str:
-    """The header's ``method`` of a patch trained with ``config``: resteer, resteer+robust, or (with textual
-    inversion first) resteer+ti."""
-    return "resteer+ti" if inversion else "resteer+robust" if config.robust_rounds else "resteer"
 
 
 # ---------------------------------------------------------------------------------------------- the step
