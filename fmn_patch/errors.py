@@ -37,3 +37,7 @@ class OutputError(FmnPatchError):
 
 class OutputExistsError(OutputError):
     """The output exists and ``--overwrite`` was not given (or another process published it meanwhile)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after a run had written some of its outputs: the message says which, and how to go on (exit 130)."""

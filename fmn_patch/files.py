@@ -275,18 +275,26 @@ def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temps of ``path`` left by dead processes of this host; report (not touch) any other stale one.
 
     Returns the removed paths."""
-    prefix = f".{path.name[:_NAME_KEEP]}."
+    return _remove_stale(path.parent, f".{path.name[:_NAME_KEEP]}.")
+
+
+def remove_stale_temps_in(folder: Path) -> list[Path]:
+    """``remove_stale_temps`` for every name in ``folder``: what a killed run left there, whatever it was writing."""
+    return _remove_stale(folder, ".")
+
+
+def _remove_stale(folder: Path, prefix: str) -> list[Path]:
     removed = []
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return []
     host = _host()
     for entry in entries:
         if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_TAG)):
             continue
-        owner = entry.name[len(prefix) : -len(TMP_TAG)].split(".")[0]  # HOST-PID
-        owner_host, _, pid = owner.partition("-")
+        parts = entry.name[: -len(TMP_TAG)].rsplit(".", 2)  # .NAME . HOST-PID . RANDOM (NAME may hold dots)
+        owner_host, _, pid = parts[1].partition("-") if len(parts) == 3 else ("", "", "")
         if owner_host != host or not pid.isdecimal() or _alive(int(pid)):
             continue
         stale = Path(entry.path)
@@ -340,20 +348,22 @@ def append_line(path: Path, line: str) -> None:
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
     """The entries of a text file, one per line: ``#`` starts a comment, blank lines are skipped, ends stripped.
 
-    Every list file (``--preserve-file``, ``--from-file``) is read by this one function.
+    Every list file (``--preserve-file``, ``--from-file``) is read by this one function. The text is UTF-8 (a
+    leading byte-order mark is dropped) and lines end at ``\n`` or ``\r\n`` only: a form feed or U+2028 inside a
+    line is part of it, not a second entry.
     """
     path = Path(path)
     if not path.is_file():
         raise FmnPatchError(f"{path} is not a file; give a text file with one entry per line")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise FmnPatchError(
             f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
         ) from e
     except OSError as e:
         raise FmnPatchError(f"cannot read {path}: {describe_os_error(e)}") from e
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    lines = (line.split("#", 1)[0].strip() for line in text.split("\n"))
     return [line for line in lines if line]
 
 

@@ -18,7 +18,7 @@ from ..startup import release
 from ..text import printable
 from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train, ui
 from .display import shown_on_stderr
-from .options import quiet_libraries
+from .options import Stopped, quiet_libraries
 from .planned import PLANNED, planned_command
 
 app = typer.Typer(
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     leaves a partial file. Text from files is escaped before it reaches the terminal."""
     release()  # from here Ctrl-C is a KeyboardInterrupt this function turns into exit 130
     _debug[0] = False
+    stopped = "interrupted; nothing was written"  # what Ctrl-C says, unless the run says what it wrote
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         _fail(
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             code = 130
         except KeyboardInterrupt:
             code = 130
+        except Stopped as e:
+            code, stopped = 130, str(e)
         except (
             typer.TyperException
         ) as e:  # typer's usage errors: bad values, unknown options, missing arguments
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if code == 130:
-        print("fmnpatch: interrupted; nothing was written", file=sys.stderr)
+        print(f"fmnpatch: {printable(stopped, 2000)}", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import check_output, read_lines
 from ..format.lowrank import AUTO_CAP
-from ..methods.each import EachConfig, build_each
-from ..methods.edit import edit_patch
+from ..methods.each import EachConfig, Recipe, build_each
+from ..methods.edit import METHOD, edit_patch
 from ..methods.editor import EditConfig
 from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
 from ..values import AUTO
@@ -34,6 +35,7 @@ from .options import (
     info,
     rank_line,
     report_each,
+    saying_what_was_written,
     where_to_use,
 )
 
@@ -153,13 +155,16 @@ def edit(
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
-        report = build_each(
-            names,
-            lambda c: edit_patch(
-                loaded(), [c], anchor=anchor, preserve=preserve, config=config, category=category
-            ),
-            target,
-        )
+        options = {**dataclasses.asdict(config), "anchor": anchor, "category": category, "preserve": preserve}
+        with saying_what_was_written():
+            report = build_each(
+                names,
+                lambda c: edit_patch(
+                    loaded(), [c], anchor=anchor, preserve=preserve, config=config, category=category
+                ),
+                target,
+                recipe=Recipe(METHOD, {**options, "dtype": dtype}, lambda: loaded().describe().hash),
+            )
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
         return
     output = output or Path(patch_filename(names, chosen))

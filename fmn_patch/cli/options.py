@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..concepts.bench import Bench, load_bench
-from ..errors import FmnPatchError
+from ..errors import FmnPatchError, Interrupted
 from ..evaluation.judges import Judge, load_judge
 from ..families.base import Base, load_base
 from ..families.export import use_with
@@ -170,6 +171,20 @@ def report_each(report: EachReport, json_out: bool) -> None:
             f"{len(report.failed)} of {len(report.entries)} concepts failed (see {report.folder / MANIFEST}); fix "
             "them and rerun with --resume"
         )
+
+
+class Stopped(Exception):
+    """Ctrl-C in a command that had written part of its outputs, with the line saying which (exit 130). Not a
+    KeyboardInterrupt: typer turns those into a bare exit code before ``main`` could print the line."""
+
+
+@contextlib.contextmanager
+def saying_what_was_written() -> Iterator[None]:
+    """Turn the library's ``Interrupted`` (what a run wrote before Ctrl-C) into ``Stopped`` for ``main``."""
+    try:
+        yield
+    except Interrupted as e:
+        raise Stopped(str(e)) from e
 
 
 def each_folder(output: Path | None, what: str) -> Path:

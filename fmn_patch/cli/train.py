@@ -13,7 +13,7 @@ from .. import processes, values
 from ..errors import FmnPatchError
 from ..families.base import load_base
 from ..files import check_input, check_output, read_lines
-from ..methods.each import EachConfig, build_each
+from ..methods.each import EachConfig, Recipe, build_each
 from ..methods.inversion import InversionConfig
 from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
 from ..methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch, train_patch_with_inversion
@@ -31,6 +31,7 @@ from .options import (
     echo_json,
     info,
     report_each,
+    saying_what_was_written,
     where_to_use,
 )
 
@@ -225,11 +226,16 @@ def train(
     folder = str(images) if images else None
     if each:
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
-        report = build_each(
-            concepts,
-            lambda c: train_patch(loaded(), [c], config, categories=category, images=folder, progress=False),
-            target,
-        )
+        options = {**dataclasses.asdict(config), "category": category, "images": folder, "dtype": dtype}
+        with saying_what_was_written():
+            report = build_each(
+                concepts,
+                lambda c: train_patch(
+                    loaded(), [c], config, categories=category, images=folder, progress=False
+                ),
+                target,
+                recipe=Recipe(config.patch_method(), options, lambda: loaded().describe().hash),
+            )
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch train CONCEPT`
         return
     assert output is not None

@@ -1,12 +1,12 @@
 """Layer 4, how it is forgotten: one LoRA training loop with pluggable losses (``loop``, ``lora``), used by
 re-steering (``resteer``, with its ``robust`` rounds), concept correction (``correct``), textual inversion
 (``inversion``) and the faithful FMN baseline (``baseline``); the closed-form edit (``edit``, ``editor``,
-``solver``); one patch per concept of a list, with a manifest (``each``); what a user asks for, as the CLI and the
-page take it (``request``)."""
+``solver``); one patch per concept of a list, with a manifest checked on resume (``each``, ``manifest``); what a
+user asks for, as the CLI and the page take it (``request``)."""
 
 from .baseline import FMNConfig, FMNReport, train_fmn_baseline
 from .correct import CorrectConfig, attribute_variants, correct_patch, variant_pairs
-from .each import EachConfig, EachReport, build_each
+from .each import EachConfig, EachReport, Recipe, build_each
 from .edit import edit_patch
 from .editor import EditConfig, EditReport
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
@@ -40,6 +40,7 @@ __all__ = [
     "InversionConfig",
     "LearnedTokens",
     "Method",
+    "Recipe",
     "TrainConfig",
     "attribute_variants",
     "build_each",

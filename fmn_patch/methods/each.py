@@ -5,11 +5,14 @@ the ones still missing.
 The manifest (``manifest.jsonl`` in the output folder) has one JSON object per line, appended as patches finish::
 
     {"concept": "circle", "output": "forget-circle.safetensors", "status": "done", "seconds": 31.2,
-     "metrics": {"final_loss": 0.012, ...}, "process": 0, "date": "2025-01-01T00:00:00+00:00"}
+     "metrics": {"final_loss": 0.012, ...}, "process": 0, "date": "2025-01-01T00:00:00+00:00",
+     "concepts": ["circle"], "method": "resteer", "base_hash": "...", "config": "...", "tensor_hash": "...",
+     "file_hash": "...", "options": {"rank": 4, ...}}
 
 ``status`` is ``done`` or ``failed`` (then ``error`` holds the one-line reason); ``output`` is relative to the
-folder. A concept counts as finished when its latest line says ``done`` and its patch is there; ``resume`` makes
-every other concept again, replacing a patch file that its line never recorded.
+folder. A done line records what its patch is, and a resume checks it (``fmn_patch.methods.manifest``): a concept
+counts as finished when its latest line says ``done`` and the patch in the folder is the one that line records;
+``resume`` makes every other concept again, replacing a patch file that its line never recorded.
 
 The patch of a concept is the patch ``make`` returns for it, whichever process makes it and whatever else that
 process made before: ``fmnpatch train --from-file FILE --each`` writes the same tensors as one ``fmnpatch train
@@ -19,7 +22,6 @@ CONCEPT`` per line.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -29,19 +31,39 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import FmnPatchError
-from ..files import append_line
+from ..errors import FmnPatchError, Interrupted
+from ..files import append_line, remove_stale_temps_in
 from ..format.patch import Patch
 from ..processes import Processes, Throughput, current
+from ..text import printable
+from .manifest import (
+    DONE,
+    FAILED,
+    MANIFEST,
+    Manifest,
+    Recipe,
+    check_base,
+    check_recipe,
+    latest,
+    load_manifest,
+    mismatch,
+    patch_name,
+    read_manifest,
+    record,
+)
 
-MANIFEST = "manifest.jsonl"
-DONE, FAILED = "done", "failed"
-
-
-def patch_name(concept: str) -> str:
-    """The file name of a concept's patch: ``forget-<slug>.safetensors`` (``NAME=ALIAS,...``: the name's slug)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", concept.split("=", 1)[0].lower()).strip("-")
-    return f"forget-{slug or 'concept'}.safetensors"
+__all__ = [
+    "DONE",
+    "FAILED",
+    "MANIFEST",
+    "EachConfig",
+    "EachReport",
+    "Recipe",
+    "build_each",
+    "finished",
+    "patch_name",
+    "read_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -90,27 +112,10 @@ class EachReport:
         }
 
 
-def read_manifest(folder: Path) -> list[dict[str, Any]]:
-    """Every line of the folder's manifest (none when it has none); a torn line, cut by a crash, is skipped."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        return []
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            print(f"fmnpatch: skipped unreadable line {number} of {path}", file=sys.stderr)
-            continue
-        if isinstance(entry, dict) and {"concept", "status", "output"} <= set(entry):
-            entries.append(entry)
-    return entries
-
-
 def finished(folder: Path) -> set[str]:
-    """Concepts whose latest manifest line says done and whose patch file exists."""
-    latest = {e["concept"]: e for e in read_manifest(folder)}
-    return {c for c, e in latest.items() if e["status"] == DONE and (Path(folder) / e["output"]).is_file()}
+    """Concepts whose latest manifest line says done and whose patch in the folder is the one that line records."""
+    lines = latest(read_manifest(folder))
+    return {c for c, e in lines.items() if e["status"] == DONE and mismatch(Path(folder), e) is None}
 
 
 def build_each(
@@ -118,34 +123,47 @@ def build_each(
     make: Callable[[str], Patch],
     config: EachConfig,
     *,
+    recipe: Recipe | None = None,
     processes: Processes | None = None,
 ) -> EachReport:
     """``make(concept).save(folder / patch_name(concept))`` for every concept not yet finished, the concepts shared
     between the job's processes (a contiguous share each), a manifest line appended as each one ends.
 
+    ``recipe`` says what makes the patches: its base hash is asked for once, before any concept (a base that does
+    not load fails here, with nothing created), and a resume refuses a manifest of another base, method or options.
     A concept whose ``make`` raises an ``FmnPatchError`` is recorded as failed and the others go on; any other
-    exception stops the process (and ``accelerate launch`` stops the rest). Every process returns the same report.
+    exception stops the process (and ``accelerate launch`` stops the rest). Ctrl-C raises ``Interrupted``, saying
+    how many patches the folder holds. Every process returns the same report.
     """
     procs = processes or current()
     folder = config.folder
     _check_names(concepts)
-    skipped: list[str] = []
-    if config.overwrite:
-        if procs.is_main:
-            (folder / MANIFEST).unlink(missing_ok=True)
-    elif config.resume:
-        done = finished(folder)
-        skipped = [c for c in concepts if c in done]
-    else:
+    manifest = Manifest(folder / MANIFEST, [], [])
+    if config.resume:  # a manifest fmnpatch did not write is refused here, before the base loads
+        manifest = load_manifest(folder)
+    elif not config.overwrite:
         there = [n for n in [MANIFEST, *(patch_name(c) for c in concepts)] if (folder / n).exists()]
         if there:
             raise FmnPatchError(
                 f"{folder / there[0]} already exists; pass --resume to make only the missing patches, --overwrite "
                 "to start again, or choose another --output"
             )
+    lines = latest(manifest.entries)
+    if recipe is not None:
+        check_recipe(folder / MANIFEST, lines, recipe)
+        base_hash = recipe.base_hash() if recipe.base_hash is not None else None
+        if base_hash is not None:
+            check_base(folder / MANIFEST, lines, base_hash)
+    if procs.is_main:
+        manifest.note_torn()  # after the refusals, so that a refusal is one line
+    skipped = _verified(folder, concepts, lines, say=procs.is_main)
+    if config.overwrite and procs.is_main:
+        (folder / MANIFEST).unlink(missing_ok=True)
     procs.wait()  # everyone has read the manifest before anyone appends to it
     pending = [c for c in concepts if c not in skipped]
     folder.mkdir(parents=True, exist_ok=True)
+    if procs.is_main:
+        remove_stale_temps_in(folder)  # what a killed run left: its own writes remove only their own
     started = time.perf_counter()
     mine = [pending[i] for i in procs.share(len(pending))]
     watcher = _Progress(folder, len(pending), procs, config.progress and procs.is_main)
@@ -153,8 +171,19 @@ def build_each(
     try:
         for concept in mine:
             entries.append(
-                _make_one(concept, make, folder, procs.index, replace=config.resume or config.overwrite)
+                _make_one(
+                    concept, make, folder, procs.index, recipe, replace=config.resume or config.overwrite
+                )
             )
+    except (KeyboardInterrupt, SystemExit) as e:
+        watcher.stop()  # its bar's last line before this one
+        written = len(skipped) + len(watcher.done_since_start() & set(pending))
+        said = f"{written} of {len(concepts)} patches written to {printable(folder)}, resume with --resume"
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(f"interrupted; {said}") from e
+        if procs.is_main and e.code == 143:  # SIGTERM (a launcher stopping the job, a preempted node)
+            print(f"fmnpatch: terminated; {said}", file=sys.stderr)
+        raise
     finally:
         watcher.stop()
     everyone = procs.gather(entries)
@@ -167,8 +196,32 @@ def build_each(
     )
 
 
+def _verified(
+    folder: Path, concepts: Sequence[str], lines: dict[str, dict[str, Any]], *, say: bool
+) -> list[str]:
+    """The concepts whose latest line is done and describes the patch in the folder; each other done one is made
+    again, and (``say``) one line on stderr says why."""
+    kept = []
+    for concept in concepts:
+        entry = lines.get(concept)
+        if entry is None or entry["status"] != DONE:
+            continue
+        why = mismatch(folder, entry)
+        if why is None:
+            kept.append(concept)
+        elif say:
+            print(f"fmnpatch: making {printable(concept, 80)!r} again: {why}", file=sys.stderr)
+    return kept
+
+
 def _make_one(
-    concept: str, make: Callable[[str], Patch], folder: Path, process: int, *, replace: bool
+    concept: str,
+    make: Callable[[str], Patch],
+    folder: Path,
+    process: int,
+    recipe: Recipe | None,
+    *,
+    replace: bool,
 ) -> dict[str, Any]:
     output = patch_name(concept)
     started = time.perf_counter()
@@ -183,6 +236,7 @@ def _make_one(
         }
         metrics = {**numbers, "rank": patch.rank, "bytes": path.stat().st_size}
         entry |= {"status": DONE, "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
+        entry |= record(patch, path, recipe)
     except FmnPatchError as e:
         entry |= {"status": FAILED, "seconds": round(time.perf_counter() - started, 3), "error": str(e)}
     entry |= {"process": process, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
@@ -215,10 +269,10 @@ class _Progress:
     _start: int = 0  # manifest bytes before this run: the lines after it are this run's
 
     def __post_init__(self) -> None:
-        if not self.enabled:
-            return
         path = self.folder / MANIFEST
         self._start = path.stat().st_size if path.exists() else 0
+        if not self.enabled:
+            return
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -233,17 +287,38 @@ class _Progress:
         finally:
             bar.close()
 
-    def _show(self, bar: Any) -> None:
+    def _lines(self) -> list[dict[str, Any]]:
+        """The manifest lines this run's processes appended (a torn one left out)."""
         path = self.folder / MANIFEST
-        if not path.exists():
-            return
-        with path.open("rb") as f:
-            f.seek(self._start)
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        counts = [0] * self.procs.count
-        for line in lines:
+        try:
+            with path.open("rb") as f:
+                f.seek(self._start)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        out = []
+        for line in text.split("\n"):
             try:
-                counts[int(json.loads(line)["process"])] += 1
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
+    def done_since_start(self) -> set[str]:
+        """The concepts this run's processes made (any process's lines)."""
+        return {
+            e["concept"]
+            for e in self._lines()
+            if e.get("status") == DONE and isinstance(e.get("concept"), str)
+        }
+
+    def _show(self, bar: Any) -> None:
+        counts = [0] * self.procs.count
+        for entry in self._lines():
+            try:
+                counts[int(entry["process"])] += 1
             except (ValueError, KeyError, IndexError, TypeError):
                 continue
         if self.procs.count > 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..concepts.bench import Bench, Concept, load_bench
 from ..concepts.prompts import (
@@ -35,6 +35,8 @@ from ..families.tokens import find_subsequence
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
 from .editor import EditConfig, Editor, EditReport
+
+METHOD: Final = "edit"  # the header's method of an edit patch
 
 #: Templates for concepts whose category the bench has none for (and for ``bench="none"``).
 FALLBACK_TEMPLATES: tuple[str, ...] = ("a photo of {name}", "an image of {name}", "a picture of {name}")
@@ -162,7 +164,7 @@ def _patch(
 ) -> Patch:
     described = base.describe()
     info = PatchInfo(
-        method="edit",
+        method=METHOD,
         concepts=tuple(PatchConcept(c.name, c.category) for c in concepts),
         base_model=described.model,
         base_revision=described.revision,

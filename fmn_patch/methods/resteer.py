@@ -125,6 +125,10 @@ class TrainConfig:
     # chunk's activations alive at a time, BENCHMARKS.md "Training defaults").
     micro_batch: int = 2
 
+    def patch_method(self, *, inversion: bool = False) -> str:
+        """The header's ``method``: resteer, resteer+robust, or resteer+ti (textual inversion first)."""
+        return "resteer+ti" if inversion else "resteer+robust" if self.robust_rounds else "resteer"
+
     def __post_init__(self) -> None:
         values.whole(self.rank, "rank", 1, MAX_RANK, example=4)
         for name in ("steps", "image_steps"):
@@ -293,11 +297,8 @@ def _train(
     }
     if inversion is not None:
         extra["inversion"] = {"tokens": [t.names for t in learned], "config": dataclasses.asdict(inversion)}
-    method = (
-        "resteer+ti" if inversion is not None else "resteer+robust" if config.robust_rounds else "resteer"
-    )
     info = PatchInfo(
-        method=method,
+        method=config.patch_method(inversion=inversion is not None),
         concepts=tuple(p.record for p in plans),
         base_model=described.model,
         base_revision=described.revision,
