@@ -50,6 +50,8 @@ class Row:
     erase_weight: float  # the edit's (for train: the edit it starts from)
     edit_neighbours: float
     train_neighbours: float = 1.0  # train rows only
+    eta: float | None = None  # train rows only: the negative guidance (None: the category's, resteer.eta_of)
+    preserve_padding: bool = True  # train rows only: TrainConfig.preserve_padding
 
 
 ROWS = [
@@ -60,7 +62,13 @@ ROWS = [
     Row("edit", "bob", 30.0, 10.0),
     Row("train", "circle", 1.0, 1.0, 1.0),  # before
     Row("train", "circle", 10.0, 10.0, 10.0),  # today's defaults
-    Row("train", "bob", 10.0, 10.0, 10.0),
+    Row("train", "bob", 10.0, 10.0, 10.0),  # today's defaults
+    Row("train", "bob", 10.0, 10.0, 10.0, 0.25),  # a gentler push away from bob's look
+    Row("train", "bob", 10.0, 10.0, 10.0, None, False),  # preservation from BOS to EOS, as the edit's
+    Row("train", "alice", 10.0, 10.0, 10.0),
+    Row("train", "alice", 10.0, 10.0, 10.0, None, False),
+    Row("train", "circle", 10.0, 10.0, 10.0, None, False),
+    Row("train", "striped", 10.0, 10.0, 10.0, None, False),
 ]
 
 
@@ -71,9 +79,10 @@ def patch_of(pipe: Any, row: Row) -> Any:
     real = edit_module.EditConfig
     edit_module.EditConfig = functools.partial(real, **config)  # type: ignore[misc]  # the start's edit
     try:
-        return train_patch(
-            pipe, [row.concept], TrainConfig(neighbour_weight=row.train_neighbours), progress=False
+        trained = TrainConfig(
+            neighbour_weight=row.train_neighbours, eta=row.eta, preserve_padding=row.preserve_padding
         )
+        return train_patch(pipe, [row.concept], trained, progress=False)
     finally:
         edit_module.EditConfig = real  # type: ignore[misc]
 
@@ -84,6 +93,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, nargs="*", help="indices into ROWS (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--add", action="store_true", help="keep the results file's rows (and its run's record) and add these"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -96,7 +108,8 @@ def main() -> None:
         for r in rows
         if r.concept in IDENTITIES
     }
-    every = list(dict.fromkeys([*plain, *(n for ns in near.values() for n in ns)]))
+    scored = {r.concept: list(dict.fromkeys([*plain, r.concept, *near.get(r.concept, [])])) for r in rows}
+    every = list(dict.fromkeys(n for names in scored.values() for n in names))
     base = evaluate(pipe, bench, judge, sampler, concepts=every)  # once: each row reads its own concepts
     out = []
     for row in rows:
@@ -105,10 +118,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
         names = apply_patches(pipe, [patch])
         try:
-            patched = evaluate(pipe, bench, judge, sampler, concepts=plain + near.get(row.concept, []))
+            patched = evaluate(pipe, bench, judge, sampler, concepts=scored[row.concept])
         finally:
             remove_patches(pipe, names)
-        kept = [n for n in plain + near.get(row.concept, []) if n != row.concept]
+        kept = [n for n in scored[row.concept] if n != row.concept]
         acc = {n: patched.concepts[n].acc for n in kept}
         result = {
             **dataclasses.asdict(row),
@@ -122,6 +135,11 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         out.append(result)
     record = {"meta": provenance(), "sampler": {"steps": 20, "guidance": 5.0, "seeds": [0, 1]}, "rows": out}
+    if args.add and RESULTS.exists():  # each run's rows keep their own provenance
+        before = json.loads(RESULTS.read_text())
+        runs = before.get("runs") or [{"meta": before["meta"], "rows": before["rows"]}]
+        record["runs"] = [*runs, {"meta": record["meta"], "rows": out}]
+        record["rows"] = [r for run in record["runs"] for r in run["rows"]]
     atomic_write(RESULTS, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"), overwrite=True)
 
 
@@ -137,22 +155,38 @@ def neighbour_section(read: Callable[[str], Any], provenance: Callable[[Any], st
         "One patch per row on the v2 toy. Erase and neighbour weights are the edit's (a train row starts from that "
         "edit and weights the neighbours' preservation rows by its own factor). Kept: every object and style, bob, "
         "alice and the erased identity's neighbours, as a ratio to the base; below 90%: the kept concepts under 90% "
-        "of their base accuracy. DDIM 20 steps, guidance 5, seeds 0 and 1 (one image is 6.25 points of a concept).",
+        "of their base accuracy. DDIM 20 steps, guidance 5, seeds 0 and 1 (one image is 6.25 points of a concept). "
+        "eta: the train row's negative guidance (default: 2 for objects and identities, 1 for styles); no padding "
+        "kept: `TrainConfig(preserve_padding=False)`, the preservation term reads each prompt from BOS to EOS, as "
+        "the edit does. Rows marked (2) come from a later run than (1), with the same code for the rows of (1).",
         "",
-        "| method | concept | erase w | neighbour w (edit / train) | erased | alias | kept / base | below 90% | "
-        "time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | concept | erase w | neighbour w (edit / train) | eta | erased | alias | kept / base | "
+        "below 90% | time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["rows"]:
+    runs = record.get("runs") or [record]
+    for k, run in enumerate(runs, 1):
+        lines += _rows(run["rows"], f" ({k})" if len(runs) > 1 else "")
+    notes = [f"- ({k}) " + provenance(run) for k, run in enumerate(runs, 1)] if len(runs) > 1 else []
+    return [*lines, "", *(notes or ["- " + provenance(record)]), ""]
+
+
+def _rows(rows: list[dict[str, Any]], run: str) -> list[str]:
+    lines = []
+    for r in rows:
         weights = f"{r['edit_neighbours']:g}" + (
             f" / {r['train_neighbours']:g}" if r["method"] == "train" else ""
         )
         below = ", ".join(f"{n} {a:.0%}" for n, a in r["below_90"].items()) or "none"
+        eta = "-" if r["method"] == "edit" else "default" if r.get("eta") is None else f"{r['eta']:g}"
+        if not r.get("preserve_padding", True):
+            eta += ", no padding kept"
         lines.append(
-            f"| {r['method']} | {r['concept']} | {r['erase_weight']:g} | {weights} | {percent(r['acc_erased'])} | "
+            f"| {r['method']}{run} | {r['concept']} | {r['erase_weight']:g} | {weights} | {eta} | "
+            f"{percent(r['acc_erased'])} | "
             f"{percent(r['alias'])} | {percent(r['kept_ratio'])} | {below} | {r['seconds']:.1f} s |"
         )
-    return [*lines, "", "- " + provenance(record), ""]
+    return lines
 
 
 if __name__ == "__main__":
