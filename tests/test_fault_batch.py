@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors.torch
@@ -463,15 +464,15 @@ def test_a_manifest_of_other_options_another_method_or_another_base_is_refused(t
 
 
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # each example runs the CLI: no slow shrinking
-
-
-@settings(
-    max_examples=25,
+RUNS_THE_CLI: dict[str, Any] = dict(
     deadline=None,
     derandomize=True,
     phases=NO_SHRINK,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@settings(max_examples=25, **RUNS_THE_CLI)
 @given(
     edits=st.lists(
         st.tuples(
@@ -545,13 +546,7 @@ def killed(folder: Path) -> None:
     append_raw(b'{"concept": "bob", "output": "forget-bob.safetensors", "sta')(folder)
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    phases=NO_SHRINK,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=20, **RUNS_THE_CLI)
 @given(
     cuts=st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, len(NAMES) - 1)), min_size=1, max_size=3),
     kill=st.booleans(),
