@@ -15,6 +15,10 @@ class PatchFileError(FmnPatchError):
     """A file that is not a valid fmn-patch ``.safetensors`` patch (refused before anything is applied)."""
 
 
+class BaseFolderError(FmnPatchError):
+    """A base folder that is not a loadable pipeline: a component missing or damaged (refused before any work)."""
+
+
 class BaseMismatchError(FmnPatchError):
     """A patch that does not fit the base model it is applied to."""
 

@@ -12,7 +12,7 @@ import typer
 
 from .. import processes
 from ..errors import FmnPatchError
-from ..families.base import load_base
+from ..families.base import check_base, load_base
 from ..files import check_output, read_lines
 from ..format.lowrank import AUTO_CAP
 from ..methods.each import EachConfig, Recipe, build_each
@@ -152,6 +152,7 @@ def edit(
     device = processes.current().device(device)
     base = configured_base(base, [chosen.name] if chosen is not None else names)
     refuse_early(base, "edit")  # before minutes of loading a large base
+    check_base(base)  # the folder's structure, before any concept (--each) or loading
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))

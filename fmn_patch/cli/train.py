@@ -11,7 +11,7 @@ import typer
 
 from .. import processes, values
 from ..errors import FmnPatchError
-from ..families.base import load_base
+from ..families.base import check_base, load_base
 from ..files import check_input, check_output, read_lines
 from ..methods.each import EachConfig, Recipe, build_each
 from ..methods.inversion import InversionConfig
@@ -220,6 +220,7 @@ def train(
     base = configured_base(base, [chosen.name] if chosen is not None else concepts)
     if robust:
         refuse_early(base, "robust")  # before minutes of loading a large base
+    check_base(base)  # the folder's structure, before any concept (--each) or loading
     wanted = wanted_concepts(concepts, chosen, anchor)
     if chosen is not None:  # the preset's terms carry their own categories
         categories = None

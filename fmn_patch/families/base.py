@@ -8,7 +8,6 @@ same base as ``toy``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import torch
 from ..errors import FmnPatchError
 from ..progress import phase
 from .family import Family
+from .folder import check_folder, read_index
+from .loading import check_pipeline, library_output_caught, load_folder
 from .registry import (
     NamedBase,
     family_for_index,
@@ -48,8 +49,8 @@ def _hub_snapshot(folder: Path) -> tuple[str, str] | None:
 def _recorded_hub_id(folder: Path) -> str | None:
     """The Hub id a pipeline folder records as ``_name_or_path`` in its ``model_index.json``, if it is one."""
     try:
-        value = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
+        value = read_index(folder).get("_name_or_path")
+    except FmnPatchError:
         return None
     return value if isinstance(value, str) and _HUB_ID.match(value) and not Path(value).exists() else None
 
@@ -151,35 +152,37 @@ def as_base(pipe: Base | Any, *, ref: str | None = None, revision: str | None = 
     return Base(pipe, family(pipe), ref, revision, world_of(pipe))
 
 
+def check_base(ref: str) -> None:
+    """Check base ``ref``'s folder without loading it (a registered name or a local folder: ``folder.check_folder``);
+    raises ``FmnPatchError`` naming the problem and its fix. A Hub id is checked as it loads."""
+    source = _source(ref)
+    if Path(source).is_dir():
+        check_folder(source)
+
+
 def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision: str | None = None) -> Base:
-    """Load a base: a registered name (``toy``: the bundled toy model), a local diffusers folder, or a Hub repo id."""
+    """Load a base: a registered name (``toy``: the bundled toy model), a local diffusers folder, or a Hub repo id.
+
+    A folder is checked before any library reads it, and each component as it loads (``folder``, ``loading``):
+    a damaged one is refused in one line naming the component, and no weight that is NaN, infinite or an integer
+    gets through. A pipeline from the Hub gets the same checks of its loaded weights and tokenizers."""
     torch_dtype = parse_dtype(dtype)
     named = named_base(ref)
-    source: str | os.PathLike[str] = ref
-    if named is not None:
-        source = named.locate()
-        if not (Path(source) / "model_index.json").exists():
-            raise FmnPatchError(f"the {ref} model is not built ({source} is missing); run `make toy-model`")
-    elif Path(ref).exists() and not Path(ref).is_dir():
-        raise FmnPatchError(
-            f"base {ref!r} is a file; give a diffusers pipeline folder (with model_index.json) or a Hub repo id"
-        )
-    elif Path(ref).is_dir() and not (Path(ref) / "model_index.json").exists():
-        raise FmnPatchError(f"base folder {ref!r} has no model_index.json; it is not a diffusers pipeline")
-    elif not Path(ref).exists() and "/" not in ref:
-        names = ", ".join(n.name for n in named_bases())
-        raise FmnPatchError(
-            f"base {ref!r} is not a registered name ({names}), a folder or a Hub repo id (ORG/NAME)"
-        )
-    loader = family_for_index(_model_index(source)) if Path(source).is_dir() else None
+    source = _source(ref)
+    layout = check_folder(source) if Path(source).is_dir() else None
+    loader = family_for_index(read_index(Path(source))) if layout is not None else None
     try:
-        with phase(f"loading base {ref}"):
-            if loader is not None:
-                pipe = loader.load(source, dtype=torch_dtype, revision=revision)
+        with phase(f"loading base {ref}"), library_output_caught():
+            if layout is not None and loader is None:
+                pipe = load_folder(layout, torch_dtype)  # each component checked as it loads
             else:
-                from diffusers import DiffusionPipeline
+                if loader is not None:
+                    pipe = loader.load(source, dtype=torch_dtype, revision=revision)
+                else:
+                    from diffusers import DiffusionPipeline
 
-                pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, revision=revision)
+                    pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, revision=revision)
+                check_pipeline(pipe, ref)
     except (OSError, ValueError) as e:
         raise FmnPatchError(
             f"cannot load base {ref!r}: {str(e).splitlines()[0]}; give `toy`, a local pipeline folder, or a Hub "
@@ -196,24 +199,34 @@ def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision
     return base
 
 
+def _source(ref: str) -> str | os.PathLike[str]:
+    """Where base ``ref`` loads from: a registered name's folder, a local folder, or ``ref`` itself (a Hub id)."""
+    named = named_base(ref)
+    if named is not None:
+        source = named.locate()
+        if not (Path(source) / "model_index.json").exists():
+            raise FmnPatchError(f"the {ref} model is not built ({source} is missing); run `make toy-model`")
+        return source
+    if Path(ref).exists() and not Path(ref).is_dir():
+        raise FmnPatchError(
+            f"base {ref!r} is a file; give a diffusers pipeline folder (with model_index.json) or a Hub repo id"
+        )
+    if Path(ref).is_dir() and not (Path(ref) / "model_index.json").exists():
+        raise FmnPatchError(f"base folder {ref!r} has no model_index.json; it is not a diffusers pipeline")
+    if not Path(ref).exists() and "/" not in ref:
+        names = ", ".join(n.name for n in named_bases())
+        raise FmnPatchError(
+            f"base {ref!r} is not a registered name ({names}), a folder or a Hub repo id (ORG/NAME)"
+        )
+    return ref
+
+
 def peek_family(ref: str) -> type[Family] | None:
     """The family of base ``ref`` as its ``model_index.json`` names it, without loading anything: for a registered
     name or a local folder whose index names its denoiser; None where that cannot be told (a Hub id, a damaged or
     unknown folder: loading will say)."""
     named = named_base(ref)
     try:
-        return family_named_in_index(_model_index(named.locate() if named is not None else ref))
+        return family_named_in_index(read_index(Path(named.locate() if named is not None else ref)))
     except FmnPatchError:
         return None
-
-
-def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise FmnPatchError(
-            f"{folder}/model_index.json cannot be read ({e}); the pipeline folder is damaged"
-        ) from e
-    if not isinstance(data, dict):
-        raise FmnPatchError(f"{folder}/model_index.json is not a JSON object; the pipeline folder is damaged")
-    return data
