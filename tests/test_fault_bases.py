@@ -12,6 +12,7 @@ attack, correct, the base given by --base, FMNPATCH_BASE or the positional BASE)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ from conftest import random_patch
 from safetensors.torch import load_file, save_file
 
 from fmn_patch.cli.app import main
-from fmn_patch.families.base import as_base, load_base
+from fmn_patch.errors import BaseFolderError
+from fmn_patch.families.base import as_base, check_base, load_base
 from fmn_patch.toy.paths import toy_pipeline_path, toy_sd3_pipeline_path
 
 TOYS = {"toy": toy_pipeline_path, "toy-sd3": toy_sd3_pipeline_path}
@@ -33,16 +35,26 @@ MODELS = {
     "toy": ("unet", "text_encoder", "vae"),
     "toy-sd3": ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
 }
-# A size field of each model config, and a value of it that no longer fits the stored weights.
-SIZE_FIELD = {
-    ("toy", "unet"): ("cross_attention_dim", 32),
-    ("toy", "text_encoder"): ("hidden_size", 128),
-    ("toy", "vae"): ("latent_channels", 8),
-    ("toy-sd3", "transformer"): ("joint_attention_dim", 96),
-    ("toy-sd3", "text_encoder"): ("hidden_size", 96),
-    ("toy-sd3", "text_encoder_2"): ("hidden_size", 96),
-    ("toy-sd3", "text_encoder_3"): ("d_model", 64),
-    ("toy-sd3", "vae"): ("latent_channels", 8),
+# Per model config: a field given a string, a field made negative, and a size field with a value that no longer fits
+# the stored weights.
+CONFIG_FIELDS = {
+    ("toy", "unet"): ("in_channels", "layers_per_block", ("cross_attention_dim", 32)),
+    ("toy", "text_encoder"): ("num_hidden_layers", "hidden_size", ("hidden_size", 128)),
+    ("toy", "vae"): ("block_out_channels", "latent_channels", ("latent_channels", 8)),
+    ("toy-sd3", "transformer"): ("patch_size", "num_layers", ("joint_attention_dim", 96)),
+    ("toy-sd3", "text_encoder"): ("vocab_size", "num_attention_heads", ("hidden_size", 96)),
+    ("toy-sd3", "text_encoder_2"): ("max_position_embeddings", "intermediate_size", ("hidden_size", 96)),
+    ("toy-sd3", "text_encoder_3"): ("num_heads", "d_kv", ("d_model", 64)),
+    ("toy-sd3", "vae"): ("sample_size", "out_channels", ("latent_channels", 8)),
+}
+#: The damages only loading can tell (the folder check passes them); the others are refused before any loading.
+AT_LOADING = {
+    "drop-a-key",
+    "nan",
+    "inf",
+    "config-size-mismatch",
+    "tokenizer-json-not-a-tokenizer",
+    "tokenizer-of-another-model",
 }
 
 
@@ -128,12 +140,12 @@ WEIGHT_DAMAGES: dict[str, Callable[[Path], None]] = {
     "missing": lambda p: _replace(p),
     "pickle-only": lambda p: (_replace(p), _replace(p.with_suffix(".bin"), b"\x80\x04not unpickled")),
 }
-CONFIG_DAMAGES: dict[str, Callable[[Path, str, int], None]] = {
-    "wrong-type": lambda p, field, _: _edit_json(p, _set(field, "four")),
-    "negative": lambda p, field, _: _edit_json(p, _set(field, -2)),
-    "size-mismatch": lambda p, field, size: _edit_json(p, _set(field, size)),
-    "not-json": lambda p, *_: _replace(p, b"{not json"),
-    "fifo": lambda p, *_: _fifo(p),
+CONFIG_DAMAGES: dict[str, Callable[[Path, tuple], None]] = {
+    "wrong-type": lambda p, fields: _edit_json(p, _set(fields[0], "four")),
+    "negative": lambda p, fields: _edit_json(p, _set(fields[1], -2)),
+    "size-mismatch": lambda p, fields: _edit_json(p, _set(*fields[2])),
+    "not-json": lambda p, _: _replace(p, b"{not json"),
+    "fifo": lambda p, _: _fifo(p),
 }
 
 
@@ -147,6 +159,10 @@ class Damage:
     def __str__(self) -> str:
         return f"{self.family}:{self.component}:{self.kind}"
 
+    @property
+    def at_loading(self) -> bool:
+        return self.kind in AT_LOADING
+
 
 def _index(change: Callable[[dict], object]) -> Callable[[Path], None]:
     return lambda base: _edit_json(base / "model_index.json", change)
@@ -159,14 +175,14 @@ def damages() -> list[Damage]:
         for model in models:
             for kind, damage in WEIGHT_DAMAGES.items():
                 found.append(Damage(family, kind, model, lambda b, m=model, d=damage: d(_weights(b / m))))
-            field, size = SIZE_FIELD[(family, model)]
+            fields = CONFIG_FIELDS[(family, model)]
             for kind, change in CONFIG_DAMAGES.items():
                 found.append(
                     Damage(
                         family,
                         f"config-{kind}",
                         model,
-                        lambda b, m=model, c=change, f=field, s=size: c(b / m / "config.json", f, s),
+                        lambda b, m=model, c=change, f=fields: c(b / m / "config.json", f),
                     )
                 )
         denoiser = models[0]
@@ -238,6 +254,9 @@ class Command:
     args: Callable[[str, Path, Path], list[str]]  # (base, patch, out) -> argv
     via_env: bool = False  # the base given by FMNPATCH_BASE, not on the command line
     families: tuple[str, ...] = ("toy", "toy-sd3")
+    # --each checks the folder before its first concept; what only loading tells is then one concept's failure,
+    # recorded in the folder's manifest (the batch contract), so only folder damages are its cases here
+    folder_only: bool = False
 
 
 COMMANDS = [
@@ -280,6 +299,12 @@ COMMANDS = [
         "edit-each",
         lambda b, p, o: ["edit", "circle", "square", "--each", "--base", b, "-o", str(o / "e")],
         families=("toy",),
+        folder_only=True,
+    ),
+    Command(
+        "train-each",
+        lambda b, p, o: ["train", "circle", "--each", "--steps", "1", "--base", b, "-o", str(o / "t")],
+        folder_only=True,
     ),
 ]
 
@@ -289,7 +314,9 @@ def cases(slow: bool) -> list[pytest.param]:
     other commands (slow)."""
     found = []
     for turn, damage in enumerate(DAMAGES):
-        usable = [c for c in COMMANDS if damage.family in c.families]
+        usable = [
+            c for c in COMMANDS if damage.family in c.families and not (c.folder_only and damage.at_loading)
+        ]
         first = usable[turn % len(usable)]
         chosen = [c for c in usable if c is not first] if slow else [first]
         found += [pytest.param(damage, c, id=f"{damage}-{c.name}") for c in chosen]
@@ -332,11 +359,17 @@ def _run(capfd: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str, 
     return int(e.value.code or 0), out, err
 
 
-def _check(damage: Damage, command: Command, pristine, tmp_path, capfd, monkeypatch) -> None:
-    folder, patch = pristine[damage.family]
+def _damaged(pristine, damage: Damage, tmp_path: Path) -> Path:
+    """A hard-linked copy of the damage's toy pipeline, with the damage done to it."""
     base = tmp_path / "base"
-    shutil.copytree(folder, base, copy_function=os.link)
+    shutil.copytree(pristine[damage.family][0], base, copy_function=os.link)
     damage.apply(base)
+    return base
+
+
+def _check(damage: Damage, command: Command, pristine, tmp_path, capfd, monkeypatch) -> None:
+    base = _damaged(pristine, damage, tmp_path)
+    patch = pristine[damage.family][1]
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(tmp_path)
@@ -351,6 +384,41 @@ def _check(damage: Damage, command: Command, pristine, tmp_path, capfd, monkeypa
     assert re.search(rf"\b{re.escape(damage.component)}\b", errors[0]), errors[0]
     assert stdout == ""
     assert _tree(tmp_path) == before  # nothing created, changed or left behind; the base untouched
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=str)
+def test_the_folder_check_finds_what_needs_no_loading(damage, pristine, tmp_path):
+    """``check_base`` (what edit and train run before --each starts) refuses every damage that needs no loading,
+    naming its component, and passes the others, which only loading tells."""
+    base = _damaged(pristine, damage, tmp_path)
+    if damage.at_loading:
+        check_base(str(base))
+    else:
+        with pytest.raises(BaseFolderError, match=rf"\b{re.escape(damage.component)}\b"):
+            check_base(str(base))
+
+
+@pytest.fixture
+def chatty_libraries():
+    """diffusers' and transformers' loggers at their default level (the CLI quiets them; a library user may not)."""
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("damage", [d for d in DAMAGES if d.at_loading], ids=str)
+def test_load_base_refuses_in_its_own_words_alone(damage, pristine, tmp_path, capfd, chatty_libraries):
+    """What only loading tells is refused by ``load_base`` with ``BaseFolderError``, and the libraries' own
+    warnings and load reports (a weight "newly initialized", a LOAD REPORT table) are not printed."""
+    base = _damaged(pristine, damage, tmp_path)
+    capfd.readouterr()
+    with pytest.raises(BaseFolderError, match=rf"\b{re.escape(damage.component)}\b"):
+        load_base(str(base))
+    assert capfd.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize(("damage", "command"), cases(slow=False))
@@ -391,3 +459,28 @@ def test_a_fused_model_that_overflows_is_never_saved(pristine, tmp_path, capfd, 
     assert code == 2 and stdout == "" and "Traceback" not in err
     assert len(errors) == 1 and "NaN or infinite" in errors[0] and "float16" in errors[0], err
     assert _tree(tmp_path) == before
+
+
+def test_a_pipeline_from_elsewhere_gets_the_loaded_weight_checks(pristine):
+    """What ``load_base`` runs on a pipeline it did not load from a folder (a Hub id, a family's own loader):
+    a NaN weight, an integer weight and an empty vocabulary are each refused naming the component."""
+    from diffusers import DiffusionPipeline
+
+    from fmn_patch.families.loading import check_pipeline
+
+    pipe = DiffusionPipeline.from_pretrained(pristine["toy"][0])
+    check_pipeline(pipe, "org/name")
+    weight = pipe.unet.conv_in.weight
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    with pytest.raises(BaseFolderError, match=r"^base 'org/name': unet: .*NaN"):
+        check_pipeline(pipe, "org/name")
+    pipe.unet.conv_in.weight = torch.nn.Parameter(
+        torch.zeros(weight.shape, dtype=torch.int32), requires_grad=False
+    )
+    with pytest.raises(BaseFolderError, match=r"unet: conv_in\.weight is int32"):
+        check_pipeline(pipe, "org/name")
+    pipe.unet.conv_in.weight = torch.nn.Parameter(torch.zeros(weight.shape))
+    pipe.tokenizer.get_vocab = dict
+    with pytest.raises(BaseFolderError, match=r"tokenizer: its vocabulary is empty"):
+        check_pipeline(pipe, "org/name")

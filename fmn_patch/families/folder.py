@@ -195,7 +195,7 @@ def _components(folder: Path, index: dict[str, Any], refuse: Refusal) -> Iterato
                 RECOPY,
             )
         library, class_name = entry
-        cls = _resolve(library, class_name)
+        cls = _resolve(library, class_name, refuse, name)
         if cls is None and library in ("diffusers", "transformers"):
             raise refuse(
                 INDEX,
@@ -209,16 +209,24 @@ def _components(folder: Path, index: dict[str, Any], refuse: Refusal) -> Iterato
         yield Component(name, library, class_name, _kind(cls), cls)
 
 
-def _resolve(library: str, class_name: str) -> type | None:
-    """The class a component entry names: in diffusers or transformers, or a diffusers pipeline module's class."""
-    module: Any
-    if library in ("diffusers", "transformers"):
-        module = importlib.import_module(library)
-    else:
-        import diffusers.pipelines
+def _resolve(library: str, class_name: str, refuse: Refusal, name: str) -> type | None:
+    """The class a component entry names: in diffusers or transformers, or a diffusers pipeline module's class
+    (None: neither has it)."""
+    try:
+        if library in ("diffusers", "transformers"):
+            module: Any = importlib.import_module(library)
+        else:
+            import diffusers.pipelines
 
-        module = getattr(diffusers.pipelines, library, None)
-    cls = getattr(module, class_name, None) if module is not None else None
+            module = getattr(diffusers.pipelines, library, None)
+        cls = getattr(module, class_name, None) if module is not None else None
+    except (ImportError, RuntimeError) as e:  # a class whose optional dependency is not installed
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise refuse(
+            INDEX,
+            f"component {name} is a {library}.{class_name}, which cannot be imported ({first})",
+            "install what it needs, or use a pipeline without it",
+        ) from None
     return cls if isinstance(cls, type) else None
 
 

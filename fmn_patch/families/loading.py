@@ -61,6 +61,8 @@ def load_folder(layout: Layout, dtype: torch.dtype) -> Any:
             return DiffusionPipeline.from_pretrained(
                 layout.folder, dtype=dtype, use_safetensors=True, **loaded
             )
+        except MemoryError:
+            raise  # not the folder's fault
         except Exception as e:  # the library's own error, whatever its type: told in one line
             raise refuse(
                 "model_index.json", f"diffusers cannot assemble the pipeline ({_first_line(e)})"
@@ -72,14 +74,11 @@ def _load(layout: Layout, component: Component, dtype: torch.dtype, refuse: Refu
     path = layout.folder / component.name
     kwargs: dict[str, Any] = {}
     if component.kind == "model":
-        kwargs = {
-            "dtype": dtype,
-            "use_safetensors": True,
-            "low_cpu_mem_usage": True,
-            "output_loading_info": True,
-        }
+        kwargs = {"dtype": dtype, "use_safetensors": True, "output_loading_info": True}
     try:
         result = component.cls.from_pretrained(path, **kwargs)  # type: ignore[attr-defined]
+    except MemoryError:
+        raise  # not the folder's fault
     except Exception as e:  # the library's own error, whatever its type (tokenizers raises a bare Exception)
         what = _mismatch(e) or f"{component.library} cannot load it ({_first_line(e)})"
         raise refuse(component.name, what) from e
