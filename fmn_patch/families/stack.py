@@ -126,7 +126,9 @@ def fuse_patches(
 ) -> Base:
     """Fold the weighted stack into the model's weights and drop the patches' adapters: a plain pipeline again.
 
-    Adapters loaded before stay loaded, unfused, with their active set restored."""
+    Adapters loaded before stay loaded, unfused, with their active set restored. Each layer's sum is checked before
+    it is written: one that would be NaN or infinite (a float16 overflow) is refused, never saved; the layers fused
+    before it stay fused (load the base again)."""
     base = as_base(base)
     family = base.family
     active = family.active_adapters()
@@ -134,6 +136,14 @@ def fuse_patches(
         names = apply_patches(base, patches, weights, strict=strict)
         try:
             family.fuse_adapters(names)
+        except ValueError as e:  # peft's safe merge found a layer whose sum is NaN or infinite: never written
+            if "NaN" not in str(e):
+                raise
+            dtype = str(family.dtype).removeprefix("torch.")
+            raise FmnPatchError(
+                f"fusing the patches gives NaN or infinite weights in {dtype} (the sum overflows); load the base "
+                "in float32 (--dtype float32) or give the patches smaller --weight values"
+            ) from e
         finally:
             family.delete_adapters(names)
             family.activate([n for n in active if n in family.adapter_names()])
