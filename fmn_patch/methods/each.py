@@ -18,6 +18,7 @@ CONCEPT`` per line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import FmnPatchError
+from ..errors import FmnPatchError, StorageError
 from ..files import append_line
 from ..format.patch import Patch
 from ..processes import Processes, Throughput, current
@@ -145,6 +146,7 @@ def build_each(
             )
     procs.wait()  # everyone has read the manifest before anyone appends to it
     pending = [c for c in concepts if c not in skipped]
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     mine = [pending[i] for i in procs.share(len(pending))]
@@ -155,6 +157,11 @@ def build_each(
             entries.append(
                 _make_one(concept, make, folder, procs.index, replace=config.resume or config.overwrite)
             )
+    except StorageError:
+        if created:  # a full disk at the first patch: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         watcher.stop()
     everyone = procs.gather(entries)
@@ -183,6 +190,8 @@ def _make_one(
         }
         metrics = {**numbers, "rank": patch.rank, "bytes": path.stat().st_size}
         entry |= {"status": DONE, "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
+    except StorageError:
+        raise  # a full disk or a read-only folder fails every concept alike: stop at the first
     except FmnPatchError as e:
         entry |= {"status": FAILED, "seconds": round(time.perf_counter() - started, 3), "error": str(e)}
     entry |= {"process": process, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
