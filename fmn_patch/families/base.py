@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..devices import check_device
 from ..errors import FmnPatchError
 from ..progress import phase
 from .family import Family
@@ -153,6 +154,7 @@ def as_base(pipe: Base | Any, *, ref: str | None = None, revision: str | None = 
 
 def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision: str | None = None) -> Base:
     """Load a base: a registered name (``toy``: the bundled toy model), a local diffusers folder, or a Hub repo id."""
+    check_device(device, "device")
     torch_dtype = parse_dtype(dtype)
     named = named_base(ref)
     source: str | os.PathLike[str] = ref
