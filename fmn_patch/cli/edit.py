@@ -32,6 +32,7 @@ from .options import (
     each_folder,
     echo_json,
     info,
+    keep_apart,
     rank_line,
     report_each,
     where_to_use,
@@ -150,6 +151,7 @@ def edit(
     device = processes.current().device(device)
     base = configured_base(base, [chosen.name] if chosen is not None else names)
     refuse_early(base, "edit")  # before minutes of loading a large base
+    keep_apart(base, each_folder(output, "patches") if each else output)
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
@@ -164,6 +166,7 @@ def edit(
         return
     output = output or Path(patch_filename(names, chosen))
     check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
+    keep_apart(base, output)
     erase = wanted_concepts(names, chosen, anchor)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
