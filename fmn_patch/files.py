@@ -144,17 +144,22 @@ def check_apart(
 ) -> None:
     """Refuse an output that is the input folder ``source``, a folder above it, or a path inside it: writing it
     would replace or change the input (``apply BASE p --output BASE --overwrite``), whatever ``--overwrite`` says."""
-    out, src = Path(output).resolve(), Path(source).resolve()
-    if out == src or src.is_relative_to(out):
-        where = "is the base folder" if out == src else "holds the base folder"
-        raise OutputError(
-            f"{what} {str(output)!r} {where} ({source}); writing it would replace the base: give another folder"
-        )
-    if out.is_relative_to(src):
-        raise OutputError(
-            f"{what} {str(output)!r} is inside the base folder ({source}); writing there would change the base: "
-            "give a path outside it"
-        )
+    # as written and with every link followed: a folder that holds a link to the base holds the base too
+    pairs = [
+        (Path(os.path.abspath(output)), Path(os.path.abspath(source))),
+        (Path(output).resolve(), Path(source).resolve()),
+    ]
+    for out, src in pairs:
+        if out == src or src.is_relative_to(out):
+            where = "is the base folder" if out == src else "holds the base folder"
+            raise OutputError(
+                f"{what} {str(output)!r} {where} ({source}); writing it would replace the base: give another folder"
+            )
+        if out.is_relative_to(src):
+            raise OutputError(
+                f"{what} {str(output)!r} is inside the base folder ({source}); writing there would change the "
+                "base: give a path outside it"
+            )
 
 
 def _suffix_hint(suffixes: Sequence[str]) -> str:

@@ -165,8 +165,8 @@ def edit(
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
         return
     output = output or Path(patch_filename(names, chosen))
-    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     keep_apart(base, output)
+    check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     erase = wanted_concepts(names, chosen, anchor)
     model = load_base(base, device=device, dtype=dtype)
     patch = edit_patch(model, erase, anchor=anchor, preserve=preserve, config=config, category=category)
