@@ -106,10 +106,11 @@ BatchOpt = Annotated[
 
 def keep_apart(base: str | None, *outputs: Path | None, what: str = "--output") -> None:
     """Refuse an output that is the base's local folder, a folder above it or a path inside it (a Hub id or a
-    base not yet known has none)."""
+    base not yet known has none; a folder that is no pipeline is refused by the load, before anything is written)."""
     named = named_base(base) if base is not None else None
     folder = named.locate() if named is not None else Path(base) if base is not None else None
-    if folder is None or not os.path.isdir(folder):  # (a name too long to be a path is no folder either)
+    # os.path: a name too long to be a path is no folder either, without an error here
+    if folder is None or not os.path.lexists(os.path.join(folder, "model_index.json")):
         return
     for output in outputs:
         if output is not None:
