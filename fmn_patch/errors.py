@@ -39,6 +39,11 @@ class OutputError(FmnPatchError):
     """An output that cannot be written (a bad path, a full disk, a read-only folder); nothing was written."""
 
 
+class StorageError(OutputError):
+    """The storage refused a write (full, past the file-size limit, read-only, no permission): every further write
+    there fails the same way, so a batch stops at the first one."""
+
+
 class OutputExistsError(OutputError):
     """The output exists and ``--overwrite`` was not given (or another process published it meanwhile)."""
 

@@ -24,11 +24,12 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import FmnPatchError, OutputError, OutputExistsError
+from .errors import FmnPatchError, OutputError, OutputExistsError, StorageError
+from .oserrors import describe_os_error, os_error_in, write_fix
 
 TMP_TAG: Final = ".fmnpatch-tmp"
 _NAME_KEEP: Final = 80  # characters of the target's name kept in its temp names (NAME_MAX is 255 bytes)
@@ -47,13 +48,6 @@ def _host() -> str:
 def temp_path(path: Path) -> Path:
     """A fresh temp name beside ``path``: ``.NAME.HOST-PID.RANDOM.fmnpatch-tmp``."""
     return path.parent / f".{path.name[:_NAME_KEEP]}.{_host()}-{os.getpid()}.{secrets.token_hex(4)}{TMP_TAG}"
-
-
-def describe_os_error(e: OSError) -> str:
-    """The cause of a failed file operation in words: ``read-only file system``, ``no space left on device``."""
-    if e.errno == errno.ENAMETOOLONG:
-        return "the file name is too long for the file system; choose a shorter name"
-    return (e.strerror or str(e)).lower()
 
 
 # ------------------------------------------------------------------------------------------ checking
@@ -99,8 +93,32 @@ def check_output(
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {describe_os_error(e)} ({parent})") from e
+        fix = f"; {write_fix(e)}" if write_fix(e) else ""
+        raise OutputError(f"cannot write {path}: {describe_os_error(e)} ({parent}){fix}") from e
     return path
+
+
+def check_apart(
+    output: str | os.PathLike[str], source: str | os.PathLike[str], *, what: str = "--output"
+) -> None:
+    """Refuse an output that is the input folder ``source``, a folder above it, or a path inside it: writing it
+    would replace or change the input (``apply BASE p --output BASE --overwrite``), whatever ``--overwrite`` says."""
+    # as written and with every link followed: a folder that holds a link to the base holds the base too
+    pairs = [
+        (Path(os.path.abspath(output)), Path(os.path.abspath(source))),
+        (Path(output).resolve(), Path(source).resolve()),
+    ]
+    for out, src in pairs:
+        if out == src or src.is_relative_to(out):
+            where = "is the base folder" if out == src else "holds the base folder"
+            raise OutputError(
+                f"{what} {str(output)!r} {where} ({source}); writing it would replace the base: give another folder"
+            )
+        if out.is_relative_to(src):
+            raise OutputError(
+                f"{what} {str(output)!r} is inside the base folder ({source}); writing there would change the "
+                "base: give a path outside it"
+            )
 
 
 def _suffix_hint(suffixes: Sequence[str]) -> str:
@@ -163,6 +181,65 @@ def atomic_folder(path: str | os.PathLike[str], write: Callable[[Path], Any], *,
     return path
 
 
+def atomic_files(
+    folder: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], Any]], *, overwrite: bool
+) -> dict[str, Path]:
+    """Several files in ``folder`` (``writers``: file name -> ``write(tmp)``) as one set: all of them appear, or
+    none does and the files there before stay as they were.
+
+    A new folder is filled under a temp name and published whole. In an existing one every file is written to its
+    temp first (a full disk fails here, before anything is published), then each temp is renamed over its name;
+    if a rename fails or Ctrl-C comes meanwhile, the ones already renamed are put back (the old files were kept
+    as hard links, or copies where the file system has no links)."""
+    folder = Path(folder)
+    check_output(folder, overwrite=True, folder=True)
+    targets = {name: check_output(folder / name, overwrite=overwrite) for name in writers}
+    if not folder.exists():
+
+        def fill(tmp: Path) -> None:
+            for name, write in writers.items():
+                write(tmp / name)
+
+        atomic_folder(folder, fill, overwrite=False)
+        return targets
+    temps: dict[str, Path] = {}
+    kept: dict[str, Path] = {}  # name -> the old file, kept until the whole set is published
+    published: list[str] = []
+    try:
+        with _os_errors(folder):
+            for name, write in writers.items():
+                remove_stale_temps(targets[name])
+                temps[name] = tmp = temp_path(targets[name])
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
+                write(tmp)
+                os.chmod(tmp, 0o666 & ~_umask())
+                with tmp.open("rb+") as f:
+                    os.fsync(f.fileno())
+            for name, target in targets.items():
+                if target.exists():
+                    kept[name] = temp_path(target)
+                    try:
+                        os.link(target, kept[name])
+                    except OSError:
+                        shutil.copy2(target, kept[name])
+            try:
+                for name, tmp in temps.items():
+                    _publish(tmp, targets[name], overwrite=overwrite, folder=False)
+                    published.append(name)
+            except BaseException:
+                for name in reversed(published):  # put the set back as it was
+                    if name in kept:
+                        os.replace(kept.pop(name), targets[name])
+                    else:
+                        targets[name].unlink(missing_ok=True)
+                raise
+    finally:
+        for path in [*temps.values(), *kept.values()]:
+            path.unlink(missing_ok=True)
+    _sync_dir(folder)
+    return targets
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
     try:
@@ -201,10 +278,16 @@ def _os_errors(path: Path) -> Iterator[None]:
         raise OutputExistsError(
             f"{path} already exists (written by another process meanwhile); pass --overwrite to replace it"
         ) from e
-    except OSError as e:
-        shown = os.fspath(e.filename) if e.filename is not None else ""
+    except Exception as e:  # an OSError, or a writer's own error wrapping one (safetensors' SafetensorError)
+        cause = None if isinstance(e, FmnPatchError) else os_error_in(e)
+        if cause is None:
+            raise
+        shown = os.fspath(cause.filename) if cause.filename is not None else ""
         where = f" ({shown})" if shown and shown != os.fspath(path) and TMP_TAG not in shown else ""
-        raise OutputError(f"cannot write {path}: {describe_os_error(e)}{where}; nothing was written") from e
+        fix = f"; {write_fix(cause)}" if write_fix(cause) else ""
+        raise (StorageError if fix else OutputError)(
+            f"cannot write {path}: {describe_os_error(cause)}{where}; nothing was written{fix}"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------------ publishing
@@ -328,21 +411,22 @@ def append_line(path: Path, line: str) -> None:
     if "\n" in line:
         raise ValueError("append_line writes one line; the text holds a newline")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (line + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: do not glue this one to it
-            data = b"\n" + data
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with _os_errors(path):  # a full disk or a read-only folder: one line, as for every other write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = (line + "\n").encode("utf-8")
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: do not glue this one to it
+                data = b"\n" + data
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str]:

@@ -19,12 +19,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import FmnPatchError
 from .progress import Phase, phase
+from .text import printable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,6 +81,12 @@ def current() -> Processes:
     return _CURRENT[0]
 
 
+def joined() -> Processes | None:
+    """The processes of this job if ``current()`` has found them (None before, or when the environment was
+    refused): which process an error line comes from, without starting anything."""
+    return _CURRENT[0] if _CURRENT else None
+
+
 #: Where launchers put the number of processes: torchrun (under `accelerate launch`), then MPI's (under mpirun).
 SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -92,7 +99,58 @@ def launched_size() -> int:
     return 1
 
 
+#: What torchrun (and so `accelerate launch`) sets in every process it starts; a plain run has none of them.
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: MPI's launchers: the size variable and the rank variable each sets (PMI: MPICH and Intel MPI).
+MPI_VARIABLES = (
+    ("PMI_SIZE", "PMI_RANK"),
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"),
+)
+
+
+def check_launcher_environment(env: Mapping[str, str] | None = None) -> None:
+    """Refuse, in one line, a launcher's variables without the launcher: a stray ``WORLD_SIZE=2`` (or ``RANK``,
+    ``LOCAL_RANK``) left in a shell would make this process wait for peers that never come. A launcher sets the
+    whole set, consistently: torchrun ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; MPI its size and rank variables together."""
+    env = os.environ if env is None else env
+    mpi = [(size, rank) for size, rank in MPI_VARIABLES if env.get(size) or env.get(rank)]
+    if mpi:  # started by mpirun: its own pair of variables must be whole
+        for size, rank in mpi:
+            if not _ranked(env.get(size), env.get(rank)):
+                _refuse(env, [size, rank])
+        return
+    given = [n for n in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if n in env]
+    if not given:
+        return
+    missing = [n for n in LAUNCHER_VARIABLES if not env.get(n, "").strip()]
+    numbers_ok = _ranked(env.get("WORLD_SIZE"), env.get("RANK")) and _ranked(
+        env.get("WORLD_SIZE"), env.get("LOCAL_RANK")
+    )
+    port = env.get("MASTER_PORT", "")
+    if missing or not numbers_ok or not (port.isdecimal() and 0 < int(port) < 65536):
+        _refuse(env, [n for n in LAUNCHER_VARIABLES if n in env or n in given])
+
+
+def _ranked(size: str | None, rank: str | None) -> bool:
+    """Whether ``size`` and ``rank`` are whole numbers with 0 <= rank < size."""
+    if size is None or rank is None or not size.isdecimal() or not rank.isdecimal():
+        return False
+    return 0 <= int(rank) < int(size)
+
+
+def _refuse(env: Mapping[str, str], names: list[str]) -> None:
+    shown = ", ".join(f"{n}={printable(env.get(n, ''), 20)!r}" for n in names if n in env) or "none"
+    raise FmnPatchError(
+        f"the environment holds a launcher's process variables ({shown}) but no launcher started this process "
+        f"(a launcher sets all of {', '.join(LAUNCHER_VARIABLES)}, consistently); run `unset "
+        f"{' '.join(n for n in names if n in env)}` to run one process, or start several with `accelerate launch`"
+    )
+
+
 def _detect() -> Processes:
+    check_launcher_environment()
     size = launched_size()
     if size <= 1:
         if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and not os.environ.get("RANK"):

@@ -7,6 +7,7 @@ the terminal, a ``\\r`` would overwrite the line before it, and bidirectional co
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Final
 
@@ -40,3 +41,30 @@ def printable(text: object, limit: int | None = LIMIT) -> str:
 def is_printable(text: str) -> bool:
     """Whether ``text`` has no character ``printable`` would escape (and is one line)."""
     return not any(_unsafe(ch) for ch in text)
+
+
+#: A value echoed in a message is shortened past this many characters, to its first ``KEEP`` and a count.
+LONG_VALUE: Final = 200
+KEEP: Final = 60
+_QUOTED = re.compile(r"(?<!\w)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?!\w)")  # a repr, not "base's"
+_WORD = re.compile(r"\S+")
+
+
+def _cut(value: str) -> str:
+    quote = value[0] if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1 else ""
+    body = value[1:-1] if quote else value
+    return f"{quote}{body[:KEEP]}...{quote} ({len(body):,} characters)"
+
+
+def shorten_values(message: str, limit: int) -> str:
+    """``message`` with each echoed value longer than ``LONG_VALUE`` characters (a quoted string, else a run
+    without spaces) cut to its first ``KEEP``: the sentence around it, the reason and the fix, stays whole. If the
+    message is still longer than ``limit``, its middle goes, keeping the start and the end (where the fix is)."""
+    if len(message) <= limit:
+        return message
+    message = _QUOTED.sub(lambda m: _cut(m[0]) if len(m[0]) > LONG_VALUE else m[0], message)
+    message = _WORD.sub(lambda m: _cut(m[0]) if len(m[0]) > LONG_VALUE else m[0], message)
+    if len(message) <= limit:
+        return message
+    half = (limit - 5) // 2
+    return f"{message[:half]} ... {message[-half:]}"

@@ -16,10 +16,13 @@ ROOT = Path(fmn_patch.__file__).parent
 #: Top-level modules and sub-packages by layer (ARCHITECTURE.md). ``__init__``/``__main__`` of the package are
 #: the public face and sit above everything.
 LAYERS: dict[str, int] = {
+    "devices": 0,
     "errors": 0,
     "files": 0,
+    "oserrors": 0,
     "processes": 0,
     "progress": 0,
+    "records": 0,
     "startup": 0,
     "text": 0,
     "values": 0,

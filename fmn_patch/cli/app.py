@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
 from ..errors import FmnPatchError
 from ..files import describe_os_error
-from ..processes import current
+from ..processes import current, joined
 from ..startup import release
-from ..text import printable
+from ..text import printable, shorten_values
 from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train, ui
 from .display import shown_on_stderr
 from .options import Stopped, quiet_libraries
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    file_size_signal: Any = signal.SIG_DFL
+    if main_thread and hasattr(signal, "SIGXFSZ"):  # past `ulimit -f` a write fails with EFBIG, not a kill
+        file_size_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
@@ -115,9 +119,21 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+                if hasattr(signal, "SIGXFSZ"):
+                    signal.signal(signal.SIGXFSZ, file_size_signal)
     if code == 130:
-        print(f"fmnpatch: {printable(stopped, 2000)}", file=sys.stderr)
+        _say(f"fmnpatch: {printable(stopped, 2000)}")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot be written (``2>/dev/full``, a closed pipe) does not change the
+    exit code: the line is dropped, and so is what is left in the stream's buffer."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - stays open for Python's own last flush
 
 
 def _debugging() -> bool:
@@ -126,10 +142,10 @@ def _debugging() -> bool:
 
 def _fail(message: str, *, usage: str | None = None, code: int = 2) -> NoReturn:
     if usage is not None:
-        print(f"usage: {printable(usage, 300)}", file=sys.stderr)
-    rank = os.environ.get("RANK", "0")  # under `accelerate launch`: which process says it
-    who = "" if rank == "0" else f" (process {printable(rank, 8)})"
-    print(f"fmnpatch: error{who}: {printable(message, 2000)}", file=sys.stderr)
+        _say(f"usage: {printable(usage, 300)}")
+    procs = joined()  # under `accelerate launch`: which process says it
+    who = "" if procs is None or procs.is_main else f" (process {procs.index})"
+    _say(f"fmnpatch: error{who}: {shorten_values(printable(message, None), 2000)}")
     sys.exit(code)
 
 
@@ -148,7 +164,7 @@ def _usage_message(e: Exception) -> str:
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    print(f"fmnpatch: warning: {printable(message, 1000)}", file=sys.stderr)
+    _say(f"fmnpatch: warning: {shorten_values(printable(message, None), 1000)}")
 
 
 if __name__ == "__main__":

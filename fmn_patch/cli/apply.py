@@ -14,7 +14,19 @@ from ..families.base import load_base
 from ..families.stack import default_output, fuse_patches, save_new_pipeline, save_pipeline
 from ..files import check_output
 from ..format.merge import check_weights
-from .options import BaseArg, Device, Dtype, JsonOut, Overwrite, PatchesArg, Strict, Weights, echo_json, info
+from .options import (
+    BaseArg,
+    Device,
+    Dtype,
+    JsonOut,
+    Overwrite,
+    PatchesArg,
+    Strict,
+    Weights,
+    echo_json,
+    info,
+    keep_apart,
+)
 from .options import load_patches as load_patch_files
 
 
@@ -63,6 +75,8 @@ def apply(
     """
     # every argument is checked before anything is loaded or computed
     fresh = output is None and not prompt  # neither: save the fused model to a new folder named after both
+    keep_apart(base, output, default_output(base, [str(p) for p in patches]) if fresh else None)
+    keep_apart(base, grid if prompt else None, what="--grid")
     if fresh:
         check_output(
             default_output(base, [str(p) for p in patches]), overwrite=True, folder=True, what="output"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +13,8 @@ from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
 from ..evaluation.mscore import SamplerConfig
 from ..families.base import default_bench
-from ..files import atomic_write, check_input, check_output
+from ..files import atomic_files, check_input, check_output
+from ..records import to_json
 from .options import (
     BaseArg,
     BatchOpt,
@@ -29,6 +30,7 @@ from .options import (
     StepsOpt,
     echo_json,
     info,
+    keep_apart,
     load_judged,
     load_patches,
 )
@@ -134,6 +136,7 @@ def attack(
         check_input(images, folder=True, what="--images")
     for path in lora or []:
         check_input(path, what="--lora")
+    keep_apart(base, out, what="--out")
     check_output(out, overwrite=True, folder=True, what="--out")
     for name in OUTPUTS:
         check_output(out / name, overwrite=overwrite, what="--out")
@@ -151,11 +154,14 @@ def attack(
     if not procs.is_main:  # every process has the whole report; the main one writes and prints it
         return
     data = report.to_dict()
-    atomic_write(out / OUTPUTS[0], lambda t: t.write_text(json.dumps(data, indent=2)), overwrite=overwrite)
-    atomic_write(out / OUTPUTS[1], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)
+    writers: dict[str, Callable[[Path], object]] = {  # one set: all three files, or none
+        OUTPUTS[0]: lambda t: t.write_text(to_json(data) + "\n", encoding="utf-8"),
+        OUTPUTS[1]: lambda t: t.write_text(report.to_markdown(), encoding="utf-8"),
+    }
     if report.grid is not None:
         grid = report.grid
-        atomic_write(out / OUTPUTS[2], lambda t: grid.save(t, format="PNG"), overwrite=overwrite)
+        writers[OUTPUTS[2]] = lambda t: grid.save(t, format="PNG")
+    atomic_files(out, writers, overwrite=overwrite)
     info(report.to_markdown())
     if json_out:
         echo_json(data)

@@ -20,6 +20,7 @@ from .options import (
     Overwrite,
     echo_json,
     info,
+    keep_apart,
     where_to_use,
 )
 
@@ -86,6 +87,7 @@ def correct(
     templates = tuple(template) if template else DEFAULT_TEMPLATES
     config = CorrectConfig(rank=rank, steps=steps, lr=lr, seed=seed, templates=templates, bench=bench)
     base = configured_base(base, [concept])
+    keep_apart(base, output)
     model = load_base(base, device=device, dtype=dtype)
     variants = list(into) if into else attribute_variants(concept, str(attribute), bench or model.bench)
     patch = correct_patch(model, concept, variants, config)

@@ -33,6 +33,7 @@ from .options import (
     each_folder,
     echo_json,
     info,
+    keep_apart,
     rank_line,
     report_each,
     saying_what_was_written,
@@ -153,6 +154,7 @@ def edit(
     base = configured_base(base, [chosen.name] if chosen is not None else names)
     refuse_early(base, "edit")  # before minutes of loading a large base
     check_base(base)  # the folder's structure, before any concept (--each) or loading
+    keep_apart(base, each_folder(output, "patches") if each else output)
     if each:
         target = EachConfig(each_folder(output, "patches"), resume=resume, overwrite=overwrite)
         loaded = functools.cache(lambda: load_base(base, device=device, dtype=dtype))
@@ -169,6 +171,7 @@ def edit(
         report_each(report, json_out)  # one patch per concept: each made exactly as `fmnpatch edit CONCEPT`
         return
     output = output or Path(patch_filename(names, chosen))
+    keep_apart(base, output)
     check_output(output, overwrite=overwrite, suffixes=(".safetensors",), what="--output")
     erase = wanted_concepts(names, chosen, anchor)
     model = load_base(base, device=device, dtype=dtype)

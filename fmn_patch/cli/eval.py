@@ -29,6 +29,7 @@ from .options import (
     Weights,
     echo_json,
     info,
+    keep_apart,
     load_judged,
     load_patches,
 )
@@ -78,6 +79,7 @@ def eval_command(
     sampler = SamplerConfig(
         steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
     )
+    keep_apart(base, output)
     check_output(output, overwrite=True, folder=True, what="--output")
     for path in ("report.json", "report.md", "grid.png"):
         check_output(output / path, overwrite=overwrite, what="--output")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -14,10 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from ..concepts.bench import Bench, load_bench
+from ..devices import check_device
 from ..errors import FmnPatchError, Interrupted
 from ..evaluation.judges import Judge, load_judge
 from ..families.base import Base, load_base
 from ..families.export import use_with
+from ..families.registry import named_base
+from ..files import check_apart
 from ..format.lowrank import MAX_RESIDUAL
 from ..format.patch import Patch
 from ..hub.refs import is_hub_ref
@@ -25,6 +28,7 @@ from ..hub.transfer import resolve
 from ..methods.each import MANIFEST, EachReport
 from ..methods.request import BASE_ENV
 from ..processes import Processes, current
+from ..records import to_json
 from ..text import printable
 from ..values import AUTO, Rank, rank_text, residual
 
@@ -44,7 +48,12 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object to 
 Strict = Annotated[
     bool, typer.Option("--strict", help="Refuse a patch made for another base (default: warn and go on).")
 ]
-Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1, mps.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Torch device, e.g. cpu, cuda, cuda:1, mps.", callback=lambda value: check_device(value)
+    ),
+]  # checked as it is parsed: before any file is read or any model loads
 Dtype = Annotated[str, typer.Option(help="Weights dtype: float32, float16 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 MaxResidual = Annotated[
@@ -96,6 +105,19 @@ BatchOpt = Annotated[
 ]
 
 
+def keep_apart(base: str | None, *outputs: Path | None, what: str = "--output") -> None:
+    """Refuse an output that is the base's local folder, a folder above it or a path inside it (a Hub id or a
+    base not yet known has none; a folder that is no pipeline is refused by the load, before anything is written)."""
+    named = named_base(base) if base is not None else None
+    folder = named.locate() if named is not None else Path(base) if base is not None else None
+    # os.path: a name too long to be a path is no folder either, without an error here
+    if folder is None or not os.path.lexists(os.path.join(folder, "model_index.json")):
+        return
+    for output in outputs:
+        if output is not None:
+            check_apart(output, folder, what=what)
+
+
 def chosen_rank(rank: str, max_residual: float | None) -> tuple[Rank, float]:
     """``--rank`` (digits or auto) and the residual target it goes with: --max-residual only goes with auto."""
     chosen = rank_text(rank)
@@ -139,6 +161,9 @@ def quiet_libraries() -> None:
 
         tlogging.set_verbosity_error()
         tlogging.disable_progress_bar()
+        from huggingface_hub.utils import logging as hlogging
+
+        hlogging.set_verbosity_error()  # its retry lines on an unreachable network; the error is our one line
     except ImportError:  # pragma: no cover - both are dependencies
         pass
 
@@ -193,7 +218,8 @@ def each_folder(output: Path | None, what: str) -> Path:
 
 
 def echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    """``obj`` as strict JSON on stdout (a number that is not finite is ``null``)."""
+    typer.echo(to_json(obj, default=str))
 
 
 def info(message: str) -> None:

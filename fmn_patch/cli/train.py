@@ -30,6 +30,7 @@ from .options import (
     each_folder,
     echo_json,
     info,
+    keep_apart,
     report_each,
     saying_what_was_written,
     where_to_use,
@@ -218,6 +219,7 @@ def train(
     inversion_config = InversionConfig(steps=ti_steps, seed=seed)  # checked even without --ti
     inversion = inversion_config if ti else None
     base = configured_base(base, [chosen.name] if chosen is not None else concepts)
+    keep_apart(base, target.folder if each else output)
     if robust:
         refuse_early(base, "robust")  # before minutes of loading a large base
     check_base(base)  # the folder's structure, before any concept (--each) or loading

@@ -28,9 +28,10 @@ from ..errors import FmnPatchError
 from ..families.base import Base, as_base
 from ..families.stack import apply_patches, remove_patches
 from ..families.threads import sized_threads
-from ..files import atomic_write
+from ..files import atomic_files
 from ..format.patch import Patch
 from ..processes import Throughput
+from ..records import to_json
 from .batches import ImageJob, batches, run_batches
 from .grid import image_grid
 from .judges import Judge
@@ -181,16 +182,16 @@ def _stacked(
 
 
 def write_report(report: EvalReport, folder: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-    """report.json, report.md and grid.png in ``folder``."""
-    import json
-
-    folder = Path(folder)
-    paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
-    atomic_write(
-        paths["json"], lambda t: t.write_text(json.dumps(report.to_dict(), indent=2)), overwrite=overwrite
-    )
-    atomic_write(paths["markdown"], lambda t: t.write_text(report.to_markdown()), overwrite=overwrite)
+    """report.json, report.md and grid.png in ``folder``, written as one set (all or none). report.json is strict
+    JSON: a score that is not a finite number (a NaN from a broken model) is ``null`` and listed under
+    ``not_finite``."""
+    writers: dict[str, Callable[[Path], Any]] = {
+        "report.json": lambda t: t.write_text(to_json(report.to_dict()) + "\n", encoding="utf-8"),
+        "report.md": lambda t: t.write_text(report.to_markdown(), encoding="utf-8"),
+    }
     if report.grid is not None:
-        paths["grid"] = folder / "grid.png"
-        atomic_write(paths["grid"], lambda t: report.grid.save(t, format="PNG"), overwrite=overwrite)  # type: ignore[union-attr]
-    return paths
+        grid = report.grid
+        writers["grid.png"] = lambda t: grid.save(t, format="PNG")
+    written = atomic_files(folder, writers, overwrite=overwrite)
+    keys = {"report.json": "json", "report.md": "markdown", "grid.png": "grid"}
+    return {keys[name]: path for name, path in written.items()}

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..devices import check_device
 from ..errors import FmnPatchError
 from ..progress import phase
 from .family import Family
@@ -166,6 +167,7 @@ def load_base(ref: str, *, device: str = "cpu", dtype: str = "float32", revision
     A folder is checked before any library reads it, and each component as it loads (``folder``, ``loading``):
     a damaged one is refused in one line naming the component, and no weight that is NaN, infinite or an integer
     gets through. A pipeline from the Hub gets the same checks of its loaded weights and tokenizers."""
+    check_device(device, "device")
     torch_dtype = parse_dtype(dtype)
     named = named_base(ref)
     source = _source(ref)

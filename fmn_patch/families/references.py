@@ -50,11 +50,10 @@ def generated_latents(
         if cache
         else None
     )
-    if path is not None and path.exists():
-        try:
-            return safetensors.torch.load_file(str(path))["latents"]
-        except (OSError, KeyError, safetensors.SafetensorError):
-            pass  # a damaged cache entry is drawn again and replaced
+    if path is not None and path.is_file():
+        cached = _cached_latents(path, expected_shape(base, len(prompts) * len(seeds)))
+        if cached is not None:
+            return cached  # else: a damaged or foreign entry, drawn again and replaced below
     # one pipeline call per prompt, all its seeds together
     latents = base.family.generate(
         prompts,
@@ -73,6 +72,39 @@ def generated_latents(
             )
         except FmnPatchError as e:  # an unwritable cache costs time, not the result
             print(f"fmnpatch: reference cache not written: {e}", file=sys.stderr)
+    return latents
+
+
+def expected_shape(base: Base, count: int) -> tuple[int | None, ...]:
+    """The shape (N, C, h, w) the base's reference latents have; None where the pipeline does not say (a custom
+    VAE without ``latent_channels``): that dimension is not checked."""
+    vae = getattr(base.pipe, "vae", None)
+    channels = getattr(getattr(vae, "config", None), "latent_channels", None)
+    scale = getattr(base.pipe, "vae_scale_factor", None)
+    side = base.family.pixel_size() // int(scale) if isinstance(scale, int | float) and scale > 0 else None
+    return (count, channels if isinstance(channels, int) else None, side, side)
+
+
+def _cached_latents(path: Path, shape: tuple[int | None, ...]) -> torch.Tensor | None:
+    """The latents of a cache entry if it verifies: one float tensor ``latents`` of ``shape``, all finite. A cache
+    is this program's own file but not to be trusted: a crash, another version or a hand can have changed it."""
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except (OSError, safetensors.SafetensorError):
+        return None
+    latents = tensors.get("latents")
+    if (
+        set(tensors) != {"latents"}
+        or latents is None
+        or not latents.is_floating_point()
+        or latents.dim() != len(shape)
+        or any(want is not None and have != want for have, want in zip(latents.shape, shape, strict=True))
+        or not bool(torch.isfinite(latents).all())
+    ):
+        print(
+            f"fmnpatch: reference cache entry {path.name} does not verify; drawing it again", file=sys.stderr
+        )
+        return None
     return latents
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -19,8 +21,10 @@ from huggingface_hub.errors import (
 )
 
 from ..errors import FmnPatchError
+from ..text import printable
 
 SCHEME: Final = "hf://"
+FORM: Final = "hf://ORG/NAME[@REVISION][/FILE.safetensors]"
 LOGIN: Final = (
     "log in with `hf auth login` (`huggingface-cli login` in older releases) or set HF_TOKEN to a token from "
     "https://huggingface.co/settings/tokens"
@@ -48,10 +52,25 @@ class OfflineError(HubError):
 
 
 @contextmanager
-def hub_errors(target: str, *, writing: bool = False) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions raised inside into one-line ``HubError``s that name the fix."""
+def quiet_hub() -> Iterator[None]:
+    """huggingface_hub's own log lines (``'[Errno 111] Connection refused' thrown while requesting HEAD ...``,
+    ``Retrying in 1s``) kept off stderr while the calls inside run: what went wrong becomes the one error line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def hub_errors(target: str, *, writing: bool = False) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions raised inside into one-line ``HubError``s that name the fix (and keep its
+    log lines off stderr meanwhile)."""
+    try:
+        with quiet_hub():
+            yield
     except GatedRepoError as e:
         raise HubError(
             f"{target} is gated: accept its conditions at https://huggingface.co/{target.removeprefix(SCHEME)} "
@@ -90,7 +109,23 @@ def hub_errors(target: str, *, writing: bool = False) -> Iterator[None]:
         ) from e
     except HFValidationError as e:
         raise HubError(f"{target}: {e}; a repo id is ORG/NAME of letters, digits, '-', '_' and '.'") from e
+    except ValueError as e:
+        if not _raised_by_hub(e):
+            raise
+        reason = " ".join(str(e).split())
+        raise HubError(f"{target}: {printable(reason, 300)}; check the reference ({FORM})") from e
     except httpx2.TransportError as e:
         raise HubError(
             f"cannot reach the Hub ({constants.ENDPOINT}) for {target}: {e}; check the connection (or HF_ENDPOINT)"
         ) from e
+
+
+def _raised_by_hub(e: BaseException) -> bool:
+    """Whether huggingface_hub itself raised ``e`` (its checks raise plain ``ValueError``s: a file name with a
+    ``..`` segment), not code of ours or another library's."""
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and f"{os.sep}huggingface_hub{os.sep}" in last

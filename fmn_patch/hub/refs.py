@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from huggingface_hub import parse_hf_uri
 from huggingface_hub.errors import HfUriError
 
-from .errors import SCHEME, HubError
+from .errors import FORM, SCHEME, HubError
 
-FORM = "hf://ORG/NAME[@REVISION][/FILE.safetensors]"
 # the 0.1 form: a file path, then "@REVISION" at the very end
 _OLD = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^@]+\.safetensors)@(?P<rev>[^@/\s]+(?:/[^@\s]+)?)$")
 
@@ -48,6 +47,7 @@ class HubRef:
         for prefix in (SCHEME, "hf:/"):  # "hf:/" is what a pathlib.Path makes of "hf://"
             if body.startswith(prefix):
                 body = body[len(prefix) :]
+                raw = SCHEME + body  # shown as typed, not as a Path argument rewrote it
                 break
         if (old := _OLD.match(body)) is not None:
             new = cls(old["repo"], old["file"], old["rev"])
@@ -67,6 +67,11 @@ class HubRef:
         if uri.type != "model":
             raise HubError(f"{raw!r} names a {uri.type} repo; patches live in model repos: write {FORM}")
         filename = uri.path_in_repo or None
+        if filename is not None and any(part in (".", "..") for part in re.split(r"[/\\]", filename)):
+            raise HubError(
+                f"{raw!r}: the file path {filename!r} holds a '.' or '..' segment; name the file by its path in "
+                f"the repo, e.g. hf://{uri.id}/forget.safetensors (write {FORM})"
+            )
         if filename is not None and not filename.endswith(".safetensors"):
             raise HubError(
                 f"{raw!r}: {filename!r} is not a .safetensors file; name the patch file in the repo, "

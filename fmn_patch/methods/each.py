@@ -21,6 +21,7 @@ CONCEPT`` per line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import FmnPatchError, Interrupted
+from ..errors import FmnPatchError, Interrupted, StorageError
 from ..files import append_line, remove_stale_temps_in
 from ..format.patch import Patch
 from ..processes import Processes, Throughput, current
@@ -161,6 +162,7 @@ def build_each(
         (folder / MANIFEST).unlink(missing_ok=True)
     procs.wait()  # everyone has read the manifest before anyone appends to it
     pending = [c for c in concepts if c not in skipped]
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     if procs.is_main:
         remove_stale_temps_in(folder)  # what a killed run left: its own writes remove only their own
@@ -183,6 +185,11 @@ def build_each(
             raise Interrupted(f"interrupted; {said}") from e
         if procs.is_main and e.code == 143:  # SIGTERM (a launcher stopping the job, a preempted node)
             print(f"fmnpatch: terminated; {said}", file=sys.stderr)
+        raise
+    except StorageError:
+        if created:  # a full disk at the first patch: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     finally:
         watcher.stop()
@@ -237,6 +244,8 @@ def _make_one(
         metrics = {**numbers, "rank": patch.rank, "bytes": path.stat().st_size}
         entry |= {"status": DONE, "seconds": round(time.perf_counter() - started, 3), "metrics": metrics}
         entry |= record(patch, path, recipe)
+    except StorageError:
+        raise  # a full disk or a read-only folder fails every concept alike: stop at the first
     except FmnPatchError as e:
         entry |= {"status": FAILED, "seconds": round(time.perf_counter() - started, 3), "error": str(e)}
     entry |= {"process": process, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
