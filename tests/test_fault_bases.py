@@ -254,9 +254,6 @@ class Command:
     args: Callable[[str, Path, Path], list[str]]  # (base, patch, out) -> argv
     via_env: bool = False  # the base given by FMNPATCH_BASE, not on the command line
     families: tuple[str, ...] = ("toy", "toy-sd3")
-    # --each checks the folder before its first concept; what only loading tells is then one concept's failure,
-    # recorded in the folder's manifest (the batch contract), so only folder damages are its cases here
-    folder_only: bool = False
 
 
 COMMANDS = [
@@ -299,12 +296,10 @@ COMMANDS = [
         "edit-each",
         lambda b, p, o: ["edit", "circle", "square", "--each", "--base", b, "-o", str(o / "e")],
         families=("toy",),
-        folder_only=True,
     ),
     Command(
         "train-each",
         lambda b, p, o: ["train", "circle", "--each", "--steps", "1", "--base", b, "-o", str(o / "t")],
-        folder_only=True,
     ),
 ]
 
@@ -314,9 +309,7 @@ def cases(slow: bool) -> list[pytest.param]:
     other commands (slow)."""
     found = []
     for turn, damage in enumerate(DAMAGES):
-        usable = [
-            c for c in COMMANDS if damage.family in c.families and not (c.folder_only and damage.at_loading)
-        ]
+        usable = [c for c in COMMANDS if damage.family in c.families]
         first = usable[turn % len(usable)]
         chosen = [c for c in usable if c is not first] if slow else [first]
         found += [pytest.param(damage, c, id=f"{damage}-{c.name}") for c in chosen]
