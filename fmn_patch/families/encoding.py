@@ -50,6 +50,13 @@ class TextStates:
                 states.append(encoder(batch, output_hidden_states=True).hidden_states[layer])
         return torch.cat(states, dim=-1).float().cpu()
 
+    def rows(self, prompts: Sequence[str], padding: int) -> torch.Tensor:
+        """(total rows, dim): each prompt's own rows one after another, BOS .. EOS and up to ``padding`` padding
+        slots after it (capped at the max length)."""
+        states = self.encode(prompts, padding)
+        lengths = [min(len(ids) + padding, self.max_length) for ids in self.ids(prompts)]
+        return torch.cat([s[:n] for s, n in zip(states, lengths, strict=True)])
+
 
 def align(
     erase_ids: Sequence[int], anchor_ids: Sequence[int], start: int, n: int

@@ -99,12 +99,7 @@ def preserve_states(
             f"preserve_padding=False reads each prompt's states at its true length, which {base.family.name} "
             "models do not have (their text stream depends on the image); leave preserve_padding True"
         ) from None
-    rows: list[torch.Tensor] = []
-    for i in range(0, len(prompts), 64):
-        chunk = list(prompts[i : i + 64])
-        states = text.encode(chunk, 0)  # (B, longest true length, in)
-        rows += [s[: len(ids)] for s, ids in zip(states, text.ids(chunk), strict=True)]
-    return torch.cat(rows) if rows else torch.zeros(0, 0)
+    return torch.cat([text.rows(prompts[i : i + 64], 0) for i in range(0, len(prompts), 64)])
 
 
 def encode_set(

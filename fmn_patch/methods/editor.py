@@ -174,13 +174,9 @@ class Editor:
         the config's preserve_weight."""
         for chunk in _batches(prompts, self.config.batch_size):
             t0 = time.perf_counter()
-            states = self.text.encode(chunk, self.padding)
-            lengths = [len(x) for x in self.text.ids(chunk)]
-            rows = [
-                s[: min(n + self.padding, self.text.max_length)] for s, n in zip(states, lengths, strict=True)
-            ]
+            rows = self.text.rows(chunk, self.padding)
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
-            self.normal.add_keep(torch.cat(rows), self.config.preserve_weight * factor)
+            self.normal.add_keep(rows, self.config.preserve_weight * factor)
 
     def solve(self) -> torch.Tensor:
         """The shared map P (in, in), float32: every layer's delta is its W @ P."""
