@@ -32,6 +32,8 @@ from .errors import FmnPatchError, OutputError, OutputExistsError, StorageError
 from .oserrors import describe_os_error, os_error_in, write_fix
 
 TMP_TAG: Final = ".fmnpatch-tmp"
+#: What a refused write says of its output; a batch that wrote other files says what it did write instead.
+NOTHING_WRITTEN: Final = "nothing was written"
 _NAME_KEEP: Final = 80  # characters of the target's name kept in its temp names (NAME_MAX is 255 bytes)
 _log = logging.getLogger("fmn_patch")
 
@@ -286,7 +288,7 @@ def _os_errors(path: Path) -> Iterator[None]:
         where = f" ({shown})" if shown and shown != os.fspath(path) and TMP_TAG not in shown else ""
         fix = f"; {write_fix(cause)}" if write_fix(cause) else ""
         raise (StorageError if fix else OutputError)(
-            f"cannot write {path}: {describe_os_error(cause)}{where}; nothing was written{fix}"
+            f"cannot write {path}: {describe_os_error(cause)}{where}; {NOTHING_WRITTEN}{fix}"
         ) from e
 
 

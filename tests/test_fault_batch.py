@@ -9,6 +9,7 @@ an undamaged run's, bit for bit) or refuses in one line with nothing changed. Ne
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -567,6 +568,72 @@ def test_resume_after_ctrl_c_anywhere_ends_as_one_uninterrupted_run(toy, work, n
         assert leftovers(folder) == []
         if kill:
             killed(folder)
+    code, _, err = edit_each(names, folder, "--resume")
+    assert code == 0, err[-2000:]
+    assert_as_reference(folder, reference)
+
+
+@settings(max_examples=8, **RUNS_THE_CLI)
+@given(event=st.sampled_from(EVENTS), k=st.integers(0, len(NAMES) - 1))
+def test_overwrite_keeps_the_old_run_until_the_new_one_ends(toy, work, names, reference, event, k):
+    """``--each --overwrite`` over a finished run of other options, Ctrl-C midway: every old patch not yet replaced
+    is still there byte for byte with its old line; a resume then ends as one uninterrupted run, and the manifest
+    holds the new run's lines only."""
+    folder = Path(tempfile.mkdtemp(dir=work)) / "out"
+    code, _, err = edit_each(names, folder, "--push", "0.5")  # the old run: other options, other tensors
+    assert code == 0, err[-2000:]
+    old = {p.name: p.read_bytes() for p in folder.glob("*.safetensors")}
+    old_lines = {e["concept"]: e for e in lines_of(folder)}
+    with interrupt_at(event, k + (event == "record")) as fired:  # the first line appended is the restart line
+        code, _, err = edit_each(names, folder, "--overwrite")
+    assert fired[0] and code == 130 and "Traceback" not in err, err[-2000:]
+    assert leftovers(folder) == []
+    replaced = finished(folder)
+    for concept in set(NAMES) - replaced:
+        name = patch_name(concept)
+        if (folder / name).read_bytes() == old[name]:  # not replaced yet: still described by its old line
+            assert old_lines[concept] in lines_of(folder)
+    for concept in replaced:
+        same_patch(folder / patch_name(concept), reference / patch_name(concept))
+    code, _, err = edit_each(names, folder, "--resume")
+    assert code == 0, err[-2000:]
+    assert_as_reference(folder, reference)
+    assert {e["concept"] for e in lines_of(folder)} == set(NAMES)
+    assert all(e not in lines_of(folder) for e in old_lines.values())
+
+
+def test_a_finished_overwrite_leaves_only_its_own_lines(toy, names, done, reference):
+    code, _, err = edit_each(names, done, "--overwrite")
+    assert code == 0, err[-2000:]
+    assert_as_reference(done, reference)
+    assert sorted(e["concept"] for e in lines_of(done)) == sorted(NAMES)
+
+
+def test_a_full_disk_midway_says_what_was_written(toy, names, reference, tmp_path):
+    """The disk fills at the second patch: the one line says that file was not written and the first one was; a
+    resume once there is room ends as one uninterrupted run."""
+    folder = tmp_path / "out"
+    real = fmn_patch.files._publish
+    seen = [0]
+
+    def publish(*args: object, **kwargs: object) -> object:
+        seen[0] += 1
+        if seen[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fmn_patch.files, "_publish", publish)
+        code, _, err = edit_each(names, folder)
+    line = err.strip().splitlines()[-1]  # after the bar's lines
+    assert code == 2 and "Traceback" not in err and line.startswith("fmnpatch: error: cannot write"), err[
+        -2000:
+    ]
+    assert "nothing was written" not in line and line.endswith(
+        f"no space left on device; that file was not written (1 of 3 patches were, in {folder}); free some space "
+        "or write elsewhere, then resume with --resume"
+    )
+    assert leftovers(folder) == [] and finished(folder) == {A}
     code, _, err = edit_each(names, folder, "--resume")
     assert code == 0, err[-2000:]
     assert_as_reference(folder, reference)

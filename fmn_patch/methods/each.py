@@ -10,9 +10,12 @@ The manifest (``manifest.jsonl`` in the output folder) has one JSON object per l
      "file_hash": "...", "options": {"rank": 4, ...}}
 
 ``status`` is ``done`` or ``failed`` (then ``error`` holds the one-line reason); ``output`` is relative to the
-folder. A done line records what its patch is, and a resume checks it (``fmn_patch.methods.manifest``): a concept
-counts as finished when its latest line says ``done`` and the patch in the folder is the one that line records;
-``resume`` makes every other concept again, replacing a patch file that its line never recorded.
+folder. An ``--overwrite`` run appends a ``restart`` line first and drops the lines above it when it ends: until
+then the old lines still describe the old patches, and a resume reads only the lines below it.
+
+A done line records what its patch is, and a resume checks it (``fmn_patch.methods.manifest``): a concept counts
+as finished when its latest line says ``done`` and the patch in the folder is the one that line records; ``resume``
+makes every other concept again, replacing a patch file that its line never recorded.
 
 The patch of a concept is the patch ``make`` returns for it, whichever process makes it and whatever else that
 process made before: ``fmnpatch train --from-file FILE --each`` writes the same tensors as one ``fmnpatch train
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FmnPatchError, Interrupted, StorageError
-from ..files import append_line, remove_stale_temps_in
+from ..files import NOTHING_WRITTEN, append_line, remove_stale_temps_in
 from ..format.patch import Patch
 from ..processes import Processes, Throughput, current
 from ..text import printable
@@ -45,12 +48,14 @@ from .manifest import (
     Recipe,
     check_base,
     check_recipe,
+    compact,
     latest,
     load_manifest,
     mismatch,
     patch_name,
     read_manifest,
     record,
+    restart_line,
 )
 
 __all__ = [
@@ -158,8 +163,9 @@ def build_each(
     if procs.is_main:
         manifest.note_torn()  # after the refusals, so that a refusal is one line
     skipped = _verified(folder, concepts, lines, say=procs.is_main)
-    if config.overwrite and procs.is_main:
-        (folder / MANIFEST).unlink(missing_ok=True)
+    restarted = config.overwrite and (folder / MANIFEST).is_file()
+    if restarted and procs.is_main:  # the old lines stay until this run ends: a Ctrl-C keeps their patches'
+        append_line(folder / MANIFEST, restart_line())
     procs.wait()  # everyone has read the manifest before anyone appends to it
     pending = [c for c in concepts if c not in skipped]
     created = not folder.exists()
@@ -179,28 +185,49 @@ def build_each(
             )
     except (KeyboardInterrupt, SystemExit) as e:
         watcher.stop()  # its bar's last line before this one
-        written = len(skipped) + len(watcher.done_since_start() & set(pending))
-        said = f"{written} of {len(concepts)} patches written to {printable(folder)}, resume with --resume"
+        said = _written(watcher, skipped, pending, concepts, folder)
         if isinstance(e, KeyboardInterrupt):
             raise Interrupted(f"interrupted; {said}") from e
         if procs.is_main and e.code == 143:  # SIGTERM (a launcher stopping the job, a preempted node)
             print(f"fmnpatch: terminated; {said}", file=sys.stderr)
         raise
-    except StorageError:
+    except StorageError as e:
+        watcher.stop()
         if created:  # a full disk at the first patch: leave no empty folder behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if folder.is_dir() and (skipped or watcher.done_since_start()):  # the error's "nothing" is that file
+            written = _count(watcher, skipped, pending)
+            said = f"that file was not written ({written} of {len(concepts)} patches were, in {printable(folder)})"
+            raise StorageError(f"{str(e).replace(NOTHING_WRITTEN, said)}, then resume with --resume") from e
         raise
     finally:
         watcher.stop()
     everyone = procs.gather(entries)
     per_process = procs.gather([len(entries)])
+    if (
+        procs.is_main
+    ):  # every process has ended: an --overwrite run's lines (resumed or not) are the manifest now
+        compact(folder)
     return EachReport(
         folder,
         everyone,
         skipped,
         Throughput("patches", "patches", per_process, time.perf_counter() - started),
     )
+
+
+def _written(
+    watcher: _Progress, skipped: Sequence[str], pending: Sequence[str], concepts: Sequence[str], folder: Path
+) -> str:
+    """What a stopped batch says it leaves: the patches the folder holds, and how to go on."""
+    written = _count(watcher, skipped, pending)
+    return f"{written} of {len(concepts)} patches written to {printable(folder)}, resume with --resume"
+
+
+def _count(watcher: _Progress, skipped: Sequence[str], pending: Sequence[str]) -> int:
+    """The patches a stopped batch leaves in its folder: the ones a resume skipped and the ones this run made."""
+    return len(skipped) + len(watcher.done_since_start() & set(pending))
 
 
 def _verified(

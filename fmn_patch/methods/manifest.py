@@ -21,15 +21,20 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import FmnPatchError
+from ..files import atomic_write
 from ..format.patch import Patch
 from ..text import printable
 
 MANIFEST: Final = "manifest.jsonl"
 DONE, FAILED = "done", "failed"
+#: The status of the line an ``--overwrite`` run appends before its first patch: the lines above it describe the
+#: old run's patches, kept until the new run ends (``compact``), and no longer count for a resume.
+RESTART: Final = "restart"
 #: What a done line records of its patch, and the JSON type of each (``base_hash`` may be null).
 RECORD: Final[dict[str, tuple[type, ...]]] = {
     "concepts": (list,),
@@ -149,8 +154,44 @@ def load_manifest(folder: Path) -> Manifest:
             raise FmnPatchError(f"line {number} of {path} nests too deep for a manifest line; {_FIX}") from e
         except ValueError as e:  # JSON, but not what a manifest holds: an integer of thousands of digits
             raise FmnPatchError(f"line {number} of {path} holds a value out of range ({e}); {_FIX}") from e
+        if _restart(entry):
+            manifest.entries.clear()  # an --overwrite run began here: the lines above are the run it replaces
+            manifest.torn.clear()
+            continue
         manifest.entries.append(_typed(entry, number, path))
     return manifest
+
+
+def _restart(entry: object) -> bool:
+    return isinstance(entry, dict) and entry.get("status") == RESTART
+
+
+def restart_line() -> str:
+    """The line an ``--overwrite`` run appends before it makes anything."""
+    return json.dumps(
+        {"status": RESTART, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+    )
+
+
+def compact(folder: Path) -> None:
+    """Drop the lines above the manifest's last restart line (the replaced run's), in one atomic write: called when
+    a run ends, so that until the ``--overwrite`` run that appended it (or its resume) ends, a Ctrl-C keeps the old
+    run's record of every old patch still in the folder."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return
+    lines = path.read_bytes().split(b"\n")
+    starts = [i for i, raw in enumerate(lines) if _restart(_json_or_none(raw))]
+    if starts:
+        kept = b"\n".join(lines[starts[-1] + 1 :])
+        atomic_write(path, lambda tmp: tmp.write_bytes(kept), overwrite=True)
+
+
+def _json_or_none(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:  # a torn line, or not UTF-8
+        return None
 
 
 def _typed(entry: object, number: int, path: Path) -> dict[str, Any]:
