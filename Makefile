@@ -36,8 +36,12 @@ lock:
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_WHEELS) \
 	  $(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" -o $(LOCK)
 
+# The tests are single-threaded (tests/conftest.py): pytest-xdist runs whole files on each core, up to 4 workers
+# (each holds its own models), and a file's module fixtures are built once, in its worker.
+XDIST   := -n auto --maxprocesses 4 --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # The newest releases within pyproject.toml's ranges (torch stays the locked CPU wheel), in a venv of their own, then
 # the suite: drift shows here before it reaches the lock. Maintainers run it before `make lock UPGRADE=1`; CI does not.
@@ -47,10 +51,10 @@ test-latest:
 	grep '^torch==' $(LOCK) > $(LATEST)/torch.txt
 	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch.txt -e ".[dev]"
 	$(LATEST)/bin/python tests/lockfile.py $(LOCK)
-	FMNPATCH_UNLOCKED=1 $(LATEST)/bin/python -m pytest -q
+	FMNPATCH_UNLOCKED=1 $(LATEST)/bin/python -m pytest -q $(XDIST)
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow $(XDIST)
 
 lint: install
 	$(VENV)/bin/ruff check fmn_patch tests examples bench patches
