@@ -37,9 +37,6 @@ def short_of(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"v2 toy, measured: {reason}")
 
 
-BOB_NEIGHBOURS = short_of(
-    "bob's neighbours read like bob (cosine 0.78-0.89 at the name): training takes them along, kept 85.4% of base"
-)
 SAMPLER = SamplerConfig(steps=20, guidance=5.0, seeds=(0, 1, 2))
 
 
@@ -81,7 +78,7 @@ def _check_erased(score: ModelScore, erased: list[str], acc: float, alias: float
         assert c.alias_acc is None or c.alias_acc <= alias, f"{name}: alias {c.alias_acc:.0%} > {alias:.0%}"
 
 
-@pytest.mark.parametrize("concept", ["circle", pytest.param("bob", marks=BOB_NEIGHBOURS), "striped"])
+@pytest.mark.parametrize("concept", ["circle", "bob", "striped"])
 def test_train_one_concept_meets_the_bar(world, concept):
     patch = train_patch(world[0], [concept], TrainConfig(), progress=False)
     score, kept = _scored(world, patch, [concept])

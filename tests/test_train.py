@@ -307,6 +307,23 @@ def test_negative_guidance_per_category():
 
     assert preserve_of(TrainConfig(), "style") == 100.0 and preserve_of(TrainConfig(), "object") == 30.0
     assert preserve_of(TrainConfig(preserve_weight=5.0), "style") == 5.0
+    assert preserve_of(TrainConfig(), "style", "identity", "style") == 30.0  # several: the smallest
+    assert preserve_of(TrainConfig(preserve_weight=5.0), "style", "object") == 5.0
+
+
+def test_preserve_padding_left_to_the_family_is_bos_to_eos_on_a_unet_and_every_slot_on_an_mmdit(
+    sd1, mmdit_dirs
+):
+    from fmn_patch.methods.dataset import preserve_states
+
+    prompts = ["a photo of bob", "circle"]
+    torch.testing.assert_close(
+        preserve_states(sd1, prompts, padding=None), preserve_states(sd1, prompts, padding=False)
+    )
+    mmdit = load_base(str(mmdit_dirs["sd3"]))
+    auto = preserve_states(mmdit, prompts, padding=None)  # seeded: the same draws
+    every = preserve_states(mmdit, prompts, padding=True)
+    assert auto.keys() == every.keys() and all(torch.equal(auto[k], every[k]) for k in auto)
 
 
 def test_preservation_without_padding_reads_each_prompt_from_bos_to_eos(sd1, mmdit_dirs):

@@ -84,17 +84,19 @@ def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], afte
 
 
 def preserve_states(
-    base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None, padding: bool = True
+    base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None, padding: bool | None = True
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """What the targets read for every token of every preserve prompt (``Family.preserve_inputs``): the text
     states for a UNet; for an MMDiT the text stream at each block, recorded on ``latents`` noised at random.
     ``padding`` False: each prompt's rows BOS .. EOS only, as the closed-form edit preserves them (families with
-    true-length text states; the others refuse in one line)."""
+    true-length text states; the others refuse in one line); None: False where the family has them, else True."""
     if padding:
         return base.family.preserve_inputs(prompts, latents)
     try:
         text = base.family.text_states()
     except FmnPatchError:
+        if padding is None:
+            return base.family.preserve_inputs(prompts, latents)
         raise FmnPatchError(
             f"preserve_padding=False reads each prompt's states at its true length, which {base.family.name} "
             "models do not have (their text stream depends on the image); leave preserve_padding True"
@@ -117,7 +119,7 @@ def encode_set(
     seen: list[str] | None = None,
     near: Sequence[str] = (),
     neighbour_weight: float = 1.0,
-    padding: bool = True,
+    padding: bool | None = True,
 ) -> TrainingSet:
     """``seen``: the prompts as the tokenizer sees them after the pipeline's own rewriting (default: ``prompts``).
     ``near``: those of ``keep`` whose rows count ``neighbour_weight`` times (none when it is 1); ``padding``: as in

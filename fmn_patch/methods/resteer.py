@@ -83,15 +83,15 @@ class TrainConfig:
     resteer_weight: float = 1.0  # w_r, attention mass at the concept's positions
     # w_d, guided denoising target (trains the values); noise MSE is small, hence 100
     denoise_weight: float = 100.0
-    # w_p, keys/values of the preserve prompts' tokens; None: per category (PRESERVE), the largest of the patch's
-    # concepts (BENCHMARKS.md "Training defaults").
+    # w_p, keys/values of the preserve prompts' tokens; None: per category (PRESERVE), the smallest of the patch's
+    # concepts, which each concept's erasure withstands (BENCHMARKS.md "Training defaults").
     preserve_weight: float | None = None
     # Extra factor on the preservation rows of the bench's other concepts of an erased one's category (its neighbours,
     # which the patch moves most: the edit's ``neighbour_weight``); None: the start's budget (methods/budget.py).
     neighbour_weight: float | None = None
-    # The preservation term also reads each preserve prompt's padding slots after EOS (False: BOS .. EOS, as the
-    # edit preserves; UNet bases only). BENCHMARKS.md "Neighbour weight" measures both.
-    preserve_padding: bool = True
+    # The preservation term reads each preserve prompt's padding slots after EOS too (False: BOS .. EOS, as the edit
+    # does; UNet only); None: False where the family has true-length text states. BENCHMARKS.md "Neighbour weight".
+    preserve_padding: bool | None = None
     after: bool = True  # the re-steering loss also reads the positions after the concept (through EOS)
     # reference images drawn by the base per concept prompt (when no folder is given)
     images_per_prompt: int = 2
@@ -399,11 +399,11 @@ def eta_of(config: TrainConfig, category: str) -> float:
     return config.eta if config.eta is not None else ETA.get(category, ETA_DEFAULT)
 
 
-def preserve_of(config: TrainConfig, category: str) -> float:
-    """The preservation weight for a concept of ``category``: the config's, else the category's default."""
+def preserve_of(config: TrainConfig, *categories: str) -> float:
+    """The preservation weight of a patch of concepts of ``categories``: the config's, else the smallest of theirs."""
     if config.preserve_weight is not None:
         return config.preserve_weight
-    return PRESERVE.get(category, PRESERVE_DEFAULT)
+    return min(PRESERVE.get(category, PRESERVE_DEFAULT) for category in categories)
 
 
 def prepare(
@@ -434,7 +434,7 @@ def prepare(
         bench, erased, last=[*config.preserve_extra, *anchors], names=lambda p: _names_any(family, p, banned)
     )
     etas = [eta_of(config, pl.concept.category) for pl in plans for _ in pl.prompts]
-    w_p = max(preserve_of(config, pl.concept.category) for pl in plans)
+    w_p = preserve_of(config, *(pl.concept.category for pl in plans))
     near = neighbour_prompts(bench, erased)
     w_n = 1.0 if config.neighbour_weight is None else config.neighbour_weight  # 0 stays 0
     if inversion is None:
