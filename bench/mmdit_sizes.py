@@ -91,11 +91,17 @@ def measure(name: str, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     from run import save, write_markdown
 
     from fmn_patch.cli.options import quiet_libraries
 
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args(argv)  # no options: --help says what the run does before it overwrites the results
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name in MODELS for row in measure(name, Path(tmp))]
