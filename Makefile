@@ -59,14 +59,16 @@ test-slow: install
 lint: install
 	$(VENV)/bin/ruff check fmn_patch tests examples bench patches
 	$(VENV)/bin/ruff format --check fmn_patch tests examples bench patches
-	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory typecheck
 
 format: install
 	$(VENV)/bin/ruff format fmn_patch tests examples bench
 	$(VENV)/bin/ruff check --fix fmn_patch tests examples bench
 
+# The package, then bench/ (its scripts import each other as top-level modules, as `python bench/X.py` runs them).
 typecheck: install
 	$(VENV)/bin/mypy
+	MYPYPATH=bench $(VENV)/bin/mypy --explicit-package-bases bench
 
 demo: install
 	$(PY) examples/demo.py

@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ def main() -> None:
         report.grid.save(RESULTS / f"attack_{args.concept}.png")
 
 
-def _plain(obj: object) -> object:
+def _plain(obj: Any) -> Any:
     """Dataclasses as dicts, for JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)

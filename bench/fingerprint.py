@@ -106,19 +106,19 @@ def fingerprints(want: Any) -> dict[str, Any]:
         rec("kohya", tensor_hash(to_kohya(edits["circle"])[0]))
     if want("eval"):
         sampler = SamplerConfig(seeds=(0,))
-        report = evaluate_patches(toy, [edits["circle"]], bench, judge, sampler, progress=False, grid=False)
-        rec("eval", json.loads(json.dumps(report.to_dict())))
+        scored = evaluate_patches(toy, [edits["circle"]], bench, judge, sampler, progress=False, grid=False)
+        rec("eval", json.loads(json.dumps(scored.to_dict())))
     if want("attack"):
-        config = AttackConfig(
+        attack_config = AttackConfig(
             sampler=SamplerConfig(seeds=(0,)),
             inversion=InversionAttackConfig(steps=10, images=8),
             search=SearchConfig(
                 seconds=7 * 24 * 3600, max_candidates=20, images=4
             ),  # the cap binds, not time
         )
-        report = run_attacks(toy, [edits["circle"]], "circle", judge, bench, config)
-        data = {k: v for k, v in report.to_dict().items() if k not in ("seconds", "results")}
-        rec("attack", json.loads(json.dumps({**data, "prompts": [r.prompts for r in report.results]})))
+        attacked = run_attacks(toy, [edits["circle"]], "circle", judge, bench, attack_config)
+        data = {k: v for k, v in attacked.to_dict().items() if k not in ("seconds", "results")}
+        rec("attack", json.loads(json.dumps({**data, "prompts": [r.prompts for r in attacked.results]})))
     if want("fmn"):
         trained = load_base("toy")
         train_fmn_baseline(trained, [("circle", "object")], FMNConfig(steps=5), progress=False)

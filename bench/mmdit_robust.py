@@ -168,7 +168,7 @@ def _rounds(
         tick = time.perf_counter()
         try:
             with gradient_checkpointing(base.family, config.checkpointing):
-                found = robust._attack(base, plans, original.latents, owner, r, config)
+                found = robust._attack(base, plans, original.latents, owner, r, config, progress)
         finally:
             remove_patches(base, names)
         spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
@@ -226,7 +226,7 @@ def name_targets(prompts: int) -> Iterator[None]:
                 on_chunk(len(part))
         return torch.cat(parts)
 
-    samples.guided_targets = targets
+    samples.guided_targets = targets  # type: ignore[assignment]  # a variant by patching: issue 28 wants a hook
     try:
         yield
     finally:
@@ -264,7 +264,7 @@ def pooled_lora() -> Iterator[None]:
     object.__setattr__(kind, "regex", wide)
     object.__setattr__(kind, "_compiled", re.compile(wide))
     mmdit.MMDiTFamily.attention_layers = attention_layers  # type: ignore[method-assign]
-    resteer.preservation_loss = preserve
+    resteer.preservation_loss = preserve  # type: ignore[assignment]  # as above
     try:
         yield
     finally:
@@ -283,12 +283,12 @@ def run_variant(name: str, concept: str, extra: dict[str, Any]) -> dict[str, Any
     own = robust.robust_rounds
 
     def patched_rounds(*args: Any) -> Any:
-        return rounds(*args, variant=variant)
+        return rounds(*args, variant=variant)  # type: ignore[misc]  # robust_rounds' 7 arguments
 
     with contextlib.ExitStack() as stack:
         if variant.pooled_lora:
             stack.enter_context(pooled_lora())
-        robust.robust_rounds = patched_rounds  # train_patch imports it when it runs
+        robust.robust_rounds = patched_rounds  # type: ignore[assignment]  # train_patch imports it when it runs
         # train_patch refuses --robust on MMDiT (Family.require_robust): these are the rounds that refusal rests on
         family = pipe.family
         family.require_robust = lambda: None  # type: ignore[method-assign]

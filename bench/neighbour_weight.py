@@ -73,11 +73,11 @@ ROWS = [
 
 
 def patch_of(pipe: Any, row: Row) -> Any:
-    config = {"erase_weight": row.erase_weight, "neighbour_weight": row.edit_neighbours}
+    config: dict[str, Any] = {"erase_weight": row.erase_weight, "neighbour_weight": row.edit_neighbours}
     if row.method == "edit":
         return edit_patch(pipe, [row.concept], config=EditConfig(**config))
     real = edit_module.EditConfig
-    edit_module.EditConfig = functools.partial(real, **config)  # type: ignore[misc]  # the start's edit
+    edit_module.EditConfig = functools.partial(real, **config)  # type: ignore[misc,assignment]  # the start's edit
     try:
         trained = TrainConfig(
             neighbour_weight=row.train_neighbours, eta=row.eta, preserve_padding=row.preserve_padding
@@ -134,7 +134,8 @@ def main() -> None:
         }
         print(json.dumps(result), flush=True)
         out.append(result)
-    record = {"meta": provenance(), "sampler": {"steps": 20, "guidance": 5.0, "seeds": [0, 1]}, "rows": out}
+    sampled = {"steps": 20, "guidance": 5.0, "seeds": [0, 1]}
+    record: dict[str, Any] = {"meta": provenance(), "sampler": sampled, "rows": out}
     if args.add and RESULTS.exists():  # each run's rows keep their own provenance
         before = json.loads(RESULTS.read_text())
         runs = before.get("runs") or [{"meta": before["meta"], "rows": before["rows"]}]

@@ -10,6 +10,7 @@ regenerates BENCHMARKS.md from every results file present.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -137,7 +138,7 @@ def bench_inference(repeats: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in pipes}
     for _ in range(repeats):
         for name, pipe in pipes.items():
-            times[name].append(median_time(lambda p=pipe: run(p), 1))
+            times[name].append(median_time(functools.partial(run, pipe), 1))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": ref if ref == "toy" else "tiny random SD-1.x (toy model not built)",
@@ -609,8 +610,11 @@ def train_quality_section() -> list[str]:
 def _old_and_new(rows: list[dict[str, Any]]) -> list[str]:
     """The default re-steering patch before issue 16 and now, per erased set, side by side."""
     by = {(r["method"], tuple(r["erased"])): r for r in rows}
-    pairs = [(e, by.get(("resteer, old defaults", e)), r) for (m, e), r in by.items() if m == "resteer"]
-    pairs = [(e, old, new) for e, old, new in pairs if old is not None]
+    pairs = [
+        (e, old, r)
+        for (m, e), r in by.items()
+        if m == "resteer" and (old := by.get(("resteer, old defaults", e))) is not None
+    ]
     if not pairs:
         return []
 

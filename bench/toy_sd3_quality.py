@@ -239,7 +239,7 @@ def main() -> None:
     quiet_libraries()
     bench = load_bench("toy")
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
-    world = {"bench": bench, "judge": ToyJudge.load(), "sampler": sampler}
+    world: dict[str, Any] = {"bench": bench, "judge": ToyJudge.load(), "sampler": sampler}
     concepts = args.concepts or bench.names
     rows: list[dict[str, Any]] = []
     robust_rows: list[dict[str, Any]] = []

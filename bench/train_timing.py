@@ -236,7 +236,8 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
                     bench=load_bench("real"), progress=False,
                 )  # fmt: skip
             cost = patch.info.extra["cost"] | {"median_step_s": patch.info.extra["seconds_per_step"]}
-            keys = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init", "robust_rounds")
+            keys: tuple[str, ...] = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init")
+            keys += ("robust_rounds",)
             keys += ("robust_attack", "robust_attack_steps", "robust_attack_batch")
             row |= {
                 "config": {k: getattr(default, k) for k in keys},
