@@ -168,7 +168,7 @@ def _rounds(
         tick = time.perf_counter()
         try:
             with gradient_checkpointing(base.family, config.checkpointing):
-                found = robust._attack(base, plans, original.latents, owner, r, config, progress)
+                found = robust.inner_attack(base, plans, original.latents, owner, r, config, progress)
         finally:
             remove_patches(base, names)
         spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
@@ -178,7 +178,7 @@ def _rounds(
         elif variant.adds == "anchor-text":
             batch = _anchor_text(base, first, original, plans, found)
         else:
-            batch = robust._with_adversarial(
+            batch = robust.with_adversarial(
                 base, batch if variant.adds == "all" else first, original, plans, found, config
             )
     return fresh

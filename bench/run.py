@@ -189,9 +189,9 @@ def write_markdown() -> None:
         "regenerate. Timings are medians; ratios are measured side by side in the same run.",
         "",
     ]
-    sizes = _read("sizes")
+    sizes = read_result("sizes")
     if sizes:
-        lines += ["## Patch size", "", _provenance(sizes), ""]
+        lines += ["## Patch size", "", provenance_line(sizes), ""]
         lines += ["| architecture | rank | modules | parameters | file size |", "|---|---|---|---|---|"]
         for r in sizes["rows"]:
             lines.append(
@@ -203,10 +203,10 @@ def write_markdown() -> None:
             "For scale: the FMN release ships a whole fine-tuned pipeline (several GB) per erasure.",
             "",
         ]
-    inference = _read("inference")
+    inference = read_result("inference")
     if inference:
         r = inference["result"]
-        lines += ["## Inference overhead", "", _provenance(inference), ""]
+        lines += ["## Inference overhead", "", provenance_line(inference), ""]
         lines += [
             f"{r['model']}, {r['steps']} steps, batch {r['batch']}, median of {r['repeats']} interleaved runs.",
             "",
@@ -216,10 +216,10 @@ def write_markdown() -> None:
         for k in ("base", "unfused", "fused"):
             lines.append(f"| {k} | {r['images_per_s'][k]:.2f} | {r['ratio_vs_base'][k]:.2f}x |")
         lines.append("")
-    ops = _read("operations")
+    ops = read_result("operations")
     if ops:
         r = ops["result"]
-        lines += ["## Patch operations at full size", "", _provenance(ops), ""]
+        lines += ["## Patch operations at full size", "", provenance_line(ops), ""]
         lines += [f"{r['architecture']}, rank {r['rank']}, median of {r['repeats']}.", ""]
         lines += ["| operation | seconds |", "|---|---|"]
         lines += [f"| {k.removesuffix('_s')} | {v:.3f} |" for k, v in r["seconds"].items()]
@@ -233,7 +233,7 @@ def write_markdown() -> None:
     lines += edit_sections()
     from edit_ranks import ranks_section  # bench/edit_ranks.py: residual against rank, and rank auto
 
-    lines += ranks_section(_read, _provenance)
+    lines += ranks_section(read_result, provenance_line)
     lines += attack_section()
     lines += correct_section()
     lines += fingerprint_section()
@@ -242,23 +242,23 @@ def write_markdown() -> None:
     lines += scale_section()
     from install import install_section  # bench/install.py: a fresh clone's install from the lock
 
-    lines += install_section(_read, _provenance)
+    lines += install_section(read_result, provenance_line)
     from toy_v2_resolution import resolution_section  # bench/toy_v2_resolution.py: v2's judge at 32 or 48 px
 
-    lines += resolution_section(_read, _provenance)
+    lines += resolution_section(read_result, provenance_line)
     from toy_v2_pilot import pilot_section  # bench/toy_v2_pilot.py: a pilot v2 model, concept by concept
 
-    lines += pilot_section(_read, _provenance)
+    lines += pilot_section(read_result, provenance_line)
     from mass_erasure import mass_erasure_section  # bench/mass_erasure.py: N identities at once, every method
 
-    lines += mass_erasure_section(_read, _provenance)
+    lines += mass_erasure_section(read_result, provenance_line)
     from neighbour_weight import neighbour_section  # bench/neighbour_weight.py: keeping neighbours
 
-    lines += neighbour_section(_read, _provenance)
+    lines += neighbour_section(read_result, provenance_line)
     from toy_threads import threads_section  # bench/toy_threads.py: torch threads for toy-sized training
 
-    lines += threads_section(_read, _provenance)
-    lines += mmdit_sections(_read, _provenance)
+    lines += threads_section(read_result, provenance_line)
+    lines += mmdit_sections(read_result, provenance_line)
     lines += ["", *(HERE / "defaults.md").read_text().splitlines(), ""]  # hand-kept: see its first paragraph
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
 
@@ -275,14 +275,15 @@ INTENDED = {
 
 def fingerprint_section() -> list[str]:
     """The layout change (issue 13) against the pre-layout code: same seeds, same tensors."""
-    now, before = _read("fingerprint"), _read("fingerprint-2d7e8f9")
+    now, before = read_result("fingerprint"), read_result("fingerprint-2d7e8f9")
     if not now or not before:
         return []
     new, old = now["fingerprints"], before["fingerprints"]
     lines = [
         "## Same numbers after the layout change",
         "",
-        _provenance(now) + f" Compared with `{before['meta']['note']}` at {before['meta']['git_revision']}.",
+        provenance_line(now)
+        + f" Compared with `{before['meta']['note']}` at {before['meta']['git_revision']}.",
         "",
         "Tensor hashes of patches made on fixed seeds (and the eval and attack reports without timings): equal "
         "hashes mean the same patches and so the same bench numbers. `bench/fingerprint.py --compare "
@@ -301,11 +302,11 @@ def fingerprint_section() -> list[str]:
 
 
 def train_cost_section() -> list[str]:
-    record = _read("train_cost")
+    record = read_result("train_cost")
     if not record:
         return []
     r = record["result"]
-    lines = ["## Cost of forgetting one toy concept", "", _provenance(record), ""]
+    lines = ["## Cost of forgetting one toy concept", "", provenance_line(record), ""]
     lines += [f"Concept {r['concept']!r}; medians of {r['rows'][0]['runs']} runs, each in its own process."]
     if r.get("note"):
         lines += ["", f"Note: {r['note']}"]
@@ -320,12 +321,12 @@ def train_cost_section() -> list[str]:
 
 
 def train_timing_section(name: str = "train_timing", where: str = "") -> list[str]:
-    record = _read(name)
+    record = read_result(name)
     if not record:
         return []
     r = record["result"]
     title = "## Training cost at full size (SD-1.5 architecture" + (f", {where})" if where else ")")
-    lines = [title, "", _provenance(record), ""]
+    lines = [title, "", provenance_line(record), ""]
     lines += [r["what"] + ".", ""]
     if r.get("note"):
         lines += [f"Note: {r['note']}", ""]
@@ -379,9 +380,9 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
 
 def edit_sections() -> list[str]:
     lines: list[str] = []
-    quality = _read("edit_quality")
+    quality = read_result("edit_quality")
     if quality:
-        lines += ["## Closed-form edit quality on the toy world", "", _provenance(quality), ""]
+        lines += ["## Closed-form edit quality on the toy world", "", provenance_line(quality), ""]
         lines += [
             f"Judge on seeds {quality['sampler']['seeds']} x every bench prompt. Kept: Acc_kept relative to base.",
             "",
@@ -405,7 +406,7 @@ def edit_sections() -> list[str]:
         colours = ", ".join(f"{k} {v:.1%}" for k, v in m["colours_relative"].items())
         lines += ["", f"Many-concept patch, relative to base: styles {styles}; colours {colours}.", ""]
     for name, title in (("edit", "SD-1.5"), ("edit_sdxl", "SDXL")):
-        lines += _edit_timing_section(_read(name), title)
+        lines += _edit_timing_section(read_result(name), title)
     return lines
 
 
@@ -413,7 +414,7 @@ def _edit_timing_section(timing: dict[str, Any] | None, title: str) -> list[str]
     lines: list[str] = []
     if timing:
         r = timing.get("result", timing)
-        lines += [f"## Closed-form edit time at full size: {title}", "", _provenance(timing), ""]
+        lines += [f"## Closed-form edit time at full size: {title}", "", provenance_line(timing), ""]
         if r.get("what"):
             lines += [r["what"] + ".", ""]
         if r.get("note"):
@@ -450,18 +451,18 @@ def _edit_timing_section(timing: dict[str, Any] | None, title: str) -> list[str]
                 f"{r['solve_only'][0].get('threads', '?')} threads.",
             ]
             if timing.get("solve_meta"):
-                lines += ["", "Solve + SVD rows: " + _provenance({"meta": timing["solve_meta"]})]
+                lines += ["", "Solve + SVD rows: " + provenance_line({"meta": timing["solve_meta"]})]
         lines.append("")
     return lines
 
 
 def attack_section() -> list[str]:
-    record = _read("attack_circle")
+    record = read_result("attack_circle")
     if not record:
         return []
     r = record["result"]
     report, budgets = r["report"], r["budgets"]
-    lines = ["## Does forgetting hold? Attacks on the toy world", "", _provenance(record), ""]
+    lines = ["## Does forgetting hold? Attacks on the toy world", "", provenance_line(record), ""]
     inv, search = budgets["inversion"], budgets["search"]
     lines += [
         f"Concept {report['concept']!r}, patch: {r['patch']['method']} (default config). Acc: share of the attack's "
@@ -483,7 +484,7 @@ def attack_section() -> list[str]:
 
 
 def robust_ablation_section() -> list[str]:
-    record = _read("robust_ablation")
+    record = read_result("robust_ablation")
     if not record:
         return []
     lines = [
@@ -506,17 +507,22 @@ def robust_ablation_section() -> list[str]:
             f"{sum(row['samples'].values())} | {row['train_s']:.1f} |"
         )
     lines.append("")
-    lines += [f"{i}. {_provenance(row)}" for i, row in enumerate(record["rows"], 1)]
+    lines += [f"{i}. {provenance_line(row)}" for i, row in enumerate(record["rows"], 1)]
     lines.append("")
     return lines
 
 
 def robust_probe_section() -> list[str]:
-    record = _read("robust_probe")
+    record = read_result("robust_probe")
     if not record:
         return []
     r = record["result"]
-    lines = ["### What we tried to make a patch hold (`bench/robust_probe.py`)", "", _provenance(record), ""]
+    lines = [
+        "### What we tried to make a patch hold (`bench/robust_probe.py`)",
+        "",
+        provenance_line(record),
+        "",
+    ]
     lines += [
         f"Concept {r['concept']!r}; Concept Inversion at the harness's default budget ({r['attack']['steps']} "
         "steps). Recipes: heavier adversarial rounds. Removal: the default plain patch with the k directions of "
@@ -537,11 +543,11 @@ def robust_probe_section() -> list[str]:
 
 
 def robust_section() -> list[str]:
-    robust = _read("robust")
+    robust = read_result("robust")
     if not robust:
         return []
     r = robust["result"]
-    lines = ["### Robust training against Concept Inversion", "", _provenance(robust), ""]
+    lines = ["### Robust training against Concept Inversion", "", provenance_line(robust), ""]
     if "budgets" not in r:  # a result from before the budgets
         rows = [{**row, "inversion": {"1x": {"acc": row["inversion_acc"]}}} for row in r["rows"]]
         budgets = {"1x": r["attack"]["steps"]}
@@ -571,11 +577,11 @@ def robust_section() -> list[str]:
 
 
 def train_quality_section() -> list[str]:
-    record = _read("train_quality")
+    record = read_result("train_quality")
     if not record:
         return []
     r = record["result"]
-    lines = ["## Forgetting quality on the toy world (train)", "", _provenance(record), ""]
+    lines = ["## Forgetting quality on the toy world (train)", "", provenance_line(record), ""]
     lines += [
         f"Judge on {len(r['sampler']['seeds'])} seeds x every bench prompt, DDIM {r['sampler']['steps']} steps, "
         f"guidance {r['sampler']['guidance']}. Acc_erased: share of the erased concept's images still judged to "
@@ -637,12 +643,12 @@ def _old_and_new(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def correct_section() -> list[str]:
-    record = _read("correct")
+    record = read_result("correct")
     if not record:
         return []
     r = record["result"]
     before, after = r["before"], r["after"]
-    lines = ["## Concept correction on the toy world", "", _provenance(record), ""]
+    lines = ["## Concept correction on the toy world", "", provenance_line(record), ""]
     lines += [
         f"`correct_patch` on {r['concept']!r} toward {', '.join(r['variants'])}; {r['seeds']} seeds per prompt, "
         f"trained in {r['seconds']:.1f} s. Entropy of the bare concept's colours relative to log2(4); variant "
@@ -661,7 +667,7 @@ def correct_section() -> list[str]:
     return lines
 
 
-def _read(name: str) -> dict[str, Any] | None:
+def read_result(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -671,7 +677,7 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
-def _provenance(record: dict[str, Any]) -> str:
+def provenance_line(record: dict[str, Any]) -> str:
     m = record["meta"]
     return (
         f"`{m['command']}` on {m['date']}, {m['machine']}, torch {m['torch']} ({m['torch_threads']} threads), "

@@ -178,15 +178,15 @@ def main() -> None:
 
 def scale_section() -> list[str]:
     """The BENCHMARKS.md section (called by bench/run.py's write_markdown)."""
-    from run import _provenance, _read
+    from run import provenance_line, read_result
 
     lines: list[str] = []
     for name, title in (("scale", "CPU"), ("scale_gpu", "GPU")):
-        record = _read(name)
+        record = read_result(name)
         if not record:
             continue
         r = record["result"]
-        lines += [f"## Evaluation on several processes ({title})", "", _provenance(record), ""]
+        lines += [f"## Evaluation on several processes ({title})", "", provenance_line(record), ""]
         lines += [
             f"`{r['workload']}` ({r['rows'][0]['images']} images), the whole command timed from outside, medians "
             f"of {r['repeats']} interleaved rounds on {r['cpu_count']} cores; drawing: the eval's own time for "
@@ -223,7 +223,7 @@ def scale_section() -> list[str]:
             ]
         if r.get("note"):
             lines += [r["note"], ""]
-    if lines and not _read("scale_gpu"):
+    if lines and not read_result("scale_gpu"):
         lines += [
             "GPU: not measured yet (no GPU on the machines these ran on). On a machine with several GPUs, "
             "`python bench/scale.py --device cuda` times the same eval on one GPU and on all of them, "

@@ -78,12 +78,12 @@ def robust_rounds(
                         gradient_checkpointing(base.family, config.checkpointing),
                         phase(f"round {r + 1}: Concept Inversion attack"),
                     ):
-                        found = _attack(base, plans, original.latents, owner, r, config, progress)
+                        found = inner_attack(base, plans, original.latents, owner, r, config, progress)
                 finally:
                     remove_patches(base, names)
                 spent = len(plans) * config.robust_attack_steps * config.robust_attack_batch
                 report.spend("attacks", time.perf_counter() - tick, spent)
-            batch = _with_adversarial(base, batch, original, plans, found, config)
+            batch = with_adversarial(base, batch, original, plans, found, config)
             rounds.advance()
     return fresh
 
@@ -111,7 +111,7 @@ def _kv_attack(
     return out
 
 
-def _attack(
+def inner_attack(
     base: Base,
     plans: list[ConceptPlan],
     latents: torch.Tensor,
@@ -120,7 +120,8 @@ def _attack(
     config: TrainConfig,
     progress: bool,
 ) -> list[LearnedTokens]:
-    """Round ``r``'s inner attack: one token per concept, learned against the patch as it stands."""
+    """Round ``r``'s inner attack: one token per concept, learned against the patch as it stands (public: a bench
+    variant of the rounds, ``bench/mmdit_robust.py``, calls it as the rounds do)."""
     return [
         learn_tokens(
             base,
@@ -141,7 +142,7 @@ def _attack(
     ]
 
 
-def _with_adversarial(
+def with_adversarial(
     base: Base,
     batch: TrainingSet,
     original: TrainingSet,
