@@ -104,7 +104,7 @@ bench-quick: install
 # Same seeds, same tensors: compare every method's patches with the pre-layout code (see BENCHMARKS.md).
 fingerprint: install
 	$(PY) bench/fingerprint.py --compare bench/results/fingerprint-2d7e8f9.json
-	$(PY) bench/run.py --render
+	$(PY) bench/render.py
 
 # Model on one core, judge alongside on the other once the VAE exists, then the card: see fmn_patch/toy/build.py.
 # Then the toy MMDiT, which reuses that VAE (8,000 steps of one core more): the same builder, --family sd3.

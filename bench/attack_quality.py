@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, save
+from record import RESULTS, save
 
 from fmn_patch import load_base
 from fmn_patch.attacks import AttackConfig, SearchConfig, run_attacks

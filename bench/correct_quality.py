@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import save, write_markdown
+from record import save
+from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.options import quiet_libraries

@@ -159,7 +159,7 @@ def main() -> None:
     for name, r in {**many["styles_relative"], **many["colours_relative"]}.items():
         checks[f"many: {name} >= 90% of base"] = r >= 0.90
     sys.path.insert(0, str(HERE))
-    from run import machine
+    from record import machine
 
     record = {
         "meta": machine(),

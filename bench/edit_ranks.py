@@ -141,7 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
-    from run import machine, write_markdown
+    from record import machine
+    from render import write_markdown
 
     from fmn_patch.cli.options import quiet_libraries
 

@@ -335,7 +335,7 @@ def main() -> None:
         print(json.dumps(run_one(args.child, overrides, args.arch)))
         return
     sys.path.insert(0, str(HERE))
-    from run import machine  # the shared provenance block of bench/run.py
+    from record import machine  # bench/record.py: where this run came from
 
     if args.solve_only:  # keep the end-to-end rows of the file, refresh the solve+SVD rows
         record = json.loads(out.read_text()) if out.exists() else {"meta": machine(), "rows": []}

@@ -84,7 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: give 1 or more")
-    from run import RESULTS, machine, write_markdown  # bench/run.py: provenance and BENCHMARKS.md
+    from record import RESULTS, machine  # bench/record.py: provenance
+    from render import write_markdown
 
     times: dict[str, list[float]] = {f"{tool}/{state}": [] for tool in STEPS for state in ("warm", "cold")}
     with tempfile.TemporaryDirectory(prefix="fmn-install-") as tmp:

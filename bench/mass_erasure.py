@@ -39,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, machine, percent, write_markdown
+from record import RESULTS, machine, percent
+from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.cli.display import shown_on_stderr
@@ -91,8 +92,17 @@ def _patched(world: World, make: Callable[[Any], Patch]) -> tuple[Any, Patch | N
     return base, patch, seconds
 
 
-def edit(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    return _patched(world, lambda base: edit_patch(base, names, config=EditConfig(bench=world.bench_path)))
+def edit(
+    world: World, names: list[str], erase_weight: float | None = None
+) -> tuple[Any, Patch | None, float]:
+    weight: dict[str, Any] = {} if erase_weight is None else {"erase_weight": erase_weight}
+    config = EditConfig(bench=world.bench_path, **weight)
+    return _patched(world, lambda base: edit_patch(base, names, config=config))
+
+
+def edit_variant(weight: float) -> tuple[str, Method]:
+    """`--erase-weights`: the edit at another erase weight, a method of its own name (``edit w=1.41``)."""
+    return f"edit w={weight:g}", lambda world, names: edit(world, names, erase_weight=weight)
 
 
 def train(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
@@ -235,7 +245,7 @@ def run_one(world: World, method: str, erased: list[str], sets: dict[str, list[s
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and N: the mean over draws of every number (max: the max over draws)."""
     out = []
-    keys = sorted({(r["method"], r["n"]) for r in rows}, key=lambda k: (k[1], METHODS.index(k[0])))
+    keys = sorted({(r["method"], r["n"]) for r in rows}, key=lambda k: (k[1], _order(k[0])))
     for method, n in keys:
         group = [r for r in rows if r["method"] == method and r["n"] == n]
         line: dict[str, Any] = {"method": method, "n": n, "draws": len(group)}
@@ -248,6 +258,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
         out.append(line)
     return out
+
+
+def _order(method: str) -> tuple[int, str]:
+    """A method's place in the tables: METHODS' order, an edit variant after the edit."""
+    return METHODS.index(method.split()[0]), method
 
 
 def load_world(args: argparse.Namespace, base: dict[str, float] | None = None) -> World:
@@ -303,14 +318,28 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, float] | None, list[dic
     return base, rows
 
 
-def write_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    """The results JSON, written aside and renamed into place (a run stopped midway keeps its last rows)."""
-    record = {"meta": {**machine(), "note": args.note}, "result": result}
+def write_result(args: argparse.Namespace, result: dict[str, Any], earlier: list[dict[str, Any]]) -> None:
+    """The results JSON, written aside and renamed into place (a run stopped midway keeps its last rows). `runs`:
+    the records of the `earlier` runs whose rows the file keeps, and this one's once it has a row (a row's `run` is
+    its index there)."""
+    meta = {**machine(), "note": args.note}
+    mine = any(r.get("run", 0) == len(earlier) for r in result["rows"])
+    runs = [*earlier, meta] if mine else earlier
+    record = {"meta": runs[-1] if runs else meta, "runs": runs, "result": result}
     atomic_write(
         args.results / f"{NAME}.json",
         lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"),
         overwrite=True,
     )
+
+
+def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The records of the runs whose rows a resumed results file holds (one, where it predates `runs`)."""
+    path = args.results / f"{NAME}.json"
+    if not args.resume or not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    return list(before.get("runs") or [before["meta"]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,6 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--erase-weights",
+        type=float,
+        nargs="+",
+        default=[],
+        help="also run the edit at these erase weights (EditConfig.erase_weight; the default's is 10), each a row",
+    )
     parser.add_argument("--others", type=int, default=24, help="other identities scored per run")
     parser.add_argument("--seeds", type=int, default=2, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
@@ -340,8 +376,15 @@ def main(argv: list[str] | None = None) -> None:
         for value in getattr(args, name) if name == "sizes" else [getattr(args, name)]:
             if value < low:
                 parser.error(f"--{name} {value}: give a whole number of {low} or more")
+    for weight in args.erase_weights:
+        if not 0 < weight <= 1e6:
+            parser.error(f"--erase-weights {weight}: give a weight above 0 and at most 1e6")
+    variants = dict(edit_variant(w) for w in args.erase_weights)
+    REGISTRY.update(variants)
     quiet_libraries()
     base, rows = resumed(args)
+    earlier = earlier_runs(args)
+    run = len(earlier)  # this run's number among the file's runs
     world = load_world(args, base)
     done = {(r["method"], r["n"], r["draw"]) for r in rows}
     result: dict[str, Any] = {
@@ -354,13 +397,13 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.sizes:
         for i, erased in enumerate(draws(world.bench, n, args.draws)):
             sets = scored_sets(world, erased, args.others, f"others/{n}/{i}")
-            for method in args.methods:
+            for method in [*args.methods, *variants]:
                 if (method, n, i) in done:
                     continue
                 row = run_one(world, method, erased, sets)
-                row["draw"] = i
+                row["draw"], row["run"] = i, run
                 rows.append(row)
-                write_result(args, {**result, "rows": rows, "summary": summary(rows)})
+                write_result(args, {**result, "rows": rows, "summary": summary(rows)}, earlier)
                 print(
                     f"N={n} draw {i} {method}: erased {row['acc_erased']:.1%} (max {row['acc_erased_max']:.1%}), "
                     f"neighbours {row['neighbours_kept'] or 0:.1%}, kept {row['kept_ratio'] or 0:.1%} of base, "
@@ -377,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         config = EditConfig(bench=world.bench_path)
         curve = rank_curve(load_base(world.pipeline), erased, config=config, exact=False)
     result.update(rank_curve=curve, rows=rows, summary=summary(rows), complete=True)
-    write_result(args, result)
+    write_result(args, result, earlier)
     if args.results == RESULTS:
         write_markdown()
 
@@ -402,15 +445,21 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
         "size | time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    runs = record.get("runs") or [record["meta"]]
+    made_in = {(r["method"], r["n"]): r.get("run", 0) for r in res["rows"]}
     for r in res["summary"]:
         size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
+        mark = f" ({made_in[(r['method'], r['n'])] + 1})" if len(runs) > 1 else ""
         lines.append(
-            f"| {r['n']} | {r['method']} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
+            f"| {r['n']} | {r['method']}{mark} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
             f"{percent(r.get('alias'))} | {percent(r['neighbours_kept'])} | {percent(r['others_kept'])} | "
             f"{percent(r['objects_kept'])} | {percent(r['styles_kept'])} | {percent(r['kept_ratio'])} | "
             f"{r['h_score']:.3f} | {size} | {r['seconds']:.1f} s |"
         )
-    lines += ["", "- " + provenance(record), ""]
+    if len(runs) > 1:
+        lines += [""] + [f"- ({k}) " + provenance({"meta": meta}) for k, meta in enumerate(runs, 1)] + [""]
+    else:
+        lines += ["", "- " + provenance(record), ""]
     curve = res.get("rank_curve")
     if curve:
         lines += [

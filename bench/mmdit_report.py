@@ -1,6 +1,6 @@
 """BENCHMARKS.md sections of the MMDiT families (SD3/3.5, Flux): real-size stand-in counts and the toy MMDiT.
 
-A module of `bench/run.py`'s renderer, not a script: `python bench/run.py --render` writes these sections."""
+A module of the renderer, not a script: `python bench/render.py` writes these sections."""
 
 from __future__ import annotations
 

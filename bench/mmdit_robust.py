@@ -37,9 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from record import RESULTS, machine
+from render import write_markdown
 from robust_ablation import changes_of, scores
 from robust_quality import make_world, measure
-from run import RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base
 from fmn_patch.cli.options import quiet_libraries

@@ -94,7 +94,8 @@ def measure(name: str, folder: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from run import save, write_markdown
+    from record import save
+    from render import write_markdown
 
     from fmn_patch.cli.options import quiet_libraries
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import percent
+from record import percent
 
 import fmn_patch.methods.edit as edit_module
 from fmn_patch.cli.options import quiet_libraries

@@ -3,7 +3,7 @@
     python bench/robust_ablation.py circle --start old --set '{"steps": 300, "robust_rounds": 4, "batch_size": 2}'
     python bench/robust_ablation.py bob --start new --set '{"robust_rounds": 4}'
 
---start old: the training defaults from before issue 16 (bench/run.py OLD_DEFAULTS: from zero, 150 x 8, no pool,
+--start old: the training defaults from before issue 16 (bench/record.py OLD_DEFAULTS: from zero, 150 x 8, no pool,
 Concept Inversion of 100 x 8 between rounds); new: today's TrainConfig defaults. --set: TrainConfig fields (JSON)
 over the start. Scores the patch like bench/robust_quality.py: Acc_erased and Acc_kept ratio on the bench prompts,
 and Concept Inversion (the harness's default budget, from the anchor) at 1x and 2x its steps. Appends the row, with
@@ -25,8 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from record import OLD_DEFAULTS, RESULTS, machine
+from render import write_markdown
 from robust_quality import make_world, measure
-from run import OLD_DEFAULTS, RESULTS, machine, write_markdown
 
 from fmn_patch import apply_patches, load_base
 from fmn_patch.cli.options import quiet_libraries

@@ -28,8 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from record import save
+from render import write_markdown
 from robust_quality import measure
-from run import save, write_markdown
 
 from fmn_patch import load_base
 from fmn_patch.attacks import InversionAttackConfig, reference_latents

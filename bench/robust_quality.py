@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import OLD_DEFAULTS, RESULTS, machine, write_markdown
+from record import OLD_DEFAULTS, RESULTS, machine
+from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents

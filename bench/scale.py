@@ -108,7 +108,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--note", default="")
     args, extra = parser.parse_known_args()  # the rest goes to `fmnpatch eval` (--bench, --clip, ...)
-    from run import save, write_markdown
+    from record import save
+    from render import write_markdown
 
     n = args.processes
     if n is None:
@@ -177,8 +178,8 @@ def main() -> None:
 
 
 def scale_section() -> list[str]:
-    """The BENCHMARKS.md section (called by bench/run.py's write_markdown)."""
-    from run import provenance_line, read_result
+    """The BENCHMARKS.md section (called by bench/render.py's write_markdown)."""
+    from record import provenance_line, read_result
 
     lines: list[str] = []
     for name, title in (("scale", "CPU"), ("scale_gpu", "GPU")):

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, machine, write_markdown
+from record import RESULTS, machine
+from render import write_markdown
 
 import fmn_patch.families.mmdit as mmdit
 import fmn_patch.methods.dataset as dataset

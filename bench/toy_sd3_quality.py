@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import save, write_markdown
+from record import save
+from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
@@ -288,7 +289,7 @@ def merge(parts: list[str]) -> None:
     """One result from parts run side by side (same sampler and train config), in the order given."""
     import json
 
-    from run import RESULTS
+    from record import RESULTS
 
     records = [json.loads((RESULTS / f"toy_sd3_quality.{p}.json").read_text()) for p in parts]
     first = records[0]["result"]

@@ -73,7 +73,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.threads, args.steps)))
         return
-    from run import machine, write_markdown  # bench/run.py: provenance and BENCHMARKS.md
+    from record import machine  # bench/record.py: provenance
+    from render import write_markdown
 
     variants = [(b, t, mode) for b in BASES for t in (1, 2) for mode in ("alone", "pair")]
     rates: dict[tuple[str, int, str], list[float]] = {v: [] for v in variants}

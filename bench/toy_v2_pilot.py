@@ -72,7 +72,8 @@ def main() -> None:
     if not args.judge.is_file():
         parser.error(f"--judge {args.judge}: no such file; make it with bench/toy_v2_resolution.py --save")
     from diffusers import StableDiffusionPipeline
-    from run import machine, write_markdown  # bench/run.py: provenance and BENCHMARKS.md
+    from record import machine  # bench/record.py: provenance
+    from render import write_markdown
 
     torch.set_num_threads(args.threads)
     pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, safety_checker=None)

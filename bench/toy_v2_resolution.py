@@ -95,7 +95,8 @@ def main() -> None:
     for name in ("images", "heldout", "steps", "batch", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: give 1 or more")
-    from run import machine, write_markdown  # bench/run.py: provenance and BENCHMARKS.md
+    from record import machine  # bench/record.py: provenance
+    from render import write_markdown
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1000)

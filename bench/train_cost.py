@@ -73,7 +73,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(one_run(args.child, args.concept)))
         return
-    from run import save, write_markdown
+    from record import save
+    from render import write_markdown
 
     cmd = [sys.executable, __file__, "--concept", args.concept, "--threads", str(args.threads), "--child"]
     subprocess.run([*cmd, "resteer"], check=True, capture_output=True)  # draws and caches the references

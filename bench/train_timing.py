@@ -284,7 +284,8 @@ def main() -> None:
     if args.method:
         print(json.dumps(run_method(args.method, args.steps, args.full, args.device, args.dtype)))
         return
-    from run import save, write_markdown
+    from record import save
+    from render import write_markdown
 
     rows = {}
     for method in args.methods:

@@ -101,6 +101,21 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
     for row in result["rows"]:
         assert 0 <= row["acc_erased"] <= row["acc_erased_max"] <= 1 and 0 <= row["h_score"] <= 1
         assert row["patch_bytes"] > 0 and row["seconds"] > 0
+    # an edit variant added by a third run: its rows after the edit's, each run's record kept with its rows
+    mass_erasure.main([*args, "--sizes", "1", "--methods", "edit", "--erase-weights", "2", "--resume"])
+    record = json.loads((tmp_path / "mass_erasure.json").read_text())
+    result = record["result"]
+    assert [(r["method"], r["n"]) for r in result["summary"]][:3] == [
+        (m, 1) for m in ("edit", "edit w=2", "uce")
+    ]
+    assert [r.get("run", 0) for r in result["rows"]] == [0, 0, 1, 1, 1, 1, 1, 1, 2]
+    assert len(record["runs"]) == 3 and record["meta"] == record["runs"][-1]
+    mass_erasure.main(
+        [*args, "--sizes", "1", "--methods", "edit", "--resume"]
+    )  # nothing to do: no new record
+    assert len(json.loads((tmp_path / "mass_erasure.json").read_text())["runs"]) == 3
+    section = "\n".join(mass_erasure.mass_erasure_section(lambda _: record, lambda r: r["meta"]["command"]))
+    assert "| 1 | edit w=2 (3) |" in section and section.count("- (") == 3
     with pytest.raises(SystemExit, match="--resume: sampler differ"):
         mass_erasure.main([*args, "--steps", "2", "--resume"])
 

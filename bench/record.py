@@ -1,0 +1,60 @@
+"""A bench run's record: where results live, the machine and revision they came from, and reading and writing
+them. Every bench script saves through here; `bench/render.py` reads the records back into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fmn_patch.evaluation.provenance import provenance
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+#: TrainConfig's defaults before issue 16 (150 steps x batch 8 from zero, fresh samples every step at the base's
+#: size, 100-step inner attacks of batch 8): the quality benches train them beside today's defaults.
+OLD_DEFAULTS: dict[str, Any] = {
+    "steps": 150,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "init": "zero",
+    "pool": 0,
+    "train_size": None,
+    "checkpointing": False,
+    "robust_attack": "inversion",
+    "robust_attack_steps": 100,
+    "robust_attack_batch": 8,
+    "robust_attack_lr": 5e-3,
+}
+
+
+def machine() -> dict[str, Any]:
+    return {**provenance(), "device": "cpu"}
+
+
+def read_result(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def percent(x: float | None) -> str:
+    """A share for a table cell, one decimal; "-" where there is none."""
+    return "-" if x is None else f"{x:.1%}"
+
+
+def provenance_line(record: dict[str, Any]) -> str:
+    m = record["meta"]
+    return (
+        f"`{m['command']}` on {m['date']}, {m['machine']}, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"git {m['git_revision']}." + (f" ({m['note']})" if m.get("note") else "")
+    )
+
+
+def save(name: str, result: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"meta": machine(), "result": result}
+    if "rows" in result:
+        record["rows"] = result["rows"]
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {RESULTS / name}.json", file=sys.stderr)
