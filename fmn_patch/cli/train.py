@@ -115,9 +115,9 @@ def train(
         typer.Option(
             help="Adversarial rounds (0: off): between rounds an inner attack (Concept Inversion) finds a token "
             "that brings the concept back, and the next rounds erase it too. On a UNet base it trains from zero, "
-            "300 x 2 split into the rounds: about 13x the plain patch's compute; on the v1 toy it held circle and "
-            f"striped, not bob. Try {ROBUST_ROUNDS}. Refused on SD3/FLUX bases: on the toy MMDiT every variant of "
-            "the rounds let Concept Inversion back in more often than a plain patch (bench/mmdit_robust.py)."
+            "300 x 2 split into the rounds, at many times the plain patch's compute (BENCHMARKS.md measures what "
+            f"it holds and costs). Try {ROBUST_ROUNDS}. Refused on SD3/FLUX bases: on the toy MMDiT every variant "
+            "of the rounds let Concept Inversion back in more often than a plain patch (bench/mmdit_robust.py)."
         ),
     ] = 0,
     robust_attack_steps: Annotated[

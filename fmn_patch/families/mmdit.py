@@ -49,8 +49,8 @@ EDIT_REFUSAL = (
     "use `fmnpatch train` instead"
 )
 #: On toy-sd3 every adversarial-round variant tried (bench/mmdit_robust.py) let Concept Inversion back in more often
-#: than the plain patch: 31-81% of circle images at the harness budget, against 12-33% (BENCHMARKS.md). The attack's
-#: token brings the concept through the pooled text embedding, which no key/value patch touches.
+#: than the plain patch (BENCHMARKS.md, "Adversarial rounds on the toy MMDiT"). The attack's token brings the concept
+#: through the pooled text embedding, which no key/value patch touches.
 ROBUST_REFUSAL = (
     "--robust is not offered for {family} models: on the toy MMDiT its adversarial rounds let Concept Inversion "
     "back in more often than a plain patch does (BENCHMARKS.md, bench/mmdit_robust.py); train without --robust"

@@ -1,8 +1,8 @@
 """How many torch threads a job runs with on the CPU: one for a toy-sized model, the caller's count otherwise.
 
 A toy-sized denoiser (the toy UNet, toy-sd3, the tiny test pipelines) works on tensors too small to share between
-threads: two threads per job gained 6-8% when the job ran alone, and lost 4-6x as soon as two jobs shared the two
-cores of this kind of machine (BENCHMARKS.md, "Torch threads for toy-sized training"). So a job on a denoiser of
+threads: a second thread per job gains little when the job runs alone, and loses several times over as soon as
+two jobs share two cores (measured in BENCHMARKS.md, "Torch threads for toy-sized training"). So a job on a denoiser of
 fewer than ``SMALL`` parameters runs on one thread, and the caller's thread count is back when it returns.
 ``FMNPATCH_THREADS=N`` gives every job N threads instead, whatever its model's size.
 """

@@ -111,7 +111,7 @@ def check_size(side: int, pixels: int, size: int | None) -> None:
         )
 
 
-# Samples (steps x batch) below which a start from zero was measured not to forget (toy-sd3, 2026-11-28); the
+# Samples (steps x batch) below which a start from zero was measured not to forget on toy-sd3 (BENCHMARKS.md); the
 # budget a start from zero gets by default (methods/budget.py, FROM_ZERO) has this many.
 ZERO_START_SAMPLES = 1200
 
