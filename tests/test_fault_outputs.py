@@ -287,7 +287,7 @@ def test_a_report_set_is_published_whole_or_rolled_back(tmp_path, monkeypatch, f
 
 def test_eval_report_json_is_strict_json_when_a_score_is_not_finite(capsys, tmp_path, monkeypatch, inputs):
     """A NaN score (a broken model) is ``null`` in report.json and in --json, and the report says which."""
-    import fmn_patch.cli.eval as eval_cli
+    import fmn_patch.cli.evaluate as eval_cli
 
     real = eval_cli.evaluate_patches
 

@@ -17,7 +17,7 @@ from ..files import describe_os_error
 from ..processes import current, joined
 from ..startup import release
 from ..text import printable, shorten_values
-from . import apply, attack, correct, edit, eval, export, inspect, merge, pull, push, search, train, ui
+from . import apply, attack, correct, edit, evaluate, export, inspect, merge, pull, push, search, train, ui
 from .display import shown_on_stderr
 from .options import Stopped, quiet_libraries
 from .planned import PLANNED, planned_command
@@ -42,7 +42,7 @@ app.command()(inspect.inspect)
 app.command()(edit.edit)
 app.command()(train.train)
 app.command()(correct.correct)
-app.command("eval")(eval.eval_command)
+app.command("eval")(evaluate.eval_command)
 app.command()(attack.attack)
 app.command()(push.push)
 app.command()(pull.pull)
