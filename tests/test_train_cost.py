@@ -26,9 +26,10 @@ from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
 from fmn_patch.families.stack import BaseMismatchWarning, apply_patches, remove_patches
 from fmn_patch.format import Patch
+from fmn_patch.methods.dataset import smaller
 from fmn_patch.methods.lora import lora_adapter
 from fmn_patch.methods.resteer import TrainConfig, train_patch
-from fmn_patch.methods.samples import guided_targets, sample_pool, smaller
+from fmn_patch.methods.samples import guided_targets, sample_pool
 
 FAST = dict(
     steps=3, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy", seed=3, pool=0, init="zero"

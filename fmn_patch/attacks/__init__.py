@@ -8,11 +8,10 @@ from .attack import (
     AttackContext,
     AttackPlan,
     AttackResult,
-    attack_names,
     judge_plans,
     register_attack,
 )
-from .config import AttackConfig, InversionAttackConfig, SearchConfig
+from .config import AttackConfig, InversionAttackConfig, SearchConfig, attack_names
 from .harness import patched, reference_latents, run_attacks
 from .inversion import inversion_attack, inversion_plan
 from .report import AttackReport, attack_grid

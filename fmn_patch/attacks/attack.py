@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -20,9 +20,7 @@ from ..evaluation.judges import Judge
 from ..evaluation.mscore import SamplerConfig
 from ..families.base import Base
 from ..methods.inversion import LearnedTokens
-
-if TYPE_CHECKING:
-    from .config import AttackConfig
+from .config import AttackConfig, known_attack
 
 DIRECT = "direct"  # the bench's own prompts, unchanged: what the attacks start from
 
@@ -94,11 +92,8 @@ _ATTACKS: dict[str, Attack] = {}
 def register_attack(attack: Attack) -> Attack:
     """Make ``run_attacks`` (and ``fmnpatch attack --attack NAME``) know ``attack``."""
     _ATTACKS[attack.name] = attack
+    known_attack(attack.name, attack.order)
     return attack
-
-
-def attack_names() -> tuple[str, ...]:
-    return tuple(sorted(_ATTACKS, key=lambda name: (_ATTACKS[name].order, name)))
 
 
 def get_attack(name: str) -> Attack:

@@ -11,6 +11,20 @@ from ..errors import FmnPatchError
 from ..evaluation.mscore import SamplerConfig
 from ..values import MAX_BATCH, MAX_STEPS
 
+#: The registered attacks' names and listing order: ``attack.register_attack`` records each one here, so that a
+#: config checks its names without importing the attacks themselves.
+_KNOWN: dict[str, int] = {}
+
+
+def known_attack(name: str, order: int) -> None:
+    """Record an attack's name (``attack.register_attack`` calls it)."""
+    _KNOWN[name] = order
+
+
+def attack_names() -> tuple[str, ...]:
+    """The registered attacks, in their listing order."""
+    return tuple(sorted(_KNOWN, key=lambda name: (_KNOWN[name], name)))
+
 
 def _at_least(obj: Any, names: Sequence[str], low: int, what: str, high: int = MAX_BATCH) -> None:
     for name in names:
@@ -69,8 +83,6 @@ class AttackConfig:
     options: dict[str, Any] = field(default_factory=dict)  # budgets of attacks registered by other modules
 
     def __post_init__(self) -> None:
-        from .attack import attack_names
-
         object.__setattr__(self, "attacks", tuple(self.attacks))
         unknown = [a for a in self.attacks if a not in attack_names()]
         if unknown or not self.attacks:

@@ -14,14 +14,18 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import torch
 
 from ..errors import FmnPatchError, PatchFileError
 from .header import NAMESPACE, modelspec_hash, tensor_hash
-from .patch import Factors, Patch
 from .targets import kind_for
+
+if (
+    TYPE_CHECKING
+):  # patch.py reads kohya files through this module: the layout of Patch is all it takes from there
+    from .patch import Factors, Patch
 
 SUFFIX: Final = ".kohya.safetensors"  # the kohya export of forget-x.safetensors: forget-x.kohya.safetensors
 _KEY = re.compile(
@@ -29,7 +33,7 @@ _KEY = re.compile(
 )
 Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # kohya stem -> (down, up), alpha / rank folded into up
 #: a kohya file's pairs and header -> (component, factors by module), or None when the reader does not serve it
-KohyaReader = Callable[[Pairs, Mapping[str, str]], tuple[str, Factors] | None]
+KohyaReader = Callable[[Pairs, Mapping[str, str]], "tuple[str, Factors] | None"]
 #: stems and header -> {stem: (component, module)}, or None: the reader of families whose stems name one module each
 KohyaNames = Callable[[Sequence[str], Mapping[str, str]], dict[str, tuple[str, str]] | None]
 _READERS: list[KohyaReader] = []

@@ -39,6 +39,7 @@ from .header import (
     tensor_hash,
     write_header,
 )
+from .kohya import from_kohya, is_kohya
 from .lowrank import low_rank, low_rank_within
 from .schema import format_version, info_from_header
 from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
@@ -224,8 +225,6 @@ class Patch:
             info = info_from_header(header)
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
-        from .kohya import from_kohya, is_kohya  # kohya.py lays out Patch: imported here, not at the top
-
         if is_kohya(list(tensors)):  # our kohya export (for the UIs): read back into the same factors
             component, factors = from_kohya(tensors, header, str(path))
             digest = tensor_hash(tensors)  # its hashes are of the kohya tensors

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..concepts.prompts import split_neighbours
 from ..errors import FmnPatchError
@@ -63,8 +64,6 @@ def reference_latents(
     """Reference latents (L, C, h, w) and the prompt each belongs to (L,): a folder's images spread over the
     prompts in turn, or ``images_per_prompt`` drawn by the base for each prompt (cached). ``size``: the image side
     the latents are for, when below the base's: the latents are area-downsampled to it."""
-    from .samples import smaller
-
     pixels = base.family.pixel_size()
     if images is not None:
         latents = smaller(folder_latents(base, images), pixels, size)
@@ -142,3 +141,25 @@ def encode_set(
         near_states,
         neighbour_weight,
     )
+
+
+def smaller(latents: torch.Tensor, pixels: int, size: int | None) -> torch.Tensor:
+    """Latents (L, C, h, w) of ``pixels``-side images area-downsampled to the latents of ``size``-side ones (None,
+    or a size not below ``pixels``: unchanged). The factor must be a whole number that divides the latent side."""
+    check_size(latents.shape[-1], pixels, size)
+    if size is None or size >= pixels:
+        return latents
+    return F.avg_pool2d(latents.float(), pixels // size)
+
+
+def check_size(side: int, pixels: int, size: int | None) -> None:
+    """Refuse a ``size`` that does not divide the base's ``pixels`` by a whole number that also divides the latent
+    ``side``."""
+    if size is None or size >= pixels:
+        return
+    factor, rest = divmod(pixels, size)
+    if rest or side % factor:
+        raise FmnPatchError(
+            f"train_size={size} must divide the base's image side {pixels} by a whole number that also divides "
+            f"its latent side {side}, e.g. {pixels // 2}"
+        )

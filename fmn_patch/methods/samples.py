@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import FmnPatchError
 from ..families.family import Family
 from ..progress import phase
 from .lora import LoraSession
@@ -87,28 +85,6 @@ def sample_pool(
         with phase("denoising the target pool", size, "samples") as p:
             pool.target = guided_targets(session, batch, pool, chunk, on_chunk=p.advance)
     return pool
-
-
-def smaller(latents: torch.Tensor, pixels: int, size: int | None) -> torch.Tensor:
-    """Latents (L, C, h, w) of ``pixels``-side images area-downsampled to the latents of ``size``-side ones (None,
-    or a size not below ``pixels``: unchanged). The factor must be a whole number that divides the latent side."""
-    check_size(latents.shape[-1], pixels, size)
-    if size is None or size >= pixels:
-        return latents
-    return F.avg_pool2d(latents.float(), pixels // size)
-
-
-def check_size(side: int, pixels: int, size: int | None) -> None:
-    """Refuse a ``size`` that does not divide the base's ``pixels`` by a whole number that also divides the latent
-    ``side``."""
-    if size is None or size >= pixels:
-        return
-    factor, rest = divmod(pixels, size)
-    if rest or side % factor:
-        raise FmnPatchError(
-            f"train_size={size} must divide the base's image side {pixels} by a whole number that also divides "
-            f"its latent side {side}, e.g. {pixels // 2}"
-        )
 
 
 # Samples (steps x batch) below which a start from zero was measured not to forget on toy-sd3 (BENCHMARKS.md); the
