@@ -238,12 +238,12 @@ def name_targets(prompts: int) -> Iterator[None]:
 def pooled_lora() -> Iterator[None]:
     """The MMDiT target kind widened to the pooled-text projection, its preservation inputs flattened per row."""
     from fmn_patch.families import mmdit
-    from fmn_patch.methods import lora, resteer
+    from fmn_patch.methods import lora, steps
 
     kind = mmdit.MMDIT_TARGETS
     regex, compiled = kind.regex, kind._compiled
     wide = regex + r"|time_text_embed\.text_embedder\.linear_1"
-    layers, preservation = mmdit.MMDiTFamily.attention_layers, resteer.preservation_loss
+    layers, preservation = mmdit.MMDiTFamily.attention_layers, steps.preservation_loss
 
     def attention_layers(self: Any) -> list[str]:
         return [n for n in layers(self) if n.endswith("attn")]
@@ -265,14 +265,14 @@ def pooled_lora() -> Iterator[None]:
     object.__setattr__(kind, "regex", wide)
     object.__setattr__(kind, "_compiled", re.compile(wide))
     mmdit.MMDiTFamily.attention_layers = attention_layers  # type: ignore[method-assign]
-    resteer.preservation_loss = preserve  # type: ignore[assignment]  # as above
+    steps.preservation_loss = preserve  # type: ignore[assignment]  # as above
     try:
         yield
     finally:
         object.__setattr__(kind, "regex", regex)
         object.__setattr__(kind, "_compiled", compiled)
         mmdit.MMDiTFamily.attention_layers = layers  # type: ignore[method-assign]
-        resteer.preservation_loss = preservation
+        steps.preservation_loss = preservation
 
 
 def run_variant(name: str, concept: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -165,3 +165,58 @@ def test_configs_are_frozen_and_validate_themselves(name):
     assert dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 3
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports when it runs, at the top or inside a function (``if TYPE_CHECKING``
+    blocks left out: annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for n in ast.walk(block)
+    }
+    package = _module(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or id(node) in typing_only:
+            continue
+        base = package[: len(package) - node.level + 1] if node.level else []
+        target = ".".join([*base, *([node.module] if node.module else [])])
+        for alias in node.names:
+            name = f"{target}.{alias.name}"
+            found.add(name if name in modules else target)
+    return found & modules
+
+
+def test_each_package_imports_as_a_tree():
+    """No import cycle between the modules of one package, function-level imports included (issue 28): a cycle
+    hidden in a function is still one module that cannot be read without the other."""
+    paths = {_module(p): p for p in FILES}
+    edges = {m: {t for t in _runtime_imports(p, set(paths)) if t != m} for m, p in paths.items()}
+
+    def parent(name: str) -> str:
+        return name.rsplit(".", 1)[0]
+
+    cycles = []
+    for start in sorted(edges):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in edges[node]:
+                if parent(nxt) != parent(start) or paths[nxt].name == "__init__.py":
+                    continue  # within the package only; a package's __init__ re-exports its modules
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, nxt]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, cycles[:5]

@@ -200,12 +200,12 @@ def test_bad_inputs(sd1, tmp_path):
 
 
 def test_nan_guard_stops_and_writes_nothing(sd1, monkeypatch):
-    import fmn_patch.methods.resteer as resteer
+    import fmn_patch.methods.steps as steps  # where the step reads the loss
 
     # an lr that makes the loss blow up is refused by TrainConfig now (lr <= 1); a loss term gone NaN is what the
     # guard is for
-    real = resteer.resteer_loss
-    monkeypatch.setattr(resteer, "resteer_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = steps.resteer_loss
+    monkeypatch.setattr(steps, "resteer_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(FmnPatchError, match="diverged"):
         train_patch(sd1, ["circle"], TrainConfig(**FAST), progress=False)
     assert not (getattr(sd1.pipe.unet, "peft_config", None) or {})

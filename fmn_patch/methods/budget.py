@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ..errors import FmnPatchError
-
-if TYPE_CHECKING:
-    from .resteer import TrainConfig
+from .train_config import TrainConfig
 
 
 @dataclass(frozen=True)

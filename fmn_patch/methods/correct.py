@@ -37,7 +37,8 @@ from ..format.patch import Patch
 from ..values import MAX_BATCH, MAX_STEPS
 from .dataset import TrainingSet, preserve_states, reference_latents
 from .lora import check_rank, lora_adapter
-from .resteer import TrainConfig, run_steps
+from .steps import run_steps
+from .train_config import TrainConfig
 
 #: Prompts naming a concept without the attribute being corrected, "{}" = the concept.
 DEFAULT_TEMPLATES: tuple[str, ...] = BARE_TEMPLATES

@@ -28,7 +28,8 @@ from .dataset import TrainingSet, concept_masks
 from .inversion import InversionConfig, LearnedTokens, learn_tokens
 from .kv_attack import kv_inversion
 from .lora import FactorMap, LoraSession, lora_adapter
-from .resteer import TrainConfig, TrainReport, run_steps
+from .steps import TrainReport, run_steps
+from .train_config import TrainConfig
 
 
 def robust_rounds(
