@@ -361,6 +361,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="also run the edit at these erase weights (EditConfig.erase_weight; the default's is 10), each a row",
     )
+    parser.add_argument(
+        "--redo",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="with --resume: drop these methods' rows at --sizes and run them again (after a change of defaults)",
+    )
     parser.add_argument("--others", type=int, default=24, help="other identities scored per run")
     parser.add_argument("--seeds", type=int, default=2, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
@@ -376,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         for value in getattr(args, name) if name == "sizes" else [getattr(args, name)]:
             if value < low:
                 parser.error(f"--{name} {value}: give a whole number of {low} or more")
+    if args.redo and not args.resume:
+        parser.error("--redo drops rows of a run being resumed: add --resume")
     for weight in args.erase_weights:
         if not 0 < weight <= 1e6:
             parser.error(f"--erase-weights {weight}: give a weight above 0 and at most 1e6")
@@ -383,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     REGISTRY.update(variants)
     quiet_libraries()
     base, rows = resumed(args)
+    rows = [r for r in rows if r["method"] not in args.redo or r["n"] not in args.sizes]  # made again here
     earlier = earlier_runs(args)
     run = len(earlier)  # this run's number among the file's runs
     world = load_world(args, base)
