@@ -333,6 +333,15 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], earlier: list
     )
 
 
+def previous_curve(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rank curve of the results file a run resumes (None: none, or not resuming)."""
+    path = args.results / f"{NAME}.json"
+    if not args.resume or not path.is_file():
+        return None
+    curve: dict[str, Any] | None = json.loads(path.read_text())["result"].get("rank_curve")
+    return curve
+
+
 def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The records of the runs whose rows a resumed results file holds (one, where it predates `runs`)."""
     path = args.results / f"{NAME}.json"
@@ -394,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     base, rows = resumed(args)
     rows = [r for r in rows if r["method"] not in args.redo or r["n"] not in args.sizes]  # made again here
     earlier = earlier_runs(args)
+    kept_curve = previous_curve(args)  # a resumed run that makes no N = 50 edit keeps the curve it had
     run = len(earlier)  # this run's number among the file's runs
     world = load_world(args, base)
     done = {(r["method"], r["n"], r["draw"]) for r in rows}
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         "goals": GOALS,
         "base": world.base,
         "complete": False,
+        "rank_curve": kept_curve,
     }
     for n in args.sizes:
         for i, erased in enumerate(draws(world.bench, n, args.draws)):
@@ -420,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"H {row['h_score']:.3f}, {row['seconds']:.1f} s",
                     file=sys.stderr,
                 )
-    curve = None
+    curve = kept_curve
     if (
         max(args.sizes) >= 50 and "edit" in args.methods
     ):  # residual against rank and size at N = 50 (first draw)

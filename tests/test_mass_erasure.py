@@ -116,12 +116,16 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
     assert len(json.loads((tmp_path / "mass_erasure.json").read_text())["runs"]) == 3
     section = "\n".join(mass_erasure.mass_erasure_section(lambda _: record, lambda r: r["meta"]["command"]))
     assert "| 1 | edit w=2 (3) |" in section and section.count("- (") == 3
-    # --redo: the edit's rows made again by a fourth run, the others kept
+    # --redo: the edit's rows made again by a fourth run, the others kept, and the rank curve of the file too (a
+    # run without N = 50 makes none)
+    record["result"]["rank_curve"] = curve = {"concepts": 50, "fixed": [], "auto": []}
+    (tmp_path / "mass_erasure.json").write_text(json.dumps(record))
     mass_erasure.main([*args, "--sizes", "1", "--methods", "edit", "--redo", "edit", "--resume"])
     record = json.loads((tmp_path / "mass_erasure.json").read_text())
     runs = {(r["method"], r["n"]): r.get("run", 0) for r in record["result"]["rows"]}
     assert runs[("edit", 1)] == 3 and runs[("edit w=2", 1)] == 2 and runs[("uce", 1)] == 0
     assert len(record["runs"]) == 4 and len(record["result"]["rows"]) == 9
+    assert record["result"]["rank_curve"] == curve
     with pytest.raises(SystemExit, match="--resume: sampler differ"):
         mass_erasure.main([*args, "--steps", "2", "--resume"])
 
