@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from .manifest import (
     check_recipe,
     compact,
     latest,
+    line_date,
     load_manifest,
     mismatch,
     patch_name,
@@ -205,9 +205,9 @@ def build_each(
         watcher.stop()
     everyone = procs.gather(entries)
     per_process = procs.gather([len(entries)])
-    if (
-        procs.is_main
-    ):  # every process has ended: an --overwrite run's lines (resumed or not) are the manifest now
+    if procs.is_main and (
+        restarted or manifest.restarted
+    ):  # every process has ended: the new run's lines stay
         compact(folder)
     return EachReport(
         folder,
@@ -275,7 +275,7 @@ def _make_one(
         raise  # a full disk or a read-only folder fails every concept alike: stop at the first
     except FmnPatchError as e:
         entry |= {"status": FAILED, "seconds": round(time.perf_counter() - started, 3), "error": str(e)}
-    entry |= {"process": process, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+    entry |= {"process": process, "date": line_date()}
     append_line(folder / MANIFEST, json.dumps(entry))
     return entry
 

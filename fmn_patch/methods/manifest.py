@@ -92,11 +92,13 @@ def record(patch: Patch, path: Path, recipe: Recipe | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ reading
 @dataclass
 class Manifest:
-    """The lines of a manifest, each checked for its JSON types, and the numbers of the lines a crash tore."""
+    """The lines of a manifest, each checked for its JSON types, and the numbers of the lines a crash tore;
+    ``restarted``: it holds a restart line, above which lie the lines of the run an ``--overwrite`` replaces."""
 
     path: Path
     entries: list[dict[str, Any]]
     torn: list[int]
+    restarted: bool = False
 
     def note_torn(self) -> None:
         """One line on stderr naming the torn lines (after any refusal, so that a refusal stays one line)."""
@@ -157,6 +159,7 @@ def load_manifest(folder: Path) -> Manifest:
         if _restart(entry):
             manifest.entries.clear()  # an --overwrite run began here: the lines above are the run it replaces
             manifest.torn.clear()
+            manifest.restarted = True
             continue
         manifest.entries.append(_typed(entry, number, path))
     return manifest
@@ -166,16 +169,19 @@ def _restart(entry: object) -> bool:
     return isinstance(entry, dict) and entry.get("status") == RESTART
 
 
+def line_date() -> str:
+    """The date a manifest line records: now, UTC, to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
 def restart_line() -> str:
     """The line an ``--overwrite`` run appends before it makes anything."""
-    return json.dumps(
-        {"status": RESTART, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
-    )
+    return json.dumps({"status": RESTART, "date": line_date()})
 
 
 def compact(folder: Path) -> None:
     """Drop the lines above the manifest's last restart line (the replaced run's), in one atomic write: called when
-    a run ends, so that until the ``--overwrite`` run that appended it (or its resume) ends, a Ctrl-C keeps the old
+    the ``--overwrite`` run that appended it (or a resume of it) ends, so that until then a Ctrl-C keeps the old
     run's record of every old patch still in the folder."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
