@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -295,18 +295,34 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def resumed(args: argparse.Namespace) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
-    """The base's scores and the rows of the run in `--results` that `--resume` continues; refuses one made
-    with other settings."""
+@dataclass
+class Resumed:
+    """What a resumed run keeps of the results file: the base's scores, the finished rows, the record of each run
+    that made them, and the rank curve (empty when not resuming)."""
+
+    base: dict[str, float] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    curve: dict[str, Any] | None = None
+
+
+def resumed(args: argparse.Namespace) -> Resumed:
+    """The run in `--results` that `--resume` continues, read once; refuses one made with other settings."""
     path = args.results / f"{NAME}.json"
     if not args.resume:
-        return None, []
+        return Resumed()
     if not path.is_file():
         raise SystemExit(f"--resume: {path} does not exist; run without --resume to start")
     try:
-        result = json.loads(path.read_text())["result"]
+        record = json.loads(path.read_text())
+        result = record["result"]
         theirs = {key: result.get(key) for key in settings(args)}
-        base, rows = result["base"], result["rows"]
+        kept = Resumed(
+            result["base"],
+            result["rows"],
+            list(record.get("runs") or [record["meta"]]),  # one, where the file predates `runs`
+            result.get("rank_curve"),
+        )
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SystemExit(
             f"--resume: {path} is not a results file of this bench ({type(e).__name__}: {e}); "
@@ -315,7 +331,7 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, float] | None, list[dic
     if theirs != settings(args):
         differ = ", ".join(k for k in theirs if theirs[k] != settings(args)[k])
         raise SystemExit(f"--resume: {differ} differ from the run in {path}; give the same, or start afresh")
-    return base, rows
+    return kept
 
 
 def write_result(args: argparse.Namespace, result: dict[str, Any], earlier: list[dict[str, Any]]) -> None:
@@ -331,24 +347,6 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], earlier: list
         lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"),
         overwrite=True,
     )
-
-
-def previous_curve(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The rank curve of the results file a run resumes (None: none, or not resuming)."""
-    path = args.results / f"{NAME}.json"
-    if not args.resume or not path.is_file():
-        return None
-    curve: dict[str, Any] | None = json.loads(path.read_text())["result"].get("rank_curve")
-    return curve
-
-
-def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The records of the runs whose rows a resumed results file holds (one, where it predates `runs`)."""
-    path = args.results / f"{NAME}.json"
-    if not args.resume or not path.is_file():
-        return []
-    before = json.loads(path.read_text())
-    return list(before.get("runs") or [before["meta"]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -400,12 +398,14 @@ def main(argv: list[str] | None = None) -> None:
     variants = dict(edit_variant(w) for w in args.erase_weights)
     REGISTRY.update(variants)
     quiet_libraries()
-    base, rows = resumed(args)
-    rows = [r for r in rows if r["method"] not in args.redo or r["n"] not in args.sizes]  # made again here
-    earlier = earlier_runs(args)
-    kept_curve = previous_curve(args)  # a resumed run that makes no N = 50 edit keeps the curve it had
+    before = resumed(args)
+    rows = [
+        r for r in before.rows if r["method"] not in args.redo or r["n"] not in args.sizes
+    ]  # made again here
+    earlier = before.runs
+    kept_curve = before.curve  # a resumed run that makes no N = 50 edit keeps the curve it had
     run = len(earlier)  # this run's number among the file's runs
-    world = load_world(args, base)
+    world = load_world(args, before.base)
     done = {(r["method"], r["n"], r["draw"]) for r in rows}
     result: dict[str, Any] = {
         "note": args.note,
