@@ -47,18 +47,21 @@ def _unit(path: Path) -> str:
     return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
 
 
+def _source(node: ast.ImportFrom, path: Path) -> list[str]:
+    """The dotted parts of the module ``node`` imports from, relative imports resolved against ``path``."""
+    if not node.level:
+        return (node.module or "").split(".")
+    package = ["fmn_patch", *path.relative_to(ROOT).parent.parts]
+    return [*package[: len(package) - node.level + 1], *(node.module.split(".") if node.module else [])]
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, imported fmn_patch unit) for every import of the package in ``path``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = ["fmn_patch", *path.relative_to(ROOT).parent.parts]
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                parts = [*base, *(node.module.split(".") if node.module else [])]
-            else:
-                parts = (node.module or "").split(".")
+            parts = _source(node, path)
             if parts[0] != "fmn_patch":
                 continue
             if len(parts) == 1:  # from fmn_patch import x / from . import x
@@ -182,15 +185,11 @@ def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
         if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
         for n in ast.walk(block)
     }
-    package = _module(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
     found = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom) or id(node) in typing_only:
             continue
-        base = package[: len(package) - node.level + 1] if node.level else []
-        target = ".".join([*base, *([node.module] if node.module else [])])
+        target = ".".join(_source(node, path))
         for alias in node.names:
             name = f"{target}.{alias.name}"
             found.add(name if name in modules else target)
