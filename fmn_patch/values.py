@@ -109,6 +109,15 @@ def weight(value: object, name: str = "weight") -> float:
     return number(value, name, -MAX_WEIGHT, MAX_WEIGHT, example="0.5")
 
 
+def flag(value: object, name: str, *, optional: bool = False) -> bool | None:
+    """A yes/no setting: True or False (``optional``: or None, "decide for me"); 1, "no" or "False" are refused,
+    not read by their truth."""
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    also = " or None" if optional else ""
+    raise FmnPatchError(f"{name}={_show(value)} must be True or False{also}")
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -311,6 +311,14 @@ def test_negative_guidance_per_category():
     assert preserve_of(TrainConfig(preserve_weight=5.0), "style", "object") == 5.0
 
 
+@pytest.mark.parametrize("name", ["preserve_padding", "after", "train_values", "checkpointing"])
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, 2.0, [], "True"])
+def test_a_yes_no_setting_takes_true_or_false_only(name, value):
+    with pytest.raises(FmnPatchError, match=f"{name}=.* must be True or False"):
+        TrainConfig(**{name: value})
+    TrainConfig(**{name: False})
+
+
 def test_preserve_padding_left_to_the_family_is_bos_to_eos_on_a_unet_and_every_slot_on_an_mmdit(
     sd1, mmdit_dirs
 ):

@@ -94,6 +94,9 @@ class TrainConfig:
         values.whole(self.robust_rounds, "robust_rounds", 0, 1000, example=4)
         values.whole(self.robust_attack_steps, "robust_attack_steps", 1, MAX_STEPS, example=100)
         values.seed(self.seed)
+        for name in ("after", "train_values", "checkpointing"):
+            values.flag(getattr(self, name), name)
+        values.flag(self.preserve_padding, "preserve_padding", optional=True)
         if self.init not in ("auto", "zero", "edit"):
             raise FmnPatchError(f"init={self.init!r} is not one of auto, zero, edit")
         values.number(self.lr, "lr", 0, 1, above=True, example="3e-3")
