@@ -25,7 +25,6 @@ from .errors import (
     BaseMismatchError,
     BenchError,
     FmnPatchError,
-    NotBuiltError,
     PatchFileError,
     UnknownNameError,
 )
@@ -133,7 +132,6 @@ __all__ = [
     "InversionAttackConfig",
     "InversionConfig",
     "MergeReport",
-    "NotBuiltError",
     "Patch",
     "PatchConcept",
     "PatchFileError",
@@ -191,3 +189,12 @@ __all__ = [
     "train_patch_with_inversion",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Names kept one release after their removal, each with a ``DeprecationWarning``."""
+    if name == "NotBuiltError":
+        from . import errors
+
+        return getattr(errors, name)  # warns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,8 +31,8 @@ class BenchError(FmnPatchError):
     """A ConceptBench file or a concept that does not fit it."""
 
 
-class NotBuiltError(FmnPatchError):
-    """A capability that is planned but not built in this release."""
+class _NotBuiltError(FmnPatchError):
+    """Deprecated: nothing raises it since the last planned command was built; removed in the next release."""
 
 
 class OutputError(FmnPatchError):
@@ -50,3 +50,17 @@ class OutputExistsError(OutputError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C after a run had written some of its outputs: the message says which, and how to go on (exit 130)."""
+
+
+def __getattr__(name: str) -> type[FmnPatchError]:
+    """``NotBuiltError``, kept one release for code that catches it, with a ``DeprecationWarning``."""
+    if name == "NotBuiltError":
+        import warnings
+
+        warnings.warn(
+            "fmn_patch.errors.NotBuiltError is deprecated: nothing raises it; stop catching it (removed next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _NotBuiltError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -88,6 +88,23 @@ def test_every_unit_has_a_layer():
         assert (ROOT / package / "__init__.py").is_file(), package
 
 
+def test_the_readme_gives_every_unit_its_layer():
+    """README's "How it is built" table: one row per layer, naming in backticks each unit that LAYERS puts there."""
+    import re
+
+    text = (ROOT.parent / "README.md").read_text()
+    section = text[text.index("## How it is built") :]
+    rows = re.findall(r"^\| (\d) \| ([^|]+) \|", section, flags=re.M)
+    shown = {
+        name.rstrip("/"): int(layer) for layer, names in rows for name in re.findall(r"`([^`]+)`", names)
+    }
+    assert shown == LAYERS, {
+        "missing": sorted(set(LAYERS) - set(shown)),
+        "not a unit": sorted(set(shown) - set(LAYERS)),
+        "wrong layer": sorted(n for n in set(shown) & set(LAYERS) if shown[n] != LAYERS[n]),
+    }
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_upward_import(path: Path):
     unit = _unit(path)
@@ -219,3 +236,10 @@ def test_each_package_imports_as_a_tree():
                     seen.add(nxt)
                     stack.append((nxt, [*trail, nxt]))
     assert not cycles, cycles[:5]
+
+
+def test_the_methods_package_names_each_of_its_modules():
+    """``methods/__init__``'s docstring is its map: every module in it, in double backticks."""
+    doc = ast.get_docstring(ast.parse((ROOT / "methods" / "__init__.py").read_text())) or ""
+    modules = sorted(p.stem for p in (ROOT / "methods").glob("*.py") if p.stem != "__init__")
+    assert [m for m in modules if f"``{m}``" not in doc] == []

@@ -9,9 +9,8 @@ import torch
 from conftest import random_patch, render
 from PIL import Image
 
+import fmn_patch
 from fmn_patch.cli.app import main
-from fmn_patch.cli.planned import PLANNED, planned_command
-from fmn_patch.errors import NotBuiltError
 from fmn_patch.families.base import load_base
 from fmn_patch.format import Patch
 
@@ -35,7 +34,7 @@ def patch_files(pipeline_dirs, tmp_path):
 def test_help_lists_every_command(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ["apply", "merge", "export", "inspect", *PLANNED]:
+    for name in ["apply", "merge", "export", "inspect", "train", "edit", "eval", "attack", "push", "pull"]:
         assert name in out
 
 
@@ -43,18 +42,6 @@ def test_help_lists_every_command(capsys):
 def test_command_help_has_examples(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "Examples" in out and f"fmnpatch {command}" in out
-
-
-@pytest.mark.parametrize("command", sorted(PLANNED))
-def test_planned_commands_say_so_and_fail(capsys, command):
-    code, out, err = run(capsys, command, "x")
-    assert code == 2 and out == ""
-    assert "not built yet" in err and len(err.strip().splitlines()) == 1
-
-
-def test_planned_command_mechanism():  # PLANNED may be empty; the mechanism stays ready for the next one
-    with pytest.raises(NotBuiltError, match="`fmnpatch robust` is not built yet"):
-        planned_command("robust", "train patches that hold under attack")()
 
 
 def test_inspect_text_and_json(capsys, patch_files):
@@ -193,3 +180,14 @@ def test_bad_input_writes_nothing(capsys, patch_files, pipeline_dirs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["bad.safetensors", "circle.safetensors", "bob.safetensors"]
     )
+
+
+@pytest.mark.parametrize("module", ["fmn_patch", "fmn_patch.errors"])
+def test_not_built_error_is_kept_one_release_with_a_warning(module):
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match="NotBuiltError is deprecated"):
+        error = importlib.import_module(module).NotBuiltError
+    assert issubclass(error, fmn_patch.FmnPatchError)
+    with pytest.raises(AttributeError, match="no attribute 'PlannedError'"):
+        importlib.import_module(module).PlannedError  # noqa: B018

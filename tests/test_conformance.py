@@ -272,14 +272,22 @@ def test_adapter_metadata_is_passed_to_diffusers(sd1, monkeypatch):
     assert json.loads(patch.header()[LORA_ADAPTER_METADATA_KEY]) == patch.adapter_metadata()
 
 
-def test_library_constants_are_diffusers_own():
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY as DIFFUSERS_KEY
-    from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+def test_a_patch_under_our_file_name_is_what_stock_diffusers_finds_and_reads(pipeline_dirs, tmp_path):
+    """WEIGHT_NAME is the name diffusers looks for in a folder given without ``weight_name``, and the header key
+    holding the LoraConfig is the one its loader returns as the adapter's metadata."""
+    folder = str(pipeline_dirs["sd1"])
+    ours = load_base(folder)
+    patch = random_patch(ours, seed=8)
+    (tmp_path / "repo").mkdir()
+    patch.save(tmp_path / "repo" / WEIGHT_NAME)
+    stock = load_base(folder)
+    _, _, metadata = stock.pipe.lora_state_dict(str(tmp_path / "repo"), return_lora_metadata=True)
+    assert metadata == patch.adapter_metadata()
+    stock.pipe.load_lora_weights(str(tmp_path / "repo"))  # found by its file name alone
+    apply_patches(ours, [patch], strict=True)
+    torch.testing.assert_close(render(ours), render(stock), rtol=0, atol=1e-5)
 
-    assert WEIGHT_NAME is LORA_WEIGHT_NAME_SAFE and LORA_ADAPTER_METADATA_KEY is DIFFUSERS_KEY
 
-
-# ---------------------------------------------------------------------------------------------- the Hub
 def test_a_pushed_repo_has_both_files_a_card_naming_them_and_is_found_by_base(capsys, hub, sd1, tmp_path):
     path = random_patch(sd1, concept="bob").save(tmp_path / "forget-bob.safetensors")
     code, _, err = run(capsys, "push", str(path), "acme/forget-bob", "--base-model", "acme/tiny-sd")

@@ -17,8 +17,6 @@ from .inversion import inversion_attack, inversion_plan
 from .report import AttackReport, attack_grid
 from .search import SearchResult, search_attack, search_prompt
 
-ATTACKS = attack_names()
-
 __all__ = [
     "ATTACKS",
     "DIRECT",
@@ -46,3 +44,10 @@ __all__ = [
     "search_attack",
     "search_prompt",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``ATTACKS``: the registered attack names when asked (an attack registered later is among them)."""
+    if name == "ATTACKS":
+        return tuple(attack_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ from ..text import printable, shorten_values
 from . import apply, attack, correct, edit, evaluate, export, inspect, merge, pull, push, search, train, ui
 from .display import shown_on_stderr
 from .options import Stopped, quiet_libraries
-from .planned import PLANNED, planned_command
 
 app = typer.Typer(
     name="fmnpatch",
@@ -48,8 +47,6 @@ app.command()(push.push)
 app.command()(pull.pull)
 app.command()(search.search)
 app.command()(ui.ui)
-for _name, _what in PLANNED.items():
-    app.command(_name)(planned_command(_name, _what))
 
 
 _debug = [False]  # set by --debug for this invocation

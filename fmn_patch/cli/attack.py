@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..attacks import ATTACKS, AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
+from ..attacks import AttackConfig, InversionAttackConfig, SearchConfig, run_attacks
+from ..attacks.config import attack_names as registered_attacks
 from ..concepts.bench import load_bench
 from ..errors import FmnPatchError
 from ..evaluation.mscore import SamplerConfig
@@ -46,7 +47,9 @@ def attack(
     concept: Annotated[str, typer.Option(help="The erased concept to get back.", show_default=False)] = "",
     attack_names: Annotated[
         list[str] | None,
-        typer.Option("--attack", help=f"Attack to run (repeat): {', '.join(ATTACKS)}; default: all."),
+        typer.Option(
+            "--attack", help=f"Attack to run (repeat): {', '.join(registered_attacks())}; default: all."
+        ),
     ] = None,
     lora: Annotated[
         list[Path] | None,
@@ -116,7 +119,7 @@ def attack(
     if not concept:
         raise FmnPatchError("no concept given; name the erased concept with --concept, e.g. --concept circle")
     config = AttackConfig(
-        attacks=tuple(attack_names or ATTACKS),  # type: ignore[arg-type]  # checked by AttackConfig
+        attacks=tuple(attack_names or registered_attacks()),  # type: ignore[arg-type]  # checked by AttackConfig
         sampler=SamplerConfig(
             steps=steps, guidance=guidance, seeds=SamplerConfig.first_seeds(seeds), batch_size=batch_size
         ),

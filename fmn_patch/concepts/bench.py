@@ -12,7 +12,6 @@ use. ``real`` ships here; worlds register theirs (``toy``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,12 +143,6 @@ class Bench:
             t for template in self.paraphrases[concept.category] for t in expand(template, self.attributes)
         ]
         return [fill(t, name) for name in concept.names for t in ready]
-
-    def with_concepts(self, concepts: tuple[Concept, ...]) -> Bench:
-        """The bench with ``concepts`` added; bench concepts sharing a name with one of them are dropped."""
-        words = {w for c in concepts for w in c.names}
-        kept = tuple(c for c in self.concepts if words.isdisjoint(c.names))
-        return dataclasses.replace(self, concepts=kept + concepts)
 
 
 def bench_from_dict(data: Mapping[str, Any], source: str = "bench") -> Bench:
