@@ -52,6 +52,7 @@ class Row:
     train_neighbours: float = 1.0  # train rows only
     eta: float | None = None  # train rows only: the negative guidance (None: the category's, resteer.eta_of)
     preserve_padding: bool = True  # train rows only: TrainConfig.preserve_padding
+    push: float = 1.5  # the edit's (EditConfig.push: how far past the anchor, away from the concept)
 
 
 ROWS = [
@@ -69,11 +70,20 @@ ROWS = [
     Row("train", "alice", 10.0, 10.0, 10.0, None, False),
     Row("train", "circle", 10.0, 10.0, 10.0, None, False),
     Row("train", "striped", 10.0, 10.0, 10.0, None, False),
+    # the edit of bob along its trade-off: its neighbour zokan reads like it to the 64-wide text encoder
+    Row("edit", "bob", 10.0, 10.0, push=3.0),
+    Row("edit", "bob", 20.0, 10.0),
+    Row("edit", "bob", 10.0, 30.0, push=3.0),
+    Row("edit", "bob", 10.0, 100.0, push=3.0),
 ]
 
 
 def patch_of(pipe: Any, row: Row) -> Any:
-    config: dict[str, Any] = {"erase_weight": row.erase_weight, "neighbour_weight": row.edit_neighbours}
+    config: dict[str, Any] = {
+        "erase_weight": row.erase_weight,
+        "neighbour_weight": row.edit_neighbours,
+        "push": row.push,
+    }
     if row.method == "edit":
         return edit_patch(pipe, [row.concept], config=EditConfig(**config))
     real = edit_module.EditConfig
@@ -159,11 +169,12 @@ def neighbour_section(read: Callable[[str], Any], provenance: Callable[[Any], st
         "of their base accuracy. DDIM 20 steps, guidance 5, seeds 0 and 1 (one image is 6.25 points of a concept). "
         "eta: the train row's negative guidance (default: 2 for objects and identities, 1 for styles); no padding "
         "kept: `TrainConfig(preserve_padding=False)`, the preservation term reads each prompt from BOS to EOS, as "
-        "the edit does. Rows marked (2) come from a later run than (1), with the same code for the rows of (1).",
+        "the edit does; push: the edit's `EditConfig.push` (for a train row, its start's). Rows marked (k) come "
+        "from the k-th run, each with the code of its time (provenance below).",
         "",
-        "| method | concept | erase w | neighbour w (edit / train) | eta | erased | alias | kept / base | "
+        "| method | concept | erase w | neighbour w (edit / train) | push | eta | erased | alias | kept / base | "
         "below 90% | time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = record.get("runs") or [record]
     for k, run in enumerate(runs, 1):
@@ -183,7 +194,8 @@ def _rows(rows: list[dict[str, Any]], run: str) -> list[str]:
         if not r.get("preserve_padding", True):
             eta += ", no padding kept"
         lines.append(
-            f"| {r['method']}{run} | {r['concept']} | {r['erase_weight']:g} | {weights} | {eta} | "
+            f"| {r['method']}{run} | {r['concept']} | {r['erase_weight']:g} | {weights} | {r.get('push', 1.5):g} | "
+            f"{eta} | "
             f"{percent(r['acc_erased'])} | "
             f"{percent(r['alias'])} | {percent(r['kept_ratio'])} | {below} | {r['seconds']:.1f} s |"
         )
