@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         nargs="+",
         default=[],
-        help="also run the edit at these erase weights (EditConfig.erase_weight; the default's is 10), each a row",
+        help="also run the edit at these erase weights, each a row (EditConfig.erase_weight; the default: per "
+        "category, editor.ERASE)",
     )
     parser.add_argument(
         "--redo",

@@ -13,7 +13,7 @@ from fmn_patch.families.encoding import align
 from fmn_patch.format import Patch
 from fmn_patch.methods.edit import EditConfig, edit_patch
 from fmn_patch.methods.edit import _preserve as preserve_prompts
-from fmn_patch.methods.editor import Editor
+from fmn_patch.methods.editor import ERASE, ERASE_DEFAULT, Editor
 
 PROMPTS = ["a photo of bob", "a red circle in the style of van gogh", ""]
 SMALL = EditConfig(rank=4, vocab_words=20, padding=3)
@@ -94,6 +94,25 @@ def test_the_neighbour_weight_keeps_an_erased_concepts_neighbour_apart():
     assert weighted < 0.5 * plain, (plain, weighted)
 
 
+def test_each_concept_is_erased_at_its_categorys_weight():
+    """No erase weight given: an object's rows at ERASE_DEFAULT, an identity's at ERASE["identity"] (its name reads
+    like its neighbours'); the weights are recorded, and one given weight is every concept's."""
+    toy = load_base("toy")
+    circle = edit_patch(toy, ["circle"])
+    assert (
+        circle.tensor_hash()
+        == edit_patch(toy, ["circle"], config=EditConfig(erase_weight=ERASE_DEFAULT)).tensor_hash()
+    )
+    both = edit_patch(toy, ["circle", "bob"])
+    assert both.info.extra["erase_weights"] == {"circle": ERASE_DEFAULT, "bob": ERASE["identity"]}
+    flat = edit_patch(toy, ["circle", "bob"], config=EditConfig(erase_weight=ERASE_DEFAULT))
+    assert flat.info.extra["erase_weights"] == {"circle": ERASE_DEFAULT, "bob": ERASE_DEFAULT}
+    assert flat.tensor_hash() != both.tensor_hash()
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(FmnPatchError, match="erase_weight"):
+            EditConfig(erase_weight=bad)
+
+
 def _kv(pipe: object, patch: Patch | None, states: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in pipe.family.targets().items():  # type: ignore[attr-defined]
@@ -158,7 +177,7 @@ def test_edit_is_deterministic_and_saves(sd1, tmp_path):
 
 def test_streaming_keeps_memory_flat(sd1):
     editor = Editor(sd1, SMALL)
-    editor.erase((f"a photo of {w}", w, "a photo of a dog") for w in ["circle", "bob", "alice"] * 50)
+    editor.erase(((f"a photo of {w}", w, "a photo of a dog") for w in ["circle", "bob", "alice"] * 50), 10.0)
     assert editor.normal.gram.shape == (editor.dim, editor.dim) and editor.report.prompts == 150
     assert len(editor._anchor_cache) == 1  # the anchor prompt is encoded once
 

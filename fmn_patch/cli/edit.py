@@ -17,7 +17,7 @@ from ..files import check_output, read_lines
 from ..format.lowrank import AUTO_CAP
 from ..methods.each import EachConfig, Recipe, build_each
 from ..methods.edit import METHOD, edit_patch
-from ..methods.editor import EditConfig
+from ..methods.editor import ERASE, ERASE_DEFAULT, EditConfig
 from ..methods.request import chosen_preset, configured_base, patch_filename, refuse_early, wanted_concepts
 from ..values import AUTO
 from .options import (
@@ -90,7 +90,12 @@ def edit(
     ] = _DEFAULT.push,
     lam: Annotated[float, typer.Option(help="Ridge weight pulling toward the base weights.")] = _DEFAULT.lam,
     erase_weight: Annotated[
-        float, typer.Option(help="Weight of the erase rows vs preserved ones.")
+        float | None,
+        typer.Option(
+            help="Weight of the erase rows vs preserved ones [default: per concept, its category's: "
+            + ", ".join(f"{c} {w:g}" for c, w in ERASE.items())
+            + f", others {ERASE_DEFAULT:g}]."
+        ),
     ] = _DEFAULT.erase_weight,
     bench: Annotated[
         str | None,

@@ -34,7 +34,7 @@ from ..families.threads import sized_threads
 from ..families.tokens import find_subsequence
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
-from .editor import EditConfig, Editor, EditReport
+from .editor import ERASE_DEFAULT, EditConfig, Editor, EditReport, erase_weight_of
 
 METHOD: Final = "edit"  # the header's method of an edit patch
 
@@ -124,7 +124,8 @@ def edit_patches(
     for c, a in zip(concepts, anchors, strict=True):
         _check_anchor(base.family, c, a, bench)
     t0 = time.perf_counter()
-    editor.erase(t for c, a in zip(concepts, anchors, strict=True) for t in erase_prompts(c, a, bench))
+    for c, a in zip(concepts, anchors, strict=True):
+        editor.erase(erase_prompts(c, a, bench), erase_weight_of(config, c.category))
     near = neighbour_prompts(bench, concepts) if config.bench_preserve else []
     rest, close = split_neighbours(_preserve(base.family, concepts, anchors, bench, config, preserve), near)
     editor.keep(rest)
@@ -149,8 +150,10 @@ def start_factors(
     base: Base, concepts: Sequence[Concept], anchors: Mapping[str, str], bench: str, rank: int
 ) -> dict[str, tuple[Any, Any]]:
     """The closed-form edit of ``concepts`` toward ``anchors`` at ``rank``, as factors: where training starts on a
-    family that offers the edit (``TrainConfig.init``)."""
-    return dict(edit_patch(base, concepts, anchor=anchors, config=EditConfig(rank=rank, bench=bench)).factors)
+    family that offers the edit (``TrainConfig.init``). Every category's rows at ERASE_DEFAULT: the start that
+    training's budget (methods/budget.py) and its preservation defaults were measured from."""
+    config = EditConfig(rank=rank, bench=bench, erase_weight=ERASE_DEFAULT)
+    return dict(edit_patch(base, concepts, anchor=anchors, config=config).factors)
 
 
 def _patch(
@@ -173,6 +176,7 @@ def _patch(
         config={**dataclasses.asdict(config), "bench": bench.name if bench else None},
         extra={
             "anchors": {c.name: a for c, a in zip(concepts, anchors, strict=True)},
+            "erase_weights": {c.name: erase_weight_of(config, c.category) for c in concepts},
             "aliases": {c.name: list(c.aliases) for c in concepts if c.aliases},
             "rows": {"erase": report.erase_rows, "preserve": report.keep_rows},
             "prompts_skipped": report.skipped[:20],

@@ -33,6 +33,12 @@ from ..format.lowrank import (
 from ..values import AUTO, MAX_BATCH, Rank
 from .solver import NormalEquations, layer_delta
 
+#: Erase-row weight per category when EditConfig.erase_weight is None; others get ERASE_DEFAULT. An identity's
+#: name reads like its neighbours' (one attribute apart) to the text encoder, so it needs a stronger erase term
+#: than an object to leave as few of its images (BENCHMARKS.md, "Neighbour weight").
+ERASE: dict[str, float] = {"identity": 20.0}
+ERASE_DEFAULT = 10.0
+
 
 @dataclass(frozen=True)
 class EditConfig:
@@ -43,7 +49,8 @@ class EditConfig:
     rank: Rank = 16
     max_residual: float = MAX_RESIDUAL  # the residual target of rank="auto" (unused at a fixed rank)
     lam: float = 0.1  # ridge: pull toward the base weights, sum lam ||W' - W||^2
-    erase_weight: float = 10.0  # weight of each erase row (each concept position of each prompt)
+    # weight of each erase row (each concept position of each prompt); None: each concept's category's (ERASE)
+    erase_weight: float | None = None
     preserve_weight: float = 1.0  # weight of each preserved row
     push: float = 1.5  # targets go this far past the anchor, away from the concept: t = a + push (a - c)
     after: bool = True  # also re-map the positions after the concept (to EOS): the concept lives there too
@@ -67,7 +74,8 @@ class EditConfig:
         values.rank(self.rank, "rank", example="8 or 'auto'")
         values.residual(self.max_residual, "max_residual")
         values.number(self.lam, "lam", 0, 1e6, example="0.1")
-        values.number(self.erase_weight, "erase_weight", 0, 1e6, above=True, example=10)
+        if self.erase_weight is not None:
+            values.number(self.erase_weight, "erase_weight", 0, 1e6, above=True, example=10)
         values.number(self.preserve_weight, "preserve_weight", 0, 1e6, example=1)
         values.number(self.neighbour_weight, "neighbour_weight", 0, 1e6, example=10)
         values.number(self.push, "push", 0, 100, example="1.5 (0: map exactly onto the anchor)")
@@ -75,6 +83,11 @@ class EditConfig:
             values.whole(self.padding, "padding", 0, 10_000, example="0 (or None: all)")
         values.whole(self.vocab_words, "vocab_words", 0, 10_000_000, example=1000)
         values.whole(self.batch_size, "batch_size", 1, MAX_BATCH, example=64)
+
+
+def erase_weight_of(config: EditConfig, category: str) -> float:
+    """The erase-row weight of a concept of ``category``: the config's, else the category's default."""
+    return config.erase_weight if config.erase_weight is not None else ERASE.get(category, ERASE_DEFAULT)
 
 
 @dataclass
@@ -117,8 +130,8 @@ class Editor:
     def padding(self) -> int:
         return self.text.max_length if self.config.padding is None else self.config.padding
 
-    def erase(self, pairs: Iterable[tuple[str, str, str]]) -> None:
-        """Add (prompt, concept words, anchor prompt) triples in batches."""
+    def erase(self, pairs: Iterable[tuple[str, str, str]], weight: float) -> None:
+        """Add (prompt, concept words, anchor prompt) triples in batches, each row at ``weight``."""
         for chunk in _batches(pairs, self.config.batch_size):
             t0 = time.perf_counter()
             states = self.text.encode([p for p, _, _ in chunk], self.padding)  # (B, T, dim)
@@ -138,7 +151,7 @@ class Editor:
             self.report.prompts += len(chunk)
             if rows:
                 c, a_ = torch.cat(rows), torch.cat(targets)  # (n, dim)
-                self.normal.add_erase(c, a_ + self.config.push * (a_ - c), self.config.erase_weight)
+                self.normal.add_erase(c, a_ + self.config.push * (a_ - c), weight)
 
     def _pairs(
         self, prompt: str, words: str, ids: list[int], anchor_ids: list[int]
