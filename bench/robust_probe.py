@@ -81,7 +81,7 @@ def removed(
     """``patch`` with the top-``k`` concept directions of every target's output projected out (rank r + k)."""
     factors = {}
     for name, (a, b) in patch.factors.items():
-        w = base.family.targets()[name].weight.detach().float()  # (out, in)
+        w = base.family.adapters.targets()[name].weight.detach().float()  # (out, in)
         yc, yo = concept_states @ w.T, other_states @ w.T  # (Nc, out), (No, out)
         sc, so = yc.T @ yc / len(yc), yo.T @ yo / len(yo)  # (out, out)
         so = so + 1e-3 * so.trace() / len(so) * torch.eye(len(so))
@@ -138,10 +138,10 @@ def main() -> None:
     plain = train_patch(pipe, [concept], TrainConfig(), progress=False)
     seconds = time.perf_counter() - started
     prompts = bench.prompts(bench.concept(concept))
-    states = base.family.encode(prompts).states.float()  # (P, T, D)
+    states = base.family.text.encode(prompts).states.float()  # (P, T, D)
     at = concept_masks(base, prompts, [concept] * len(prompts), True).bool()  # the name and what follows
     others = [p for c in bench.concepts if c.name != concept for p in bench.prompts(c)]
-    other = base.family.encode(others).states.float().flatten(0, 1)  # (P' T, D)
+    other = base.family.text.encode(others).states.float().flatten(0, 1)  # (P' T, D)
     for k in args.ks:
         patch = removed(base, plain, states[at], other, k) if k else plain
         scored(f"default patch, {k} of {states.shape[-1]} directions removed", patch, seconds, "removal")

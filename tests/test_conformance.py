@@ -256,7 +256,7 @@ def test_an_sd3_patch_is_said_to_load_in_comfyui_as_it_is(capsys, mmdit_dirs, tm
 def test_adapter_metadata_is_passed_to_diffusers(sd1, monkeypatch):
     patch = random_patch(sd1)
     seen = []
-    denoiser = sd1.family.denoiser
+    denoiser = sd1.family.adapters.denoiser
     real = denoiser.load_lora_adapter
 
     def spy(*args, **kwargs):
@@ -308,7 +308,7 @@ def test_headers_name_no_local_path_and_push_refuses_one_that_does(capsys, hub, 
     folder = pipeline_dirs["sd1"]
     base = load_base(str(folder.resolve()))  # loaded by an absolute path
     patch = random_patch(base)
-    assert patch.info.base_model == folder.name and patch.info.base_hash == base.family.target_hash()
+    assert patch.info.base_model == folder.name and patch.info.base_hash == base.family.identity.target_hash()
     path = patch.save(tmp_path / "p.safetensors")
     assert local_paths(header_of(path)) == []
     assert str(tmp_path) not in json.dumps(header_of(path)) and str(folder) not in json.dumps(header_of(path))

@@ -202,7 +202,7 @@ def speed_patch(
     anchors = anchors_for(names, anchor)
     t0 = time.perf_counter()
     targets = weights(base, config.params)
-    text = base.family.text_states()
+    text = base.family.text.text_states()
     generator = torch.Generator().manual_seed(config.seed)
     null = text.encode([""], text.max_length)[0].double()  # (L, dim): SOT, EOS, padding
     if config.clusters > null.shape[0] - 1:

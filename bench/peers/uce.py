@@ -163,7 +163,7 @@ def uce_patch(
     scale = config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / len(kept))
     targets = weights(base, config.params)
     dim = next(iter(targets.values())).shape[1]
-    text = base.family.text_states()
+    text = base.family.text.text_states()
     erase_cc, erase_tc, erase_rows = _erase_sums(text, pairs, dim, config.batch_size)
     keep_cc, keep_rows = padded_gram(text, kept, dim, config.batch_size)
     t1 = time.perf_counter()

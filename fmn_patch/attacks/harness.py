@@ -82,10 +82,10 @@ def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator
         for k, path in enumerate(Path(p) for p in patches if not isinstance(p, Patch)):
             if not path.is_file():
                 raise FmnPatchError(f"LoRA file {str(path)!r} does not exist; give a .safetensors LoRA file")
-            family.load_lora_file(str(path), f"attack_lora_{k}")
+            family.adapters.load_lora_file(str(path), f"attack_lora_{k}")
             names.append(f"attack_lora_{k}")
         if len(names) > len(ours):
-            family.set_adapters(names, [1.0] * len(names))
+            family.adapters.set_adapters(names, [1.0] * len(names))
         yield names
     finally:
         if names:
@@ -122,7 +122,7 @@ def run_attacks(
     attacks = [get_attack(name) for name in config.attacks]
     for attack in attacks:
         if attack.one_encoder:
-            base.family.require_one_encoder(f"the {attack.name} attack")
+            base.family.text.require_one_encoder(f"the {attack.name} attack")
     count = max((a.latents(config) for a in attacks), default=0)
     latents = torch.empty(0)
     if count:

@@ -103,7 +103,7 @@ def run_batches(
     def draw(batch: ImageBatch) -> BatchResult:
         started = time.perf_counter()
         held.use(batch.model)
-        images = family.draw(
+        images = family.images.draw(
             [(j.prompt, j.seed) for j in batch.jobs], steps=batch.steps, guidance=batch.guidance
         )
         probs, hits = _judged(judge, images, batch.jobs)

@@ -107,7 +107,7 @@ def generate(
     desc: str = "generating",
 ) -> torch.Tensor:
     """One image per (prompt, seed), prompt-major: (len(prompts) * len(seeds), 3, H, W) in [0, 1]."""
-    return as_base(base).family.generate(
+    return as_base(base).family.images.generate(
         prompts,
         sampler.seeds,
         steps=sampler.steps,

@@ -48,7 +48,7 @@ def sample(
 ) -> list[Image.Image]:
     """One image per seed; each seed owns its generator, so images do not depend on batch composition. ``desc``:
     the phase's name on the progress channel."""
-    images: list[Image.Image] = as_base(base).family.generate(
+    images: list[Image.Image] = as_base(base).family.images.generate(
         [prompt],
         seeds,
         steps=config.steps,

@@ -61,7 +61,7 @@ def sized_threads(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(base: Any, *args: Any, **kwargs: Any) -> Any:
         base = as_base(base)
-        with threads_for(base.family.denoiser):
+        with threads_for(base.family.adapters.denoiser):
             return fn(base, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

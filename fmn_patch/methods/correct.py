@@ -161,9 +161,9 @@ def correct_patch(
     keep = [p for p in preserve_prompts(bench, [], last=[*targets, *preserve]) if p not in corrected]
     family = base.family
     batch = TrainingSet(
-        concept=family.encode(prompts),
-        anchor=family.encode(targets),
-        masks=torch.zeros(len(prompts), family.max_length),
+        concept=family.text.encode(prompts),
+        anchor=family.text.encode(targets),
+        masks=torch.zeros(len(prompts), family.text.max_length),
         latents=latents,
         latent_prompt=latent_prompt,
         preserve=preserve_states(base, keep, latents),
@@ -191,4 +191,4 @@ def correct_patch(
             "loss_terms": report.parts,
         },
     )
-    return Patch(factors, info, family.component)
+    return Patch(factors, info, family.adapters.component)
