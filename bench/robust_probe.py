@@ -37,7 +37,6 @@ from fmn_patch.attacks import InversionAttackConfig, reference_latents
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
-from fmn_patch.families.base import as_base
 from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.format.patch import Patch
 from fmn_patch.methods.dataset import concept_masks
@@ -108,7 +107,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
-    base, concept = as_base(pipe), args.concept
+    base, concept = pipe, args.concept
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
     attack = InversionAttackConfig()
     latents = reference_latents(pipe, bench.concept(concept), bench, attack.images, steps=20, guidance=5.0)

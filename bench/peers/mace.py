@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from fmn_patch import values
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.families.base import Base, as_base
+from fmn_patch.families.base import Base
 from fmn_patch.families.grads import frozen
 from fmn_patch.families.threads import sized_threads
 from fmn_patch.format.patch import Patch
@@ -382,7 +382,7 @@ def without_names(texts: Sequence[str], names: Sequence[str]) -> list[str]:
 
 @sized_threads
 def mace_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[str],
     anchor: str | Sequence[str],
     references: Mapping[str, References],
@@ -398,7 +398,6 @@ def mace_patch(
     ``augment``), for all concepts or {name: forms} (MACE's per-concept type, object or style). The patch holds
     every projection's exact delta W* - W (LoRA rank min(out, in)).
     """
-    base = as_base(base)
     base.family.require_closed_form()
     config = config or TOY
     names = check_names(erase)

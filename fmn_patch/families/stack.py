@@ -170,7 +170,7 @@ def _family_serving(architecture: str) -> type[Family] | None:
         return None
 
 
-def save_new_pipeline(base: Base | Any, folder: str | os.PathLike[str]) -> Path:
+def save_new_pipeline(base: Base, folder: str | os.PathLike[str]) -> Path:
     """``save_pipeline`` to ``folder``, or, when that exists, to the first free ``folder-2``, ``folder-3``, ...:
     never replacing a folder, also when another run takes a name meanwhile."""
     folder = Path(folder)

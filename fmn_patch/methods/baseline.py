@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.grads import frozen
 from ..families.references import folder_latents, generated_latents
 from ..families.threads import sized_threads
@@ -58,7 +58,7 @@ class FMNReport:
 
 @sized_threads
 def train_fmn_baseline(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[tuple[str, str]],
     config: FMNConfig | None = None,
     *,
@@ -69,7 +69,6 @@ def train_fmn_baseline(
 
     ``images``: a folder of reference images (one concept only); default: ``num_images`` drawn by the base.
     """
-    base = as_base(base)
     family = base.family
     config = config or FMNConfig()
     started = time.perf_counter()

@@ -72,7 +72,7 @@ def erase_prompts(concept: Concept, anchor: str, bench: Bench | None) -> Iterato
 
 @sized_threads
 def edit_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[ConceptLike],
     anchor: str | Mapping[str, str] | None = None,
     preserve: Sequence[str] = (),
@@ -95,7 +95,7 @@ FACTORING: tuple[str, ...] = ("rank", "max_residual", "exact_svd")
 
 @sized_threads
 def edit_patches(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[ConceptLike],
     anchor: str | Mapping[str, str] | None = None,
     preserve: Sequence[str] = (),

@@ -78,7 +78,7 @@ __all__ = [
 
 @sized_threads
 def train_patch(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[ConceptLike],
     config: TrainConfig | None = None,
     *,
@@ -99,7 +99,7 @@ def train_patch(
 
 @sized_threads
 def train_patch_with_inversion(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[ConceptLike],
     config: TrainConfig | None = None,
     inversion: InversionConfig | None = None,
