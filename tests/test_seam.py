@@ -5,14 +5,13 @@
   ``remove_patches`` and ``evaluate_patches``: the methods ask the family, not the UNet.
 - The toy base named ``toy`` and the same folder given by its path get the same defaults.
 - ``train_patch``, ``edit_patch``, ``fuse_patches`` and ``run_attacks`` leave the global RNG state, the active
-  adapters and every ``requires_grad`` flag as they were.
+  adapters and every ``requires_grad`` flag as they were; the library seeds the global RNG only inside a fork.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -348,11 +347,46 @@ def test_train_restores_the_state_when_interrupted(busy, monkeypatch):
     _same(before, _state(busy))
 
 
+#: Calls that seed a global RNG.
+SEEDERS = {
+    "torch.manual_seed",
+    "torch.random.manual_seed",
+    "torch.cuda.manual_seed",
+    "torch.cuda.manual_seed_all",
+    "random.seed",
+    "np.random.seed",
+    "numpy.random.seed",
+}
+
+
+def _unforked_seeds(tree: ast.AST) -> list[int]:
+    """Lines of global-RNG seeding calls that are not inside a ``with ...fork_rng(...)`` block."""
+    found: list[int] = []
+
+    def visit(node: ast.AST, forked: bool) -> None:
+        if isinstance(node, ast.With) and any(
+            isinstance(item.context_expr, ast.Call)
+            and ast.unparse(item.context_expr.func).endswith("fork_rng")
+            for item in node.items
+        ):
+            forked = True
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in SEEDERS and not forked:
+            found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, forked)
+
+    visit(tree, False)
+    return found
+
+
 def test_no_library_call_seeds_the_global_rng():
     """Only inside a fork (``torch.random.fork_rng``); the toy world's trainers are scripts, run as processes."""
+    example = "torch.manual_seed(0)\nwith torch.random.fork_rng(devices=[]):\n    torch.manual_seed(1)\n"
+    assert _unforked_seeds(ast.parse(example)) == [1]
     root = Path(__file__).parent.parent / "fmn_patch"
     scripts = {root / "toy" / n for n in ("train.py", "train_judge.py")}
-    for path in set(root.rglob("*.py")) - scripts:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if re.search(r"torch\.manual_seed\(", line):
-                assert "fork_rng" in path.read_text(encoding="utf-8"), f"{path}: {line.strip()}"
+    for path in sorted(set(root.rglob("*.py")) - scripts):
+        lines = _unforked_seeds(ast.parse(path.read_text(encoding="utf-8")))
+        assert not lines, (
+            f"{path.relative_to(root)}:{lines[0]} seeds the global RNG outside torch.random.fork_rng"
+        )
