@@ -272,11 +272,14 @@ def test_adapter_metadata_is_passed_to_diffusers(sd1, monkeypatch):
     assert json.loads(patch.header()[LORA_ADAPTER_METADATA_KEY]) == patch.adapter_metadata()
 
 
-def test_library_constants_are_diffusers_own():
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY as DIFFUSERS_KEY
-    from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
-
-    assert WEIGHT_NAME is LORA_WEIGHT_NAME_SAFE and LORA_ADAPTER_METADATA_KEY is DIFFUSERS_KEY
+def test_stock_diffusers_finds_the_weight_file_and_reads_its_lora_config(sd1, tmp_path):
+    """A folder holding a patch as ``WEIGHT_NAME`` is read by diffusers' own loader without a file name, and the
+    LoraConfig it reads from the header (``LORA_ADAPTER_METADATA_KEY``) is the patch's own."""
+    patch = random_patch(sd1, rank=3)
+    patch.save(tmp_path / WEIGHT_NAME)
+    state, _, metadata = type(sd1.pipe).lora_state_dict(str(tmp_path), return_lora_metadata=True)
+    assert set(state) == set(patch.state_dict())
+    assert metadata == patch.adapter_metadata()
 
 
 # ---------------------------------------------------------------------------------------------- the Hub
