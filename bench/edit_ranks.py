@@ -68,7 +68,7 @@ def rank_curve(
 
     base = as_base(base)
     config = config or EditConfig()
-    narrowest = min(min(s) for s in base.family.target_shapes().values())
+    narrowest = min(min(s) for s in base.family.adapters.target_shapes().values())
     ranks = [r for r in ranks if r <= narrowest]
     fixed = [replace(config, rank=r, exact_svd=None) for r in ranks]
     exacts = [replace(config, rank=r, exact_svd=True) for r in ranks] if exact else []

@@ -173,7 +173,7 @@ def check_causal_padding(pipe: Any) -> float:
     """Max |difference| of the real tokens' states between true-length and padded-to-77 encoding."""
     from fmn_patch.families.base import as_base
 
-    text = as_base(pipe).family.text_states()
+    text = as_base(pipe).family.text.text_states()
     prompts = ["a photo of Elon Musk", "a landscape painted by Claude Monet", "a cat"]
     short, full = text.encode(prompts, 0), text.encode(prompts, 77)
     return max(

@@ -122,7 +122,7 @@ def fingerprints(want: Any) -> dict[str, Any]:
     if want("fmn"):
         trained = load_base("toy")
         train_fmn_baseline(trained, [("circle", "object")], FMNConfig(steps=5), progress=False)
-        rec("fmn", tensor_hash({k: v.weight for k, v in trained.family.targets().items()}))
+        rec("fmn", tensor_hash({k: v.weight for k, v in trained.family.adapters.targets().items()}))
     if want("tiny"):
         root = Path(tempfile.mkdtemp())
         for kind in ("sd1", "sd2", "sdxl"):

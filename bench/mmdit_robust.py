@@ -48,7 +48,7 @@ from fmn_patch.concepts.prompts import ConceptPlan
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import Base
 from fmn_patch.families.checkpointing import gradient_checkpointing
-from fmn_patch.families.family import Conditioning
+from fmn_patch.families.conditioning import Conditioning
 from fmn_patch.families.stack import apply_patches as apply_factors
 from fmn_patch.families.stack import remove_patches
 from fmn_patch.format.header import PatchInfo
@@ -164,7 +164,7 @@ def _rounds(
             break
         factors = dict(fresh)
         names = apply_factors(
-            base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+            base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.adapters.component)]
         )
         tick = time.perf_counter()
         try:
@@ -220,7 +220,7 @@ def name_targets(prompts: int) -> Iterator[None]:
             with session.disabled():
                 both = batch.concept.select(part.prompt % prompts).cat(batch.anchor.select(part.prompt))
                 x, t = torch.cat([part.x_t, part.x_t]), torch.cat([part.t, part.t])
-                eps_c, eps_a = family.denoise(x, t, both).chunk(2)
+                eps_c, eps_a = family.noise.denoise(x, t, both).chunk(2)
             eta = batch.eta[part.prompt].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1))
             parts.append(guided_target(eps_c, eps_a, eta))
             if on_chunk is not None:  # sample_pool's progress phase, as samples.guided_targets reports it
@@ -243,7 +243,7 @@ def pooled_lora() -> Iterator[None]:
     kind = mmdit.MMDIT_TARGETS
     regex, compiled = kind.regex, kind._compiled
     wide = regex + r"|time_text_embed\.text_embedder\.linear_1"
-    layers, preservation = mmdit.MMDiTFamily.attention_layers, steps.preservation_loss
+    layers, preservation = mmdit.MMDiTAdapters.attention_layers, steps.preservation_loss
 
     def attention_layers(self: Any) -> list[str]:
         return [n for n in layers(self) if n.endswith("attn")]
@@ -255,7 +255,7 @@ def pooled_lora() -> Iterator[None]:
         near: dict[str, torch.Tensor] | None = None,
         factor: float = 1.0,
     ) -> torch.Tensor:
-        widths = {n: m.in_features for n, m in session.base.family.targets().items()}
+        widths = {n: m.in_features for n, m in session.base.family.adapters.targets().items()}
 
         def flat(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {n: x.reshape(-1, widths[n]) for n, x in group.items()}
@@ -264,14 +264,14 @@ def pooled_lora() -> Iterator[None]:
 
     object.__setattr__(kind, "regex", wide)
     object.__setattr__(kind, "_compiled", re.compile(wide))
-    mmdit.MMDiTFamily.attention_layers = attention_layers  # type: ignore[method-assign]
+    mmdit.MMDiTAdapters.attention_layers = attention_layers  # type: ignore[method-assign]
     steps.preservation_loss = preserve  # type: ignore[assignment]  # as above
     try:
         yield
     finally:
         object.__setattr__(kind, "regex", regex)
         object.__setattr__(kind, "_compiled", compiled)
-        mmdit.MMDiTFamily.attention_layers = layers  # type: ignore[method-assign]
+        mmdit.MMDiTAdapters.attention_layers = layers  # type: ignore[method-assign]
         steps.preservation_loss = preservation
 
 
@@ -332,12 +332,12 @@ def pooled_probe(concept: str) -> dict[str, Any]:
         plan = inversion_plan(pipe, c, bench, latents, attack, 0)
     family = pipe.family
     assert plan.tokens is not None
-    with family.added_tokens(plan.tokens.names, plan.tokens.embeddings):
-        attacked = family.encode(plan.prompts)
-    named = family.encode(bench.prompts(c))
-    anchored = family.encode(bench.prompts(c, bench.anchor(c.category)))
-    empty = family.encode([""] * len(named))
-    kwargs = {k: v for k, v in family.sampler_kwargs().items() if k != "max_sequence_length"}
+    with family.text.added_tokens(plan.tokens.names, plan.tokens.embeddings):
+        attacked = family.text.encode(plan.prompts)
+    named = family.text.encode(bench.prompts(c))
+    anchored = family.text.encode(bench.prompts(c, bench.anchor(c.category)))
+    empty = family.text.encode([""] * len(named))
+    kwargs = {k: v for k, v in family.images.sampler_kwargs().items() if k != "max_sequence_length"}
 
     def drawn(text: Conditioning, pooled: Conditioning) -> torch.Tensor:
         images = [

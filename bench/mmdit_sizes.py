@@ -54,9 +54,9 @@ def measure(name: str, folder: Path) -> list[dict[str, Any]]:
     from fmn_patch.format import Patch, PatchInfo
 
     family, config = build(name)
-    shapes = family.target_shapes()  # (out, in) per target
-    modules = dict(family.denoiser.named_modules())
-    blocks = len(family.attention_layers())
+    shapes = family.adapters.target_shapes()  # (out, in) per target
+    modules = dict(family.adapters.denoiser.named_modules())
+    blocks = len(family.adapters.attention_layers())
     image_tokens = (PIXELS // 16) ** 2  # VAE 8x, patch 2 (SD3) or 2x2 packing (Flux)
     text_tokens = 77 + 256 if family.name == "sd3" else 512  # the pipelines' default sequence
     single = [
@@ -66,14 +66,14 @@ def measure(name: str, folder: Path) -> list[dict[str, Any]]:
     rows = []
     for rank in (1, 4, 16):
         factors = {m: (torch.zeros(rank, i), torch.zeros(o, rank)) for m, (o, i) in shapes.items()}
-        info = PatchInfo(method="bench", architecture=family.architecture())
-        path = Patch(factors, info, family.component).save(
+        info = PatchInfo(method="bench", architecture=family.identity.architecture())
+        path = Patch(factors, info, family.adapters.component).save(
             folder / f"{name}-{rank}.safetensors".replace(" ", "_")
         )
         rows.append(
             {
                 "model": name,
-                "architecture": family.architecture(),
+                "architecture": family.identity.architecture(),
                 "config": config["_source"],
                 "rank": rank,
                 "joint_blocks": blocks,

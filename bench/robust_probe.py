@@ -37,7 +37,6 @@ from fmn_patch.attacks import InversionAttackConfig, reference_latents
 from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
-from fmn_patch.families.base import as_base
 from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.format.patch import Patch
 from fmn_patch.methods.dataset import concept_masks
@@ -81,7 +80,7 @@ def removed(
     """``patch`` with the top-``k`` concept directions of every target's output projected out (rank r + k)."""
     factors = {}
     for name, (a, b) in patch.factors.items():
-        w = base.family.targets()[name].weight.detach().float()  # (out, in)
+        w = base.family.adapters.targets()[name].weight.detach().float()  # (out, in)
         yc, yo = concept_states @ w.T, other_states @ w.T  # (Nc, out), (No, out)
         sc, so = yc.T @ yc / len(yc), yo.T @ yo / len(yo)  # (out, out)
         so = so + 1e-3 * so.trace() / len(so) * torch.eye(len(so))
@@ -108,7 +107,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     pipe, bench, judge = load_base("toy"), load_bench("toy"), ToyJudge.load()
-    base, concept = as_base(pipe), args.concept
+    base, concept = pipe, args.concept
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
     attack = InversionAttackConfig()
     latents = reference_latents(pipe, bench.concept(concept), bench, attack.images, steps=20, guidance=5.0)
@@ -138,10 +137,10 @@ def main() -> None:
     plain = train_patch(pipe, [concept], TrainConfig(), progress=False)
     seconds = time.perf_counter() - started
     prompts = bench.prompts(bench.concept(concept))
-    states = base.family.encode(prompts).states.float()  # (P, T, D)
+    states = base.family.text.encode(prompts).states.float()  # (P, T, D)
     at = concept_masks(base, prompts, [concept] * len(prompts), True).bool()  # the name and what follows
     others = [p for c in bench.concepts if c.name != concept for p in bench.prompts(c)]
-    other = base.family.encode(others).states.float().flatten(0, 1)  # (P' T, D)
+    other = base.family.text.encode(others).states.float().flatten(0, 1)  # (P' T, D)
     for k in args.ks:
         patch = removed(base, plain, states[at], other, k) if k else plain
         scored(f"default patch, {k} of {states.shape[-1]} directions removed", patch, seconds, "removal")

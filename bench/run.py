@@ -104,7 +104,7 @@ def bench_inference(repeats: int) -> dict[str, Any]:
 
         ref = str(build_sd("sd1", Path(tempfile.mkdtemp()) / "tiny"))
     pipes = {"base": load_base(ref), "unfused": load_base(ref), "fused": load_base(ref)}
-    patch = Patch(random_factors(pipes["base"].family.denoiser, 4), PatchInfo(method="bench"))
+    patch = Patch(random_factors(pipes["base"].family.adapters.denoiser, 4), PatchInfo(method="bench"))
     apply_patches(pipes["unfused"], [patch])
     fuse_patches(pipes["fused"], [patch])
     steps, batch = 20, 8

@@ -49,9 +49,9 @@ def literal(text: str) -> Any:
 def padded_masks(base: Any, prompts: Any, words: Any, after: bool) -> torch.Tensor:
     """``dataset.concept_masks`` with every part's padding marked too."""
     family = base.family
-    masks = torch.zeros(len(prompts), family.max_length)
+    masks = torch.zeros(len(prompts), family.text.max_length)
     for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
-        masks[i, list(family.place(prompt, word).positions(after=after, padding=True))] = 1.0
+        masks[i, list(family.text.place(prompt, word).positions(after=after, padding=True))] = 1.0
     return masks
 
 

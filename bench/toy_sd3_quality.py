@@ -139,13 +139,13 @@ def dependence(pipe: Any, prompts: list[str], latents: torch.Tensor) -> list[dic
     """Per block: how far each token's K/V input moves from its mean over draws, relative to its size, for the same
     prompts over timesteps (one image) and over images (one timestep): mean |x - mean(x)| / mean |x| over tokens."""
     family = pipe.family
-    cond = family.encode(prompts)
-    first = {n: m for n, m in family.targets().items() if n.endswith("add_k_proj")}
+    cond = family.text.encode(prompts)
+    first = {n: m for n, m in family.adapters.targets().items() if n.endswith("add_k_proj")}
 
     def record(x0: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
         with recorded_inputs(first) as rec:
-            family.denoise(family.add_noise(x0, noise, t), t, cond)
+            family.noise.denoise(family.noise.add_noise(x0, noise, t), t, cond)
         return {n: v[0] for n, v in rec.items()}  # (P, T, D)
 
     n = len(prompts)
@@ -178,8 +178,8 @@ def pooled(pipe: Any, concept: str, world: dict[str, Any]) -> dict[str, Any]:
     bench, judge, sampler = world["bench"], world["judge"], world["sampler"]
     item = plan(bench.concept(concept), bench)
     family, n = pipe.family, len(item.prompts)
-    c, a = family.encode(list(item.prompts)), family.encode(list(item.anchor_prompts))
-    empty = family.encode([""] * n)
+    c, a = family.text.encode(list(item.prompts)), family.text.encode(list(item.anchor_prompts))
+    empty = family.text.encode([""] * n)
     classes = judge.classes(item.concept.category)
     out: dict[str, Any] = {"concept": concept, "anchor": item.anchor}
     for label, states, pool in (
@@ -199,7 +199,7 @@ def pooled(pipe: Any, concept: str, world: dict[str, Any]) -> dict[str, Any]:
                 guidance_scale=sampler.guidance,
                 generator=[torch.Generator().manual_seed(seed) for _ in range(n)],
                 output_type="pt",
-                **family.sampler_kwargs(),
+                **family.images.sampler_kwargs(),
             ).images
             top = judge.category_probs(images.float().cpu(), item.concept.category).argmax(-1)
             shown += sum(classes[int(i)] == concept for i in top)
@@ -262,7 +262,7 @@ def main() -> None:
             rows += scored(pipe, model, patch, FIVE, world, base, seconds)
         if not args.no_robust:
             robust_rows.append(robust(pipe, model, args.robust_concept, world, base))
-        if pipe.family.component == "transformer":
+        if pipe.family.adapters.component == "transformer":
             carried = [pooled(pipe, c, world) for c in ("circle", "bob", "striped")]
             latents = reference_latents(pipe, bench.concept("circle"), bench, 5, steps=20, guidance=5.0)
             deps = dependence(

@@ -121,7 +121,7 @@ def tiny_demo() -> None:
             torch.randn(2, layer.in_features, generator=gen) * 0.05,
             torch.randn(layer.out_features, 2, generator=gen) * 0.3,
         )
-        for m, layer in pipe.family.targets().items()
+        for m, layer in pipe.family.adapters.targets().items()
     }
     base = pipe.describe()
     patch = Patch(factors, PatchInfo(method="manual", base_model=base.model, base_hash=base.hash))

@@ -58,7 +58,7 @@ def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept
     """A hand-made patch: random factors on every target of the pipeline's family, sized to change images."""
     gen = torch.Generator().manual_seed(seed)
     factors = {}
-    for module, (out_f, in_f) in pipe.family.target_shapes().items():
+    for module, (out_f, in_f) in pipe.family.adapters.target_shapes().items():
         a = torch.randn(rank, in_f, generator=gen) * scale / in_f**0.5
         b = torch.randn(out_f, rank, generator=gen) * scale
         factors[module] = (a, b)
@@ -71,13 +71,13 @@ def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept
         architecture=base.architecture,
         config={"seed": seed, "rank": rank, "scale": scale},
     )
-    return Patch(factors, info, pipe.family.component)
+    return Patch(factors, info, pipe.family.adapters.component)
 
 
 def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) -> torch.Tensor:
     """Images as a float tensor, deterministic for a seed (MMDiTs at the family's sequence length)."""
-    if pipe.family.component != "unet":
-        return pipe.family.generate([prompt], [seed], steps=steps, guidance=3.0)
+    if pipe.family.adapters.component != "unet":
+        return pipe.family.images.generate([prompt], [seed], steps=steps, guidance=3.0)
     out = pipe(
         prompt,
         num_inference_steps=steps,

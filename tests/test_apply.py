@@ -21,7 +21,7 @@ from fmn_patch.format import Patch
 
 
 def _target_weights(pipe) -> dict[str, torch.Tensor]:
-    return {k: v.weight.detach().clone() for k, v in pipe.family.targets().items()}
+    return {k: v.weight.detach().clone() for k, v in pipe.family.adapters.targets().items()}
 
 
 def test_stock_diffusers_load_equals_our_apply(kind, pipeline_dirs, tmp_path):

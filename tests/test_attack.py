@@ -74,7 +74,7 @@ def test_paraphrases_are_unseen_orders_of_known_words(toy, bench):
         concept = bench.of_category(category)[0]
         for prompt in bench.paraphrase_prompts(concept):
             for word in prompt.replace(",", " , ").split():  # every word is one token of the toy vocabulary
-                assert len(toy.family.token_ids(word)) == 1, (prompt, word)
+                assert len(toy.family.text.token_ids(word)) == 1, (prompt, word)
     prompts = bench.paraphrase_prompts(bench.concept("circle"))
     assert len(prompts) == 4 * 4 * 2 and "the disc is red" in prompts  # templates x colours x (name, alias)
     real = load_bench("real")
@@ -134,7 +134,7 @@ def test_search_stops_within_its_seconds(toy, circle_latents):
 
 def test_run_attacks_is_deterministic_and_leaves_the_pipeline_unpatched(sd1, judge, bench):
     patch = random_patch(sd1, concept="circle")
-    before = sd1.family.target_hash()
+    before = sd1.family.identity.target_hash()
     config = AttackConfig(
         attacks=("inversion", "search"),  # the two with randomness of their own
         sampler=SamplerConfig(steps=2, seeds=(0,)),
@@ -147,7 +147,7 @@ def test_run_attacks_is_deterministic_and_leaves_the_pipeline_unpatched(sd1, jud
     again = run_attacks(sd1, [patch], "circle", judge, bench, config)
     assert first.models == ["base", "patched"] and first.concept.name == "circle"
     assert without_seconds(first.to_dict()) == without_seconds(again.to_dict())
-    assert sd1.family.target_hash() == before and not getattr(sd1.pipe.unet, "peft_config", None)
+    assert sd1.family.identity.target_hash() == before and not getattr(sd1.pipe.unet, "peft_config", None)
 
 
 def test_bad_configs_name_the_value():

@@ -177,14 +177,14 @@ def test_auto_patch_loads_in_stock_diffusers_to_the_same_delta(pipeline_dirs, tm
     )
     assert len(set(patch.ranks.values())) > 1
     path = patch.save(tmp_path / "p.safetensors")
-    base = {name: layer.weight.detach().clone() for name, layer in sd1.family.targets().items()}
+    base = {name: layer.weight.detach().clone() for name, layer in sd1.family.adapters.targets().items()}
     stock = load_base(folder)  # stock diffusers: load_lora_weights, then fuse into the weights
     stock.pipe.load_lora_weights(str(path))
     stock.pipe.fuse_lora(components=["unet"])
     ours = load_base(folder)  # the package's apply path (load_lora_weights with the header's LoraConfig)
     apply_patches(ours, [Patch.load(path)])
     x = torch.randn(3, next(iter(base.values())).shape[1], generator=torch.Generator().manual_seed(0))
-    for name, layer in stock.family.targets().items():
+    for name, layer in stock.family.adapters.targets().items():
         expected = base[name] + patch.delta(name)
         torch.testing.assert_close(layer.weight.detach(), expected, rtol=0, atol=1e-5)
         ours_layer = ours.pipe.unet.get_submodule(name)

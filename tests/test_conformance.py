@@ -256,7 +256,7 @@ def test_an_sd3_patch_is_said_to_load_in_comfyui_as_it_is(capsys, mmdit_dirs, tm
 def test_adapter_metadata_is_passed_to_diffusers(sd1, monkeypatch):
     patch = random_patch(sd1)
     seen = []
-    denoiser = sd1.family.denoiser
+    denoiser = sd1.family.adapters.denoiser
     real = denoiser.load_lora_adapter
 
     def spy(*args, **kwargs):
@@ -281,13 +281,14 @@ def test_a_patch_under_our_file_name_is_what_stock_diffusers_finds_and_reads(pip
     (tmp_path / "repo").mkdir()
     patch.save(tmp_path / "repo" / WEIGHT_NAME)
     stock = load_base(folder)
-    _, _, metadata = stock.pipe.lora_state_dict(str(tmp_path / "repo"), return_lora_metadata=True)
-    assert metadata == patch.adapter_metadata()
+    state, _, metadata = stock.pipe.lora_state_dict(str(tmp_path / "repo"), return_lora_metadata=True)
+    assert set(state) == set(patch.state_dict()) and metadata == patch.adapter_metadata()
     stock.pipe.load_lora_weights(str(tmp_path / "repo"))  # found by its file name alone
     apply_patches(ours, [patch], strict=True)
     torch.testing.assert_close(render(ours), render(stock), rtol=0, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------- the Hub
 def test_a_pushed_repo_has_both_files_a_card_naming_them_and_is_found_by_base(capsys, hub, sd1, tmp_path):
     path = random_patch(sd1, concept="bob").save(tmp_path / "forget-bob.safetensors")
     code, _, err = run(capsys, "push", str(path), "acme/forget-bob", "--base-model", "acme/tiny-sd")
@@ -316,7 +317,7 @@ def test_headers_name_no_local_path_and_push_refuses_one_that_does(capsys, hub, 
     folder = pipeline_dirs["sd1"]
     base = load_base(str(folder.resolve()))  # loaded by an absolute path
     patch = random_patch(base)
-    assert patch.info.base_model == folder.name and patch.info.base_hash == base.family.target_hash()
+    assert patch.info.base_model == folder.name and patch.info.base_hash == base.family.identity.target_hash()
     path = patch.save(tmp_path / "p.safetensors")
     assert local_paths(header_of(path)) == []
     assert str(tmp_path) not in json.dumps(header_of(path)) and str(folder) not in json.dumps(header_of(path))

@@ -24,7 +24,7 @@ def test_true_length_states_equal_the_pipelines_own(pipeline_dirs, kind):
     ref = pipe.pipe.encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
     )[0]
-    text = pipe.family.text_states()
+    text = pipe.family.text.text_states()
     assert torch.equal(text.encode(PROMPTS, 77), ref.float())  # padded to the max length: identical
     short = text.encode(PROMPTS, 0)  # true length: the causal mask keeps padding out of the real tokens
     assert short.shape[1] == max(len(i) for i in text.ids(PROMPTS)) < ref.shape[1]
@@ -83,7 +83,9 @@ def test_the_neighbour_weight_keeps_an_erased_concepts_neighbour_apart():
     """On the toy, "heart" reads much like "circle" (cosine 0.64 at its position): preserved like any other prompt,
     the edit of circle moves heart's keys and values by a large share of circle's; weighted, by far less."""
     toy = load_base("toy")
-    states = toy.family.encode(["a red circle", "a red heart"]).states[:, 3]  # (2, D) the shape's position
+    states = toy.family.text.encode(["a red circle", "a red heart"]).states[
+        :, 3
+    ]  # (2, D) the shape's position
 
     def share(weight: float) -> float:
         patch = edit_patch(toy, ["circle"], config=EditConfig(neighbour_weight=weight))
@@ -115,7 +117,7 @@ def test_each_concept_is_erased_at_its_categorys_weight():
 
 def _kv(pipe: object, patch: Patch | None, states: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
-    for name, layer in pipe.family.targets().items():  # type: ignore[attr-defined]
+    for name, layer in pipe.family.adapters.targets().items():  # type: ignore[attr-defined]
         w = layer.weight.detach().float()
         if patch is not None:
             w = w + patch.delta(name)
@@ -130,7 +132,7 @@ def test_edit_moves_the_concept_and_keeps_the_rest(sd1):
         sd1, ["circle"], anchor="square", preserve=["a photo of bob"], config=config, category="object"
     )
     assert patch.info.method == "edit" and patch.concept_names == ["circle"]
-    assert set(patch.modules) == set(sd1.family.targets()) and patch.rank == 32
+    assert set(patch.modules) == set(sd1.family.adapters.targets()) and patch.rank == 32
     extra = patch.info.extra
     assert (
         set(extra["residuals"]) == set(patch.modules) and extra["residual"] < 1e-3
@@ -140,7 +142,7 @@ def test_edit_moves_the_concept_and_keeps_the_rest(sd1):
         and extra["rows"]["preserve"] > 0
         and extra["anchors"] == {"circle": "square"}
     )
-    erased, anchored, kept = sd1.family.text_states().encode(
+    erased, anchored, kept = sd1.family.text.text_states().encode(
         ["a photo of circle", "a photo of square", "a photo of bob"], 0
     )
     concept_to_eos = slice(4, 6)  # BOS a photo of [circle] EOS

@@ -450,7 +450,7 @@ def test_a_manifest_of_other_options_another_method_or_another_base_is_refused(t
     assert snapshot(done) == before
     # the same run on a base one weight away: its patches are refused as done on the toy
     other = tmp_path / "other"
-    weight = next(iter(toy.family.targets().values())).weight  # type: ignore[attr-defined]
+    weight = next(iter(toy.family.adapters.targets().values())).weight  # type: ignore[attr-defined]
     kept = weight.detach().clone()
     try:
         with torch.no_grad():

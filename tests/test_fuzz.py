@@ -281,7 +281,7 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
     keep = full.modules[:2]  # a two-module patch: small files, the same code paths
     patch = Patch({m: full.factors[m] for m in keep}, full.info)
     valid = patch.save(tmp_path / "valid.safetensors").read_bytes()
-    weights_before = {n: w.weight.detach().clone() for n, w in base.family.targets().items()}
+    weights_before = {n: w.weight.detach().clone() for n, w in base.family.adapters.targets().items()}
 
     cases = Mutator(valid, seed=2024).plan(5200)
     assert len(cases) >= 5000
@@ -289,7 +289,7 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
     failures: list[str] = []
     # apply's outcome depends on the tensors, the component and whether the base hash matches (a warning) only
     applied: dict[tuple, str] = {}
-    base_hash = base.family.target_hash()
+    base_hash = base.family.identity.target_hash()
     waiting: dict[tuple, Patch] = {}  # loaded, not applied yet: applied ten at a time, stacked
     path = tmp_path / "case.safetensors"
     for i, (name, make) in enumerate(cases):
@@ -328,7 +328,7 @@ def test_mutated_patch_files_load_whole_or_are_refused(pipeline_dirs, tmp_path):
     assert outcomes["truncation"]["loaded"] == 0 and outcomes["byte_flips"]["refused"] > 0
     assert outcomes["hostile_metadata"]["loaded"] > 0 and outcomes["dtype_shape"]["loaded"] > 0
     assert "applied" in applied.values() and len(applied) >= 5
-    for n, w in base.family.targets().items():
+    for n, w in base.family.adapters.targets().items():
         assert torch.equal(w.weight, weights_before[n]), f"{n} changed"
     assert seconds < 60, f"the fuzz took {seconds:.1f} CPU seconds"
 

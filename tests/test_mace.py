@@ -179,11 +179,11 @@ def _run(toy: Base, names: list[str], config: MaceConfig = QUICK) -> Patch:
 
 def _moved(toy: Base, patch: Patch, prompt: str) -> float:
     """How far the patch moves the to_v outputs of every position of the padded prompt, relative to the base's."""
-    text = toy.family.text_states()
+    text = toy.family.text.text_states()
     x = text.encode([prompt], text.max_length)[0]  # (L, dim)
     ratios = []
     for module in patch.modules:
-        w = toy.family.targets()[module].weight.detach()
+        w = toy.family.adapters.targets()[module].weight.detach()
         ratios.append(float((x @ patch.delta(module).T).norm() / (x @ w.T).norm()))
     return max(ratios)
 
@@ -194,21 +194,21 @@ def bob(toy: Base) -> Patch:
 
 
 def test_the_patch_is_exact_on_every_key_and_value_and_applies(toy: Base, bob: Patch) -> None:
-    shapes = toy.family.target_shapes()
+    shapes = toy.family.adapters.target_shapes()
     assert set(bob.modules) == set(shapes) and bob.ranks == {m: min(shapes[m]) for m in bob.modules}
     assert (
         bob.info.method == "mace" and bob.info.config["steps"] == 4 and bob.info.extra["seconds"]["total"] > 0
     )
     module = next(iter(bob.modules))
-    x = toy.family.text_states().encode(["bob in red"], 0)[0]
-    before = toy.family.denoiser.get_submodule(module)(x).detach()
+    x = toy.family.text.text_states().encode(["bob in red"], 0)[0]
+    before = toy.family.adapters.denoiser.get_submodule(module)(x).detach()
     names = apply_patches(toy, [bob])
     try:
-        want = x @ (toy.family.targets()[module].weight.detach() + bob.delta(module)).T
-        assert torch.allclose(toy.family.denoiser.get_submodule(module)(x), want, atol=1e-5)
+        want = x @ (toy.family.adapters.targets()[module].weight.detach() + bob.delta(module)).T
+        assert torch.allclose(toy.family.adapters.denoiser.get_submodule(module)(x), want, atol=1e-5)
     finally:
         remove_patches(toy, names)
-    assert torch.equal(toy.family.denoiser.get_submodule(module)(x).detach(), before)
+    assert torch.equal(toy.family.adapters.denoiser.get_submodule(module)(x).detach(), before)
 
 
 def test_preservation_holds_its_inputs_while_the_erased_one_moves(toy: Base, bob: Patch) -> None:

@@ -29,7 +29,7 @@ from fmn_patch.format.merge import merge_patches
 
 
 def _weights(base) -> dict[str, torch.Tensor]:
-    return {k: v.weight.detach().clone() for k, v in base.family.targets().items()}
+    return {k: v.weight.detach().clone() for k, v in base.family.adapters.targets().items()}
 
 
 def test_family_is_detected_from_the_folder(mmdit_dirs):
@@ -38,12 +38,12 @@ def test_family_is_detected_from_the_folder(mmdit_dirs):
     assert sd3.architecture == "stable-diffusion-v3.5-medium" and flux.architecture == "Flux.1-dev"
     assert sd3.bench == flux.bench == "real"
     # every joint block, the context_pre_only last one included; SD3.5's attn2 (image only) is no target
-    assert list(sd3.family.targets()) == [
+    assert list(sd3.family.adapters.targets()) == [
         f"transformer_blocks.{i}.attn.{p}" for i in range(3) for p in ("add_k_proj", "add_v_proj")
     ]
     assert sd3.pipe.transformer.transformer_blocks[2].context_pre_only
     # Flux: the double-stream blocks only; single-stream blocks project [text, image] together
-    assert list(flux.family.targets()) == [
+    assert list(flux.family.adapters.targets()) == [
         f"transformer_blocks.{i}.attn.{p}" for i in range(2) for p in ("add_k_proj", "add_v_proj")
     ]
 
@@ -188,17 +188,17 @@ def test_modules_other_than_text_kv_are_refused(mmdit_dirs, tmp_path, module):
 def test_capture_reports_image_to_text_attention_and_leaves_the_output(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
     family = base.family
-    cond = family.encode(["a red circle", ""])
-    x0 = torch.randn(2, *family.latent_shape(), generator=torch.Generator().manual_seed(0))
+    cond = family.text.encode(["a red circle", ""])
+    x0 = torch.randn(2, *family.images.latent_shape(), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([100, 700])
-    x_t = family.add_noise(x0, torch.zeros_like(x0), t)
-    plain = family.denoise(x_t, t, cond)
+    x_t = family.noise.add_noise(x0, torch.zeros_like(x0), t)
+    plain = family.noise.denoise(x_t, t, cond)
     maps: list[tuple[str, torch.Tensor]] = []
-    with family.capture_attention(lambda n, p: maps.append((n, p))) as names:
-        captured = family.denoise(x_t, t, cond)
+    with family.noise.capture_attention(lambda n, p: maps.append((n, p))) as names:
+        captured = family.noise.denoise(x_t, t, cond)
     assert torch.equal(plain, captured)
-    assert [n for n, _ in maps] == names == family.attention_layers()
-    tokens = family.max_length
+    assert [n for n, _ in maps] == names == family.adapters.attention_layers()
+    tokens = family.text.max_length
     for _, probs in maps:  # (B, heads, image tokens, text tokens): part of a softmax over image and text keys
         assert probs.shape[0] == 2 and probs.shape[-1] == tokens and probs.shape[2] == 64
         assert float(probs.sum(-1).max()) < 1.0 and float(probs.min()) >= 0.0
@@ -206,38 +206,40 @@ def test_capture_reports_image_to_text_attention_and_leaves_the_output(mkind, mm
 
 def test_concept_positions_in_every_encoder_part(mmdit_dirs):
     sd3, flux = load_base(str(mmdit_dirs["sd3"])), load_base(str(mmdit_dirs["flux"]))
-    clip = sd3.family.clip_length
+    clip = sd3.family.text.clip_length
     # SD3: CLIP part (BOS a red circle EOS ...) then T5 (▁a ▁red ▁circle </s> ...)
-    assert sd3.family.place("a red circle", "circle").positions() == (3, clip + 2)
-    assert sd3.family.place("a red circle", "circle").positions(after=True) == (3, 4, clip + 2, clip + 3)
-    assert flux.family.place("a red circle", "circle").positions() == (2,)  # T5 alone
-    assert sd3.family.max_length == clip + 32 and flux.family.max_length == 32
+    assert sd3.family.text.place("a red circle", "circle").positions() == (3, clip + 2)
+    assert sd3.family.text.place("a red circle", "circle").positions(after=True) == (3, 4, clip + 2, clip + 3)
+    assert flux.family.text.place("a red circle", "circle").positions() == (2,)  # T5 alone
+    assert sd3.family.text.max_length == clip + 32 and flux.family.text.max_length == 32
 
 
 def test_flow_parametrisation(mkind, mmdit_dirs):
     family = load_base(str(mmdit_dirs[mkind])).family
     x0, noise = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
     t = torch.tensor([0, 500, 999])
-    s = family.sigma(t, x0)
+    s = family.noise.sigma(t, x0)
     assert 0 < float(s[0]) < float(s[1]) < float(s[2]) == pytest.approx(1.0)
-    x_t = family.add_noise(x0, noise, t)
+    x_t = family.noise.add_noise(x0, noise, t)
     # x_t moves along noise - x0: the target is the velocity of that straight path
-    torch.testing.assert_close(x_t, x0 + s.view(-1, 1, 1, 1) * family.target(x0, noise, t))
+    torch.testing.assert_close(x_t, x0 + s.view(-1, 1, 1, 1) * family.noise.target(x0, noise, t))
 
 
 def test_preserve_inputs_are_recorded_per_block(mkind, mmdit_dirs):
     family = load_base(str(mmdit_dirs[mkind])).family
-    inputs = family.preserve_inputs(["a red circle", "bob"])
-    assert set(inputs) == set(family.targets())
+    inputs = family.noise.preserve_inputs(["a red circle", "bob"])
+    assert set(inputs) == set(family.adapters.targets())
     k, v = inputs["transformer_blocks.1.attn.add_k_proj"], inputs["transformer_blocks.1.attn.add_v_proj"]
     assert k is v and k.shape == (
-        2 * 2 * family.max_length,
-        family.target_shapes()["transformer_blocks.1.attn.add_k_proj"][1],
+        2 * 2 * family.text.max_length,
+        family.adapters.target_shapes()["transformer_blocks.1.attn.add_k_proj"][1],
     )
-    again = family.preserve_inputs(["a red circle", "bob"])
+    again = family.noise.preserve_inputs(["a red circle", "bob"])
     assert all(torch.equal(inputs[n], again[n]) for n in inputs)  # seeded
     # from block 1 on the text stream has read the image: other latents, other inputs
-    other = family.preserve_inputs(["a red circle", "bob"], torch.ones(1, *family.latent_shape()))
+    other = family.noise.preserve_inputs(
+        ["a red circle", "bob"], torch.ones(1, *family.images.latent_shape())
+    )
     assert not torch.equal(k, other["transformer_blocks.1.attn.add_k_proj"])
 
 
@@ -262,7 +264,7 @@ def _comfy_stems(kind: str, blocks: int) -> set[str]:
 
 def test_files_use_the_keys_comfyui_maps(mkind, mmdit_dirs, tmp_path):
     base = load_base(str(mmdit_dirs[mkind]))
-    blocks = len(base.family.attention_layers())
+    blocks = len(base.family.adapters.attention_layers())
     stems = _comfy_stems(mkind, blocks)
     patch = random_patch(base)
     native = safetensors.torch.load_file(str(patch.save(tmp_path / "p.safetensors")))

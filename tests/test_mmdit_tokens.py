@@ -27,12 +27,14 @@ def _tokenizers(base) -> dict[str, int]:
 def test_a_learned_token_reaches_every_text_encoder(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
     family = base.family
-    widths = [e.get_input_embeddings().weight.shape[1] for e in family.text_encoders()]
+    widths = [e.get_input_embeddings().weight.shape[1] for e in family.text.text_encoders()]
     assert len(widths) == (3 if mkind == "sd3" else 2)
-    table = family.token_table()
+    table = family.text.token_table()
     assert table.shape == (len(base.pipe.tokenizer), sum(widths))
-    with family.added_tokens(["<t>"], table[list(family.token_ids("cat"))].mean(0, keepdim=True)) as learned:
-        cond = family.encode_with_grad(["a photo of <t>"])
+    with family.text.added_tokens(
+        ["<t>"], table[list(family.text.token_ids("cat"))].mean(0, keepdim=True)
+    ) as learned:
+        cond = family.text.encode_with_grad(["a photo of <t>"])
         (cond.states.square().sum() + cond.added["pooled"].square().sum()).backward()
         grad = learned.grad
     assert grad is not None
@@ -45,34 +47,38 @@ def test_a_learned_token_reaches_every_text_encoder(mkind, mmdit_dirs):
 def test_inversion_learns_in_every_encoder_and_restores_the_pipeline(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
     family = base.family
-    latents = family.generate(["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent")
-    tables = [e.get_input_embeddings().weight.detach().clone() for e in family.text_encoders()]
+    latents = family.images.generate(["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent")
+    tables = [e.get_input_embeddings().weight.detach().clone() for e in family.text.text_encoders()]
     sizes = _tokenizers(base)
     config = InversionConfig(num_tokens=2, steps=6, batch_size=2, lr=5e-2)
     learned = learn_tokens(base, latents, "<fmn-cat>", "cat", config, progress=False)
-    assert learned.embeddings.shape == (2, family.token_table().shape[1])
-    init = family.token_table()[list(family.token_ids("cat"))].mean(0)
+    assert learned.embeddings.shape == (2, family.text.token_table().shape[1])
+    init = family.text.token_table()[list(family.text.token_ids("cat"))].mean(0)
     assert not torch.allclose(learned.embeddings[0], init)
-    after = [e.get_input_embeddings().weight for e in family.text_encoders()]
+    after = [e.get_input_embeddings().weight for e in family.text.text_encoders()]
     assert all(torch.equal(a, b) for a, b in zip(tables, after, strict=True)) and _tokenizers(base) == sizes
     again = learn_tokens(
         load_base(str(mmdit_dirs[mkind])), latents, "<fmn-cat>", "cat", config, progress=False
     )
     assert torch.equal(learned.embeddings, again.embeddings)
-    words = learned.token if family.expands_tokens else learned.words  # Flux's pipeline expands <t> itself
-    with family.added_tokens(learned.names, learned.embeddings):
-        image = family.generate([f"a photo of {words}"], [0], steps=2, guidance=3.0)
+    words = (
+        learned.token if family.text.expands_tokens else learned.words
+    )  # Flux's pipeline expands <t> itself
+    with family.text.added_tokens(learned.names, learned.embeddings):
+        image = family.images.generate([f"a photo of {words}"], [0], steps=2, guidance=3.0)
     assert image.shape == (1, 3, 32, 32)
     with (
         pytest.raises(FmnPatchError, match="do not fit this base"),
-        family.added_tokens(["<u>"], torch.zeros(1, 7)),
+        family.text.added_tokens(["<u>"], torch.zeros(1, 7)),
     ):
         pass
 
 
 def test_prompt_search_serves_mmdit(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
-    latents = base.family.generate(["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent")
+    latents = base.family.images.generate(
+        ["a photo of a cat"], [0, 1], steps=2, guidance=3.0, output="latent"
+    )
     found = search_prompt(base, latents, SearchConfig(seconds=3, length=2, images=2, max_candidates=40))
     assert len(found.prompt.split()) == 2 and found.loss <= found.start_loss
 
@@ -112,7 +118,7 @@ def test_attack_harness_serves_mmdit(mmdit_dirs):
     from conftest import random_patch
 
     base = load_base(str(mmdit_dirs["flux"]))
-    before = base.family.target_hash()
+    before = base.family.identity.target_hash()
     config = AttackConfig(
         attacks=("paraphrase", "inversion", "search"),
         sampler=SamplerConfig(steps=2, seeds=(0,)),
@@ -128,4 +134,6 @@ def test_attack_harness_serves_mmdit(mmdit_dirs):
     assert first.models == ["base", "patched"]
     assert {r.attack for r in first.results} == {"direct", "paraphrase", "inversion", "search"}
     assert [r.acc for r in first.results] == [r.acc for r in again.results]
-    assert base.family.target_hash() == before and not getattr(base.pipe.transformer, "peft_config", None)
+    assert base.family.identity.target_hash() == before and not getattr(
+        base.pipe.transformer, "peft_config", None
+    )

@@ -33,7 +33,7 @@ def test_train_is_deterministic_and_leaves_the_base_untouched(mkind, mmdit_dirs)
     assert not (getattr(base.pipe.transformer, "peft_config", None) or {})
     b = train_patch(load_base(folder), ["Elon Musk"], TrainConfig(**FAST), progress=False)
     assert a.tensor_hash() == b.tensor_hash()
-    assert a.component == "transformer" and set(a.modules) == set(base.family.targets())
+    assert a.component == "transformer" and set(a.modules) == set(base.family.adapters.targets())
     assert a.info.architecture == base.architecture and a.info.config["anchors"] == {"Elon Musk": "a person"}
     assert set(a.info.extra["loss_terms"]) == {"resteer", "denoise", "preserve"}
     assert (
@@ -50,10 +50,10 @@ def test_resteering_reads_keys_and_the_last_values_get_no_resteer_gradient(mkind
     the text stream; the last joint block's text values reach only image outputs: no re-steering gradient."""
     base = load_base(str(mmdit_dirs[mkind]))
     family = base.family
-    cond = family.encode(["a photo of Elon Musk"])
-    mask = torch.zeros(1, family.max_length)
-    mask[0, list(family.place("a photo of Elon Musk", "Elon Musk").positions())] = 1.0
-    x = torch.randn(1, *family.latent_shape(), generator=torch.Generator().manual_seed(0))
+    cond = family.text.encode(["a photo of Elon Musk"])
+    mask = torch.zeros(1, family.text.max_length)
+    mask[0, list(family.text.place("a photo of Elon Musk", "Elon Musk").positions())] = 1.0
+    x = torch.randn(1, *family.images.latent_shape(), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500])
     with lora_adapter(base, 2, seed=0) as session:
         for m in session.modules.values():  # non-zero B so that every factor has a gradient path
@@ -61,8 +61,8 @@ def test_resteering_reads_keys_and_the_last_values_get_no_resteer_gradient(mkind
                 if "lora_B" in name:
                     torch.nn.init.normal_(p, std=0.1)
         maps: list[torch.Tensor] = []
-        with family.capture_attention(lambda _n, p: maps.append(p)):
-            family.denoise(family.add_noise(x, torch.randn_like(x), t), t, cond)
+        with family.noise.capture_attention(lambda _n, p: maps.append(p)):
+            family.noise.denoise(family.noise.add_noise(x, torch.randn_like(x), t), t, cond)
         resteer_loss(maps, mask).backward()
         grads = {
             n: sum(float(p.grad.abs().sum()) for k, p in m.named_parameters() if p.grad is not None)
@@ -76,8 +76,10 @@ def test_resteering_reads_keys_and_the_last_values_get_no_resteer_gradient(mkind
 
 def test_preservation_reads_each_blocks_own_inputs(mkind, mmdit_dirs):
     base = load_base(str(mmdit_dirs[mkind]))
-    inputs = preserve_states(base, ["a photo of a cat", ""], torch.randn(2, *base.family.latent_shape()))
-    assert isinstance(inputs, dict) and set(inputs) == set(base.family.targets())
+    inputs = preserve_states(
+        base, ["a photo of a cat", ""], torch.randn(2, *base.family.images.latent_shape())
+    )
+    assert isinstance(inputs, dict) and set(inputs) == set(base.family.adapters.targets())
     first, second = (
         inputs["transformer_blocks.0.attn.add_k_proj"],
         inputs["transformer_blocks.1.attn.add_k_proj"],

@@ -29,7 +29,7 @@ def test_save_load_round_trips_tensors_and_metadata(sd1, tmp_path):
         assert torch.equal(loaded.factors[m][0], patch.factors[m][0])
         assert torch.equal(loaded.factors[m][1], patch.factors[m][1])
     assert loaded.info.concepts == patch.info.concepts
-    assert loaded.info.base_hash == patch.info.base_hash == sd1.family.target_hash()
+    assert loaded.info.base_hash == patch.info.base_hash == sd1.family.identity.target_hash()
     assert loaded.info.config == patch.info.config
     assert loaded.info.results == {"acc_kept": 0.97}
     assert loaded.info.date  # set on save

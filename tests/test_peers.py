@@ -148,7 +148,7 @@ def toy() -> Base:
 
 def _last(toy: Base, prompt: str) -> torch.Tensor:
     """The text state of the prompt's last real token, (1, dim)."""
-    text = toy.family.text_states()
+    text = toy.family.text.text_states()
     n = len(text.ids([prompt])[0])
     return text.encode([prompt], 0)[0, n - 2 : n - 1]
 
@@ -156,13 +156,13 @@ def _last(toy: Base, prompt: str) -> torch.Tensor:
 @torch.no_grad()
 def _out(toy: Base, module: str, x: torch.Tensor) -> torch.Tensor:
     """The module's output as the denoiser computes it, with whatever patches are applied."""
-    return toy.family.denoiser.get_submodule(module)(x)
+    return toy.family.adapters.denoiser.get_submodule(module)(x)
 
 
 def _moved(toy: Base, module: str, prompt: str) -> float:
     """How far the applied patch moves a module's output at the prompt's last token, relative to the base's."""
     x = _last(toy, prompt)
-    base = x @ toy.family.targets()[module].weight.detach().T
+    base = x @ toy.family.adapters.targets()[module].weight.detach().T
     return float((_out(toy, module, x) - base).norm() / base.norm())
 
 
@@ -182,7 +182,7 @@ def test_patches_apply_and_remove_on_the_toy(
     toy: Base, make: Callable[[Base], Patch], modules: tuple[str, ...], kept_at: float
 ) -> None:
     patch = make(toy)
-    shapes = toy.family.target_shapes()
+    shapes = toy.family.adapters.target_shapes()
     assert (
         patch.info.method in ("uce", "speed")
         and patch.info.config
@@ -197,7 +197,7 @@ def test_patches_apply_and_remove_on_the_toy(
         assert _moved(toy, module, "circle") > 0.5
         assert max(_moved(toy, module, p) for p in ("square", "triangle")) < kept_at
         x = _last(toy, "a red circle")
-        exact = x @ (toy.family.targets()[module].weight.detach() + patch.delta(module)).T
+        exact = x @ (toy.family.adapters.targets()[module].weight.detach() + patch.delta(module)).T
         assert torch.allclose(_out(toy, module, x), exact, atol=1e-5)
     finally:
         remove_patches(toy, names)
@@ -208,10 +208,10 @@ def test_speed_keeps_the_invariants_and_filters_the_prior_on_the_toy(toy: Base) 
     """IEC: the empty prompt's SOT state keeps its values; IPF (on by default) drops the less influenced of two
     retain names, which then moves like any other prompt, while the kept one stays put."""
     patch = speed_patch(toy, ["circle"], "shape", ["square", "triangle"])
-    text = toy.family.text_states()
+    text = toy.family.text.text_states()
     sot = text.encode([""], 0)[0, :1]
     for module in patch.modules:
-        w = toy.family.targets()[module].weight.detach()
+        w = toy.family.adapters.targets()[module].weight.detach()
         assert (sot @ patch.delta(module).T).norm() < 1e-5 * (sot @ w.T).norm()
         moved = [
             float((_last(toy, p) @ patch.delta(module).T).norm() / (_last(toy, p) @ w.T).norm())
@@ -231,7 +231,7 @@ def test_peer_arguments_are_checked(toy: Base) -> None:
 
 def test_mixed_ranks_apply_exactly(toy: Base) -> None:
     """On SD the exact factors have per-module ranks (320, 640, 768); the stack applies such a patch exactly."""
-    targets = toy.family.targets()
+    targets = toy.family.adapters.targets()
     factors = {}
     for i, name in enumerate(targets):
         rank = 64 if i % 2 else 16

@@ -97,7 +97,7 @@ def test_a_batch_depends_on_nothing_but_itself(sd1):
     base_probs = [p for r, b in zip(together, work, strict=True) if b.model == "base" for p in r.probs]
     patched_probs = [p for r, b in zip(together, work, strict=True) if b.model == "patched" for p in r.probs]
     assert base_probs != patched_probs  # the states really differ
-    assert not sd1.family.adapter_names(), "the pipeline is left unpatched"
+    assert not sd1.family.adapters.adapter_names(), "the pipeline is left unpatched"
 
 
 # ------------------------------------------------------------------------------------------ the manifest

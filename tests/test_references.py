@@ -30,7 +30,7 @@ def test_cache_key_changes_with_anything_that_changes_the_images(pipeline_dirs):
                 weight.add_(0.01)
             else:
                 next(module.parameters()).add_(0.01)
-        assert other.family.target_hash() == base.family.target_hash()  # attn2 K/V alike...
+        assert other.family.identity.target_hash() == base.family.identity.target_hash()  # attn2 K/V alike...
         assert _key(other) != key, change  # ...but the images differ, and so does the key
     other = load_base(folder)
     other.pipe.scheduler.register_to_config(beta_end=0.02)

@@ -27,17 +27,17 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def _maps(pipe, prompt="a photo of bob"):
     maps: list[torch.Tensor] = []
-    cond = pipe.family.encode([prompt])
+    cond = pipe.family.text.encode([prompt])
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500])
-    with pipe.family.capture_attention(lambda _n, p: maps.append(p)):
-        out = pipe.family.denoise(x, t, cond)
+    with pipe.family.noise.capture_attention(lambda _n, p: maps.append(p)):
+        out = pipe.family.noise.denoise(x, t, cond)
     return maps, out, cond, x
 
 
 def test_capture_processor_matches_the_default(sd1):
     maps, captured, cond, x = _maps(sd1)
-    plain = sd1.family.denoise(x, torch.tensor([500]), cond)
+    plain = sd1.family.noise.denoise(x, torch.tensor([500]), cond)
     torch.testing.assert_close(captured, plain, rtol=0, atol=1e-5)
     assert len(maps) == 7  # every attn2 layer of the tiny UNet, and only those
     for p in maps:
@@ -63,7 +63,7 @@ def test_gradient_facts_of_to_k_and_to_v(sd1):
     while every to_k does."""
     from peft import LoraConfig
 
-    unet = sd1.family.denoiser
+    unet = sd1.family.adapters.denoiser
     unet.requires_grad_(False)
     torch.manual_seed(0)
     unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=TARGET_REGEX, init_lora_weights="gaussian"))
@@ -72,7 +72,7 @@ def test_gradient_facts_of_to_k_and_to_v(sd1):
             p.data.normal_(0, 0.1)
     order: list[str] = []
     maps: list[torch.Tensor] = []
-    cond = sd1.family.encode(["a photo of bob"])
+    cond = sd1.family.text.encode(["a photo of bob"])
     mask = torch.zeros(1, 77)
     mask[0, list(place(sd1.pipe.tokenizer, "a photo of bob", "bob").concept)] = 1
 
@@ -80,8 +80,8 @@ def test_gradient_facts_of_to_k_and_to_v(sd1):
         order.append(name)
         maps.append(probs)
 
-    with sd1.family.capture_attention(sink):
-        sd1.family.denoise(torch.randn(1, 4, 16, 16), torch.tensor([500]), cond)
+    with sd1.family.noise.capture_attention(sink):
+        sd1.family.noise.denoise(torch.randn(1, 4, 16, 16), torch.tensor([500]), cond)
     resteer_loss(maps, mask).backward()
     grads = {n: p.grad for n, p in unet.named_parameters() if "lora_" in n}
     last = order[-1]
@@ -177,7 +177,9 @@ def test_resteering_lowers_the_attention_mass(pipeline_dirs):
 def test_train_serves_sd2_and_sdxl(kind, pipeline_dirs):
     pipe = load_base(str(pipeline_dirs[kind]))
     patch = train_patch(pipe, ["circle", "bob"], TrainConfig(**FAST), progress=False)
-    assert patch.modules == sorted(pipe.family.target_shapes())  # every attn2 to_k/to_v: 14 (sd2), 24 (sdxl)
+    assert patch.modules == sorted(
+        pipe.family.adapters.target_shapes()
+    )  # every attn2 to_k/to_v: 14 (sd2), 24 (sdxl)
     assert len(patch.modules) == {"sd2": 14, "sdxl": 24}[kind]
     assert patch.concept_names == ["circle", "bob"]
     apply_patches(pipe, [patch])
@@ -233,13 +235,13 @@ def test_textual_inversion_stage_and_sibling_file(pipeline_dirs, tmp_path, monke
 
     pipe = load_base(str(pipeline_dirs["sd1"]))
     converted: list[str] = []
-    real_encode = pipe.family.encode
+    real_encode = pipe.family.text.encode
 
     def recording(prompts, *args, **kwargs):  # what the pipeline's encode_prompt really tokenizes
         converted.extend(pipe.pipe.maybe_convert_prompt(list(prompts), pipe.pipe.tokenizer))
         return real_encode(prompts, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.family, "encode", recording)
+    monkeypatch.setattr(pipe.family.text, "encode", recording)
     vocab = len(pipe.pipe.tokenizer)
     table = pipe.pipe.text_encoder.get_input_embeddings().weight.clone()
     patch, learned = train_patch_with_inversion(
@@ -339,8 +341,8 @@ def test_preservation_without_padding_reads_each_prompt_from_bos_to_eos(sd1, mmd
 
     prompts = ["a photo of bob", "circle", ""]
     rows = preserve_states(sd1, prompts, padding=False)
-    full = sd1.family.encode(prompts).states  # padded to the max length, as the pipeline encodes them
-    lengths = [len(ids) for ids in sd1.family.text_states().ids(prompts)]
+    full = sd1.family.text.encode(prompts).states  # padded to the max length, as the pipeline encodes them
+    lengths = [len(ids) for ids in sd1.family.text.text_states().ids(prompts)]
     assert rows.shape == (sum(lengths), full.shape[-1])
     expected = torch.cat([s[:n] for s, n in zip(full, lengths, strict=True)]).float()
     torch.testing.assert_close(rows, expected, atol=1e-4, rtol=1e-4)  # the same states, padding left out

@@ -41,15 +41,15 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FMNPATCH_CACHE", str(tmp_path_factory.getbasetemp() / "refcache"))
 
 
-def _counting(monkeypatch, family, method: str) -> list[tuple]:
+def _counting(monkeypatch, role, method: str) -> list[tuple]:
     calls: list[tuple] = []
-    real = getattr(family, method)
+    real = getattr(role, method)
 
     def counted(*args, **kwargs):
         calls.append(tuple(a.shape for a in args if isinstance(a, torch.Tensor)))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(family, method, counted)
+    monkeypatch.setattr(role, method, counted)
     return calls
 
 
@@ -58,18 +58,18 @@ def test_checkpointing_gives_the_same_patch_and_recomputes_the_forward(pipeline_
     a = train_patch(plain, ["circle"], TrainConfig(**FAST), progress=False)
     pipe = load_base(str(pipeline_dirs["sd1"]))
     seen: list[str] = []
-    real = pipe.family.capture_attention
+    real = pipe.family.noise.capture_attention
 
     def counting_capture(sink):  # every call the processors make, the recomputation in backward included
         return real(lambda name, probs: (seen.append(name), sink(name, probs)))
 
-    monkeypatch.setattr(pipe.family, "capture_attention", counting_capture)
+    monkeypatch.setattr(pipe.family.noise, "capture_attention", counting_capture)
     b = train_patch(pipe, ["circle"], TrainConfig(**{**FAST, "checkpointing": True}), progress=False)
     assert a.tensor_hash() == b.tensor_hash() and a.info.extra["loss_curve"] == b.info.extra["loss_curve"]
-    layers = len(pipe.family.targets()) // 2
+    layers = len(pipe.family.adapters.targets()) // 2
     # per step: the no-grad target passes (capture on, nothing recorded), the forward, its recomputation
     assert len(seen) == FAST["steps"] * 3 * layers
-    assert not pipe.family.denoiser.is_gradient_checkpointing  # the denoiser's own setting is back
+    assert not pipe.family.adapters.denoiser.is_gradient_checkpointing  # the denoiser's own setting is back
 
 
 @pytest.mark.parametrize("micro", [1, 3])
@@ -77,7 +77,7 @@ def test_micro_batches_add_up_to_the_whole_batch(pipeline_dirs, monkeypatch, mic
     config = TrainConfig(**FAST | {"batch_size": 4, "micro_batch": 4})
     whole = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    real, passes = pipe.family.denoise, []
+    real, passes = pipe.family.noise.denoise, []
 
     def counted(x_t, *args, **kwargs):
         passes.append(
@@ -85,7 +85,7 @@ def test_micro_batches_add_up_to_the_whole_batch(pipeline_dirs, monkeypatch, mic
         )  # the guided target's no-grad passes hold two halves
         return real(x_t, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.family, "denoise", counted)
+    monkeypatch.setattr(pipe.family.noise, "denoise", counted)
     chunked = train_patch(pipe, ["circle"], dataclasses.replace(config, micro_batch=micro), progress=False)
     trained = [n for n, grad in passes if grad]
     assert trained == [micro, 4 - micro] * 3 if micro == 3 else [1] * 12  # 4 = 3 + 1: unequal shares
@@ -100,12 +100,12 @@ def test_micro_batches_add_up_to_the_whole_batch(pipeline_dirs, monkeypatch, mic
 
 def test_a_pool_computes_the_targets_once(pipeline_dirs, monkeypatch):
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    fresh = _counting(monkeypatch, pipe.family, "denoise")
+    fresh = _counting(monkeypatch, pipe.family.noise, "denoise")
     train_patch(pipe, ["circle"], TrainConfig(**FAST), progress=False)
     # per step: concept + anchor together (no grad), then the trained one
     assert len(fresh) == 2 * FAST["steps"]
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    pooled = _counting(monkeypatch, pipe.family, "denoise")
+    pooled = _counting(monkeypatch, pipe.family.noise, "denoise")
     config = TrainConfig(**{**FAST, "steps": 6, "pool": 5})
     a = train_patch(pipe, ["circle"], config, progress=False)
     assert len(pooled) == math.ceil(5 / FAST["batch_size"]) + 6
@@ -113,7 +113,7 @@ def test_a_pool_computes_the_targets_once(pipeline_dirs, monkeypatch):
     b = train_patch(load_base(str(pipeline_dirs["sd1"])), ["circle"], config, progress=False)
     assert a.tensor_hash() == b.tensor_hash()
     pipe = load_base(str(pipeline_dirs["sd1"]))
-    capped = _counting(monkeypatch, pipe.family, "denoise")
+    capped = _counting(monkeypatch, pipe.family.noise, "denoise")
     train_patch(pipe, ["circle"], dataclasses.replace(config, pool=1000), progress=False)
     assert len(capped) == 6 + 6  # never more targets than the steps draw: 6 steps x 2 = 12 samples, 6 chunks
     bigger = dataclasses.replace(config, pool=6)
@@ -138,9 +138,9 @@ def test_pool_targets_are_the_bases_own_whatever_the_adapter(sd1):
         again = guided_targets(session, batch, pool, chunk=3)
         assert pool.target is not None and torch.allclose(pool.target, again, atol=1e-5)
         cond = batch.concept.select(pool.prompt)
-        patched = sd1.family.denoise(pool.x_t, pool.t, cond)
+        patched = sd1.family.noise.denoise(pool.x_t, pool.t, cond)
         with session.disabled():
-            own = sd1.family.denoise(pool.x_t, pool.t, cond)
+            own = sd1.family.noise.denoise(pool.x_t, pool.t, cond)
         assert not torch.allclose(patched, own, atol=1e-3)  # the adapter does change the prediction
 
 
@@ -167,10 +167,10 @@ def test_smaller_averages_whole_blocks(side, factor, channels, seed):
 
 
 def test_train_size_runs_the_steps_smaller_and_refuses_a_bad_size(sd1, monkeypatch):
-    shapes = _counting(monkeypatch, sd1.family, "denoise")
-    side = sd1.family.pixel_size()
+    shapes = _counting(monkeypatch, sd1.family.noise, "denoise")
+    side = sd1.family.images.pixel_size()
     train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "train_size": side // 2}), progress=False)
-    full = sd1.family.denoiser.config.sample_size
+    full = sd1.family.adapters.denoiser.config.sample_size
     assert {s[0][-1] for s in shapes} == {full // 2}
     with pytest.raises(FmnPatchError, match=r"train_size=24 must divide the base's image side"):
         train_patch(sd1, ["circle"], TrainConfig(**{**FAST, "train_size": 24}), progress=False)
@@ -182,10 +182,10 @@ def test_train_size_runs_the_steps_smaller_and_refuses_a_bad_size(sd1, monkeypat
 
 def test_bfloat16_base_trains_float32_factors_in_the_same_format(pipeline_dirs, tmp_path):
     half = load_base(str(pipeline_dirs["sd1"]), dtype="bfloat16")
-    assert half.family.dtype == torch.bfloat16
+    assert half.family.adapters.dtype == torch.bfloat16
     with lora_adapter(half, 2, seed=0) as session:
         assert session.params and {p.dtype for p in session.params} == {torch.float32}
-        assert {p.dtype for n, p in half.family.denoiser.named_parameters() if "lora_" not in n} == {
+        assert {p.dtype for n, p in half.family.adapters.denoiser.named_parameters() if "lora_" not in n} == {
             torch.bfloat16
         }
     patch = train_patch(half, ["circle"], TrainConfig(**{**FAST, "pool": 4}), progress=False)
@@ -204,7 +204,7 @@ def test_bfloat16_base_trains_float32_factors_in_the_same_format(pipeline_dirs, 
     full_pipe = load_base(str(pipeline_dirs["sd1"]))
     # the header's target hash is of the stored float32 weights the bf16 base was loaded from: the same files in
     # float32 take the patch without a base-mismatch warning
-    assert loaded.info.base_hash == full_pipe.family.target_hash()
+    assert loaded.info.base_hash == full_pipe.family.identity.target_hash()
     with warnings.catch_warnings():
         warnings.simplefilter("error", BaseMismatchWarning)
         remove_patches(full_pipe, apply_patches(full_pipe, [loaded]))
@@ -258,12 +258,12 @@ def test_kv_inversion_needs_no_denoiser_and_finds_the_concepts_keys(sd1, monkeyp
     bench = load_bench("toy")
     (pl,) = [plan(c, bench, None) for c in resolve(["circle"], bench, None)]
     patch = train_patch(sd1, ["circle"], TrainConfig(**FAST), progress=False)
-    reference = sd1.family.encode(list(pl.prompts))
-    denoised = _counting(monkeypatch, sd1.family, "denoise")
+    reference = sd1.family.text.encode(list(pl.prompts))
+    denoised = _counting(monkeypatch, sd1.family.noise, "denoise")
     with lora_adapter(sd1, 4, seed=0, start=dict(patch.factors)) as session:
         found = kv_inversion(session, pl, reference, "<adv>", pl.anchor, steps=30, lr=5e-2, seed=0)
     assert denoised == []
-    assert found.embeddings.shape[0] == max(1, len(sd1.family.token_ids("circle")))
+    assert found.embeddings.shape[0] == max(1, len(sd1.family.text.token_ids("circle")))
     assert len(found.losses) == 30 and found.losses[-1] < 0.5 * found.losses[0]
     assert "<adv>" not in sd1.pipe.tokenizer.get_vocab()  # the token is gone again
 
@@ -331,7 +331,7 @@ def test_textual_inversion_optimises_the_new_rows_alone(sd1, monkeypatch):
         return real(params, **kw)
 
     monkeypatch.setattr(loop.torch.optim, "AdamW", recording)
-    table = sd1.family.token_table().detach().clone()
+    table = sd1.family.text.token_table().detach().clone()
     unet = sd1.pipe.unet.config
     latents = torch.randn(
         3, unet.in_channels, unet.sample_size, unet.sample_size, generator=torch.Generator()
@@ -340,7 +340,7 @@ def test_textual_inversion_optimises_the_new_rows_alone(sd1, monkeypatch):
     learned = learn_tokens(sd1, latents, "<t>", "circle", config, progress=False)
     assert shapes == [[torch.Size([2, table.shape[1]])]]
     assert learned.embeddings.shape == (2, table.shape[1]) and len(learned.losses) == 3
-    assert torch.equal(sd1.family.token_table(), table)  # the tokens are gone, the old rows untouched
+    assert torch.equal(sd1.family.text.token_table(), table)  # the tokens are gone, the old rows untouched
     again = learn_tokens(sd1, latents, "<t>", "circle", config, progress=False)
     assert torch.equal(again.embeddings, learned.embeddings)  # same inputs and seed, same tensors
 

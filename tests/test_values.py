@@ -99,14 +99,14 @@ def test_merge_and_from_deltas_cap_the_rank_at_min_in_out(sd1):
     with pytest.raises(FmnPatchError, match="rank=100000 must be a whole number from 1 to 4096"):
         merge_patches([a, b], rank=100_000)  # refused before any delta is formed
     merged, report = merge_patches([a, b], rank=4000)
-    narrowest = min(min(s) for s in sd1.family.target_shapes().values())
+    narrowest = min(min(s) for s in sd1.family.adapters.target_shapes().values())
     assert merged.rank == narrowest and report.total < 1e-5
     with pytest.raises(FmnPatchError, match="rank=0"):
         merge_patches([a, b], rank=0)
 
 
 def test_training_refuses_a_rank_the_layers_cannot_use(sd1):
-    narrowest = min(min(s) for s in sd1.family.target_shapes().values())
+    narrowest = min(min(s) for s in sd1.family.adapters.target_shapes().values())
     check_rank(sd1, narrowest)
     with pytest.raises(FmnPatchError, match=rf"rank={narrowest + 1} is more .*min\(in, out\) = {narrowest}"):
         check_rank(sd1, narrowest + 1)

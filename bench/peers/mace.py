@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from fmn_patch import values
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.families.base import Base, as_base
+from fmn_patch.families.base import Base
 from fmn_patch.families.grads import frozen
 from fmn_patch.families.threads import sized_threads
 from fmn_patch.format.patch import Patch
@@ -269,7 +269,7 @@ def added(
     """Within the block each target computes W x + extra x + B A x: the refined weights and the trained LoRA,
     without writing to the base's weights."""
     handles = []
-    for name, layer in base.family.targets().items():
+    for name, layer in base.family.adapters.targets().items():
         d = extra[name].to(layer.weight)
         a, b = loras[name]
 
@@ -299,20 +299,22 @@ def train_lora(
     family = base.family
     gen = torch.Generator().manual_seed(seed)
     loras = {}
-    for name, layer in family.targets().items():
+    for name, layer in family.adapters.targets().items():
         a = torch.randn(config.rank, layer.in_features, generator=gen) / config.rank  # down: N(0, 1/rank)
         loras[name] = (
             a.requires_grad_(True),
             torch.zeros(layer.out_features, config.rank, requires_grad=True),
         )
-    latents = family.encode_images(refs.images)  # (n, C, h, w)
-    cond = family.encode(list(prompts))
-    tok = family.tokenizer
-    padded = tok(list(prompts), padding="max_length", max_length=family.max_length, truncation=True).input_ids
+    latents = family.images.encode_images(refs.images)  # (n, C, h, w)
+    cond = family.text.encode(list(prompts))
+    tok = family.text.tokenizer
+    padded = tok(
+        list(prompts), padding="max_length", max_length=family.text.max_length, truncation=True
+    ).input_ids
     ids = tok(concept, add_special_tokens=False).input_ids
     eos = tok.eos_token_id if config.use_pooler else None
     positions = [concept_positions(p, ids, eos) for p in padded]
-    p_t = importance_weights(family.num_train_timesteps) if config.importance_sampling else None
+    p_t = importance_weights(family.noise.num_train_timesteps) if config.importance_sampling else None
     order: list[int] = []
     maps: list[torch.Tensor] = []
 
@@ -322,13 +324,16 @@ def train_lora(
         i = order.pop(0)
         j = int(torch.randint(len(prompts), (1,), generator=g))
         if p_t is None:
-            t = torch.randint(family.num_train_timesteps, (1,), generator=g)
+            t = torch.randint(family.noise.num_train_timesteps, (1,), generator=g)
         else:
             t = torch.multinomial(p_t, 1, generator=g)
-        x0 = latents[i : i + 1].to(family.device, family.dtype)
-        x_t = family.add_noise(x0, torch.randn(x0.shape, generator=g).to(x0), t.to(family.device))
+        x0 = latents[i : i + 1].to(family.adapters.device, family.adapters.dtype)
+        x_t = family.noise.add_noise(
+            x0, torch.randn(x0.shape, generator=g).to(x0), t.to(family.adapters.device)
+        )
         maps.clear()
-        family.denoise(x_t, t.to(family.device), cond.select(torch.tensor([j])))  # run only to fill ``maps``
+        # run only to fill ``maps``
+        family.noise.denoise(x_t, t.to(family.adapters.device), cond.select(torch.tensor([j])))
         mask = None if refs.masks is None else refs.masks[i : i + 1]
         return {"attention": attention_loss(maps, mask, positions[j].to(x_t.device))}
 
@@ -343,9 +348,9 @@ def train_lora(
         hint="lower lr",
     )
     with (
-        frozen(family.denoiser),
+        frozen(family.adapters.denoiser),
         added(base, extra, loras),
-        family.capture_attention(lambda _n, p: maps.append(p)),
+        family.noise.capture_attention(lambda _n, p: maps.append(p)),
     ):
         report = optimise(params, step, loop, progress=False)
     return {n: (a.detach(), b.detach()) for n, (a, b) in loras.items()}, report.losses
@@ -377,7 +382,7 @@ def without_names(texts: Sequence[str], names: Sequence[str]) -> list[str]:
 
 @sized_threads
 def mace_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[str],
     anchor: str | Sequence[str],
     references: Mapping[str, References],
@@ -393,7 +398,6 @@ def mace_patch(
     ``augment``), for all concepts or {name: forms} (MACE's per-concept type, object or style). The patch holds
     every projection's exact delta W* - W (LoRA rank min(out, in)).
     """
-    base = as_base(base)
     base.family.require_closed_form()
     config = config or TOY
     names = check_names(erase)
@@ -407,7 +411,7 @@ def mace_patch(
     t0 = time.perf_counter()
     targets = weights(base, "KV")  # (out, in) float64 each
     dim = next(iter(targets.values())).shape[1]
-    text = base.family.text_states()
+    text = base.family.text.text_states()
     pairs = {n: prompt_pairs(n, a, forms[n]) for n, a in zip(names, anchors, strict=True)}
     domain = [t for t in check_texts(preserve) if t.lower() not in {n.lower() for n in names}]
     captions = without_names(check_texts(prior), names)

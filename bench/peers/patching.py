@@ -78,7 +78,7 @@ def weights(base: Base, params: Params) -> dict[str, torch.Tensor]:
     """The (out, in) float64 CPU weights of the targets ``params`` selects, in model order."""
     wanted = {PROJECTIONS[p] for p in params}
     out: dict[str, torch.Tensor] = {}
-    for name, layer in base.family.targets().items():
+    for name, layer in base.family.adapters.targets().items():
         projection = name.rsplit(".", 1)[-1]
         if projection not in PROJECTIONS.values():
             raise FmnPatchError(
@@ -119,7 +119,7 @@ def peer_patch(
         extra=dict(extra),
     )
     factors = {name: exact_factors(d) for name, d in deltas.items()}
-    return Patch(factors, info, base.family.component)
+    return Patch(factors, info, base.family.adapters.component)
 
 
 def _categories(base: Base, names: Sequence[str]) -> list[Category]:

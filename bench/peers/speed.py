@@ -56,7 +56,7 @@ import torch
 
 from fmn_patch import values
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.families.base import Base, as_base
+from fmn_patch.families.base import Base
 from fmn_patch.families.threads import sized_threads
 from fmn_patch.format.patch import Patch
 
@@ -183,7 +183,7 @@ def prior_augment(
 
 @sized_threads
 def speed_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[str],
     anchor: str | Sequence[str],
     preserve: Sequence[str] = (),
@@ -195,14 +195,13 @@ def speed_patch(
     celebrities). ``preserve``: the retain set, concept names (the README's CSVs); without it, the empty prompt's
     states. The patch holds every edited projection's exact delta (LoRA rank min(out, in)).
     """
-    base = as_base(base)
     base.family.require_closed_form()
     config = config or SpeedConfig()
     names = check_names(erase)
     anchors = anchors_for(names, anchor)
     t0 = time.perf_counter()
     targets = weights(base, config.params)
-    text = base.family.text_states()
+    text = base.family.text.text_states()
     generator = torch.Generator().manual_seed(config.seed)
     null = text.encode([""], text.max_length)[0].double()  # (L, dim): SOT, EOS, padding
     if config.clusters > null.shape[0] - 1:

@@ -45,7 +45,7 @@ import torch
 
 from fmn_patch import values
 from fmn_patch.errors import FmnPatchError
-from fmn_patch.families.base import Base, as_base
+from fmn_patch.families.base import Base
 from fmn_patch.families.threads import sized_threads
 from fmn_patch.format.patch import Patch
 
@@ -138,7 +138,7 @@ def uce_solve(
 
 @sized_threads
 def uce_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[str],
     anchor: str | Sequence[str],
     preserve: Sequence[str] = (),
@@ -150,7 +150,6 @@ def uce_patch(
     texts whose keys/values must stay (the script's artists: every other artist's name); the empty prompt is always
     preserved. The patch holds every edited projection's exact delta (LoRA rank min(out, in)).
     """
-    base = as_base(base)
     base.family.require_closed_form()
     config = config or UceConfig()
     names = check_names(erase)
@@ -163,7 +162,7 @@ def uce_patch(
     scale = config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / len(kept))
     targets = weights(base, config.params)
     dim = next(iter(targets.values())).shape[1]
-    text = base.family.text_states()
+    text = base.family.text.text_states()
     erase_cc, erase_tc, erase_rows = _erase_sums(text, pairs, dim, config.batch_size)
     keep_cc, keep_rows = padded_gram(text, kept, dim, config.batch_size)
     t1 = time.perf_counter()

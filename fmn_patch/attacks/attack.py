@@ -162,5 +162,5 @@ def judge_plans(
 def _with_tokens(
     base: Base, state: Callable[[], AbstractContextManager[Any]], tokens: LearnedTokens
 ) -> Iterator[None]:
-    with state(), base.family.added_tokens(tokens.names, tokens.embeddings):
+    with state(), base.family.text.added_tokens(tokens.names, tokens.embeddings):
         yield

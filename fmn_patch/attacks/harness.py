@@ -26,7 +26,7 @@ from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
 from ..evaluation.batches import ModelStates
 from ..evaluation.judges import Judge
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.references import folder_latents, generated_latents
 from ..families.stack import apply_patches, remove_patches
 from ..families.threads import sized_threads
@@ -38,7 +38,7 @@ from .report import AttackReport, attack_grid
 
 
 def reference_latents(
-    base: Base | Any,
+    base: Base,
     concept: Concept,
     bench: Bench,
     count: int,
@@ -51,7 +51,6 @@ def reference_latents(
     """``count`` latents (N, C, h, w) of the concept: the first of a folder, or drawn by the base (cached) from the
     bench's prompts, every prompt once per seed so that any prefix covers the prompts evenly. One pipeline call per
     prompt, the prompts shared between the job's processes (a collective call)."""
-    base = as_base(base)
     if images is not None:
         return folder_latents(base, images)[:count]
     prompts = bench.prompts(concept)
@@ -71,10 +70,9 @@ def reference_latents(
 
 
 @contextmanager
-def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator[list[str]]:
+def patched(base: Base, patches: Sequence[Patch | str | Path]) -> Iterator[list[str]]:
     """Within the block, ``patches`` are stacked on the base at weight 1: our ``Patch`` objects through
     ``apply_patches``, paths (third-party diffusers/kohya LoRA files) through diffusers' loader. Removed on exit."""
-    base = as_base(base)
     family = base.family
     ours = [p for p in patches if isinstance(p, Patch)]
     names = apply_patches(base, ours) if ours else []
@@ -82,10 +80,10 @@ def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator
         for k, path in enumerate(Path(p) for p in patches if not isinstance(p, Patch)):
             if not path.is_file():
                 raise FmnPatchError(f"LoRA file {str(path)!r} does not exist; give a .safetensors LoRA file")
-            family.load_lora_file(str(path), f"attack_lora_{k}")
+            family.adapters.load_lora_file(str(path), f"attack_lora_{k}")
             names.append(f"attack_lora_{k}")
         if len(names) > len(ours):
-            family.set_adapters(names, [1.0] * len(names))
+            family.adapters.set_adapters(names, [1.0] * len(names))
         yield names
     finally:
         if names:
@@ -94,7 +92,7 @@ def patched(base: Base | Any, patches: Sequence[Patch | str | Path]) -> Iterator
 
 @sized_threads
 def run_attacks(
-    base: Base | Any,
+    base: Base,
     patches: Sequence[Patch | str | Path],
     concept: str | Concept,
     judge: Judge,
@@ -114,7 +112,6 @@ def run_attacks(
     prompts by batch. Every process gets the whole report; apart from the timings and a search stopped by its
     seconds, it is the same as one process's.
     """
-    base = as_base(base)
     config = config or AttackConfig()
     if isinstance(concept, str):
         concept = bench.concept(concept)
@@ -122,7 +119,7 @@ def run_attacks(
     attacks = [get_attack(name) for name in config.attacks]
     for attack in attacks:
         if attack.one_encoder:
-            base.family.require_one_encoder(f"the {attack.name} attack")
+            base.family.text.require_one_encoder(f"the {attack.name} attack")
     count = max((a.latents(config) for a in attacks), default=0)
     latents = torch.empty(0)
     if count:

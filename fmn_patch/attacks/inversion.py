@@ -32,7 +32,7 @@ def inversion_plan(
     """Learn a new token on ``latents`` (N, C, h, w) against ``base`` as it is now (patched): the plan is the
     bench's prompts with the token in place of the concept's name, drawn with the token added."""
     family = base.family
-    family.require_one_encoder("the inversion attack")
+    family.text.require_one_encoder("the inversion attack")
     started = time.perf_counter()
     token = "<attack-" + re.sub(r"[^a-z0-9]+", "-", concept.name.lower()).strip("-") + ">"
     init = config.init_words if config.init_words is not None else bench.anchor(concept.category)
@@ -48,7 +48,7 @@ def inversion_plan(
     learned = learn_tokens(base, latents[: config.images], token, init, inversion, progress=False)
     learn_seconds = time.perf_counter() - started
     # a pipeline whose prompt conversion expands a multi-vector token (`<t>` -> `<t> <t>_1 ...`) gets `<t>` alone
-    words = learned.token if family.expands_tokens else learned.words
+    words = learned.token if family.text.expands_tokens else learned.words
     budget = {**dataclasses.asdict(config), "init_words": init, "template": template}
     budget["images"] = min(config.images, len(latents))
     details = {"token": learned.token, "final_loss": learned.losses[-1], "learn_seconds": learn_seconds}

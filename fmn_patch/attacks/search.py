@@ -46,25 +46,25 @@ def search_prompt(
     """
     base = as_base(base)
     family = base.family
-    family.require_one_encoder("the search attack")
+    family.text.require_one_encoder("the search attack")
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    x0 = latents[: config.images].to(family.device, family.dtype)  # (n, C, h, w)
+    x0 = latents[: config.images].to(family.adapters.device, family.adapters.dtype)  # (n, C, h, w)
     noise = torch.randn(x0.shape, generator=gen).to(x0)
-    t = torch.randint(0, family.num_train_timesteps, (len(x0),), generator=gen)
-    t = t.to(family.device)
-    noisy, target = family.add_noise(x0, noise, t), family.target(x0, noise, t)
-    words = family.word_tokens()
+    t = torch.randint(0, family.noise.num_train_timesteps, (len(x0),), generator=gen)
+    t = t.to(family.adapters.device)
+    noisy, target = family.noise.add_noise(x0, noise, t), family.noise.target(x0, noise, t)
+    words = family.text.word_tokens()
     pool = torch.tensor(list(words))  # (P,)
-    table = family.token_table().detach().float()  # (V, d)
+    table = family.text.token_table().detach().float()  # (V, d)
     current = _random_words(pool, config.length, gen)
     repeat = (1,) * (x0.ndim - 1)
 
     def losses(candidates: list[list[int]]) -> torch.Tensor:  # (B,) mean loss over the n latents
-        cond = family.encode([" ".join(words[i] for i in c) for c in candidates])  # (B, T, D)
+        cond = family.text.encode([" ".join(words[i] for i in c) for c in candidates])  # (B, T, D)
         b, n = len(candidates), len(x0)
         with torch.no_grad():
-            pred = family.denoise(
+            pred = family.noise.denoise(
                 noisy.repeat(b, *repeat), t.repeat(b), cond.repeat_interleave(n)
             )  # (B * n, ...)
         dims = tuple(range(1, pred.ndim))
@@ -126,10 +126,10 @@ def _embedding_gradient(
     """(L, d) gradient of the denoising loss at the input embeddings of ``tokens``, through placeholder tokens."""
     family = base.family
     names = [f"<attack-search-{i}>" for i in range(len(tokens))]
-    table = family.token_table().detach()
-    with family.added_tokens(names, table[tokens]) as weight, torch.enable_grad():
-        cond = family.encode_with_grad([" ".join(names)])
-        pred = family.denoise(noisy, t, cond.expand(len(noisy)))
+    table = family.text.token_table().detach()
+    with family.text.added_tokens(names, table[tokens]) as weight, torch.enable_grad():
+        cond = family.text.encode_with_grad([" ".join(names)])
+        pred = family.noise.denoise(noisy, t, cond.expand(len(noisy)))
         (grad,) = torch.autograd.grad(F.mse_loss(pred.float(), target.float()), weight)
     return grad[-len(tokens) :].float()
 

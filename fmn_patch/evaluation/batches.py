@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..concepts.bench import Concept
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..processes import Throughput, run_shared
 from .judges import Judge, class_index
 
@@ -83,7 +83,7 @@ class ModelStates:
 
 
 def run_batches(
-    base: Base | Any,
+    base: Base,
     work: Sequence[ImageBatch],
     judge: Judge | None,
     states: States,
@@ -92,7 +92,7 @@ def run_batches(
     what: str = "generating",
 ) -> tuple[list[BatchResult], Throughput]:
     """Draw and judge every batch, shared between the job's processes; the results, in batch order, on every one."""
-    family = as_base(base).family
+    family = base.family
     concepts = {j.concept.name: j.concept for b in work for j in b.jobs if j.concept is not None}
     if concepts and judge is None:
         raise ValueError("batches with concepts to judge need a judge")
@@ -103,7 +103,7 @@ def run_batches(
     def draw(batch: ImageBatch) -> BatchResult:
         started = time.perf_counter()
         held.use(batch.model)
-        images = family.draw(
+        images = family.images.draw(
             [(j.prompt, j.seed) for j in batch.jobs], steps=batch.steps, guidance=batch.guidance
         )
         probs, hits = _judged(judge, images, batch.jobs)

@@ -23,12 +23,10 @@ def entropy_bits(counts: Sequence[int]) -> float:
 
 
 def attribute_counts(
-    base: Base | Any, judge: Judge, prompts: Sequence[str], head: str, seeds: Sequence[int], steps: int = 20
+    base: Base, judge: Judge, prompts: Sequence[str], head: str, seeds: Sequence[int], steps: int = 20
 ) -> dict[str, int]:
     """How often the judge names each class of ``head`` (e.g. "colour") on generations of ``prompts``."""
-    images = generate(
-        as_base(base), list(prompts), SamplerConfig(steps=steps, seeds=tuple(seeds)), progress=False
-    )
+    images = generate(base, list(prompts), SamplerConfig(steps=steps, seeds=tuple(seeds)), progress=False)
     classes = judge.classes(head)
     top = judge.category_probs(images, head).argmax(-1).tolist()
     names = [classes[i] for i in top]
@@ -63,6 +61,7 @@ def score_correction(
 ) -> CorrectionScore:
     """Entropy of the attribute over the bare concept's generations, and how often each variant's prompts show
     that variant's value (the variant minus the concept's words, e.g. "red circle" -> "red")."""
+    base = as_base(base)
     counts = attribute_counts(base, judge, [t.format(concept) for t in templates], head, seeds)
     accuracy = {}
     for variant in variants:

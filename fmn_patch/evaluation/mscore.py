@@ -107,7 +107,7 @@ def generate(
     desc: str = "generating",
 ) -> torch.Tensor:
     """One image per (prompt, seed), prompt-major: (len(prompts) * len(seeds), 3, H, W) in [0, 1]."""
-    return as_base(base).family.generate(
+    return as_base(base).family.images.generate(
         prompts,
         sampler.seeds,
         steps=sampler.steps,
@@ -175,7 +175,7 @@ def group_scores(
 
 @sized_threads
 def evaluate(
-    base: Base | Any,
+    base: Base,
     bench: Bench,
     judge: Judge,
     sampler: SamplerConfig = SamplerConfig(),
@@ -211,7 +211,7 @@ def acc_kept(scores: dict[str, ConceptScore], erased: Sequence[str]) -> float | 
 
 
 def concept_samples(
-    base: Base | Any,
+    base: Base,
     bench: Bench,
     concepts: Sequence[str],
     sampler: SamplerConfig = SamplerConfig(),

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 
 from .. import values
 from ..concepts.bench import Bench, Concept
 from ..errors import BenchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.stack import apply_patches, remove_patches
 from ..families.threads import sized_threads
 from ..format.category import category_of
@@ -39,7 +38,7 @@ class SampleConfig:
 
 @sized_threads
 def sample(
-    base: Base | Any,
+    base: Base,
     prompt: str,
     seeds: Sequence[int],
     config: SampleConfig = SampleConfig(),
@@ -48,7 +47,7 @@ def sample(
 ) -> list[Image.Image]:
     """One image per seed; each seed owns its generator, so images do not depend on batch composition. ``desc``:
     the phase's name on the progress channel."""
-    images: list[Image.Image] = as_base(base).family.generate(
+    images: list[Image.Image] = base.family.images.generate(
         [prompt],
         seeds,
         steps=config.steps,
@@ -65,7 +64,7 @@ def sample(
 
 @sized_threads
 def preview(
-    base: Base | Any,
+    base: Base,
     patches: Sequence[Patch],
     prompts: Sequence[str],
     *,
@@ -75,7 +74,6 @@ def preview(
     strict: bool = False,
 ) -> Image.Image:
     """A grid with one row per prompt and columns base | patched for each seed; the pipeline is left unpatched."""
-    base = as_base(base)
     before = [sample(base, p, seeds, config, desc=f"drawing {p!r} with the base") for p in prompts]
     names = apply_patches(base, patches, weights, strict=strict)
     try:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..concepts.bench import Bench
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.stack import apply_patches, remove_patches
 from ..families.threads import sized_threads
 from ..files import atomic_files
@@ -109,7 +109,7 @@ class EvalReport:
 
 @sized_threads
 def evaluate_patches(
-    base: Base | Any,
+    base: Base,
     patches: Sequence[Patch],
     bench: Bench,
     judge: Judge,
@@ -126,7 +126,6 @@ def evaluate_patches(
 
     The images are drawn in batches of ``sampler.batch_size`` (base first, then patched); under ``accelerate
     launch`` the processes share the batches and every process gets the whole report, the same as one process's."""
-    base = as_base(base)
     erased = [n for p in patches for n in p.concept_names]
     known = set(bench.names) | {a for c in bench.concepts for a in c.aliases}
     unknown = [e for e in erased if e not in known]

@@ -87,7 +87,7 @@ class Base:
         """ModelSpec architecture id (``fmn-toy`` for the toy world, else the family's)."""
         if self.world is not None and self.world.architecture:
             return self.world.architecture
-        return self.family.architecture()
+        return self.family.identity.architecture()
 
     def describe(self) -> BaseInfo:
         """Name, revision, target-weight hash and architecture (before any patch is fused).
@@ -98,7 +98,10 @@ class Base:
         folder name only (the weight hash identifies it)."""
         model, revision = self._identity()
         return BaseInfo(
-            model=model, revision=revision, hash=self.family.target_hash(), architecture=self.architecture
+            model=model,
+            revision=revision,
+            hash=self.family.identity.target_hash(),
+            architecture=self.architecture,
         )
 
     def _identity(self) -> tuple[str | None, str | None]:
@@ -112,7 +115,9 @@ class Base:
                 self.world.name,
                 None,
             )  # a world's model loaded by path is named by its world, not by the path
-        snapshot = _hub_snapshot(Path(str(getattr(self.family.denoiser.config, "_name_or_path", "") or "")))
+        snapshot = _hub_snapshot(
+            Path(str(getattr(self.family.adapters.denoiser.config, "_name_or_path", "") or ""))
+        )
         if not local.exists() and _HUB_ID.match(ref):  # from the Hub
             return ref, (snapshot[1] if snapshot and snapshot[0] == ref else self.revision)
         if local.exists():

@@ -14,7 +14,7 @@ def gradient_checkpointing(family: Family, enabled: bool = True) -> Iterator[Non
     (diffusers' ``enable_gradient_checkpointing``): less memory for about one more forward pass. Every forward runs
     twice under autograd, so an attention sink sees each layer twice per step. The denoiser's own setting comes back
     on exit."""
-    denoiser = family.denoiser
+    denoiser = family.adapters.denoiser
     switch = enabled and not getattr(denoiser, "is_gradient_checkpointing", False)
     if switch:
         denoiser.enable_gradient_checkpointing()

@@ -29,7 +29,7 @@ KOHYA_TOOLS: Final = (
 def has_kohya_form(patch: Patch) -> bool:
     """Whether the family of ``patch``'s architecture writes a kohya form (SD3's UIs read the native file)."""
     try:
-        return family_for_architecture(patch.info.architecture).kohya_form
+        return family_for_architecture(patch.info.architecture).identity_role.kohya_form
     except UnknownNameError:
         return False
 
@@ -55,7 +55,7 @@ def to_kohya(
         values.whole(layers_per_block, "layers_per_block", 1, 64, example=2)
     family = family_for_architecture(patch.info.architecture)
     layout = {} if layers_per_block is None else {"layers_per_block": layers_per_block}
-    return family.to_kohya(patch, **layout)
+    return family.identity_role.to_kohya(patch, **layout)
 
 
 def export_kohya(

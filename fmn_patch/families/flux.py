@@ -29,11 +29,12 @@ from ..errors import FmnPatchError
 from ..format.kohya import Pairs, register_kohya_reader
 from ..format.kohya import layout as kohya_layout
 from ..format.patch import Factors, Patch
-from .family import Conditioning, Sink
+from .conditioning import Conditioning, Sink
+from .identity import Identity
 from .joint import capture_joint_attention, flux_probs
-from .mmdit import MMDiTFamily
+from .mmdit import MMDiTAdapters, MMDiTFamily, MMDiTImages, MMDiTNoise, MMDiTText, mmdit_adapters
 from .registry import register_family
-from .tokens_mmdit import LearnedTokenMixin
+from .tokens_mmdit import LearnedTokens
 
 ARCHITECTURES: Final = ("Flux.1-dev", "Flux.1-schnell")
 #: ModelSpec's implementation id of Black Forest Labs' reference code, whose block names kohya Flux files use
@@ -43,21 +44,11 @@ _MODULE = re.compile(r"^transformer_blocks\.(\d+)\.attn\.(add_k_proj|add_v_proj)
 _KOHYA_QKV = re.compile(r"^lora_unet_double_blocks_(\d+)_txt_attn_qkv$")
 
 
-class FluxFamily(LearnedTokenMixin, MMDiTFamily):
-    """FluxPipeline and its relatives."""
-
-    name = "flux"
-    sequence_cap = 512  # FluxPipeline's default max_sequence_length
-    transformer_class = "FluxTransformer2DModel"
-    token_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
-
-    @classmethod
-    def claims(cls, pipe: Any) -> bool:
-        transformer = getattr(pipe, "transformer", None)
-        return type(transformer).__name__ == cls.transformer_class
+class FluxIdentity(Identity):
+    """FLUX.1 ModelSpec ids; kohya's fused double-block text qkv names."""
 
     def architecture(self) -> str:
-        return ARCHITECTURES[0] if self.denoiser.config.guidance_embeds else ARCHITECTURES[1]
+        return ARCHITECTURES[0] if self.family.adapters.denoiser.config.guidance_embeds else ARCHITECTURES[1]
 
     @classmethod
     def serves_architecture(cls, architecture: str) -> bool:
@@ -106,7 +97,13 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
             fused[stem] = (down, up)
         return kohya_layout(fused, patch, cls.kohya_header(patch.info.architecture, patch.modules))
 
-    # ----------------------------------------------------------------------------------------------- text
+
+class FluxText(LearnedTokens, MMDiTText):
+    """T5 states form the sequence; CLIP gives the pooled vector; the guidance embedding rides along."""
+
+    sequence_cap = 512  # FluxPipeline's default max_sequence_length
+    token_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
     @property
     def t5_tokenizer(self) -> Any:
         return self.pipe.tokenizer_2
@@ -125,7 +122,10 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         for i in range(0, len(prompts), batch_size):
             chunk = list(prompts[i : i + batch_size])
             states, pooled, _ids = self.pipe.encode_prompt(
-                prompt=chunk, prompt_2=None, device=self.device, max_sequence_length=self.t5_length
+                prompt=chunk,
+                prompt_2=None,
+                device=self.family.adapters.device,
+                max_sequence_length=self.t5_length,
             )
             part = Conditioning(states, {"pooled": pooled, "guidance": self._guidance(len(chunk))})
             out = part if out is None else out.cat(part)
@@ -133,10 +133,10 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         return out
 
     def _guidance(self, n: int) -> torch.Tensor:
-        return torch.full((n,), DEFAULT_GUIDANCE, device=self.device)
+        return torch.full((n,), DEFAULT_GUIDANCE, device=self.family.adapters.device)
 
     def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
-        pipe, device = self.pipe, self.device
+        pipe, device = self.pipe, self.family.adapters.device
         clip_ids = pipe.tokenizer(
             list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
@@ -152,7 +152,10 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
         states = pipe.text_encoder_2(t5_ids.to(device))[0]
         return Conditioning(states, {"pooled": pooled, "guidance": self._guidance(len(prompts))})
 
-    # ------------------------------------------------------------------------------------------ denoising
+
+class FluxNoise(MMDiTNoise):
+    """Rectified flow with the resolution-dependent shift; latents packed 2x2 for the transformer."""
+
     def _mu(self, latents: torch.Tensor) -> float | None:
         config = self.pipe.scheduler.config
         if not config.get("use_dynamic_shifting", False):
@@ -165,14 +168,15 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         assert cond.added is not None, "Flux conditioning carries pooled embeddings"
+        denoiser = self.family.adapters.denoiser
         b, c, h, w = x_t.shape
         packed = x_t.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
         image_ids = torch.zeros(h // 2, w // 2, 3, device=x_t.device)
         image_ids[..., 1] += torch.arange(h // 2, device=x_t.device)[:, None]
         image_ids[..., 2] += torch.arange(w // 2, device=x_t.device)[None, :]
         text_ids = torch.zeros(cond.states.shape[1], 3, device=x_t.device)
-        guidance = cond.added["guidance"] if self.denoiser.config.guidance_embeds else None
-        out = self.denoiser(
+        guidance = cond.added["guidance"] if denoiser.config.guidance_embeds else None
+        out = denoiser(
             hidden_states=packed,
             timestep=self.sigma(t, x_t).to(x_t),
             guidance=guidance,
@@ -181,30 +185,45 @@ class FluxFamily(LearnedTokenMixin, MMDiTFamily):
             txt_ids=text_ids,
             img_ids=image_ids.reshape(-1, 3).to(x_t.dtype),
         ).sample
-        return self._unpack(out, h, w)
+        return unpack(out, h, w)
 
-    @staticmethod
-    def _unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, _, d = packed.shape
-        return packed.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+    def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
+        adapters = mmdit_adapters(self.family)
+        return capture_joint_attention(adapters.denoiser, adapters.attention_layers(), sink, flux_probs)
+
+
+class FluxImages(MMDiTImages):
+    def pixel_size(self) -> int:
+        """The VAE's own sample size (1024 for FLUX.1): Flux pipelines keep no default image size of their own."""
+        return int(self.pipe.vae.config.sample_size)
 
     def unpack(self, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
         """Flux's sampler returns 2x2-packed latents (B, h/2 * w/2, 4C)."""
         scale, size = int(self.pipe.vae_scale_factor), self.pixel_size()
         height, width = height or size, width or size
-        return self._unpack(latents, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
-
-    def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
-        return capture_joint_attention(self.denoiser, self.attention_layers(), sink, flux_probs)
-
-    # ------------------------------------------------------------------------------------------- images
-    def pixel_size(self) -> int:
-        """The VAE's own sample size (1024 for FLUX.1): Flux pipelines keep no default image size of their own."""
-        return int(self.pipe.vae.config.sample_size)
+        return unpack(latents, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
 
     def latent_shape(self) -> tuple[int, ...]:
         side = self.pixel_size() // int(self.pipe.vae_scale_factor)
-        return (int(self.denoiser.config.in_channels) // 4, side, side)
+        return (int(self.family.adapters.denoiser.config.in_channels) // 4, side, side)
+
+
+class FluxFamily(MMDiTFamily):
+    """FluxPipeline and its relatives."""
+
+    name = "flux"
+    transformer_class = "FluxTransformer2DModel"
+    text_role = FluxText
+    noise_role = FluxNoise
+    images_role = FluxImages
+    adapters_role = MMDiTAdapters
+    identity_role = FluxIdentity
+
+
+def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """2x2-packed latents (B, h/2 * w/2, 4C) back to (B, C, h, w)."""
+    b, _, d = packed.shape
+    return packed.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
 
 
 def read_kohya(pairs: Pairs, header: Mapping[str, str]) -> tuple[str, Factors] | None:

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import torch
 from torch import nn
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind, register_targets
+from .adapters import Adapters
 from .family import Family
+from .images import Images
 from .joint import JointPlacement, recorded_inputs
+from .noise import Noise
+from .text import Text
 from .tokens import place
 
 PROJECTIONS: Final = ("add_k_proj", "add_v_proj")
@@ -57,17 +61,12 @@ ROBUST_REFUSAL = (
 )
 
 
-class MMDiTFamily(Family):
-    """SD3-style and Flux-style pipelines: LoRA on the transformer's text-side K/V."""
+class MMDiTAdapters(Adapters):
+    """LoRA on the transformer's text-side K/V."""
 
     component = "transformer"
     targets_kind = MMDIT_TARGETS
-    #: Sampler sequence cap of the pipeline's ``max_sequence_length`` (SD3: 256, Flux: 512).
-    sequence_cap: ClassVar[int]
-    #: The diffusers class of its transformer, as ``model_index.json`` names it.
-    transformer_class: ClassVar[str]
 
-    # ------------------------------------------------------------------------------------ what a patch touches
     def targets(self) -> dict[str, nn.Linear]:
         found: dict[str, nn.Linear] = {}
         for name, module in self.denoiser.named_modules():
@@ -88,7 +87,13 @@ class MMDiTFamily(Family):
         """The attention modules whose text keys are targets (``...attn``), in model order."""
         return list(dict.fromkeys(n.rsplit(".", 1)[0] for n in self.targets()))
 
-    # ----------------------------------------------------------------------------------------------- text
+
+class MMDiTText(Text):
+    """A joint text sequence made of encoder parts (SD3: CLIP then T5; Flux: T5 alone)."""
+
+    #: Sampler sequence cap of the pipeline's ``max_sequence_length`` (SD3: 256, Flux: 512).
+    sequence_cap: ClassVar[int]
+
     @property
     def tokenizer(self) -> Any:
         return self.pipe.tokenizer
@@ -125,20 +130,7 @@ class MMDiTFamily(Family):
         )
 
     def text_states(self) -> Any:
-        raise FmnPatchError(EDIT_REFUSAL.format(family=self.name))
-
-    @classmethod
-    def require_closed_form(cls) -> None:
-        raise FmnPatchError(EDIT_REFUSAL.format(family=cls.name))
-
-    @classmethod
-    def require_robust(cls) -> None:
-        raise FmnPatchError(ROBUST_REFUSAL.format(family=cls.name))
-
-    @classmethod
-    def named_in_index(cls, model_index: dict[str, Any]) -> bool:
-        entry = model_index.get("transformer")
-        return isinstance(entry, list) and len(entry) == 2 and entry[1] == cls.transformer_class
+        raise FmnPatchError(EDIT_REFUSAL.format(family=self.family.name))
 
     def text_encoders(self) -> list[nn.Module]:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -147,7 +139,10 @@ class MMDiTFamily(Family):
     def require_one_encoder(self, what: str) -> None:
         return None  # learned tokens go into every text encoder (``tokens_mmdit``)
 
-    # ------------------------------------------------------------------------------------------ denoising
+
+class MMDiTNoise(Noise):
+    """Rectified flow at the scheduler's shifted noise levels; preservation inputs recorded from forwards."""
+
     def _mu(self, latents: torch.Tensor) -> float | None:
         """The resolution-dependent shift of a dynamic-shifting scheduler (Flux), None for a static one."""
         return None
@@ -171,19 +166,6 @@ class MMDiTFamily(Family):
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise - x0
 
-    # ------------------------------------------------------------------------------------------- images
-    def sampler_kwargs(self) -> dict[str, Any]:
-        size = self.pixel_size()
-        return {"height": size, "width": size, "max_sequence_length": self.t5_length}
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((latents - shift) * vae.config.scaling_factor).float().cpu()
-
-    # ------------------------------------------------------------------------------------- preservation
     @torch.no_grad()
     def preserve_inputs(
         self, prompts: Sequence[str], latents: torch.Tensor | None = None, *, seed: int = 0
@@ -191,22 +173,23 @@ class MMDiTFamily(Family):
         """{target: (M, in)} the text-stream states each target reads for ``prompts``, recorded from denoiser
         forwards: each prompt ``PRESERVE_DRAWS`` times, at a uniform timestep, on a reference latent (or, without
         latents, pure noise) noised to it. Rows beyond ``PRESERVE_ROWS`` are subsampled (seeded)."""
+        adapters = self.family.adapters
         gen = torch.Generator().manual_seed(seed)
-        cond = self.encode(prompts).repeat_interleave(PRESERVE_DRAWS)
+        cond = self.family.text.encode(prompts).repeat_interleave(PRESERVE_DRAWS)
         n = len(cond)
-        shape = latents.shape[1:] if latents is not None else self.latent_shape()
+        shape = latents.shape[1:] if latents is not None else mmdit_images(self.family).latent_shape()
         noise = torch.randn((n, *shape), generator=gen)
         x0 = latents[torch.randint(len(latents), (n,), generator=gen)] if latents is not None else noise
         t = torch.randint(0, self.num_train_timesteps, (n,), generator=gen)
         blocks: dict[str, list[str]] = {}  # add_k_proj and add_v_proj of one attention read the same states
-        for name in self.targets():
+        for name in adapters.targets():
             blocks.setdefault(name.rsplit(".", 1)[0], []).append(name)
-        first = {names[0]: self.targets()[names[0]] for names in blocks.values()}
+        first = {names[0]: adapters.targets()[names[0]] for names in blocks.values()}
         with recorded_inputs(first) as record:
             for i in range(0, n, 64):
                 sl = slice(i, i + 64)
-                x_t = self.add_noise(x0[sl], noise[sl], t[sl]).to(self.device, self.dtype)
-                self.denoise(x_t, t[sl].to(self.device), cond.select(torch.arange(n)[sl]))
+                x_t = self.add_noise(x0[sl], noise[sl], t[sl]).to(adapters.device, adapters.dtype)
+                self.denoise(x_t, t[sl].to(adapters.device), cond.select(torch.arange(n)[sl]))
         out: dict[str, torch.Tensor] = {}
         for names in blocks.values():
             rows = torch.cat(record[names[0]]).flatten(0, 1)  # (n * T, in)
@@ -216,6 +199,54 @@ class MMDiTFamily(Family):
             out.update(dict.fromkeys(names, rows))
         return out
 
+
+class MMDiTImages(Images):
+    """Sampling at the default size with the T5 length this package samples with."""
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        size = self.pixel_size()
+        return {"height": size, "width": size, "max_sequence_length": mmdit_text(self.family).t5_length}
+
     def latent_shape(self) -> tuple[int, ...]:
         """(C, h, w) of a latent at the default image size."""
         raise NotImplementedError
+
+
+class MMDiTFamily(Family):
+    """SD3-style and Flux-style pipelines: LoRA on the transformer's text-side K/V."""
+
+    #: The diffusers class of its transformer, as ``model_index.json`` names it.
+    transformer_class: ClassVar[str]
+
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        transformer = getattr(pipe, "transformer", None)
+        return type(transformer).__name__ == cls.transformer_class
+
+    @classmethod
+    def named_in_index(cls, model_index: dict[str, Any]) -> bool:
+        entry = model_index.get("transformer")
+        return isinstance(entry, list) and len(entry) == 2 and entry[1] == cls.transformer_class
+
+    @classmethod
+    def require_closed_form(cls) -> None:
+        raise FmnPatchError(EDIT_REFUSAL.format(family=cls.name))
+
+    @classmethod
+    def require_robust(cls) -> None:
+        raise FmnPatchError(ROBUST_REFUSAL.format(family=cls.name))
+
+
+def mmdit_text(family: Family) -> MMDiTText:
+    """An MMDiT family's text role, typed as one (its T5 part and joint layout)."""
+    return cast(MMDiTText, family.text)
+
+
+def mmdit_images(family: Family) -> MMDiTImages:
+    """An MMDiT family's images role, typed as one (its latent shape)."""
+    return cast(MMDiTImages, family.images)
+
+
+def mmdit_adapters(family: Family) -> MMDiTAdapters:
+    """An MMDiT family's adapters role, typed as one (its attention layers)."""
+    return cast(MMDiTAdapters, family.adapters)

@@ -1,7 +1,7 @@
 """Reference images of a concept, as latents: from a user's folder, or drawn by the base model itself and cached
 on disk (safetensors) so a retrain does not redraw them.
 
-The cache key is everything that decides the images: the base's ``Family.fingerprint`` (every component's weights
+The cache key is everything that decides the images: the base's ``Identity.fingerprint`` (every component's weights
 and config, the scheduler, the tokenizers, dtype, device), the image size, prompts, seeds, steps and guidance. A
 base with adapters loaded bypasses the cache: its images are not the base's.
 """
@@ -44,7 +44,9 @@ def generated_latents(
 ) -> torch.Tensor:
     """Latents (N, ...) the base model draws for each prompt and seed, prompt-major, in the denoiser's latent scale."""
     family = base.family
-    cache = cache and not family.adapter_names()  # with adapters loaded these are not the base's images
+    cache = (
+        cache and not family.adapters.adapter_names()
+    )  # with adapters loaded these are not the base's images
     path = (
         cache_dir() / f"{cache_key(base, prompts, seeds, steps=steps, guidance=guidance)}.safetensors"
         if cache
@@ -55,7 +57,7 @@ def generated_latents(
         if cached is not None:
             return cached  # else: a damaged or foreign entry, drawn again and replaced below
     # one pipeline call per prompt, all its seeds together
-    latents = base.family.generate(
+    latents = base.family.images.generate(
         prompts,
         seeds,
         steps=steps,
@@ -81,7 +83,11 @@ def expected_shape(base: Base, count: int) -> tuple[int | None, ...]:
     vae = getattr(base.pipe, "vae", None)
     channels = getattr(getattr(vae, "config", None), "latent_channels", None)
     scale = getattr(base.pipe, "vae_scale_factor", None)
-    side = base.family.pixel_size() // int(scale) if isinstance(scale, int | float) and scale > 0 else None
+    side = (
+        base.family.images.pixel_size() // int(scale)
+        if isinstance(scale, int | float) and scale > 0
+        else None
+    )
     return (count, channels if isinstance(channels, int) else None, side, side)
 
 
@@ -112,7 +118,14 @@ def cache_key(
     base: Base, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float
 ) -> str:
     """The cache key of a set of reference latents: everything that decides them."""
-    parts = [base.family.fingerprint(), base.family.pixel_size(), list(prompts), list(seeds), steps, guidance]
+    parts = [
+        base.family.identity.fingerprint(),
+        base.family.images.pixel_size(),
+        list(prompts),
+        list(seeds),
+        steps,
+        guidance,
+    ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
@@ -147,5 +160,5 @@ def folder_images(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
 def folder_latents(base: Base, folder: str | os.PathLike[str]) -> torch.Tensor:
     """Latents of every image in ``folder``, resized to the base's image size, encoded one image at a time (an
     SD-1.5 VAE encoder's activations at 512 px take about 0.6 GB per image)."""
-    images = folder_images(folder, base.family.pixel_size())
-    return torch.cat([base.family.encode_images(image[None]) for image in images])
+    images = folder_images(folder, base.family.images.pixel_size())
+    return torch.cat([base.family.images.encode_images(image[None]) for image in images])

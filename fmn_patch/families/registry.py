@@ -74,7 +74,7 @@ def family_for_index(model_index: dict[str, Any]) -> type[Family] | None:
 def family_for_architecture(architecture: str) -> type[Family]:
     """The family whose patches carry this ModelSpec architecture id."""
     for family in _FAMILIES:
-        if family.serves_architecture(architecture):
+        if family.identity_role.serves_architecture(architecture):
             return family
     raise UnknownNameError(
         f"no model family knows the architecture {architecture!r}; known families: "

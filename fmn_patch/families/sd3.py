@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FmnPatchError
-from .family import Conditioning, Sink
+from .conditioning import Conditioning, Sink
+from .identity import Identity
 from .joint import capture_joint_attention, sd3_probs
-from .mmdit import MMDiTFamily
+from .mmdit import MMDiTAdapters, MMDiTFamily, MMDiTImages, MMDiTNoise, MMDiTText, mmdit_adapters
 from .registry import register_family
-from .tokens_mmdit import LearnedTokenMixin
+from .tokens_mmdit import LearnedTokens
 
 ARCHITECTURES: Final = (
     "stable-diffusion-v3-medium",
@@ -36,28 +37,15 @@ ARCHITECTURES: Final = (
 )
 
 
-class SD3Family(LearnedTokenMixin, MMDiTFamily):
-    """StableDiffusion3Pipeline and its relatives."""
+class SD3Identity(Identity):
+    """SD3/3.5 ModelSpec ids; no kohya form."""
 
-    name = "sd3"
     kohya_form = (
         False  # ComfyUI reads the native file's transformer.* keys; diffusers has no SD3 kohya converter
     )
-    sequence_cap = 256  # StableDiffusion3Pipeline's default max_sequence_length
-    transformer_class = "SD3Transformer2DModel"
-    token_encoders = (
-        ("text_encoder", "tokenizer"),
-        ("text_encoder_2", "tokenizer_2"),
-        ("text_encoder_3", "tokenizer_3"),
-    )
-
-    @classmethod
-    def claims(cls, pipe: Any) -> bool:
-        transformer = getattr(pipe, "transformer", None)
-        return type(transformer).__name__ == cls.transformer_class
 
     def architecture(self) -> str:
-        config = self.denoiser.config
+        config = self.family.adapters.denoiser.config
         if not config.qk_norm:
             return ARCHITECTURES[0]
         return ARCHITECTURES[1] if config.dual_attention_layers else ARCHITECTURES[2]
@@ -77,7 +65,17 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
     def kohya_version(cls, architecture: str) -> str:
         return "sd3"
 
-    # ----------------------------------------------------------------------------------------------- text
+
+class SD3Text(LearnedTokens, MMDiTText):
+    """Two CLIPs (penultimate states, zero-padded to the T5 width) then T5; pooled CLIP embeddings."""
+
+    sequence_cap = 256  # StableDiffusion3Pipeline's default max_sequence_length
+    token_encoders = (
+        ("text_encoder", "tokenizer"),
+        ("text_encoder_2", "tokenizer_2"),
+        ("text_encoder_3", "tokenizer_3"),
+    )
+
     @property
     def t5_tokenizer(self) -> Any:
         return getattr(self.pipe, "tokenizer_3", None) if self.pipe.text_encoder_3 is not None else None
@@ -106,7 +104,7 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
                 prompt=chunk,
                 prompt_2=None,
                 prompt_3=None,
-                device=self.device,
+                device=self.family.adapters.device,
                 num_images_per_prompt=1,
                 do_classifier_free_guidance=False,
                 max_sequence_length=self.t5_length,
@@ -118,14 +116,14 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
 
     def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
         """``encode`` with autograd through the three encoders (what ``encode_prompt`` computes)."""
-        pipe, device = self.pipe, self.device
+        pipe, device = self.pipe, self.family.adapters.device
         clip_ids = self._ids(pipe.tokenizer, prompts, self.clip_length)
         one = pipe.text_encoder(clip_ids.to(device), output_hidden_states=True)
         two = pipe.text_encoder_2(
             self._ids(pipe.tokenizer_2, prompts, self.clip_length).to(device), output_hidden_states=True
         )
         clip = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], dim=-1)
-        width = self.denoiser.config.joint_attention_dim
+        width = self.family.adapters.denoiser.config.joint_attention_dim
         clip = F.pad(clip, (0, width - clip.shape[-1]))
         if pipe.text_encoder_3 is not None:
             t5 = pipe.text_encoder_3(self._ids(pipe.tokenizer_3, prompts, self.t5_length).to(device))[0]
@@ -140,11 +138,12 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
             list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         ).input_ids
 
-    # ------------------------------------------------------------------------------------------ denoising
+
+class SD3Noise(MMDiTNoise):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         assert cond.added is not None, "SD3 conditioning carries pooled embeddings"
         s = self.sigma(t, x_t).to(x_t)
-        return self.denoiser(
+        return self.family.adapters.denoiser(
             hidden_states=x_t,
             timestep=s * self.num_train_timesteps,
             encoder_hidden_states=cond.states,
@@ -152,15 +151,30 @@ class SD3Family(LearnedTokenMixin, MMDiTFamily):
         ).sample
 
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
-        return capture_joint_attention(self.denoiser, self.attention_layers(), sink, sd3_probs)
+        adapters = mmdit_adapters(self.family)
+        return capture_joint_attention(adapters.denoiser, adapters.attention_layers(), sink, sd3_probs)
 
-    # ------------------------------------------------------------------------------------------- images
+
+class SD3Images(MMDiTImages):
     def pixel_size(self) -> int:
-        return int(self.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return int(self.family.adapters.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
 
     def latent_shape(self) -> tuple[int, ...]:
-        side = int(self.denoiser.config.sample_size)
-        return (int(self.denoiser.config.in_channels), side, side)
+        config = self.family.adapters.denoiser.config
+        side = int(config.sample_size)
+        return (int(config.in_channels), side, side)
+
+
+class SD3Family(MMDiTFamily):
+    """StableDiffusion3Pipeline and its relatives."""
+
+    name = "sd3"
+    transformer_class = "SD3Transformer2DModel"
+    text_role = SD3Text
+    noise_role = SD3Noise
+    images_role = SD3Images
+    adapters_role = MMDiTAdapters
+    identity_role = SD3Identity
 
 
 register_family(SD3Family)

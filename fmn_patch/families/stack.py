@@ -19,7 +19,8 @@ from ..format.merge import check_weights
 from ..format.patch import Patch
 from ..text import printable
 from .base import Base, as_base
-from .family import Family, kept_grads
+from .family import Family
+from .grads import kept_grads
 
 ADAPTER_PREFIX = "fmn"
 
@@ -36,16 +37,16 @@ def check_compatible(
     base = as_base(base)
     family = base.family
     where = f"({printable(patch.info.architecture, 100)}, base {printable(patch.info.base_model or 'unknown', 100)})"
-    if patch.component != family.component:
+    if patch.component != family.adapters.component:
         raise BaseMismatchError(
-            f"the patch sits on {patch.component!r} but this base's patches sit on {family.component!r}; the "
+            f"the patch sits on {patch.component!r} but this base's patches sit on {family.adapters.component!r}; the "
             f"patch was made for another model family {where}"
         )
     other = _family_serving(patch.info.architecture)
     if (
         other is not None
         and other is not type(family)
-        and not family.serves_architecture(patch.info.architecture)
+        and not family.identity.serves_architecture(patch.info.architecture)
     ):
         raise BaseMismatchError(
             f"the patch was made for a {other.name} model ({patch.info.architecture}); this base is a "
@@ -53,11 +54,11 @@ def check_compatible(
         )
     for module, (a, b) in patch.factors.items():
         try:
-            family.check_module(module, (b.shape[0], a.shape[1]))
+            family.adapters.check_module(module, (b.shape[0], a.shape[1]))
         except BaseMismatchError as e:
             raise BaseMismatchError(f"{e}; the patch was made for another architecture {where}") from None
     if patch.info.base_hash:
-        current = base_hash or family.target_hash()
+        current = base_hash or family.identity.target_hash()
         if current != patch.info.base_hash:
             # enough characters to tell the two hashes apart
             shown = 12 if current[:12] != patch.info.base_hash[:12] else 64
@@ -89,22 +90,22 @@ def apply_patches(
     if not patches:
         raise FmnPatchError("no patch given; pass at least one .safetensors patch")
     weights = check_weights(patches, weights)
-    base_hash = family.target_hash() if any(p.info.base_hash for p in patches) else None
+    base_hash = family.identity.target_hash() if any(p.info.base_hash for p in patches) else None
     for patch in patches:
         check_compatible(base, patch, strict=strict, base_hash=base_hash)
-    existing = set(family.adapter_names())
-    active = family.active_adapters()
+    existing = set(family.adapters.adapter_names())
+    active = family.adapters.active_adapters()
     names: list[str] = []
-    with kept_grads(family.denoiser):  # peft's verbs set the flags of the adapters already loaded
+    with kept_grads(family.adapters.denoiser):  # peft's verbs set the flags of the adapters already loaded
         try:
             for patch in patches:
                 name = _fresh_name(existing)
                 existing.add(name)
-                family.load_adapter(patch.state_dict(), name, patch.adapter_metadata())
+                family.adapters.load_adapter(patch.state_dict(), name, patch.adapter_metadata())
                 names.append(name)
-            family.set_adapters(active + names, [1.0] * len(active) + list(weights))
+            family.adapters.set_adapters(active + names, [1.0] * len(active) + list(weights))
         except BaseException:
-            family.delete_adapters(names)
+            family.adapters.delete_adapters(names)
             raise
     return names
 
@@ -113,8 +114,8 @@ def remove_patches(base: Base | Any, names: Sequence[str] | None = None) -> None
     """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
     is left, the peft wrappers go too: the model has its original modules and state-dict keys again."""
     family = as_base(base).family
-    with kept_grads(family.denoiser):
-        family.delete_adapters(list(names) if names is not None else family.adapter_names())
+    with kept_grads(family.adapters.denoiser):
+        family.adapters.delete_adapters(list(names) if names is not None else family.adapters.adapter_names())
 
 
 def fuse_patches(
@@ -131,22 +132,22 @@ def fuse_patches(
     before it stay fused (load the base again)."""
     base = as_base(base)
     family = base.family
-    active = family.active_adapters()
-    with kept_grads(family.denoiser):
+    active = family.adapters.active_adapters()
+    with kept_grads(family.adapters.denoiser):
         names = apply_patches(base, patches, weights, strict=strict)
         try:
-            family.fuse_adapters(names)
+            family.adapters.fuse_adapters(names)
         except ValueError as e:  # peft's safe merge found a layer whose sum is NaN or infinite: never written
             if "NaN" not in str(e):
                 raise
-            dtype = str(family.dtype).removeprefix("torch.")
+            dtype = str(family.adapters.dtype).removeprefix("torch.")
             raise FmnPatchError(
                 f"fusing the patches gives NaN or infinite weights in {dtype} (the sum overflows); load the base "
                 "in float32 (--dtype float32) or give the patches smaller --weight values"
             ) from e
         finally:
-            family.delete_adapters(names)
-            family.activate([n for n in active if n in family.adapter_names()])
+            family.adapters.delete_adapters(names)
+            family.adapters.activate([n for n in active if n in family.adapters.adapter_names()])
     return base
 
 
@@ -169,7 +170,7 @@ def _family_serving(architecture: str) -> type[Family] | None:
         return None
 
 
-def save_new_pipeline(base: Base | Any, folder: str | os.PathLike[str]) -> Path:
+def save_new_pipeline(base: Base, folder: str | os.PathLike[str]) -> Path:
     """``save_pipeline`` to ``folder``, or, when that exists, to the first free ``folder-2``, ``folder-3``, ...:
     never replacing a folder, also when another run takes a name meanwhile."""
     folder = Path(folder)

@@ -13,18 +13,19 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import torch
 
 from ..errors import FmnPatchError
-from .base import as_base
+from .base import Base, as_base
 
 #: Denoisers with fewer parameters than this are toy-sized: the largest toy has about 1M, SD 1.5's UNet 860M.
 SMALL = 50_000_000
 ENV = "FMNPATCH_THREADS"
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def job_threads(parameters: int) -> int | None:
@@ -55,13 +56,15 @@ def threads_for(module: torch.nn.Module) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def sized_threads(fn: F) -> F:
-    """Run `fn(base, ...)` with the threads its base's size calls for; `fn` receives the base as a ``Base``."""
+def sized_threads(fn: Callable[Concatenate[Base, P], R]) -> Callable[Concatenate[Base | Any, P], R]:
+    """The edge of a public call: ``fn(base, ...)`` takes a ``Base`` or a diffusers pipeline, wrapped once here
+    (``as_base``), and runs with the threads its base's size calls for; ``fn`` itself and everything below it take
+    a ``Base``."""
 
     @functools.wraps(fn)
-    def wrapper(base: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(base: Base | Any, *args: P.args, **kwargs: P.kwargs) -> R:
         base = as_base(base)
-        with threads_for(base.family.denoiser):
+        with threads_for(base.family.adapters.denoiser):
             return fn(base, *args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

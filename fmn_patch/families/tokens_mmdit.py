@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FmnPatchError
+from .text import Text
 
 
 class GrownEmbedding(nn.Module):
@@ -44,10 +45,9 @@ class GrownEmbedding(nn.Module):
         return F.embedding(ids, self.weight, self.original.padding_idx)
 
 
-class LearnedTokenMixin:
-    """Learned tokens across every text encoder; the family lists its encoders and their tokenizers."""
+class LearnedTokens(Text):
+    """Learned tokens across every text encoder; the text role lists its encoders and their tokenizers."""
 
-    pipe: Any
     #: (encoder attribute, tokenizer attribute) per text encoder, the CLIP one that indexes the table first.
     token_encoders: tuple[tuple[str, str], ...]
 

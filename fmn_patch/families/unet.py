@@ -4,14 +4,16 @@ Every cross-attention is an ``Attention`` module named ``attn2`` inside a ``Basi
 and ``to_v`` read only the text encoder's hidden states. Those are the targets (SDXL just has many more blocks).
 Text: SD 1.x/2.x one CLIP encoder (last hidden state); SDXL two (penultimate states, concatenated, plus pooled
 embeddings and size ids). Prediction: eps or v, as the scheduler says.
+
+The roles: ``UNetAdapters`` (the attn2 targets), ``UNetIdentity`` (ModelSpec ids, kohya names), ``UNetText``
+(``unet_text.py``), ``UNetNoise``, ``UNetImages``; the kohya name mapping both ways is at the end of this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import torch
@@ -20,10 +22,15 @@ from torch import nn
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.kohya import by_name, register_kohya_reader
 from ..format.targets import TargetKind, register_targets
+from .adapters import Adapters
 from .capture import capture_cross_attention
-from .encoding import TextStates
-from .family import Conditioning, Family, Sink
+from .conditioning import Conditioning, Sink
+from .family import Family
+from .identity import Identity
+from .images import Images
+from .noise import Noise
 from .registry import register_family
+from .unet_text import UNetText
 
 CROSS_ATTENTION: Final = "attn2"
 PROJECTIONS: Final = ("to_k", "to_v")
@@ -45,24 +52,21 @@ _UP = re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
 _MID = re.compile(r"^mid_block\.attentions\.0\.(.+)$")
 
 
-class UNetFamily(Family):
-    """SD 1.x / 2.x / SDXL pipelines."""
+class UNetAdapters(Adapters):
+    """LoRA on the UNet's cross-attention keys and values."""
 
-    name = "unet"
     component = "unet"
     targets_kind = UNET_TARGETS
 
-    @classmethod
-    def claims(cls, pipe: Any) -> bool:
-        unet = getattr(pipe, "unet", None)
-        return unet is not None and any(n.endswith(TARGET_SUFFIXES) for n, _ in unet.named_modules())
-
-    # ------------------------------------------------------------------------------------ what a patch touches
     def targets(self) -> dict[str, nn.Linear]:
         return find_targets(self.denoiser)
 
+
+class UNetIdentity(Identity):
+    """SD 1.x/2.x/SDXL ModelSpec ids, and kohya names as sd-scripts writes them."""
+
     def architecture(self) -> str:
-        config = self.denoiser.config
+        config = self.family.adapters.denoiser.config
         if getattr(config, "addition_embed_type", None) == "text_time":
             return "stable-diffusion-xl-v1-base"
         if config.use_linear_projection:  # SD 2.x: linear in/out projections in the transformer blocks
@@ -114,108 +118,10 @@ class UNetFamily(Family):
             )
         return keys
 
-    # ----------------------------------------------------------------------------------------------- text
-    @property
-    def sdxl(self) -> bool:
-        return getattr(self.pipe, "text_encoder_2", None) is not None
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.pipe.tokenizer
+class UNetNoise(Noise):
+    """eps or v prediction, as the scheduler says; the scheduler's own noising."""
 
-    @torch.no_grad()
-    def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Conditioning:
-        """Encoder states (and, for SDXL, pooled embeddings and size ids) through the pipeline's ``encode_prompt``."""
-        pipe, device = self.pipe, self.device
-        parts: list[Conditioning] = []
-        for i in range(0, len(prompts), batch_size):
-            chunk = list(prompts[i : i + batch_size])
-            if self.sdxl:
-                embeds, _, pooled, _ = pipe.encode_prompt(
-                    prompt=chunk, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-                )
-                size = self.pixel_size()
-                time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype).repeat(
-                    len(chunk), 1
-                )
-                parts.append(Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}))
-            else:
-                embeds, _ = pipe.encode_prompt(chunk, device, 1, False)
-                parts.append(Conditioning(embeds))
-        out = parts[0]
-        for part in parts[1:]:
-            out = out.cat(part)
-        return out
-
-    def text_encoders(self) -> list[nn.Module]:
-        second = getattr(self.pipe, "text_encoder_2", None)
-        return [self.pipe.text_encoder] + ([second] if second is not None else [])
-
-    def text_states(self) -> TextStates:
-        if self.sdxl:
-            return TextStates(
-                self.pipe.tokenizer,
-                [
-                    (self.pipe.text_encoder, self.pipe.tokenizer, -2),
-                    (self.pipe.text_encoder_2, self.pipe.tokenizer_2, -2),
-                ],
-            )
-        return TextStates(self.pipe.tokenizer, [(self.pipe.text_encoder, self.pipe.tokenizer, None)])
-
-    def require_one_encoder(self, what: str) -> None:
-        if self.sdxl:
-            raise FmnPatchError(
-                f"{what} serves SD 1.x/2.x pipelines (one text encoder); for SDXL use --attack paraphrase"
-            )
-
-    def token_table(self) -> torch.Tensor:
-        self.require_one_encoder("textual inversion")
-        return self.pipe.text_encoder.get_input_embeddings().weight
-
-    @contextlib.contextmanager
-    def added_tokens(
-        self, names: Sequence[str], init: torch.Tensor | None = None, *, sparse: bool = False
-    ) -> Iterator[torch.Tensor]:
-        """Tokens are added to a copy of the tokenizer and a grown copy of the table; both are put back on exit."""
-        self.require_one_encoder("textual inversion")
-        pipe = self.pipe
-        tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-        original = encoder.get_input_embeddings()  # (V, d)
-        extended = copy.deepcopy(tokenizer)
-        if extended.add_tokens(list(names)) != len(names):
-            raise FmnPatchError(f"tokens {list(names)} already exist in the tokenizer; choose another name")
-        rows, dim = original.weight.shape
-        with torch.no_grad():  # the grown table, built without drawing from the global RNG
-            weight = original.weight.new_empty(len(extended), dim)
-            weight[:rows] = original.weight
-            weight[rows:] = init.to(weight) if init is not None else original.weight.mean(0)
-        table = torch.nn.Embedding(len(extended), dim, _weight=weight, sparse=sparse)
-        encoder.set_input_embeddings(table)
-        pipe.tokenizer = extended
-        try:
-            yield table.weight
-        finally:
-            pipe.tokenizer = tokenizer
-            encoder.set_input_embeddings(original)
-
-    @property
-    def expands_tokens(self) -> bool:
-        from diffusers.loaders import TextualInversionLoaderMixin
-
-        return isinstance(self.pipe, TextualInversionLoaderMixin)
-
-    def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
-        self.require_one_encoder("textual inversion")
-        ids = self.pipe.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.pipe.text_encoder.device)
-        return Conditioning(self.pipe.text_encoder(ids)[0])
-
-    # ------------------------------------------------------------------------------------------ denoising
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.pipe.scheduler.add_noise(x0, noise, t)
 
@@ -228,21 +134,31 @@ class UNetFamily(Family):
         kwargs: dict[str, Any] = {"encoder_hidden_states": cond.states}
         if cond.added is not None:
             kwargs["added_cond_kwargs"] = cond.added
-        return self.denoiser(x_t, t, **kwargs).sample
+        return self.family.adapters.denoiser(x_t, t, **kwargs).sample
 
     def capture_attention(self, sink: Sink) -> contextlib.AbstractContextManager[list[str]]:
-        return capture_cross_attention(self.denoiser, sink, CROSS_ATTENTION)
+        return capture_cross_attention(self.family.adapters.denoiser, sink, CROSS_ATTENTION)
 
-    # ------------------------------------------------------------------------------------------- images
+
+class UNetImages(Images):
     def pixel_size(self) -> int:
-        return int(self.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return int(self.family.adapters.denoiser.config.sample_size) * int(self.pipe.vae_scale_factor)
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((latents - shift) * vae.config.scaling_factor).float().cpu()
+
+class UNetFamily(Family):
+    """SD 1.x / 2.x / SDXL pipelines."""
+
+    name = "unet"
+    text_role = UNetText
+    noise_role = UNetNoise
+    images_role = UNetImages
+    adapters_role = UNetAdapters
+    identity_role = UNetIdentity
+
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        unet = getattr(pipe, "unet", None)
+        return unet is not None and any(n.endswith(TARGET_SUFFIXES) for n, _ in unet.named_modules())
 
 
 register_family(UNetFamily)

@@ -3,7 +3,7 @@
 Keys: ``<kohya name>.lora_down.weight`` (= A), ``.lora_up.weight`` (= B) and ``.alpha``; the loaders scale by
 alpha / rank, and since our alpha is folded into B the exported alpha equals the rank (scale 1). Which kohya name a
 module gets, and the ``ss_*`` keys the UIs read (``ss_base_model_version``, ``ss_v2``, ...), are the model family's
-knowledge (``Family.kohya_names``, ``Family.kohya_header``); this module lays the tensors out, writes both hashes
+knowledge (``Identity.kohya_names``, ``Identity.kohya_header``); this module lays the tensors out, writes both hashes
 of the exported tensors (the ModelSpec hash of its data and ``fmn_patch.tensor_hash``) and reads a kohya-form file
 back into a patch through the readers families register (``register_kohya_reader``).
 """

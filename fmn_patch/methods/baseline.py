@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
-from ..families.family import frozen
+from ..families.base import Base
+from ..families.grads import frozen
 from ..families.references import folder_latents, generated_latents
 from ..families.threads import sized_threads
 from .loop import LoopConfig, optimise
@@ -58,7 +58,7 @@ class FMNReport:
 
 @sized_threads
 def train_fmn_baseline(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[tuple[str, str]],
     config: FMNConfig | None = None,
     *,
@@ -69,14 +69,13 @@ def train_fmn_baseline(
 
     ``images``: a folder of reference images (one concept only); default: ``num_images`` drawn by the base.
     """
-    base = as_base(base)
     family = base.family
     config = config or FMNConfig()
     started = time.perf_counter()
-    denoiser = family.denoiser
+    denoiser = family.adapters.denoiser
     prompts = [TEMPLATES.get(category, TEMPLATES["object"]).format(name) for name, category in concepts]
-    placements = [family.place(p, name) for p, (name, _) in zip(prompts, concepts, strict=True)]
-    masks = torch.zeros(len(prompts), family.max_length)
+    placements = [family.text.place(p, name) for p, (name, _) in zip(prompts, concepts, strict=True)]
+    masks = torch.zeros(len(prompts), family.text.max_length)
     for i, pl in enumerate(placements):
         masks[i, list(pl.concept) + ([pl.eos] if config.use_eos else [])] = 1.0
     if images is not None:
@@ -90,8 +89,10 @@ def train_fmn_baseline(
             base, prompts, seeds, steps=config.image_steps, guidance=config.image_guidance
         )
         owner = torch.arange(len(prompts)).repeat_interleave(len(seeds))
-    cond = family.encode(prompts)
-    attention = tuple(f"{n.rsplit('.', 1)[0]}." for n in family.targets())  # the targets' attention layers
+    cond = family.text.encode(prompts)
+    attention = tuple(
+        f"{n.rsplit('.', 1)[0]}." for n in family.adapters.targets()
+    )  # the targets' attention layers
     maps: list[torch.Tensor] = []
 
     def sink(_name: str, probs: torch.Tensor) -> None:
@@ -100,14 +101,14 @@ def train_fmn_baseline(
     def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
         pick = torch.randint(len(latents), (config.batch_size,), generator=gen)
         idx = owner[pick]
-        x0 = latents[pick].to(family.device, family.dtype)
-        t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
-            family.device
+        x0 = latents[pick].to(family.adapters.device, family.adapters.dtype)
+        t = torch.randint(0, family.noise.num_train_timesteps, (config.batch_size,), generator=gen).to(
+            family.adapters.device
         )
-        x_t = family.add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), t)
+        x_t = family.noise.add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), t)
         maps.clear()
-        with family.capture_attention(sink):
-            family.denoise(x_t, t, cond.select(idx))  # the prediction itself is not used by FMN's loss
+        with family.noise.capture_attention(sink):
+            family.noise.denoise(x_t, t, cond.select(idx))  # the prediction itself is not used by FMN's loss
         return {"fmn": fmn_loss(maps, masks[idx].to(x_t.device))}
 
     was_training = denoiser.training

@@ -22,7 +22,6 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -30,7 +29,7 @@ from .. import values
 from ..concepts.bench import load_bench
 from ..concepts.prompts import BARE_TEMPLATES, preserve_prompts
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base
 from ..families.threads import sized_threads
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
@@ -123,7 +122,7 @@ def attribute_variants(concept: str, attribute: str, bench_name: str) -> list[st
 
 @sized_threads
 def correct_patch(
-    base: Base | Any,
+    base: Base,
     concept: str,
     variants: Sequence[str],
     config: CorrectConfig | None = None,
@@ -133,7 +132,6 @@ def correct_patch(
 ) -> Patch:
     """A patch after which prompts naming ``concept`` draw each of ``variants`` equally often, while the variants'
     own prompts and every other prompt keep their keys/values. ``base`` is left exactly as it was."""
-    base = as_base(base)
     config = config or CorrectConfig()
     concept = concept.strip()
     variants = [v.strip() for v in variants]
@@ -161,9 +159,9 @@ def correct_patch(
     keep = [p for p in preserve_prompts(bench, [], last=[*targets, *preserve]) if p not in corrected]
     family = base.family
     batch = TrainingSet(
-        concept=family.encode(prompts),
-        anchor=family.encode(targets),
-        masks=torch.zeros(len(prompts), family.max_length),
+        concept=family.text.encode(prompts),
+        anchor=family.text.encode(targets),
+        masks=torch.zeros(len(prompts), family.text.max_length),
         latents=latents,
         latent_prompt=latent_prompt,
         preserve=preserve_states(base, keep, latents),
@@ -191,4 +189,4 @@ def correct_patch(
             "loss_terms": report.parts,
         },
     )
-    return Patch(factors, info, family.component)
+    return Patch(factors, info, family.adapters.component)

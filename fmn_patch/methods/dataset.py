@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..concepts.prompts import split_neighbours
 from ..errors import FmnPatchError
 from ..families.base import Base
-from ..families.family import Conditioning
+from ..families.conditioning import Conditioning
 from ..families.references import folder_latents, generated_latents
 
 
@@ -64,7 +64,7 @@ def reference_latents(
     """Reference latents (L, C, h, w) and the prompt each belongs to (L,): a folder's images spread over the
     prompts in turn, or ``images_per_prompt`` drawn by the base for each prompt (cached). ``size``: the image side
     the latents are for, when below the base's: the latents are area-downsampled to it."""
-    pixels = base.family.pixel_size()
+    pixels = base.family.images.pixel_size()
     if images is not None:
         latents = smaller(folder_latents(base, images), pixels, size)
         return latents, torch.arange(len(latents)) % len(prompts)
@@ -76,26 +76,26 @@ def reference_latents(
 def concept_masks(base: Base, prompts: Sequence[str], words: Sequence[str], after: bool) -> torch.Tensor:
     """(P, T) 1 at each prompt's concept positions (and, with ``after``, the positions after it)."""
     family = base.family
-    masks = torch.zeros(len(prompts), family.max_length)
+    masks = torch.zeros(len(prompts), family.text.max_length)
     for i, (prompt, word) in enumerate(zip(prompts, words, strict=True)):
-        masks[i, list(family.place(prompt, word).positions(after=after))] = 1.0
+        masks[i, list(family.text.place(prompt, word).positions(after=after))] = 1.0
     return masks
 
 
 def preserve_states(
     base: Base, prompts: Sequence[str], latents: torch.Tensor | None = None, padding: bool | None = True
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """What the targets read for every token of every preserve prompt (``Family.preserve_inputs``): the text
+    """What the targets read for every token of every preserve prompt (``Noise.preserve_inputs``): the text
     states for a UNet; for an MMDiT the text stream at each block, recorded on ``latents`` noised at random.
     ``padding`` False: each prompt's rows BOS .. EOS only, as the closed-form edit preserves them (families with
     true-length text states; the others refuse in one line); None: False where the family has them, else True."""
     if padding:
-        return base.family.preserve_inputs(prompts, latents)
+        return base.family.noise.preserve_inputs(prompts, latents)
     try:
-        text = base.family.text_states()
+        text = base.family.text.text_states()
     except FmnPatchError:
         if padding is None:
-            return base.family.preserve_inputs(prompts, latents)
+            return base.family.noise.preserve_inputs(prompts, latents)
         raise FmnPatchError(
             f"preserve_padding=False reads each prompt's states at its true length, which {base.family.name} "
             "models do not have (their text stream depends on the image); leave preserve_padding True"
@@ -129,8 +129,8 @@ def encode_set(
     near_states = preserve_states(base, close, latents, padding) if close else None
     concepts = len(dict.fromkeys(words))  # distinct words; the textual-inversion stage corrects it
     return TrainingSet(
-        base.family.encode(prompts),
-        base.family.encode(anchors),
+        base.family.text.encode(prompts),
+        base.family.text.encode(anchors),
         masks,
         latents,
         latent_prompt,

@@ -72,7 +72,7 @@ def erase_prompts(concept: Concept, anchor: str, bench: Bench | None) -> Iterato
 
 @sized_threads
 def edit_patch(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[ConceptLike],
     anchor: str | Mapping[str, str] | None = None,
     preserve: Sequence[str] = (),
@@ -95,7 +95,7 @@ FACTORING: tuple[str, ...] = ("rank", "max_residual", "exact_svd")
 
 @sized_threads
 def edit_patches(
-    base: Base | Any,
+    base: Base,
     erase: Sequence[ConceptLike],
     anchor: str | Mapping[str, str] | None = None,
     preserve: Sequence[str] = (),
@@ -186,7 +186,7 @@ def _patch(
             "seconds": dict(report.seconds),
         },
     )
-    return Patch(factors, info, base.family.component)
+    return Patch(factors, info, base.family.adapters.component)
 
 
 def _preserve(
@@ -199,7 +199,7 @@ def _preserve(
 ) -> list[str]:
     """The default preserve set (empty prompt, anchors' prompts, other bench concepts, vocabulary) plus ``extra``;
     prompts whose tokens contain an erased concept's words (any name or alias) are left out."""
-    banned = [family.concept_ids(n) for c in concepts for n in c.names]
+    banned = [family.text.concept_ids(n) for c in concepts for n in c.names]
     anchor_prompts = [
         " ".join(fill(t, anchor).split())
         for c, anchor in zip(concepts, anchors, strict=True)
@@ -209,9 +209,9 @@ def _preserve(
         bench,
         concepts,
         first=anchor_prompts,
-        last=[*family.common_words(config.vocab_words), *extra],
+        last=[*family.text.common_words(config.vocab_words), *extra],
         bench_concepts=config.bench_preserve,
-        names=lambda p: any(find_subsequence(family.token_ids(p), sub) for sub in banned),
+        names=lambda p: any(find_subsequence(family.text.token_ids(p), sub) for sub in banned),
     )
 
 
@@ -223,9 +223,9 @@ def _bench(config: EditConfig, base: Base) -> Bench | None:
 def _check_anchor(family: Family, concept: Concept, anchor: str, bench: Bench | None) -> None:
     if not anchor.strip():
         return
-    ids = family.token_ids(anchor)
+    ids = family.text.token_ids(anchor)
     for name in concept.names:
-        if find_subsequence(ids, family.concept_ids(name)):
+        if find_subsequence(ids, family.text.concept_ids(name)):
             example = bench.anchor(concept.category) if bench is not None else ""
             raise FmnPatchError(
                 f"anchor {anchor!r} contains the concept {name!r} it should replace; give an anchor without it, "

@@ -110,10 +110,10 @@ class Editor:
     def __init__(self, base: Base, config: EditConfig) -> None:
         self.config = config
         self.family = base.family
-        self.text = self.family.text_states()
+        self.text = self.family.text.text_states()
         self.targets = {  # (out, in) float32 on the CPU, where the solve runs
             name: layer.weight.detach().to("cpu", torch.float32)
-            for name, layer in self.family.targets().items()
+            for name, layer in self.family.adapters.targets().items()
         }
         dims = {w.shape[1] for w in self.targets.values()}
         self.dim = self.text.encode(["a"], 0).shape[-1]
@@ -157,10 +157,10 @@ class Editor:
         self, prompt: str, words: str, ids: list[int], anchor_ids: list[int]
     ) -> list[tuple[int, int]] | None:
         try:
-            placement = self.family.place(prompt, words)
+            placement = self.family.text.place(prompt, words)
         except ConceptNotFoundError:
             return None
-        sub = self.family.concept_ids(words)
+        sub = self.family.text.concept_ids(words)
         start = min(placement.concept)
         pairs = align(ids, anchor_ids, start, len(sub))
         if pairs is None:

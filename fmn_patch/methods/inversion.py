@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from .. import values
 from ..families.base import Base
-from ..families.family import Family, frozen
+from ..families.family import Family
+from ..families.grads import frozen
 from ..families.threads import sized_threads
 from ..files import atomic_write
 from ..values import MAX_BATCH, MAX_STEPS
@@ -88,29 +89,29 @@ def learn_tokens(
     noise-prediction loss on ``config.template`` prompts, everything else frozen."""
     config = config or InversionConfig()
     family = base.family
-    family.require_one_encoder("textual inversion")
+    family.text.require_one_encoder("textual inversion")
     names = [token] + [f"{token}_{i}" for i in range(1, config.num_tokens)]
-    init_ids = list(family.token_ids(init_words)) or [family.tokenizer.eos_token_id]
+    init_ids = list(family.text.token_ids(init_words)) or [family.text.end_id]
     with torch.no_grad():
-        base_rows = family.token_table()[init_ids].mean(0)  # (d,)
+        base_rows = family.text.token_table()[init_ids].mean(0)  # (d,)
     init = base_rows.repeat(config.num_tokens, 1)
     prompt = config.template.format(" ".join(names))
     with (
-        frozen(family.denoiser, *family.text_encoders()),
+        frozen(family.adapters.denoiser, *family.text.text_encoders()),
         learnable_rows(family, names, init) as (vectors, write),
     ):
 
         def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
             pick = torch.randint(len(latents), (config.batch_size,), generator=gen)
-            x0 = latents[pick].to(family.device, family.dtype)
-            t = torch.randint(0, family.num_train_timesteps, (config.batch_size,), generator=gen).to(
-                family.device
+            x0 = latents[pick].to(family.adapters.device, family.adapters.dtype)
+            t = torch.randint(0, family.noise.num_train_timesteps, (config.batch_size,), generator=gen).to(
+                family.adapters.device
             )
             noise = torch.randn(x0.shape, generator=gen).to(x0)
             with torch.enable_grad():
-                cond = family.encode_with_grad([prompt] * config.batch_size)
-                pred = family.denoise(family.add_noise(x0, noise, t), t, cond)
-                return {"denoise": F.mse_loss(pred.float(), family.target(x0, noise, t).float())}
+                cond = family.text.encode_with_grad([prompt] * config.batch_size)
+                pred = family.noise.denoise(family.noise.add_noise(x0, noise, t), t, cond)
+                return {"denoise": F.mse_loss(pred.float(), family.noise.target(x0, noise, t).float())}
 
         def decay_and_write() -> None:
             with torch.no_grad():  # AdamW's decay, on the new rows alone
@@ -126,7 +127,7 @@ def learn_tokens(
             hint="lower the inversion learning rate",
         )
         report = optimise([vectors], step, loop, after_step=decay_and_write, progress=progress)
-        learned = vectors.detach().to(family.token_table().dtype).clone()
+        learned = vectors.detach().to(family.text.token_table().dtype).clone()
     return LearnedTokens(token, learned, report.losses)
 
 
@@ -142,7 +143,7 @@ def learnable_rows(
     optimiser steps float32 copies: AdamW on a half-precision table divides the zero moments of every untouched
     row by an eps that rounds to 0 (NaN)."""
     count = len(names)
-    with family.added_tokens(list(names), init, sparse=True) as weight:
+    with family.text.added_tokens(list(names), init, sparse=True) as weight:
         first = weight.shape[0] - count
         vectors = weight.detach()[first:].float().clone().requires_grad_(True)
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..concepts.prompts import ConceptPlan, substitute
-from ..families.family import Conditioning, frozen
+from ..families.conditioning import Conditioning
+from ..families.grads import frozen
 from .inversion import LearnedTokens, learnable_rows
 from .loop import LoopConfig, optimise
 from .lora import LoraSession
@@ -35,12 +36,12 @@ def kv_inversion(
     ``plan.prompts``, through the session's patched targets, match the base's keys/values of ``reference``: the
     concept's own prompts encoded by the base (P, T, D), position for position."""
     family = session.base.family
-    count = max(1, len(family.token_ids(plan.concept.name)))
+    count = max(1, len(family.text.token_ids(plan.concept.name)))
     names = [token] + [f"{token}_{i}" for i in range(1, count)]
-    init_ids = list(family.token_ids(init_words)) or [family.tokenizer.eos_token_id]
+    init_ids = list(family.text.token_ids(init_words)) or [family.text.end_id]
     states = reference.states  # (P, T, D)
     with torch.no_grad():
-        init = family.token_table()[init_ids].mean(0).repeat(count, 1)
+        init = family.text.token_table()[init_ids].mean(0).repeat(count, 1)
         # each target's scale over all prompts, one target at a time; a step computes its prompt's own targets
         # rather than keeping every target's (P, T, out) for the whole attack
         scales = {
@@ -49,14 +50,14 @@ def kv_inversion(
         }
     prompts = [substitute(p, plan.concept.name, " ".join(names)) for p in plan.prompts]
     with (
-        frozen(family.denoiser, *family.text_encoders()),
+        frozen(family.adapters.denoiser, *family.text.text_encoders()),
         learnable_rows(family, names, init) as (vectors, write),
     ):
 
         def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
             i = int(torch.randint(len(prompts), (1,), generator=gen))
             with torch.enable_grad():
-                mine = family.encode_with_grad([prompts[i]]).states  # (1, T, D)
+                mine = family.text.encode_with_grad([prompts[i]]).states  # (1, T, D)
                 losses = [
                     F.mse_loss(m(mine).float(), _base_output(m, states[i : i + 1])) / scales[n]
                     for n, m in session.modules.items()
@@ -65,7 +66,7 @@ def kv_inversion(
 
         loop = LoopConfig(steps=steps, lr=lr, seed=seed, max_grad_norm=None, desc="key/value inversion")
         report = optimise([vectors], step, loop, after_step=write, progress=False)
-        learned = vectors.detach().to(family.token_table().dtype).clone()
+        learned = vectors.detach().to(family.text.token_table().dtype).clone()
     return LearnedTokens(token, learned, report.losses)
 
 

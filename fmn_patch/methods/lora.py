@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import FmnPatchError
 from ..families.base import Base
-from ..families.family import frozen
+from ..families.grads import frozen
 
 ADAPTER = "fmn_train"
 FactorMap = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -37,7 +37,7 @@ class LoraSession:
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
         """Within the block the denoiser runs without any adapter: the base model's own prediction."""
-        denoiser: Any = self.base.family.denoiser
+        denoiser: Any = self.base.family.adapters.denoiser
         denoiser.disable_adapters()
         try:
             yield
@@ -65,7 +65,7 @@ class LoraSession:
         """The trained factors as (A, B) copies, alpha folded into B."""
         from peft import get_peft_model_state_dict
 
-        denoiser: Any = self.base.family.denoiser
+        denoiser: Any = self.base.family.adapters.denoiser
         config = denoiser.peft_config[ADAPTER]
         scale = config.lora_alpha / config.r
         state = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER)
@@ -82,7 +82,7 @@ class LoraSession:
 def check_rank(base: Base, rank: int) -> None:
     """Refuse a LoRA rank above min(in, out) of the narrowest target: the extra rank cannot change anything and
     only costs time and memory."""
-    shapes = base.family.target_shapes()
+    shapes = base.family.adapters.target_shapes()
     most = min((min(shape) for shape in shapes.values()), default=rank)
     if rank > most:
         raise FmnPatchError(
@@ -100,14 +100,14 @@ def lora_adapter(
 
     check_rank(base, rank)
     family = base.family
-    denoiser: Any = family.denoiser
-    active = family.active_adapters()
+    denoiser: Any = family.adapters.denoiser
+    active = family.adapters.active_adapters()
     was_training = denoiser.training
-    if ADAPTER in family.adapter_names():
-        family.delete_adapters([ADAPTER])
+    if ADAPTER in family.adapters.adapter_names():
+        family.adapters.delete_adapters([ADAPTER])
     with frozen(denoiser):
         config = LoraConfig(
-            r=rank, lora_alpha=rank, target_modules=family.targets_kind.regex, init_lora_weights=True
+            r=rank, lora_alpha=rank, target_modules=family.adapters.targets_kind.regex, init_lora_weights=True
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # peft draws lora_A from the global RNG: seeded here, restored after
@@ -126,12 +126,12 @@ def lora_adapter(
             modules = {
                 n: m
                 for n, m in denoiser.named_modules()
-                if family.is_target(n) and hasattr(m, "get_base_layer")
+                if family.adapters.is_target(n) and hasattr(m, "get_base_layer")
             }
             if (
                 not train_values
             ):  # an ablation: the value projections (the kind's last projection) stay at start
-                value = "." + family.targets_kind.projections[-1]
+                value = "." + family.adapters.targets_kind.projections[-1]
                 for name, layer in modules.items():
                     if name.endswith(value):
                         for p_name, p in layer.named_parameters():
@@ -142,8 +142,8 @@ def lora_adapter(
             yield LoraSession(base, modules, params)
         finally:
             denoiser.train(was_training)
-            family.delete_adapters([ADAPTER])
-            family.activate([n for n in active if n in family.adapter_names()])
+            family.adapters.delete_adapters([ADAPTER])
+            family.adapters.activate([n for n in active if n in family.adapters.adapter_names()])
 
 
 def preservation_loss(

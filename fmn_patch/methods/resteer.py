@@ -78,7 +78,7 @@ __all__ = [
 
 @sized_threads
 def train_patch(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[ConceptLike],
     config: TrainConfig | None = None,
     *,
@@ -99,7 +99,7 @@ def train_patch(
 
 @sized_threads
 def train_patch_with_inversion(
-    base: Base | Any,
+    base: Base,
     concepts: Sequence[ConceptLike],
     config: TrainConfig | None = None,
     inversion: InversionConfig | None = None,
@@ -196,7 +196,7 @@ def _train(
         },
         extra=extra,
     )
-    return Patch(factors, info, base.family.component), learned
+    return Patch(factors, info, base.family.adapters.component), learned
 
 
 # --------------------------------------------------------------------------------------------- preparation
@@ -223,7 +223,7 @@ def prepare(
     )
     family = base.family
     erased = [pl.concept for pl in plans]
-    banned = [family.concept_ids(w) for c in erased for w in c.names]
+    banned = [family.text.concept_ids(w) for c in erased for w in c.names]
     keep = preserve_prompts(
         bench, erased, last=[*config.preserve_extra, *anchors], names=lambda p: _names_any(family, p, banned)
     )
@@ -246,7 +246,7 @@ def prepare(
         for k, pl in enumerate(plans)
     ]
     names = [n for t in learned for n in t.names]
-    with family.added_tokens(names, torch.cat([t.embeddings for t in learned])):
+    with family.text.added_tokens(names, torch.cat([t.embeddings for t in learned])):
         # The pipeline's encode_prompt expands "<t>" into "<t> <t>_1 ..." itself (diffusers' multi-vector
         # convention), so the prompts name the first token only; the masks read the expanded prompts.
         ti_prompts = [
@@ -279,7 +279,7 @@ def _names_any(family: Any, prompt: str, banned: list[tuple[int, ...]]) -> bool:
     """Whether ``prompt``'s tokens contain one of the ``banned`` token sequences."""
     from ..families.tokens import find_subsequence
 
-    ids = family.token_ids(prompt)
+    ids = family.text.token_ids(prompt)
     return any(find_subsequence(ids, sub) for sub in banned)
 
 

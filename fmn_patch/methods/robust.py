@@ -19,7 +19,7 @@ import torch
 from ..concepts.prompts import ConceptPlan, substitute
 from ..families.base import Base
 from ..families.checkpointing import gradient_checkpointing
-from ..families.family import Conditioning
+from ..families.conditioning import Conditioning
 from ..families.stack import apply_patches, remove_patches
 from ..format.header import PatchInfo
 from ..format.patch import Patch
@@ -71,7 +71,8 @@ def robust_rounds(
             factors = dict(fresh)
             if attack == "inversion":
                 names = apply_patches(
-                    base, [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.component)]
+                    base,
+                    [Patch(fresh, PatchInfo(architecture=base.architecture), base.family.adapters.component)],
                 )
                 tick = time.perf_counter()
                 try:
@@ -165,8 +166,10 @@ def encode_attacked(
     prompts = [p for pl in plans for p in pl.prompts]
     words = [found[k].words for k in owner]
     family = base.family
-    with family.added_tokens([n for t in found for n in t.names], torch.cat([t.embeddings for t in found])):
+    with family.text.added_tokens(
+        [n for t in found for n in t.names], torch.cat([t.embeddings for t in found])
+    ):
         attacked = [
             substitute(p, plans[k].concept.name, w) for p, k, w in zip(prompts, owner, words, strict=True)
         ]
-        return family.encode(attacked), concept_masks(base, attacked, words, after)
+        return family.text.encode(attacked), concept_masks(base, attacked, words, after)

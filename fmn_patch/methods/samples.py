@@ -46,10 +46,10 @@ class Samples:
 def draw(family: Family, batch: TrainingSet, count: int, gen: torch.Generator) -> Samples:
     """``count`` samples: reference latents picked at random, noised at t ~ U[0, T) with fresh noise."""
     pick = torch.randint(len(batch.latents), (count,), generator=gen)
-    x0 = batch.latents[pick].to(family.device, family.dtype)
-    t = torch.randint(0, family.num_train_timesteps, (count,), generator=gen).to(family.device)
+    x0 = batch.latents[pick].to(family.adapters.device, family.adapters.dtype)
+    t = torch.randint(0, family.noise.num_train_timesteps, (count,), generator=gen).to(family.adapters.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0)
-    return Samples(batch.latent_prompt[pick], family.add_noise(x0, noise, t), t)
+    return Samples(batch.latent_prompt[pick], family.noise.add_noise(x0, noise, t), t)
 
 
 @torch.no_grad()
@@ -68,7 +68,9 @@ def guided_targets(
         s = samples.select(slice(i, i + chunk))
         with session.disabled():
             both = batch.concept.select(s.prompt).cat(batch.anchor.select(s.prompt))
-            eps_c, eps_a = family.denoise(torch.cat([s.x_t, s.x_t]), torch.cat([s.t, s.t]), both).chunk(2)
+            eps_c, eps_a = family.noise.denoise(torch.cat([s.x_t, s.x_t]), torch.cat([s.t, s.t]), both).chunk(
+                2
+            )
         eta = batch.eta[s.prompt].to(eps_c).view(-1, *[1] * (eps_c.ndim - 1))
         parts.append(guided_target(eps_c, eps_a, eta))
         if on_chunk is not None:

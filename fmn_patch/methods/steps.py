@@ -83,7 +83,7 @@ def run_steps(
         maps.clear()
         recording[0] = config.resteer_weight > 0
         try:
-            pred = family.denoise(s.x_t, s.t, cond)
+            pred = family.noise.denoise(s.x_t, s.t, cond)
         finally:
             recording[0] = False
         if config.resteer_weight > 0:
@@ -125,7 +125,7 @@ def run_steps(
     )
     # The capture stays on through backward (a checkpointed forward is recomputed there, with the same processors);
     # without re-steering the denoiser keeps its fast attention everywhere (concept correction).
-    capture = family.capture_attention(sink) if config.resteer_weight > 0 else contextlib.nullcontext()
+    capture = family.noise.capture_attention(sink) if config.resteer_weight > 0 else contextlib.nullcontext()
     with gradient_checkpointing(family, config.checkpointing), capture:
         report = optimise(session.params, step, loop, weights=weights, progress=progress)
     if pool is not None:
