@@ -127,7 +127,14 @@ def test_robust_train_holds_against_concept_inversion(world, concept):
 
 
 @pytest.mark.parametrize(
-    "concept", ["circle", pytest.param("bob", marks=short_of("bob left in 17% of images (alias 12.5%)"))]
+    "concept",
+    [
+        "circle",
+        pytest.param(
+            "bob",
+            marks=short_of("bob erased, kept 96.5% of base (bar 97%): its neighbour zokan goes with it"),
+        ),
+    ],
 )
 def test_edit_one_concept_meets_the_bar(world, concept):
     score, kept = _scored(world, edit_patch(world[0], [concept]), [concept])
@@ -135,7 +142,6 @@ def test_edit_one_concept_meets_the_bar(world, concept):
     assert kept >= 0.97
 
 
-@short_of("cross left in 12.5% of images (3 of 24)")
 def test_edit_six_of_v1s_concepts_but_star_meets_the_bar(world):
     base = world[3]
     erased = ["circle", "square", "triangle", "cross", "bob", "alice"]
