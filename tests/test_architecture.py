@@ -132,10 +132,18 @@ def test_the_page_calls_only_the_public_api(path: Path):
         )
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+#: Every Python file of the repository: the package, its tests, the benches, the examples and the patch builder.
+REPO_FILES = sorted(
+    f
+    for part in ("fmn_patch", "tests", "bench", "examples", "patches")
+    for f in (ROOT.parent / part).rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("path", REPO_FILES, ids=lambda p: str(p.relative_to(ROOT.parent)))
 def test_no_file_over_the_limit(path: Path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it along its seams"
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT.parent)} has {lines} lines; split it along its seams"
 
 
 #: Pipeline attributes only ``families/`` may read: denoisers, tokenizers, text encoders, attention processors.
@@ -277,6 +285,38 @@ def test_each_package_imports_as_a_tree():
                     seen.add(nxt)
                     stack.append((nxt, [*trail, nxt]))
     assert not cycles, cycles[:5]
+
+
+def import_graph() -> str:
+    """Each package's modules and the modules of the same package each imports when it runs, one line a module
+    (packages' ``__init__`` left out: they re-export), as ARCHITECTURE.md draws it."""
+    paths = {_module(p): p for p in FILES if p.name != "__init__.py"}
+    lines = []
+    for package in sorted({m.rsplit(".", 1)[0] for m in paths}):
+        lines.append(f"{package.removeprefix('fmn_patch.')}/")
+        for module in sorted(m for m in paths if m.rsplit(".", 1)[0] == package):
+            own = sorted(
+                t.rsplit(".", 1)[1]
+                for t in _runtime_imports(paths[module], set(paths))
+                if t != module and t.rsplit(".", 1)[0] == package
+            )
+            name = module.rsplit(".", 1)[1]
+            lines.append(f"  {name} -> {', '.join(own)}" if own else f"  {name}")
+    return "\n".join(lines)
+
+
+def test_architecture_md_draws_the_import_graph_as_it_is():
+    """ARCHITECTURE.md's "Import graph" block is the graph the code has (regenerate it from the message)."""
+    text = (ROOT.parent / "ARCHITECTURE.md").read_text()
+    start, end = (
+        "<!-- import graph: tests/test_architecture.py -->\n```\n",
+        "\n```\n<!-- end of import graph -->",
+    )
+    assert start in text and end in text, "ARCHITECTURE.md has lost its import-graph block"
+    drawn = text[text.index(start) + len(start) : text.index(end)]
+    assert drawn == import_graph(), (
+        "ARCHITECTURE.md's import graph is stale; the graph now:\n" + import_graph()
+    )
 
 
 def test_the_methods_package_names_each_of_its_modules():
