@@ -78,7 +78,7 @@ def write_markdown() -> None:
     from toy_v2_pilot import pilot_section  # bench/toy_v2_pilot.py: a pilot v2 model, concept by concept
 
     lines += pilot_section(read_result, provenance_line)
-    from mass_erasure import mass_erasure_section  # bench/mass_erasure.py: N identities at once, every method
+    from mass_erasure_report import mass_erasure_section  # bench/mass_erasure.py: N identities at once
 
     lines += mass_erasure_section(read_result, provenance_line)
     from neighbour_weight import neighbour_section  # bench/neighbour_weight.py: keeping neighbours
