@@ -31,15 +31,16 @@ import random
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import RESULTS, machine, percent
+from mass_erasure_methods import REGISTRY, World, edit_variant
+from mass_erasure_report import NAME
+from record import RESULTS, machine
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -49,122 +50,14 @@ from fmn_patch.concepts.bench import Bench, load_bench
 from fmn_patch.concepts.bench import bench_path as concept_bench_path
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
 from fmn_patch.files import atomic_write
-from fmn_patch.format import Patch
-from fmn_patch.methods.baseline import FMNConfig, train_fmn_baseline
-from fmn_patch.methods.edit import EditConfig, edit_patch
-from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.methods.edit import EditConfig
 from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
 
-NAME = "mass_erasure"
 SIZES = (1, 5, 10, 25, 50)
 METHODS = ("edit", "train", "fmn", "uce", "speed", "mace")
 #: The goals of issue 26 at N = 50, in the same run.
 GOALS = {"acc_erased": 0.05, "acc_erased_max": 0.10, "neighbours_kept": 0.90, "kept_ratio": 0.95}
-
-
-@dataclass(frozen=True)
-class World:
-    """What every run shares: the base's folder, its bench and judge, the sampler and the base's scores."""
-
-    pipeline: str
-    bench: Bench
-    bench_path: str
-    judge: ToyJudge
-    sampler: SamplerConfig
-    base: dict[str, float]  # the base's accuracy on every concept
-    neighbours: dict[str, list[str]]
-
-
-#: A method: (world, erased names) -> (a model that forgets them, the patch or None, seconds).
-Method = Callable[[World, list[str]], tuple[Any, Patch | None, float]]
-
-
-def _timed(make: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    made = make()
-    return made, time.perf_counter() - started
-
-
-def _patched(world: World, make: Callable[[Any], Patch]) -> tuple[Any, Patch | None, float]:
-    base = load_base(world.pipeline)
-    patch, seconds = _timed(lambda: make(base))
-    return base, patch, seconds
-
-
-def edit(
-    world: World, names: list[str], erase_weight: float | None = None
-) -> tuple[Any, Patch | None, float]:
-    weight: dict[str, Any] = {} if erase_weight is None else {"erase_weight": erase_weight}
-    config = EditConfig(bench=world.bench_path, **weight)
-    return _patched(world, lambda base: edit_patch(base, names, config=config))
-
-
-def edit_variant(weight: float) -> tuple[str, Method]:
-    """`--erase-weights`: the edit at another erase weight, a method of its own name (``edit w=1.41``)."""
-    return f"edit w={weight:g}", lambda world, names: edit(world, names, erase_weight=weight)
-
-
-def train(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    config = TrainConfig(bench=world.bench_path)
-    return _patched(world, lambda base: train_patch(base, names, config, progress=False))
-
-
-def fmn(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    base = load_base(world.pipeline)  # trained in place: a fresh copy each run
-    pairs = [(n, world.bench.concept(n).category) for n in names]
-    report = train_fmn_baseline(base, pairs, FMNConfig(), progress=False)
-    return base, None, report.seconds
-
-
-def uce(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    from peers.uce import uce_patch
-
-    anchor = world.bench.anchors["identity"]
-    preserve = [c.name for c in world.bench.concepts if c.name not in names]
-    return _patched(world, lambda base: uce_patch(base, names, anchor, preserve))
-
-
-def speed(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    from peers.speed import MULTI_CONCEPT, SpeedConfig, speed_patch
-
-    anchor = world.bench.anchors["identity"]
-    preserve = [c.name for c in world.bench.concepts if c.name not in names]
-    config = MULTI_CONCEPT if len(names) > 1 else SpeedConfig()  # SPEED's README: its multi-concept settings
-    return _patched(world, lambda base: speed_patch(base, names, anchor, preserve, config))
-
-
-def mace(world: World, names: list[str]) -> tuple[Any, Patch | None, float]:
-    from peers.mace import for_concepts, mace_patch
-    from peers.mace_toy import toy_captions, toy_references, toy_templates
-
-    from fmn_patch.toy.world import NAME as WORLD
-
-    # the toy's world: its training config's "world" (the toy world's when it names none); mace_toy refuses any other
-    trained = Path(world.pipeline) / "training.json"
-    record = json.loads(trained.read_text()) if trained.is_file() else {}
-    version = record.get("config", {}).get("world", WORLD)
-    category = {n: world.bench.concept(n).category for n in names}
-    anchors = [world.bench.anchor(category[n]) for n in names]
-    preserve = [c.name for c in world.bench.concepts if c.name not in names]
-
-    def make(base: Any) -> Patch:  # MACE's data preparation (renders, masks, captions) counts in its time
-        refs = {n: toy_references(n, category[n], version, seed=i) for i, n in enumerate(names)}
-        templates = {n: toy_templates(world.bench, category[n]) for n in names}
-        config = for_concepts(len(names))  # the celebrity config's preserve_weight for this N
-        return mace_patch(base, names, anchors, refs, preserve, toy_captions(version), templates, config)
-
-    return _patched(world, make)
-
-
-REGISTRY: dict[str, Method] = {
-    "edit": edit,
-    "train": train,
-    "fmn": fmn,
-    "uce": uce,
-    "speed": speed,
-    "mace": mace,
-}
 
 
 def draws(bench: Bench, size: int, count: int) -> list[list[str]]:
@@ -445,62 +338,6 @@ def main(argv: list[str] | None = None) -> None:
     write_result(args, result, earlier)
     if args.results == RESULTS:
         write_markdown()
-
-
-def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:
-    """BENCHMARKS.md's section: one row per method and N, means over the draws."""
-    record = read(NAME)
-    if not record:
-        return []
-    res = record["result"]
-
-    lines = [
-        "## Mass erasure on ConceptBench-toy v2",
-        "",
-        "N identities erased by one patch (`bench/mass_erasure.py`), the same seeded draws for every method; means "
-        f"over {max((r['draws'] for r in res['summary']), default=0)} draws (max: over them). Kept: neighbours "
-        "(one attribute from an erased identity), other identities, objects, styles, and all of them as a ratio "
-        "to the base; H: harmonic mean of 1 - Acc_erased and Acc_kept. Goals at N = 50: erased <= 5% (max <= "
-        "10%), neighbours >= 90%, kept >= 95% of base.",
-        "",
-        "| N | method | erased | max | alias | neighbours | others | objects | styles | kept / base | H | "
-        "size | time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    runs = record.get("runs") or [record["meta"]]
-    made_in = {(r["method"], r["n"]): r.get("run", 0) for r in res["rows"]}
-    for r in res["summary"]:
-        size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
-        mark = f" ({made_in[(r['method'], r['n'])] + 1})" if len(runs) > 1 else ""
-        lines.append(
-            f"| {r['n']} | {r['method']}{mark} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
-            f"{percent(r.get('alias'))} | {percent(r['neighbours_kept'])} | {percent(r['others_kept'])} | "
-            f"{percent(r['objects_kept'])} | {percent(r['styles_kept'])} | {percent(r['kept_ratio'])} | "
-            f"{r['h_score']:.3f} | {size} | {r['seconds']:.1f} s |"
-        )
-    if len(runs) > 1:
-        lines += [""] + [f"- ({k}) " + provenance({"meta": meta}) for k, meta in enumerate(runs, 1)] + [""]
-    else:
-        lines += ["", "- " + provenance(record), ""]
-    curve = res.get("rank_curve")
-    if curve:
-        lines += [
-            f"`edit` of the first N = {curve['concepts']} draw at each rank: the relative residual of the "
-            "factored delta (over all layers / the worst layer), and the patch size; `auto` picks each layer's "
-            "smallest rank within its target.",
-            "",
-            "| rank | residual | worst layer | ranks (min/median/max) | size |",
-            "|---|---|---|---|---|",
-        ]
-        for row in [*curve["fixed"], *curve["auto"]]:
-            rank = row["rank"] if row["rank"] != "auto" else f"auto ({row.get('max_residual', '')})"
-            spread = row["ranks"]
-            lines.append(
-                f"| {rank} | {row['residual']:.3f} | {row['worst']:.3f} | "
-                f"{spread['min']}/{spread['median']}/{spread['max']} | {row['bytes'] / 1024:.0f} kB |"
-            )
-        lines.append("")
-    return lines
 
 
 if __name__ == "__main__":

@@ -5,167 +5,54 @@ Every case runs the real CLI in this process on the bundled toy model, loaded on
 ``--bench none``: a tenth of a second a patch). A damaged folder is a finished run's folder with one thing changed;
 the resume either makes the damaged concept again (one ``making ... again`` line each, and the folder ends equal to
 an undamaged run's, bit for bit) or refuses in one line with nothing changed. Never is a wrong patch kept.
+
+This module: damaged folders. Interrupted runs are in test_fault_batch_interrupts, names files and bases in
+test_fault_batch_inputs; the run, its fixtures and checks in batch_runs.
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import safetensors.torch
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from batch_runs import (  # noqa: F401  (the fixtures)
+    NAMES,
+    RUNS_THE_CLI,
+    A,
+    B,
+    again_lines,
+    append_raw,
+    assert_as_reference,
+    cli,
+    done,
+    edit_each,
+    lines_of,
+    names,
+    one_error,
+    patch_file,
+    reference,
+    snapshot,
+    stale_temp,
+    toy,
+    work,
+)
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fmn_patch.cli.edit
-import fmn_patch.cli.train
-import fmn_patch.files
-from fmn_patch.cli.app import main
-from fmn_patch.families.base import load_base
 from fmn_patch.families.export import export_kohya
-from fmn_patch.files import TMP_TAG, read_lines, temp_path
 from fmn_patch.format import Patch
 from fmn_patch.format.header import read_file
 from fmn_patch.methods.each import MANIFEST, finished, patch_name
 
-NAMES = ("circle", "square", "bob")
-A, B = "circle", "square"  # B is the concept a case damages; A another one
-EDIT = ("--bench", "none", "--category", "object", "--rank", "2")
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """One CLI run in this process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as e:
-        main(list(args))
-    return int(e.value.code or 0), out.getvalue(), err.getvalue()
-
-
-def edit_each(names: Path, folder: Path, *extra: str) -> tuple[int, str, str]:
-    return cli("edit", "--from-file", str(names), "--each", "-o", str(folder), "--base", "toy", *EDIT, *extra)
-
-
-@pytest.fixture(scope="module")
-def toy() -> Iterator[object]:
-    """The toy base, loaded once: the commands get this one for ``--base toy`` (any other is loaded as usual)."""
-    base = load_base("toy")
-    real = load_base
-
-    def loader(ref: str, **kwargs: object) -> object:
-        return base if ref == "toy" else real(ref, **kwargs)  # type: ignore[arg-type]
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(fmn_patch.cli.edit, "load_base", loader)
-        m.setattr(fmn_patch.cli.train, "load_base", loader)
-        yield base
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("batch")
-
-
-@pytest.fixture(scope="module")
-def names(work: Path) -> Path:
-    path = work / "names.txt"
-    path.write_text("\n".join(NAMES) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(toy: object, work: Path, names: Path) -> Path:
-    """One uninterrupted run: what every damaged, interrupted and resumed folder must end as."""
-    folder = work / "reference"
-    code, _, err = edit_each(names, folder)
-    assert code == 0, err
-    return folder
-
-
-@pytest.fixture
-def done(reference: Path, tmp_path: Path) -> Path:
-    """A copy of the finished run's folder, to damage."""
-    folder = tmp_path / "out"
-    shutil.copytree(reference, folder)
-    return folder
-
-
-# ------------------------------------------------------------------------------------------------ checks
-def same_patch(a: Path, b: Path) -> None:
-    """The same tensors bit for bit, and the same header but for the date and the timings."""
-    (ha, ta), (hb, tb) = read_file(a), read_file(b)
-    assert ta.keys() == tb.keys()
-    assert all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
-    ea, eb = json.loads(ha.pop("fmn_patch.extra")), json.loads(hb.pop("fmn_patch.extra"))
-    for header in (ha, hb):
-        header.pop("modelspec.date")
-    assert ha == hb and untimed(ea) == untimed(eb)
-
-
-def untimed(value: object) -> object:
-    """A header value without its clock readings (keys that name seconds)."""
-    if isinstance(value, dict):
-        return {k: untimed(v) for k, v in value.items() if "seconds" not in k}
-    return value
-
-
-def leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if TMP_TAG in p.name or p.name.endswith(".fmnpatch-probe")]
-
-
-def assert_as_reference(folder: Path, reference: Path) -> None:
-    made = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
-    assert made == sorted(p.name for p in reference.iterdir() if p.suffix == ".safetensors")
-    for name in made:
-        same_patch(folder / name, reference / name)
-    assert finished(folder) == set(NAMES)
-    assert leftovers(folder) == []
-
-
-def snapshot(folder: Path) -> dict[str, object]:
-    """Every entry of the folder: a file's bytes, else its kind (a FIFO is never opened)."""
-    out: dict[str, object] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_symlink():
-            out[str(p)] = ("link", os.readlink(p))
-        elif p.is_file():
-            out[str(p)] = p.read_bytes()
-        else:
-            out[str(p)] = "dir" if p.is_dir() else "other"
-    return out
-
-
-def one_error(code: int, out: str, err: str, needle: str = "") -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and out == "" and "Traceback" not in err, err[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("fmnpatch: error: "), err[-2000:]
-    assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def again_lines(err: str) -> set[str]:
-    """The concepts a resume said it makes again."""
-    said = [line for line in err.splitlines() if " again: " in line]
-    concepts = {line.split("'")[1] for line in said}
-    assert len(concepts) == len(said), said  # one line per concept
-    return concepts
-
 
 # ------------------------------------------------------------------------------------------ the manifest
-def lines_of(folder: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines() if line.strip()]
-
-
 def write_lines(folder: Path, lines: list[dict[str, object]]) -> None:
     (folder / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in lines))
 
@@ -183,14 +70,6 @@ def change_line(of: str, **changes: object) -> Callable[[Path], None]:
                     else:
                         entry[key] = value
         write_lines(folder, lines)
-
-    return mutate
-
-
-def append_raw(data: bytes) -> Callable[[Path], None]:
-    def mutate(folder: Path) -> None:
-        with (folder / MANIFEST).open("ab") as f:
-            f.write(data)
 
     return mutate
 
@@ -214,10 +93,6 @@ def all_lines(**changes: object) -> Callable[[Path], None]:
 
 
 # ----------------------------------------------------------------------------------------------- the files
-def patch_file(folder: Path, concept: str) -> Path:
-    return folder / patch_name(concept)
-
-
 def replace_file(concept: str, data: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def mutate(folder: Path) -> None:
         path = patch_file(folder, concept)
@@ -267,23 +142,6 @@ def kind_of_file(make: Callable[[Path], None]) -> Callable[[Path], None]:
 def as_kohya(folder: Path) -> None:
     path = patch_file(folder, B)
     export_kohya(Patch.load(path), path, overwrite=True)
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", ""])
-    child.wait()
-    return child.pid
-
-
-def stale_temp(name: str) -> Callable[[Path], None]:
-    """What a run killed while writing ``name`` leaves: its temp file, named for a process that is gone."""
-
-    def mutate(folder: Path) -> None:
-        tmp = temp_path(folder / name)
-        tmp = tmp.with_name(tmp.name.replace(f"-{os.getpid()}.", f"-{dead_pid()}."))
-        tmp.write_bytes(b"half a patch")
-
-    return mutate
 
 
 def symlink_to_reference(folder: Path) -> None:
@@ -464,15 +322,6 @@ def test_a_manifest_of_other_options_another_method_or_another_base_is_refused(t
     assert snapshot(other) == before
 
 
-NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # each example runs the CLI: no slow shrinking
-RUNS_THE_CLI: dict[str, Any] = dict(
-    deadline=None,
-    derandomize=True,
-    phases=NO_SHRINK,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
 @settings(max_examples=25, **RUNS_THE_CLI)
 @given(
     edits=st.lists(
@@ -510,286 +359,3 @@ def test_any_byte_changed_is_made_again_or_refused_never_kept(toy, work, names, 
     else:
         assert code == 0, err[-2000:]
         assert_as_reference(folder, reference)
-
-
-# ------------------------------------------------------------------------------------------ interruptions
-EVENTS = ("make", "write", "record")
-
-
-@contextmanager
-def interrupt_at(event: str, k: int) -> Iterator[list[bool]]:
-    """Ctrl-C at the ``k``-th ``event`` of a run: as a patch is being made, inside its atomic write (its temp file
-    written, not yet published), or between the published patch and its manifest line."""
-    fired = [False]
-    seen = [0]
-    module, name = {
-        "make": (fmn_patch.cli.edit, "edit_patch"),
-        "write": (fmn_patch.files, "_publish"),
-        "record": (fmn_patch.methods.each, "append_line"),
-    }[event]
-    real = getattr(module, name)
-
-    def hooked(*args: object, **kwargs: object) -> object:
-        seen[0] += 1
-        if seen[0] == k + 1:
-            fired[0] = True
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(module, name, hooked)
-        yield fired
-
-
-def killed(folder: Path) -> None:
-    """What SIGKILL leaves on top of an interruption: a temp of a dead process and a torn manifest line."""
-    stale_temp(patch_name("bob"))(folder)
-    append_raw(b'{"concept": "bob", "output": "forget-bob.safetensors", "sta')(folder)
-
-
-@settings(max_examples=20, **RUNS_THE_CLI)
-@given(
-    cuts=st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, len(NAMES) - 1)), min_size=1, max_size=3),
-    kill=st.booleans(),
-)
-def test_resume_after_ctrl_c_anywhere_ends_as_one_uninterrupted_run(toy, work, names, reference, cuts, kill):
-    folder = Path(tempfile.mkdtemp(dir=work)) / "out"
-    for event, k in cuts:
-        with interrupt_at(event, k) as fired:
-            code, _, err = edit_each(names, folder, *(["--resume"] if folder.exists() else []))
-        assert "Traceback" not in err, err[-2000:]
-        if not fired[0]:
-            assert code == 0
-            continue
-        there = len(finished(folder) & set(NAMES))
-        assert code == 130 and err.strip().splitlines()[-1] == (
-            f"fmnpatch: interrupted; {there} of {len(NAMES)} patches written to {folder}, resume with --resume"
-        )
-        assert leftovers(folder) == []
-        if kill:
-            killed(folder)
-    code, _, err = edit_each(names, folder, "--resume")
-    assert code == 0, err[-2000:]
-    assert_as_reference(folder, reference)
-
-
-@settings(max_examples=8, **RUNS_THE_CLI)
-@given(event=st.sampled_from(EVENTS), k=st.integers(0, len(NAMES) - 1))
-def test_overwrite_keeps_the_old_run_until_the_new_one_ends(toy, work, names, reference, event, k):
-    """``--each --overwrite`` over a finished run of other options, Ctrl-C midway: every old patch not yet replaced
-    is still there byte for byte with its old line; a resume then ends as one uninterrupted run, and the manifest
-    holds the new run's lines only."""
-    folder = Path(tempfile.mkdtemp(dir=work)) / "out"
-    code, _, err = edit_each(names, folder, "--push", "0.5")  # the old run: other options, other tensors
-    assert code == 0, err[-2000:]
-    old = {p.name: p.read_bytes() for p in folder.glob("*.safetensors")}
-    old_lines = {e["concept"]: e for e in lines_of(folder)}
-    with interrupt_at(event, k + (event == "record")) as fired:  # the first line appended is the restart line
-        code, _, err = edit_each(names, folder, "--overwrite")
-    assert fired[0] and code == 130 and "Traceback" not in err, err[-2000:]
-    assert leftovers(folder) == []
-    replaced = finished(folder)
-    for concept in set(NAMES) - replaced:
-        name = patch_name(concept)
-        if (folder / name).read_bytes() == old[name]:  # not replaced yet: still described by its old line
-            assert old_lines[concept] in lines_of(folder)
-    for concept in replaced:
-        same_patch(folder / patch_name(concept), reference / patch_name(concept))
-    code, _, err = edit_each(names, folder, "--resume")
-    assert code == 0, err[-2000:]
-    assert_as_reference(folder, reference)
-    assert {e["concept"] for e in lines_of(folder)} == set(NAMES)
-    assert all(e not in lines_of(folder) for e in old_lines.values())
-
-
-def test_a_finished_overwrite_leaves_only_its_own_lines(toy, names, done, reference):
-    code, _, err = edit_each(names, done, "--overwrite")
-    assert code == 0, err[-2000:]
-    assert_as_reference(done, reference)
-    assert sorted(e["concept"] for e in lines_of(done)) == sorted(NAMES)
-
-
-def test_a_full_disk_midway_says_what_was_written(toy, names, reference, tmp_path):
-    """The disk fills at the second patch: the one line says that file was not written and the first one was; a
-    resume once there is room ends as one uninterrupted run."""
-    folder = tmp_path / "out"
-    real = fmn_patch.files._publish
-    seen = [0]
-
-    def publish(*args: object, **kwargs: object) -> object:
-        seen[0] += 1
-        if seen[0] == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(fmn_patch.files, "_publish", publish)
-        code, _, err = edit_each(names, folder)
-    line = err.strip().splitlines()[-1]  # after the bar's lines
-    assert code == 2 and "Traceback" not in err and line.startswith("fmnpatch: error: cannot write"), err[
-        -2000:
-    ]
-    assert "nothing was written" not in line and line.endswith(
-        f"no space left on device; that file was not written (1 of 3 patches were, in {folder}); free some space "
-        "or write elsewhere, then resume with --resume"
-    )
-    assert leftovers(folder) == [] and finished(folder) == {A}
-    code, _, err = edit_each(names, folder, "--resume")
-    assert code == 0, err[-2000:]
-    assert_as_reference(folder, reference)
-
-
-def test_terminated_says_what_was_written(toy, names, tmp_path):
-    folder = tmp_path / "out"
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            fmn_patch.cli.edit, "edit_patch", _raising(SystemExit(143), fmn_patch.cli.edit.edit_patch, 2)
-        )
-        code, _, err = edit_each(names, folder)
-    assert code == 143 and err.strip().splitlines()[-1] == (
-        f"fmnpatch: terminated; 2 of 3 patches written to {folder}, resume with --resume"
-    )
-
-
-def _raising(error: BaseException, real: Callable[..., object], k: int) -> Callable[..., object]:
-    seen = [0]
-
-    def hooked(*args: object, **kwargs: object) -> object:
-        seen[0] += 1
-        if seen[0] == k + 1:
-            raise error
-        return real(*args, **kwargs)
-
-    return hooked
-
-
-# ------------------------------------------------------------------------------------------- names files
-SEPARATORS = ["\u2028", "\u2029", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\r"]
-
-
-@pytest.mark.parametrize("sep", SEPARATORS, ids=[f"U+{ord(s):04X}" for s in SEPARATORS])
-def test_a_names_file_splits_on_newlines_only(tmp_path, sep):
-    path = tmp_path / "names.txt"
-    path.write_bytes(f"circle{sep}square\nbob\r\n".encode())
-    assert read_lines(path) == [f"circle{sep}square", "bob"]
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"\xef\xbb\xbfcircle\nsquare\n",
-        b"\xef\xbb\xbfcircle\r\nsquare\r\n",
-        b"circle\r\nsquare",
-        b"\xef\xbb\xbf# shapes\r\n\r\n circle \r\nsquare # the other\n",
-    ],
-    ids=["bom", "bom-crlf", "crlf-no-final-newline", "bom-comments-blanks"],
-)
-def test_a_names_file_is_utf8_with_its_bom_dropped(toy, tmp_path, data):
-    path = tmp_path / "names.txt"
-    path.write_bytes(data)
-    assert read_lines(path) == ["circle", "square"]
-    folder = tmp_path / "out"
-    code, out, err = edit_each(path, folder)
-    assert code == 0, err[-2000:]
-    assert out.split() == [str(patch_file(folder, c)) for c in ("circle", "square")]
-
-
-@pytest.mark.parametrize(
-    ("data", "needle"),
-    [
-        ("circle\nsquare\n".encode("utf-16"), "is not UTF-8 text"),
-        ("caf\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
-        (b"\xef\xbb\xbf\n# only a comment\n", "no concept given"),
-    ],
-    ids=["utf16", "latin1", "bom-only"],
-)
-def test_a_names_file_that_is_not_utf8_is_refused_before_any_output(toy, tmp_path, data, needle):
-    path = tmp_path / "names.txt"
-    path.write_bytes(data)
-    one_error(*edit_each(path, tmp_path / "out"), needle)
-    assert not (tmp_path / "out").exists()
-
-
-# -------------------------------------------------------------------------------------------- the base
-@pytest.mark.parametrize("how", ["missing", "file", "empty-folder", "env-missing", "env-file"])
-@pytest.mark.parametrize("command", ["edit", "train"])
-def test_a_bad_base_is_refused_once_before_any_concept(names, tmp_path, monkeypatch, how, command):
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "empty").mkdir()
-    bad = {"missing": tmp_path / "nope", "file": tmp_path / "file", "empty-folder": tmp_path / "empty"}[
-        how.removeprefix("env-") if how.startswith("env-") else how
-    ]
-    args = [command, "--from-file", str(names), "--each", "-o", str(tmp_path / "out")]
-    if how.startswith("env-"):
-        monkeypatch.setenv("FMNPATCH_BASE", str(bad))
-    else:
-        args += ["--base", str(bad)]
-    one_error(*cli(*args), str(bad).split("/")[-1])
-    assert not (tmp_path / "out").exists()
-
-
-# ------------------------------------------------------------------------------------------ slow: the rest
-@pytest.mark.slow
-def test_train_each_resumed_after_ctrl_c_is_one_uninterrupted_run(toy, names, tmp_path):
-    common = ("--base", "toy", "--steps", "1", "--batch-size", "1")
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    run = ("train", "--from-file", str(names), "--each")
-    assert cli(*run, "-o", str(whole), *common)[0] == 0
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            fmn_patch.cli.train,
-            "train_patch",
-            _raising(KeyboardInterrupt(), fmn_patch.cli.train.train_patch, 1),
-        )
-        code, _, err = cli(*run, "-o", str(part), *common)
-    assert code == 130 and err.strip().endswith(f"1 of 3 patches written to {part}, resume with --resume")
-    code, _, err = cli(*run, "-o", str(part), *common, "--resume")
-    assert code == 0, err[-2000:]
-    assert_as_reference(part, whole)
-    one_error(*edit_each(names, part, "--resume"), "made by 'resteer', this run makes 'edit' patches")
-
-
-@pytest.mark.slow
-def test_sigint_to_the_command_says_what_was_written(tmp_path):
-    """The real signal, to a real process: the line counts the patches in the folder, and a resume finishes."""
-    import signal
-    import time
-
-    from fmn_patch.concepts.bench import load_bench
-
-    concepts = [c.name for c in load_bench("toy").concepts][:12]
-    path = tmp_path / "names.txt"
-    path.write_text("\n".join(concepts))
-    folder = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FMNPATCH_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "fmn_patch",
-        "edit",
-        "--from-file",
-        str(path),
-        "--each",
-        "-o",
-        str(folder),
-    ]
-    command += ["--base", "toy", *EDIT]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        manifest = folder / MANIFEST
-        if manifest.exists() and manifest.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=120)
-    if child.returncode == 0:
-        pytest.skip("the run finished before the signal")
-    there = len(finished(folder) & set(concepts))
-    assert child.returncode == 130 and err.strip().splitlines()[-1] == (
-        f"fmnpatch: interrupted; {there} of {len(concepts)} patches written to {folder}, resume with --resume"
-    )
-    assert 2 <= there < len(concepts) and leftovers(folder) == []
-    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert finished(folder) == set(concepts) and leftovers(folder) == []

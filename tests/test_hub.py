@@ -1,7 +1,10 @@
-"""Patches on the Hub: push with a card, search, pull, Hub references, verification, and errors that name the fix.
+"""Patches on the Hub: push with a card, search, pull, Hub references and offline pulls.
 
 No network: the real huggingface_hub client talks to an in-process Hub-compatible endpoint (``hub_endpoint``),
 and offline pulls read a cache laid out by hand as huggingface_hub lays it out.
+
+Verification (what a pull refuses) is in test_hub_verification, errors that name the fix in test_hub_errors;
+both use this module's fixtures.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import httpx2
-import huggingface_hub
 import pytest
 import torch
 from conftest import random_patch, render
@@ -20,22 +21,18 @@ from huggingface_hub import ModelCard, constants
 from PIL import Image
 
 from fmn_patch.cli.options import load_patches
-from fmn_patch.errors import BaseMismatchError, FmnPatchError, PatchFileError
+from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
-from fmn_patch.families.stack import BaseMismatchWarning, apply_patches, remove_patches
+from fmn_patch.families.stack import apply_patches, remove_patches
 from fmn_patch.format import Patch, PatchConcept
 from fmn_patch.hub import (
     GRID_NAME,
     FileNotInRepoError,
     HubError,
     HubRef,
-    NotLoggedInError,
-    OfflineError,
-    RepoNotFoundError,
     is_hub_ref,
     pull,
     push,
-    resolve,
 )
 from fmn_patch.hub.card import WEIGHT_NAME
 from fmn_patch.hub.catalog import search
@@ -276,54 +273,6 @@ def test_search_filters_by_text_base_and_category(hub, sd1, tmp_path):
         search(categories=["celebrity"])
 
 
-# ------------------------------------------------------------------------------------------- verification
-def test_tampered_file_on_the_hub_is_refused(hub, patch_file, tmp_path):
-    push(patch_file, "acme/forget-bob")
-    repo = hub.repos["acme/forget-bob"]
-    data = bytearray(repo.files("main")[WEIGHT_NAME])
-    data[-1] ^= 0x01  # one bit of one tensor; the header (and its hash) untouched
-    repo.commits[repo.branches["main"]][WEIGHT_NAME] = bytes(data)
-
-    out = tmp_path / "out.safetensors"
-    with pytest.raises(PatchFileError, match=r"hf://acme/forget-bob is refused: .*tensor hash mismatch"):
-        pull("hf://acme/forget-bob", out)
-    assert not out.exists()
-    with pytest.raises(PatchFileError, match="tensor hash mismatch"):
-        load_patches(["hf://acme/forget-bob"])
-
-
-def test_a_hub_patch_for_another_base_warns_or_is_refused(hub, sd1, patch_file, tmp_path):
-    other = Patch.load(patch_file).with_info(base_hash="0" * 64)  # made for another base (e.g. a fine-tune)
-    push(other.save(tmp_path / "other.safetensors"), "acme/for-another-base")
-    with pytest.warns(BaseMismatchWarning, match="was made for base"):
-        remove_patches(sd1, apply_patches(sd1, load_patches(["hf://acme/for-another-base"])))
-    with pytest.raises(BaseMismatchError, match="pass --strict to refuse"):
-        apply_patches(sd1, load_patches(["hf://acme/for-another-base"]), strict=True)
-
-
-def test_a_pickle_on_the_hub_is_refused_unread(hub, tmp_path):
-    payload = tmp_path / "evil.safetensors"
-    torch.save({"x": torch.zeros(1)}, payload)  # a zip-pickle under a .safetensors name
-    huggingface_hub.HfApi().create_repo("mallory/evil")
-    huggingface_hub.HfApi().upload_file(
-        path_or_fileobj=payload, path_in_repo=WEIGHT_NAME, repo_id="mallory/evil"
-    )
-    with pytest.raises(PatchFileError, match="pickled PyTorch checkpoint, refused"):
-        pull("mallory/evil")
-
-
-def test_tampered_cache_is_refused_offline(hub, patch_file, monkeypatch):
-    push(patch_file, "acme/forget-bob")
-    cached = pull("hf://acme/forget-bob").path
-    blob = cached.resolve()
-    data = bytearray(blob.read_bytes())
-    data[-1] ^= 0x01
-    blob.write_bytes(bytes(data))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(PatchFileError, match="tensor hash mismatch"):
-        pull("hf://acme/forget-bob")
-
-
 # ------------------------------------------------------------------------------------------------ offline
 def _populate_cache(cache: Path, repo_id: str, files: dict[str, bytes], ref: str = "main") -> str:
     """The cache layout huggingface_hub writes: blobs by hash, snapshots/<commit>/<file> links, refs/<ref>."""
@@ -360,135 +309,6 @@ def test_pull_online_then_offline_uses_the_cache(hub, patch_file, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub.log.clear()
     assert pull("acme/forget-bob").path == first.path and hub.log == []
-
-
-# ------------------------------------------------------------------------------------------------- errors
-def test_repo_not_found_names_search_and_login(hub):
-    with pytest.raises(
-        RepoNotFoundError, match=r"hf://acme/nope: no such repo.*fmnpatch search.*hf auth login"
-    ):
-        pull("acme/nope")
-
-
-def test_private_repo_without_login_reads_as_not_found(hub, patch_file, monkeypatch):
-    push(patch_file, "acme/secret", private=True)
-    assert pull("acme/secret").patch is not None
-    monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(RepoNotFoundError, match=r"private and you are not logged in.*HF_TOKEN"):
-        pull("acme/secret", force_download=True)
-
-
-def test_file_not_in_repo_lists_what_is_there(hub, patch_file):
-    push(patch_file, "acme/forget-bob")
-    with pytest.raises(
-        FileNotInRepoError,
-        match=rf"has no file 'other.safetensors' \(it has pytorch_lora_weights.kohya.safetensors, {WEIGHT_NAME}\)",
-    ):
-        pull("hf://acme/forget-bob/other.safetensors")
-
-
-def test_unknown_revision(hub, patch_file):
-    push(patch_file, "acme/forget-bob")
-    with pytest.raises(HubError, match=r"no such revision.*branch, tag or commit"):
-        pull("hf://acme/forget-bob@nope")
-
-
-def test_push_without_login_says_how_to_log_in(hub, patch_file, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(NotLoggedInError, match=r"needs a Hugging Face login: .*hf auth login.*HF_TOKEN"):
-        push(patch_file, "acme/forget-bob")
-    assert hub.log == [] and hub.repos == {}
-
-
-def test_push_with_a_refused_token(hub, patch_file, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_revoked")
-    with pytest.raises(NotLoggedInError, match=r"refused the token.*\(401\).*hf auth login"):
-        push(patch_file, "acme/forget-bob")
-
-
-def test_push_refuses_an_invalid_patch_before_any_request(hub, tmp_path):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x80\x04 not a patch")
-    with pytest.raises(PatchFileError, match="pickled"):
-        push(bad, "acme/forget-bob")
-    assert hub.log == []
-
-
-def test_offline_and_not_cached(hub, offline, patch_file):
-    with pytest.raises(
-        OfflineError, match=r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*pull"
-    ):
-        pull("acme/forget-bob")
-    with pytest.raises(OfflineError, match="not in the local"):
-        load_patches(["hf://acme/forget-bob"])
-    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
-        push(patch_file, "acme/forget-bob")
-    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
-        search()
-
-
-def test_unreachable_hub(hub, patch_file):
-    push(patch_file, "acme/forget-bob")
-    cached = pull("acme/forget-bob").path
-
-    def refuse(request: httpx2.Request) -> httpx2.Response:
-        raise httpx2.ConnectError("connection refused", request=request)
-
-    install(refuse)  # type: ignore[arg-type]
-    assert resolve("hf://acme/forget-bob") == cached  # cached: used as is, no waiting
-
-    def proxy(request: httpx2.Request) -> httpx2.Response:
-        # huggingface_hub retries a refused connection for ~23 s before giving up; a refusing proxy it does not
-        raise httpx2.ProxyError("proxy refused the connection", request=request)
-
-    install(proxy)  # type: ignore[arg-type]
-    with pytest.raises(
-        HubError, match=r"cannot reach the Hub \(https://huggingface.co\) for hf://acme/other"
-    ):
-        resolve("hf://acme/other")
-    with pytest.raises(HubError, match="cannot reach the Hub"):
-        search()
-
-
-# ------------------------------------------------------------------------------------- malformed and unhashed
-def test_search_skips_a_malformed_community_header_with_a_warning(hub, patch_file):
-    import struct
-
-    from fmn_patch.hub.catalog import SkippedPatchWarning
-
-    push(patch_file, "acme/good")
-    push(patch_file, "mallory/bad")
-    repo = hub.repos["mallory/bad"]
-    data = repo.files("main")[WEIGHT_NAME]
-    (n,) = struct.unpack("<Q", data[:8])
-    header = b'{"__metadata__": {"fmn_patch.format_version": "1", "fmn_patch.concepts": "{\\"name\\": 1}"}}'
-    header += b" " * (n - len(header))  # the same length: the rest of the file still lines up
-    repo.commits[repo.branches["main"]][WEIGHT_NAME] = data[:8] + header + data[8 + n :]
-    with pytest.warns(SkippedPatchWarning, match=r"skipped mallory/bad: .*concepts must be a JSON list"):
-        found = search()
-    assert [p.repo_id for p in found] == ["acme/good"]
-
-
-def test_pull_refuses_a_patch_without_a_hash_and_says_verified_only_when_checked(hub, patch_file, tmp_path):
-    import safetensors.torch
-
-    patch = Patch.load(patch_file)
-    header = patch.header()
-    header.pop("modelspec.hash_sha256")
-    header.pop("fmn_patch.tensor_hash")
-    unhashed = tmp_path / "unhashed.safetensors"
-    safetensors.torch.save_file(patch.state_dict(), str(unhashed), metadata=header)
-    with pytest.raises(PatchFileError, match="carries no tensor hash"):
-        push(unhashed, "acme/unhashed")  # push publishes nothing pull would refuse
-    huggingface_hub.HfApi().create_repo("acme/unhashed")  # uploaded by other means
-    huggingface_hub.HfApi().upload_file(
-        path_or_fileobj=unhashed, path_in_repo=WEIGHT_NAME, repo_id="acme/unhashed"
-    )
-    with pytest.raises(PatchFileError, match="carries no tensor hash"):
-        pull("acme/unhashed", tmp_path / "out.safetensors")
-    assert not (tmp_path / "out.safetensors").exists()
-    push(patch_file, "acme/hashed")
-    assert pull("acme/hashed").patch.verified
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])

@@ -21,6 +21,7 @@ if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))  # bench/ is no package of the install; last on the path, it shadows nothing
 
 import mass_erasure  # noqa: E402
+import mass_erasure_report  # noqa: E402
 
 TOY = bench_from_dict(world.bench())
 
@@ -114,7 +115,9 @@ def test_a_tiny_run_of_the_closed_form_methods_end_to_end(tmp_path):
         [*args, "--sizes", "1", "--methods", "edit", "--resume"]
     )  # nothing to do: no new record
     assert len(json.loads((tmp_path / "mass_erasure.json").read_text())["runs"]) == 3
-    section = "\n".join(mass_erasure.mass_erasure_section(lambda _: record, lambda r: r["meta"]["command"]))
+    section = "\n".join(
+        mass_erasure_report.mass_erasure_section(lambda _: record, lambda r: r["meta"]["command"])
+    )
     assert "| 1 | edit w=2 (3) |" in section and section.count("- (") == 3
     # --redo: the edit's rows made again by a fourth run, the others kept, and the rank curve of the file too (a
     # run without N = 50 makes none)

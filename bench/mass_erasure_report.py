@@ -1,0 +1,69 @@
+"""BENCHMARKS.md's section of the mass-erasure bench (bench/mass_erasure.py): one row per method and N, and
+the edit's residual against rank.
+
+A module of the renderer, not a script: `python bench/render.py` writes this section."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from record import percent
+
+NAME = "mass_erasure"  # its record: bench/results/mass_erasure.json, which bench/mass_erasure.py writes
+
+
+def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:
+    """BENCHMARKS.md's section: one row per method and N, means over the draws."""
+    record = read(NAME)
+    if not record:
+        return []
+    res = record["result"]
+
+    lines = [
+        "## Mass erasure on ConceptBench-toy v2",
+        "",
+        "N identities erased by one patch (`bench/mass_erasure.py`), the same seeded draws for every method; means "
+        f"over {max((r['draws'] for r in res['summary']), default=0)} draws (max: over them). Kept: neighbours "
+        "(one attribute from an erased identity), other identities, objects, styles, and all of them as a ratio "
+        "to the base; H: harmonic mean of 1 - Acc_erased and Acc_kept. Goals at N = 50: erased <= 5% (max <= "
+        "10%), neighbours >= 90%, kept >= 95% of base.",
+        "",
+        "| N | method | erased | max | alias | neighbours | others | objects | styles | kept / base | H | "
+        "size | time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    runs = record.get("runs") or [record["meta"]]
+    made_in = {(r["method"], r["n"]): r.get("run", 0) for r in res["rows"]}
+    for r in res["summary"]:
+        size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
+        mark = f" ({made_in[(r['method'], r['n'])] + 1})" if len(runs) > 1 else ""
+        lines.append(
+            f"| {r['n']} | {r['method']}{mark} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
+            f"{percent(r.get('alias'))} | {percent(r['neighbours_kept'])} | {percent(r['others_kept'])} | "
+            f"{percent(r['objects_kept'])} | {percent(r['styles_kept'])} | {percent(r['kept_ratio'])} | "
+            f"{r['h_score']:.3f} | {size} | {r['seconds']:.1f} s |"
+        )
+    if len(runs) > 1:
+        lines += [""] + [f"- ({k}) " + provenance({"meta": meta}) for k, meta in enumerate(runs, 1)] + [""]
+    else:
+        lines += ["", "- " + provenance(record), ""]
+    curve = res.get("rank_curve")
+    if curve:
+        lines += [
+            f"`edit` of the first N = {curve['concepts']} draw at each rank: the relative residual of the "
+            "factored delta (over all layers / the worst layer), and the patch size; `auto` picks each layer's "
+            "smallest rank within its target.",
+            "",
+            "| rank | residual | worst layer | ranks (min/median/max) | size |",
+            "|---|---|---|---|---|",
+        ]
+        for row in [*curve["fixed"], *curve["auto"]]:
+            rank = row["rank"] if row["rank"] != "auto" else f"auto ({row.get('max_residual', '')})"
+            spread = row["ranks"]
+            lines.append(
+                f"| {rank} | {row['residual']:.3f} | {row['worst']:.3f} | "
+                f"{spread['min']}/{spread['median']}/{spread['max']} | {row['bytes'] / 1024:.0f} kB |"
+            )
+        lines.append("")
+    return lines
