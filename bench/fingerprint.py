@@ -49,9 +49,9 @@ from fmn_patch import (
 )
 from fmn_patch.evaluation.mscore import SamplerConfig
 from fmn_patch.evaluation.provenance import provenance
-from fmn_patch.families.tiny import build_sd
 from fmn_patch.format.header import tensor_hash
 from fmn_patch.methods.correct import attribute_variants
+from fmn_patch.testing.tiny import build_sd
 
 HERE = Path(__file__).parent
 

@@ -100,7 +100,7 @@ def bench_inference(repeats: int) -> dict[str, Any]:
     if (toy_pipeline_path() / "model_index.json").exists():
         ref = "toy"
     else:
-        from fmn_patch.families.tiny import build_sd
+        from fmn_patch.testing.tiny import build_sd
 
         ref = str(build_sd("sd1", Path(tempfile.mkdtemp()) / "tiny"))
     pipes = {"base": load_base(ref), "unfused": load_base(ref), "fused": load_base(ref)}

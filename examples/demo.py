@@ -108,7 +108,7 @@ def toy_demo() -> None:
 def tiny_demo() -> None:
     """Without the toy model: a hand-made patch (random factors) on a tiny random SD-1.x pipeline."""
     from fmn_patch import PatchInfo, SampleConfig, preview
-    from fmn_patch.families.tiny import build_sd
+    from fmn_patch.testing.tiny import build_sd
 
     log(
         "toy model not built (`make toy-model`): running the patch-file demo on a tiny random SD-1.x pipeline"

@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from fmn_patch.families.tiny import build_sd
+    from fmn_patch.testing.tiny import build_sd
 
     root = tmp_path_factory.mktemp("pipelines")
     return {kind: build_sd(kind, root) for kind in KINDS}
@@ -38,7 +38,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def mmdit_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny SD3.5-like and Flux-like pipelines (tokenizers written here), built once per session."""
-    from fmn_patch.families.tiny_mmdit import build_mmdit
+    from fmn_patch.testing.tiny_mmdit import build_mmdit
 
     root = tmp_path_factory.mktemp("mmdit")
     return {kind: build_mmdit(kind, root) for kind in MMDIT_KINDS}

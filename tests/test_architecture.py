@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "values": 0,
     "format": 1,
     "families": 2,
+    "testing": 2,
     "concepts": 3,
     "methods": 4,
     "evaluation": 4,

@@ -9,7 +9,6 @@ import torch
 from conftest import random_patch, render
 from PIL import Image
 
-import fmn_patch
 from fmn_patch.cli.app import main
 from fmn_patch.families.base import load_base
 from fmn_patch.format import Patch
@@ -180,14 +179,3 @@ def test_bad_input_writes_nothing(capsys, patch_files, pipeline_dirs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["bad.safetensors", "circle.safetensors", "bob.safetensors"]
     )
-
-
-@pytest.mark.parametrize("module", ["fmn_patch", "fmn_patch.errors"])
-def test_not_built_error_is_kept_one_release_with_a_warning(module):
-    import importlib
-
-    with pytest.warns(DeprecationWarning, match="NotBuiltError is deprecated"):
-        error = importlib.import_module(module).NotBuiltError
-    assert issubclass(error, fmn_patch.FmnPatchError)
-    with pytest.raises(AttributeError, match="no attribute 'PlannedError'"):
-        importlib.import_module(module).PlannedError  # noqa: B018

@@ -30,12 +30,12 @@ from fmn_patch.errors import PatchFileError
 from fmn_patch.families.base import load_base
 from fmn_patch.families.export import export_kohya
 from fmn_patch.families.stack import apply_patches, remove_patches
-from fmn_patch.families.tiny import build_sd
 from fmn_patch.format import Patch
 from fmn_patch.format.header import LORA_ADAPTER_METADATA_KEY, tensor_hash
 from fmn_patch.format.kohya import kohya_path
 from fmn_patch.hub import pull, push
 from fmn_patch.hub.card import WEIGHT_NAME, local_paths
+from fmn_patch.testing.tiny import build_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 

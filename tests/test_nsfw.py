@@ -16,11 +16,11 @@ from fmn_patch.concepts.presets import PRESET_DIR, Preset, known_presets, load_p
 from fmn_patch.concepts.prompts import plan, preserve_prompts, resolve
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.evaluation.nsfw import NUDITY_CLASSES, NsfwReport, evaluate_nsfw, load_detector, nsfw_rate
-from fmn_patch.families.tiny import write_tokenizer
 from fmn_patch.families.tokens import concept_ids, place
 from fmn_patch.format import Patch
 from fmn_patch.methods.edit import EditConfig, edit_patch, erase_prompts
 from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.testing.tiny import write_tokenizer
 from fmn_patch.toy.world import dataset
 
 

@@ -9,11 +9,11 @@ from conftest import render
 from fmn_patch.errors import FmnPatchError
 from fmn_patch.families.base import load_base
 from fmn_patch.families.stack import apply_patches
-from fmn_patch.families.tiny import write_tokenizer
 from fmn_patch.families.tokens import ConceptNotFoundError, place
 from fmn_patch.families.unet import TARGET_REGEX
 from fmn_patch.methods.losses import attention_mass, fmn_loss, resteer_loss
 from fmn_patch.methods.resteer import TrainConfig, train_patch
+from fmn_patch.testing.tiny import write_tokenizer
 
 FAST = dict(
     steps=4, images_per_prompt=1, image_steps=2, batch_size=2, bench="toy"

@@ -200,6 +200,6 @@ def build_t5_tokenizer(directory: Path, words: Iterable[str] | None = None) -> A
     ``▁word`` piece, then characters) into ``directory`` and load a ``T5Tokenizer`` from it."""
     from transformers import T5Tokenizer
 
-    from fmn_patch.families.tiny_mmdit import write_t5_tokenizer
+    from fmn_patch.testing.tiny_mmdit import write_t5_tokenizer
 
     return T5Tokenizer.from_pretrained(write_t5_tokenizer(directory, vocab_words(words), T5_MAX_LENGTH))
