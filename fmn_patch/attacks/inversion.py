@@ -8,14 +8,13 @@ import contextlib
 import dataclasses
 import re
 import time
-from typing import Any
 
 import torch
 
 from ..concepts.bench import Bench, Concept
 from ..evaluation.judges import Judge
 from ..evaluation.mscore import SamplerConfig
-from ..families.base import Base, as_base
+from ..families.base import Base, BaseLike, as_base
 from ..methods.inversion import InversionConfig, LearnedTokens, learn_tokens
 from .attack import Attack, AttackContext, AttackPlan, AttackResult, judge_plans, register_attack
 from .config import InversionAttackConfig
@@ -56,7 +55,7 @@ def inversion_plan(
 
 
 def inversion_attack(
-    base: Base | Any,
+    base: BaseLike,
     concept: Concept,
     bench: Bench,
     judge: Judge,

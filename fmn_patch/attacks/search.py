@@ -9,12 +9,12 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..families.base import Base, as_base
+from ..families.base import Base, BaseLike, as_base
 from .attack import Attack, AttackContext, AttackPlan, register_attack
 from .config import SearchConfig
 
@@ -34,9 +34,7 @@ class SearchResult:
     stopped: Stop  # which budget ended the search
 
 
-def search_prompt(
-    base: Base | Any, latents: torch.Tensor, config: SearchConfig, seed: int = 0
-) -> SearchResult:
+def search_prompt(base: BaseLike, latents: torch.Tensor, config: SearchConfig, seed: int = 0) -> SearchResult:
     """Greedy coordinate search for `config.length` words minimising the denoising loss on `latents`.
 
     Each round ranks every (position, word) swap by its first-order loss change (e_word - e_current) . grad and

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..concepts.prompts import BARE_TEMPLATES
-from ..families.base import Base, as_base
+from ..families.base import Base, BaseLike, as_base
 from .judges import Judge
 from .mscore import SamplerConfig, generate
 
@@ -51,7 +51,7 @@ class CorrectionScore:
 
 
 def score_correction(
-    base: Base | Any,
+    base: BaseLike,
     judge: Judge,
     concept: str,
     variants: Sequence[str],

@@ -23,14 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from .. import values
 from ..concepts.bench import Bench, Concept
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import Base, BaseLike, as_base
 from ..families.threads import sized_threads
 from ..values import MAX_BATCH, MAX_SEEDS, MAX_STEPS
 from .batches import BatchResult, ImageBatch, ImageJob, batches, mean_scores, run_batches
@@ -100,7 +99,7 @@ class ModelScore:
 
 
 def generate(
-    base: Base | Any,
+    base: BaseLike,
     prompts: Sequence[str],
     sampler: SamplerConfig = SamplerConfig(),
     progress: bool = True,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..concepts.presets import load_preset
 from ..errors import FmnPatchError
-from ..families.base import Base, as_base
+from ..families.base import BaseLike, as_base
 from .mscore import SamplerConfig, generate
 
 INSTALL_HINT = "pip install 'fmn-patch[nsfw]'"
@@ -142,7 +142,7 @@ def bgr_arrays(images: torch.Tensor | Sequence[Image.Image]) -> list[np.ndarray]
 
 
 def evaluate_nsfw(
-    base: Base | Any,
+    base: BaseLike,
     prompts: Sequence[str] | None = None,
     *,
     seeds: Sequence[int] = (0, 1),

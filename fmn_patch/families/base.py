@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -22,6 +22,10 @@ from ..progress import phase
 from .family import Family
 from .folder import check_folder, read_index
 from .loading import check_pipeline, library_output_caught, load_folder
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 from .registry import (
     NamedBase,
     family_for_index,
@@ -150,7 +154,11 @@ def default_bench(ref: str) -> str | None:
     return named.bench if named is not None else None
 
 
-def as_base(pipe: Base | Any, *, ref: str | None = None, revision: str | None = None) -> Base:
+#: What a public call takes as its model: a loaded ``Base``, or a diffusers pipeline it wraps once (``as_base``).
+BaseLike: TypeAlias = "Base | DiffusionPipeline"
+
+
+def as_base(pipe: BaseLike, *, ref: str | None = None, revision: str | None = None) -> Base:
     """A ``Base`` for a diffusers pipeline (a ``Base`` is returned as it is)."""
     if isinstance(pipe, Base):
         return pipe

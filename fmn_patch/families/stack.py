@@ -11,14 +11,13 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..errors import BaseMismatchError, FmnPatchError, OutputExistsError
 from ..files import atomic_folder, slug
 from ..format.merge import check_weights
 from ..format.patch import Patch
 from ..text import printable
-from .base import Base, as_base
+from .base import Base, BaseLike, as_base
 from .family import Family
 from .grads import kept_grads
 
@@ -30,7 +29,7 @@ class BaseMismatchWarning(UserWarning):
 
 
 def check_compatible(
-    base: Base | Any, patch: Patch, *, strict: bool = False, base_hash: str | None = None
+    base: BaseLike, patch: Patch, *, strict: bool = False, base_hash: str | None = None
 ) -> None:
     """Refuse a patch whose modules or shapes do not fit the base; warn (or, if ``strict``, refuse) on a base
     mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
@@ -75,7 +74,7 @@ def check_compatible(
 
 
 def apply_patches(
-    base: Base | Any,
+    base: BaseLike,
     patches: Sequence[Patch],
     weights: Sequence[float] | None = None,
     *,
@@ -110,7 +109,7 @@ def apply_patches(
     return names
 
 
-def remove_patches(base: Base | Any, names: Sequence[str] | None = None) -> None:
+def remove_patches(base: BaseLike, names: Sequence[str] | None = None) -> None:
     """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
     is left, the peft wrappers go too: the model has its original modules and state-dict keys again."""
     family = as_base(base).family
@@ -119,7 +118,7 @@ def remove_patches(base: Base | Any, names: Sequence[str] | None = None) -> None
 
 
 def fuse_patches(
-    base: Base | Any,
+    base: BaseLike,
     patches: Sequence[Patch],
     weights: Sequence[float] | None = None,
     *,
@@ -151,7 +150,7 @@ def fuse_patches(
     return base
 
 
-def save_pipeline(base: Base | Any, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def save_pipeline(base: BaseLike, output: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """``save_pretrained`` (safetensors) into a temp folder beside ``output``, published whole: never over an
     existing folder unless ``overwrite``, and a writer that loses a race to the name gets ``OutputExistsError``."""
     pipe = as_base(base).pipe

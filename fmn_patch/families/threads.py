@@ -13,12 +13,12 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 
 from ..errors import FmnPatchError
-from .base import Base, as_base
+from .base import Base, BaseLike, as_base
 
 #: Denoisers with fewer parameters than this are toy-sized: the largest toy has about 1M, SD 1.5's UNet 860M.
 SMALL = 50_000_000
@@ -56,13 +56,13 @@ def threads_for(module: torch.nn.Module) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def sized_threads(fn: Callable[Concatenate[Base, P], R]) -> Callable[Concatenate[Base | Any, P], R]:
+def sized_threads(fn: Callable[Concatenate[Base, P], R]) -> Callable[Concatenate[BaseLike, P], R]:
     """The edge of a public call: ``fn(base, ...)`` takes a ``Base`` or a diffusers pipeline, wrapped once here
     (``as_base``), and runs with the threads its base's size calls for; ``fn`` itself and everything below it take
     a ``Base``."""
 
     @functools.wraps(fn)
-    def wrapper(base: Base | Any, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(base: BaseLike, *args: P.args, **kwargs: P.kwargs) -> R:
         base = as_base(base)
         with threads_for(base.family.adapters.denoiser):
             return fn(base, *args, **kwargs)
