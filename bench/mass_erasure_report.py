@@ -23,23 +23,26 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
     lines = [
         "## Mass erasure on ConceptBench-toy v2",
         "",
-        "N identities erased by one patch (`bench/mass_erasure.py`), the same seeded draws for every method; means "
-        f"over {max((r['draws'] for r in res['summary']), default=0)} draws (max: over them). Kept: neighbours "
+        "N identities erased by one patch (`bench/mass_erasure.py`), the same seeded draws for every method; each "
+        "row the mean over its draws (max: over them; draw i of N is the same for every method). Kept: neighbours "
         "(one attribute from an erased identity), other identities, objects, styles, and all of them as a ratio "
         "to the base; H: harmonic mean of 1 - Acc_erased and Acc_kept. Goals at N = 50: erased <= 5% (max <= "
         "10%), neighbours >= 90%, kept >= 95% of base.",
         "",
-        "| N | method | erased | max | alias | neighbours | others | objects | styles | kept / base | H | "
+        "| N | method | draws | erased | max | alias | neighbours | others | objects | styles | kept / base | H | "
         "size | time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = record.get("runs") or [record["meta"]]
-    made_in = {(r["method"], r["n"]): r.get("run", 0) for r in res["rows"]}
+    made_in: dict[tuple[str, int], set[int]] = {}
+    for row in res["rows"]:
+        made_in.setdefault((row["method"], row["n"]), set()).add(row.get("run", 0) + 1)
     for r in res["summary"]:
         size = "-" if r.get("patch_bytes") is None else f"{r['patch_bytes'] / 1024:.0f} kB"
-        mark = f" ({made_in[(r['method'], r['n'])] + 1})" if len(runs) > 1 else ""
+        mark = f" ({', '.join(map(str, sorted(made_in[(r['method'], r['n'])])))})" if len(runs) > 1 else ""
         lines.append(
-            f"| {r['n']} | {r['method']}{mark} | {percent(r['acc_erased'])} | {percent(r['acc_erased_max'])} | "
+            f"| {r['n']} | {r['method']}{mark} | {r['draws']} | {percent(r['acc_erased'])} | "
+            f"{percent(r['acc_erased_max'])} | "
             f"{percent(r.get('alias'))} | {percent(r['neighbours_kept'])} | {percent(r['others_kept'])} | "
             f"{percent(r['objects_kept'])} | {percent(r['styles_kept'])} | {percent(r['kept_ratio'])} | "
             f"{r['h_score']:.3f} | {size} | {r['seconds']:.1f} s |"
