@@ -179,7 +179,7 @@ def test_edit_is_deterministic_and_saves(sd1, tmp_path):
 
 def test_streaming_keeps_memory_flat(sd1):
     editor = Editor(sd1, SMALL)
-    editor.erase(((f"a photo of {w}", w, "a photo of a dog") for w in ["circle", "bob", "alice"] * 50), 10.0)
+    editor.erase((f"a photo of {w}", w, "a photo of a dog", 10.0) for w in ["circle", "bob", "alice"] * 50)
     assert editor.normal.gram.shape == (editor.dim, editor.dim) and editor.report.prompts == 150
     assert len(editor._anchor_cache) == 1  # the anchor prompt is encoded once
 

@@ -124,8 +124,11 @@ def edit_patches(
     for c, a in zip(concepts, anchors, strict=True):
         _check_anchor(base.family, c, a, bench)
     t0 = time.perf_counter()
-    for c, a in zip(concepts, anchors, strict=True):
-        editor.erase(erase_prompts(c, a, bench), erase_weight_of(config, c.category))
+    editor.erase(
+        (*prompt, erase_weight_of(config, c.category))
+        for c, a in zip(concepts, anchors, strict=True)
+        for prompt in erase_prompts(c, a, bench)
+    )
     near = neighbour_prompts(bench, concepts) if config.bench_preserve else []
     rest, close = split_neighbours(_preserve(base.family, concepts, anchors, bench, config, preserve), near)
     editor.keep(rest)

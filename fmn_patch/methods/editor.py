@@ -130,27 +130,29 @@ class Editor:
     def padding(self) -> int:
         return self.text.max_length if self.config.padding is None else self.config.padding
 
-    def erase(self, pairs: Iterable[tuple[str, str, str]], weight: float) -> None:
-        """Add (prompt, concept words, anchor prompt) triples in batches, each row at ``weight``."""
-        for chunk in _batches(pairs, self.config.batch_size):
+    def erase(self, items: Iterable[tuple[str, str, str, float]]) -> None:
+        """Add (prompt, concept words, anchor prompt, weight) in batches of ``batch_size`` prompts, whatever concept
+        each comes from (batches of one concept each would call the text encoder for a handful of prompts)."""
+        for chunk in _batches(items, self.config.batch_size):
             t0 = time.perf_counter()
-            states = self.text.encode([p for p, _, _ in chunk], self.padding)  # (B, T, dim)
-            anchors = self._anchor_states([a for _, _, a in chunk])
-            ids = self.text.ids([p for p, _, _ in chunk])
-            anchor_ids = self.text.ids([a for _, _, a in chunk])
-            rows, targets = [], []
-            for i, (prompt, words, _) in enumerate(chunk):
+            states = self.text.encode([p for p, _, _, _ in chunk], self.padding)  # (B, T, dim)
+            anchors = self._anchor_states([a for _, _, a, _ in chunk])
+            ids = self.text.ids([p for p, _, _, _ in chunk])
+            anchor_ids = self.text.ids([a for _, _, a, _ in chunk])
+            rows: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # by weight: rows, targets
+            for i, (prompt, words, _, weight) in enumerate(chunk):
                 pairs_i = self._pairs(prompt, words, ids[i], anchor_ids[i])
                 if pairs_i is None:
                     self.report.skipped.append(prompt)
                     continue
                 e, a = zip(*pairs_i, strict=True)
-                rows.append(states[i, list(e)])
+                found, targets = rows.setdefault(weight, ([], []))
+                found.append(states[i, list(e)])
                 targets.append(anchors[i][list(a)])
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
             self.report.prompts += len(chunk)
-            if rows:
-                c, a_ = torch.cat(rows), torch.cat(targets)  # (n, dim)
+            for weight, (found, targets) in rows.items():
+                c, a_ = torch.cat(found), torch.cat(targets)  # (n, dim)
                 self.normal.add_erase(c, a_ + self.config.push * (a_ - c), weight)
 
     def _pairs(
