@@ -36,7 +36,12 @@ def test_a_training_reports_loading_references_pool_and_steps_in_order(pipeline_
     phases = _phases(events)
     names = list(phases)
     assert names[0].startswith("loading base")
-    assert names[1:] == ["drawing reference images", "denoising the target pool", "training"], names
+    assert names[1:] == [
+        "drawing reference images",
+        "encoding the edit's prompts",  # the closed-form edit training starts from
+        "denoising the target pool",
+        "training",
+    ], names
     for name, seen in phases.items():
         assert not seen[0].ended and seen[-1].ended, name  # a start and an end
         done = [e.done for e in seen]
@@ -50,6 +55,20 @@ def test_a_training_reports_loading_references_pool_and_steps_in_order(pipeline_
     assert references[0].unit == "steps" and references[0].total % 2 == 0 and len(references) > 3
     assert "image" in references[1].note
     assert patch.info.extra["final_loss"] > 0
+
+
+def test_an_edit_counts_every_prompt_it_encodes(pipeline_dirs):
+    """The edit's one long phase at full size, encoding its prompts (BENCHMARKS.md, edit at SD-1.5 size):
+    its count ends at its total, the prompts the report says were encoded plus the preserved ones."""
+    from fmn_patch.methods.edit import EditConfig, edit_patch
+
+    events: list[Event] = []
+    base = load_base(str(pipeline_dirs["sd1"]))
+    with listening(events.append):
+        edit_patch(base, ["circle", "bob"], config=EditConfig(vocab_words=20, bench="toy"))
+    seen = _phases(events)["encoding the edit's prompts"]
+    assert seen[-1].total is not None and seen[-1].done == seen[-1].total > 0
+    assert [e.done for e in seen] == sorted(e.done for e in seen)  # it only counts up
 
 
 def test_nothing_listens_by_default_and_listeners_are_per_thread():
@@ -99,6 +118,7 @@ def test_the_cli_prints_one_line_per_phase_off_a_terminal(capsys, pipeline_dirs,
     assert lines[0].startswith("fmnpatch: loading base ")
     assert [line.split(" (")[0] for line in lines[1:]] == [
         "fmnpatch: drawing reference images",
+        "fmnpatch: encoding the edit's prompts",
         "fmnpatch: denoising the target pool",
         "fmnpatch: training",
     ]

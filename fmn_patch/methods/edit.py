@@ -34,6 +34,7 @@ from ..families.threads import sized_threads
 from ..families.tokens import find_subsequence
 from ..format.header import PatchConcept, PatchInfo
 from ..format.patch import Patch
+from ..progress import phase
 from .editor import ERASE_DEFAULT, EditConfig, Editor, EditReport, erase_weight_of
 
 METHOD: Final = "edit"  # the header's method of an edit patch
@@ -124,15 +125,17 @@ def edit_patches(
     for c, a in zip(concepts, anchors, strict=True):
         _check_anchor(base.family, c, a, bench)
     t0 = time.perf_counter()
-    editor.erase(
+    erased = [
         (*prompt, erase_weight_of(config, c.category))
         for c, a in zip(concepts, anchors, strict=True)
         for prompt in erase_prompts(c, a, bench)
-    )
+    ]
     near = neighbour_prompts(bench, concepts) if config.bench_preserve else []
     rest, close = split_neighbours(_preserve(base.family, concepts, anchors, bench, config, preserve), near)
-    editor.keep(rest)
-    editor.keep(close, config.neighbour_weight)
+    with phase("encoding the edit's prompts", len(erased) + len(rest) + len(close), "prompts") as editor.bar:
+        editor.erase(erased)
+        editor.keep(rest)
+        editor.keep(close, config.neighbour_weight)
     if editor.normal.erase_rows == 0:
         raise FmnPatchError(
             f"none of the prompts of {[c.name for c in concepts]} could be aligned with their anchor; check that "

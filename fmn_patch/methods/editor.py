@@ -30,6 +30,7 @@ from ..format.lowrank import (
     factorize_products_within,
     factorize_within,
 )
+from ..progress import Phase
 from ..values import AUTO, MAX_BATCH, Rank
 from .solver import NormalEquations, layer_delta
 
@@ -124,6 +125,7 @@ class Editor:
             )
         self.normal = NormalEquations(self.dim)
         self.report = EditReport()
+        self.bar: Phase | None = None  # where the prompts encoded so far are counted, if anyone listens
         self._anchor_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -151,6 +153,7 @@ class Editor:
                 targets.append(anchors[i][list(a)])
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
             self.report.prompts += len(chunk)
+            self._encoded(len(chunk))
             for weight, (found, targets) in rows.items():
                 c, a_ = torch.cat(found), torch.cat(targets)  # (n, dim)
                 self.normal.add_erase(c, a_ + self.config.push * (a_ - c), weight)
@@ -191,7 +194,12 @@ class Editor:
             t0 = time.perf_counter()
             rows = self.text.rows(chunk, self.padding)
             self.report.seconds["encode"] = self.report.seconds.get("encode", 0.0) + time.perf_counter() - t0
+            self._encoded(len(chunk))
             self.normal.add_keep(rows, self.config.preserve_weight * factor)
+
+    def _encoded(self, prompts: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(prompts)
 
     def solve(self) -> torch.Tensor:
         """The shared map P (in, in), float32: every layer's delta is its W @ P."""
