@@ -74,6 +74,25 @@ def random_patch(pipe, rank: int = 2, seed: int = 0, scale: float = 0.3, concept
     return Patch(factors, info, pipe.family.adapters.component)
 
 
+def with_encoders(
+    pipe, patch: Patch, layers: int = 1, rank: int = 2, seed: int = 1, scale: float = 0.3
+) -> Patch:
+    """``patch`` with random factors added on the last ``layers`` layers of each CLIP text encoder of the base."""
+    gen = torch.Generator().manual_seed(seed)
+    encoders = {}
+    for component, targets in pipe.family.adapters.encoder_targets().items():
+        last = max(int(m.split(".")[3]) for m in targets)
+        encoders[component] = {
+            m: (
+                torch.randn(rank, t.in_features, generator=gen) * scale / t.in_features**0.5,
+                torch.randn(t.out_features, rank, generator=gen) * scale,
+            )
+            for m, t in targets.items()
+            if int(m.split(".")[3]) > last - layers
+        }
+    return Patch(patch.factors, patch.info, patch.component, encoders)
+
+
 def render(pipe, prompt: str = "a photo of bob", seed: int = 0, steps: int = 2) -> torch.Tensor:
     """Images as a float tensor, deterministic for a seed (MMDiTs at the family's sequence length)."""
     if pipe.family.adapters.component != "unet":

@@ -1,9 +1,10 @@
 """The adapters role (``family.adapters``): the module a patch sits on, the layers it may touch, and diffusers' own
 LoRA verbs on it, so that a patch applied here behaves exactly as one loaded by stock diffusers.
 
-A family answers one question: ``targets()``, every text-side key/value projection a patch may touch. The verbs
+A family answers one question: ``targets()``, every text-side key/value projection a patch may touch. The text
+encoders' layers a patch may carry beside them (``encoder_targets``, CLIP self-attention and MLP) and the verbs
 (``load_adapter``, ``set_adapters``, ``fuse_adapters``, ``delete_adapters``, ...) are the same for every diffusers
-LoRA pipeline and are implemented here."""
+LoRA pipeline and are implemented here; every verb acts on the denoiser and the text encoders together."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..errors import BaseMismatchError, FmnPatchError
 from ..format.targets import TargetKind
+from . import encoders
 from .role import Role
 
 
@@ -55,6 +58,43 @@ class Adapters(Role, ABC):
                 f"{shapes[module][0]}x{shapes[module][1]}"
             )
 
+    # ------------------------------------------------------------------------------------ text encoders
+    def encoder_targets(self) -> dict[str, dict[str, nn.Linear]]:
+        """The CLIP text encoders' patchable layers, by component (``text_encoder``, ``text_encoder_2``) and written
+        module name; an encoder that is absent or not CLIP (Flux's and SD3's T5) has none and is left out."""
+        found = {}
+        for component in encoders.COMPONENTS:
+            encoder = getattr(self.pipe, component, None)
+            layers = (
+                encoders.find_encoder_targets(encoder, component) if isinstance(encoder, nn.Module) else {}
+            )
+            if layers:
+                found[component] = layers
+        return found
+
+    def check_encoder_module(self, component: str, module: str, shape: tuple[int, int]) -> None:
+        """Refuse a text-encoder factor whose encoder or layer this base lacks, or whose (out, in) differs."""
+        layers = self.encoder_targets().get(component)
+        if layers is None:
+            raise BaseMismatchError(
+                f"the patch changes {component}, a CLIP text encoder this base does not have "
+                f"(its CLIP encoders: {', '.join(self.encoder_targets()) or 'none'})"
+            )
+        if module not in layers:
+            raise BaseMismatchError(
+                f"patch module {component}.{module} does not exist in this base's {component}"
+            )
+        layer = layers[module]
+        if (layer.out_features, layer.in_features) != shape:
+            raise BaseMismatchError(
+                f"shape mismatch at {component}.{module}: patch delta is {shape[0]}x{shape[1]}, the layer is "
+                f"{layer.out_features}x{layer.in_features}; the patch was made for another text encoder"
+            )
+
+    def modules(self) -> list[nn.Module]:
+        """The denoiser and the CLIP text encoders: every module an adapter may sit on."""
+        return [self.denoiser, *(getattr(self.pipe, c) for c in self.encoder_targets())]
+
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
@@ -74,10 +114,23 @@ class Adapters(Role, ABC):
 
     def load_adapter(self, state_dict: dict[str, torch.Tensor], name: str, metadata: Any = None) -> None:
         """``<component>.<module>.lora_A|B.weight`` factors as adapter ``name``, with the patch's LoraConfig
-        (``metadata``, not one guessed from shapes); layers made on the meta device (no global RNG draw)."""
+        (``metadata``, not one guessed from shapes); layers made on the meta device (no global RNG draw). Factors
+        of a text encoder (``text_encoder.<module>...``) go onto it, through diffusers' own text-encoder loader."""
         self.denoiser.load_lora_adapter(
             state_dict, prefix=self.component, adapter_name=name, metadata=metadata, low_cpu_mem_usage=True
         )
+        for component in encoders.COMPONENTS:
+            if any(k.startswith(f"{component}.") for k in state_dict):
+                type(self.pipe).load_lora_into_text_encoder(
+                    state_dict,
+                    network_alphas=None,
+                    text_encoder=getattr(self.pipe, component),
+                    prefix=component,
+                    adapter_name=name,
+                    _pipeline=self.pipe,
+                    low_cpu_mem_usage=True,
+                    metadata=metadata,
+                )
 
     def load_lora_file(self, path: str, name: str) -> None:
         """A third-party LoRA file (diffusers or kohya keys), through diffusers' own loader."""
@@ -96,6 +149,10 @@ class Adapters(Role, ABC):
         """Make exactly ``names`` active, leaving every adapter's weight as it is."""
         if names:
             self.denoiser.set_adapter(list(names))  # type: ignore[operator]
+            for encoder in self.modules()[1:]:
+                for module in encoder.modules():
+                    if isinstance(module, BaseTunerLayer):
+                        module.set_adapter(list(names))
 
     def delete_adapters(self, names: Sequence[str]) -> None:
         """Delete adapters; with none left the peft wrappers go too (the original modules come back)."""
@@ -106,4 +163,5 @@ class Adapters(Role, ABC):
 
     def fuse_adapters(self, names: Sequence[str]) -> None:
         """Fold the named adapters (at their set weights) into the base weights; a NaN/inf sum: ValueError."""
-        self.pipe.fuse_lora(components=[self.component], adapter_names=list(names), safe_fusing=True)
+        components = [self.component, *self.encoder_targets()]
+        self.pipe.fuse_lora(components=components, adapter_names=list(names), safe_fusing=True)

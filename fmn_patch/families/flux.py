@@ -72,6 +72,12 @@ class FluxIdentity(Identity):
         return "flux1"
 
     @classmethod
+    def kohya_encoder_prefixes(cls, architecture: str) -> dict[str, str]:
+        """FLUX.1 has one CLIP, ``lora_te1`` (its T5 is ``lora_te3`` in sd-scripts; ComfyUI reads ``lora_te2`` as T5
+        too, so no stem of ours may use it)."""
+        return {"text_encoder": "lora_te1"}
+
+    @classmethod
     def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
         """The fused ``double_blocks`` names are Black Forest Labs' own, so that is the key format's implementation;
         FLUX.1 is a flow model (ModelSpec has no prediction type for it)."""
@@ -95,7 +101,8 @@ class FluxIdentity(Identity):
             up[out : 2 * out, r : 2 * r] = b_k
             up[2 * out :, 2 * r :] = b_v
             fused[stem] = (down, up)
-        return kohya_layout(fused, patch, cls.kohya_header(patch.info.architecture, patch.modules))
+        header = cls.kohya_header(patch.info.architecture, patch.modules)
+        return kohya_layout(fused, patch, header, cls.kohya_encoder_prefixes(patch.info.architecture))
 
 
 class FluxText(LearnedTokens, MMDiTText):

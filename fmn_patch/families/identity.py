@@ -133,7 +133,14 @@ class Identity(Role, ABC):
         from ..format.kohya import to_kohya
 
         names = cls.kohya_names(patch.modules, patch.info.architecture, **layout)
-        return to_kohya(patch, names, cls.kohya_header(patch.info.architecture, patch.modules, **layout))
+        header = cls.kohya_header(patch.info.architecture, patch.modules, **layout)
+        return to_kohya(patch, names, header, cls.kohya_encoder_prefixes(patch.info.architecture))
+
+    @classmethod
+    def kohya_encoder_prefixes(cls, architecture: str) -> dict[str, str]:
+        """The kohya stem prefix of each CLIP text encoder, as sd-scripts writes and ComfyUI and diffusers read it:
+        ``lora_te1`` the first, ``lora_te2`` the second (SDXL, SD3; Flux has one CLIP)."""
+        return {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
     @classmethod
     def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:

@@ -56,6 +56,12 @@ def check_compatible(
             family.adapters.check_module(module, (b.shape[0], a.shape[1]))
         except BaseMismatchError as e:
             raise BaseMismatchError(f"{e}; the patch was made for another architecture {where}") from None
+    for component, factors in sorted(patch.encoders.items()):
+        for module, (a, b) in sorted(factors.items()):
+            try:
+                family.adapters.check_encoder_module(component, module, (b.shape[0], a.shape[1]))
+            except BaseMismatchError as e:
+                raise BaseMismatchError(f"{e} {where}") from None
     if patch.info.base_hash:
         current = base_hash or family.identity.target_hash()
         if current != patch.info.base_hash:
@@ -95,7 +101,7 @@ def apply_patches(
     existing = set(family.adapters.adapter_names())
     active = family.adapters.active_adapters()
     names: list[str] = []
-    with kept_grads(family.adapters.denoiser):  # peft's verbs set the flags of the adapters already loaded
+    with kept_grads(*family.adapters.modules()):  # peft's verbs set the flags of the adapters already loaded
         try:
             for patch in patches:
                 name = _fresh_name(existing)
@@ -113,7 +119,7 @@ def remove_patches(base: BaseLike, names: Sequence[str] | None = None) -> None:
     """Delete the given adapters (all of them when ``names`` is None); the base weights are untouched. When none
     is left, the peft wrappers go too: the model has its original modules and state-dict keys again."""
     family = as_base(base).family
-    with kept_grads(family.adapters.denoiser):
+    with kept_grads(*family.adapters.modules()):
         family.adapters.delete_adapters(list(names) if names is not None else family.adapters.adapter_names())
 
 
@@ -132,7 +138,7 @@ def fuse_patches(
     base = as_base(base)
     family = base.family
     active = family.adapters.active_adapters()
-    with kept_grads(family.adapters.denoiser):
+    with kept_grads(*family.adapters.modules()):
         names = apply_patches(base, patches, weights, strict=strict)
         try:
             family.adapters.fuse_adapters(names)

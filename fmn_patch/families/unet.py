@@ -90,6 +90,13 @@ class UNetIdentity(Identity):
         return {m: "lora_unet_" + sgm_name(m, per_block).replace(".", "_") for m in modules}
 
     @classmethod
+    def kohya_encoder_prefixes(cls, architecture: str) -> dict[str, str]:
+        """SD 1.x/2.x have one text encoder, ``lora_te``; SDXL two, ``lora_te1`` and ``lora_te2``."""
+        if architecture.startswith("stable-diffusion-xl"):
+            return super().kohya_encoder_prefixes(architecture)
+        return {"text_encoder": "lora_te"}
+
+    @classmethod
     def kohya_version(cls, architecture: str) -> str:
         """sd-scripts' ``ss_base_model_version``: sd_v1, sd_v2, sd_v2_v (v-prediction), sdxl_base_v1-0."""
         if architecture.startswith("stable-diffusion-xl"):

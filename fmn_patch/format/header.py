@@ -32,6 +32,7 @@ from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY  # the header 
 
 from ..errors import FmnPatchError, PatchFileError
 from .category import Category, category_of
+from .targets import target_kinds
 
 FORMAT_VERSION: Final = 2  # 2: modelspec.hash_sha256 is the ModelSpec hash, ours is fmn_patch.tensor_hash
 NAMESPACE: Final = "fmn_patch"
@@ -163,11 +164,13 @@ def write_header(
     ranks: dict[str, int],
     tensor_digest: str,
     spec_hash: str,
+    encoder_ranks: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, str]:
     """The file header of a patch: diffusers' adapter metadata, ModelSpec keys and the ``fmn_patch.*`` namespace.
 
     ``tensor_digest`` is ``tensor_hash`` of the tensors, ``spec_hash`` their ``modelspec_hash``; the header always
-    carries the current format version, whatever version the patch was read from."""
+    carries the current format version, whatever version the patch was read from. ``encoder_ranks`` (by text
+    encoder component, by module) are the ranks of text-encoder factors the patch carries beside its own."""
     from datetime import datetime, timezone
 
     date = info.date or datetime.now(timezone.utc).replace(microsecond=0).isoformat()
@@ -176,7 +179,7 @@ def write_header(
     concepts = [dataclasses.asdict(c) for c in info.concepts]
     header = {
         "format": "pt",
-        LORA_ADAPTER_METADATA_KEY: json.dumps(adapter_metadata(component, ranks)),
+        LORA_ADAPTER_METADATA_KEY: json.dumps(adapter_metadata(component, ranks, encoder_ranks)),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{info.architecture}/lora",
         "modelspec.implementation": "diffusers",
@@ -201,6 +204,10 @@ def write_header(
         f"{NAMESPACE}.extra": json.dumps(info.extra, sort_keys=True),
         f"{NAMESPACE}.versions": json.dumps(info.versions or library_versions(), sort_keys=True),
     }
+    if encoder_ranks:  # which text encoders the patch changes, and how many layers of each at what rank
+        header[f"{NAMESPACE}.encoders"] = json.dumps(
+            {c: {"modules": len(r), "rank": max(r.values())} for c, r in sorted(encoder_ranks.items())}
+        )
     if info.author:
         header["modelspec.author"] = info.author
     if info.license:
@@ -208,9 +215,22 @@ def write_header(
     return header
 
 
-def adapter_metadata(component: str, ranks: Mapping[str, int]) -> dict[str, Any]:
+def adapter_metadata(
+    component: str, ranks: Mapping[str, int], encoder_ranks: Mapping[str, Mapping[str, int]] | None = None
+) -> dict[str, Any]:
     """diffusers' adapter metadata for a patch: the portable LoraConfig keys, on exactly the patched modules
-    (alpha is folded into lora_B, so lora_alpha == r), keyed ``<component>.<key>`` as diffusers writes them."""
+    (alpha is folded into lora_B, so lora_alpha == r), keyed ``<component>.<key>`` as diffusers writes them; one
+    config per component, text encoders' (``encoder_ranks``) included."""
+    metadata = _component_config(component, ranks)
+    for encoder, encoder_rank in sorted((encoder_ranks or {}).items()):
+        metadata |= _component_config(encoder, encoder_rank)
+    return metadata
+
+
+def _component_config(component: str, ranks: Mapping[str, int]) -> dict[str, Any]:
+    heads = {k.config_prefix for k in target_kinds(component)} - {""}
+    for head in heads:  # peft matches a name by its tail: without the head it matches with or without it
+        ranks = {m.removeprefix(head): r for m, r in ranks.items()}
     rank = max(ranks.values())
     uniform = len(set(ranks.values())) == 1
     config = {

@@ -32,6 +32,9 @@ _KEY = re.compile(
     r"^(?P<stem>lora_[a-z0-9]+_[A-Za-z0-9_]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$"
 )
 Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # kohya stem -> (down, up), alpha / rank folded into up
+#: a kohya stem -> (text encoder component, module), or None for a stem that is not a text encoder's
+EncoderStems = Callable[[str], "tuple[str, str] | None"]
+_ENCODER_STEMS: list[EncoderStems] = []
 #: a kohya file's pairs and header -> (component, factors by module), or None when the reader does not serve it
 KohyaReader = Callable[[Pairs, Mapping[str, str]], "tuple[str, Factors] | None"]
 #: stems and header -> {stem: (component, module)}, or None: the reader of families whose stems name one module each
@@ -53,6 +56,19 @@ def register_kohya_reader(reader: KohyaReader) -> KohyaReader:
     return reader
 
 
+def register_kohya_encoder_stems(reader: EncoderStems) -> EncoderStems:
+    """Let the text encoders' layers be read back from their kohya stems (``lora_te1_text_model_...``)."""
+    if reader not in _ENCODER_STEMS:
+        _ENCODER_STEMS.append(reader)
+    return reader
+
+
+def encoder_stem(prefix: str, module: str) -> str:
+    """kohya's stem of a text encoder's module: its prefix (``lora_te``, ``lora_te1``, ...) and the module's path
+    with ``_`` for ``.``."""
+    return f"{prefix}_{module.replace('.', '_')}"
+
+
 def by_name(names: KohyaNames) -> KohyaReader:
     """A reader for a family whose kohya stems each name one module (the UNet's)."""
 
@@ -72,11 +88,15 @@ def by_name(names: KohyaNames) -> KohyaReader:
 
 
 def to_kohya(
-    patch: Patch, names: Mapping[str, str], keys: Mapping[str, str]
+    patch: Patch,
+    names: Mapping[str, str],
+    keys: Mapping[str, str],
+    encoder_prefixes: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header of the kohya form of ``patch``; ``names`` maps each module to its kohya key stem
     (e.g. ``lora_unet_down_blocks_0_..._attn2_to_k``), ``keys`` are the family's header keys for the architecture
-    (``ss_base_model_version``, ``ss_v2``, ``modelspec.implementation`` of the key format, ...)."""
+    (``ss_base_model_version``, ``ss_v2``, ``modelspec.implementation`` of the key format, ...) and
+    ``encoder_prefixes`` the stem prefix of each text encoder (``{"text_encoder": "lora_te"}``)."""
     missing = [m for m in patch.modules if m not in names]
     if missing:
         raise FmnPatchError(f"no kohya name for modules {missing[:3]}; the family does not export them")
@@ -88,14 +108,19 @@ def to_kohya(
                 f"kohya names collide: {other} and {module} both map to {names[module]}; check the block layout "
                 "(e.g. --layers-per-block) so that every module keeps its own weight"
             )
-    return layout({names[m]: patch.factors[m] for m in patch.modules}, patch, keys)
+    return layout({names[m]: patch.factors[m] for m in patch.modules}, patch, keys, encoder_prefixes)
 
 
 def layout(
-    stems: Mapping[str, tuple[torch.Tensor, torch.Tensor]], patch: Patch, keys: Mapping[str, str]
+    stems: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    patch: Patch,
+    keys: Mapping[str, str],
+    encoder_prefixes: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header for kohya stems and their (down, up) factors, with ``patch``'s header and the family's
-    ``keys``. A family whose UIs fuse projections (Flux's text q/k/v) builds the fused factors and calls this."""
+    ``keys``; the patch's text-encoder factors get stems from ``encoder_prefixes``. A family whose UIs fuse
+    projections (Flux's text q/k/v) builds the fused factors and calls this."""
+    stems = {**stems, **_encoder_stems(patch, encoder_prefixes or {})}
     tensors: dict[str, torch.Tensor] = {}
     for key, (a, b) in stems.items():
         tensors[f"{key}.lora_down.weight"] = a.contiguous()
@@ -123,6 +148,19 @@ def layout(
     return tensors, header
 
 
+def _encoder_stems(patch: Patch, prefixes: Mapping[str, str]) -> Pairs:
+    missing = sorted(set(patch.encoders) - set(prefixes))
+    if missing:
+        raise FmnPatchError(
+            f"the kohya form of {patch.info.architecture} has no names for {', '.join(missing)}; use the native file"
+        )
+    return {
+        encoder_stem(prefixes[c], m): f
+        for c, factors in sorted(patch.encoders.items())
+        for m, f in factors.items()
+    }
+
+
 def is_kohya(keys: Sequence[str]) -> bool:
     """Whether a file's tensors are in the kohya layout (``lora_unet_...lora_down.weight``, ...)."""
     return bool(keys) and all(_KEY.match(k) for k in keys)
@@ -130,10 +168,10 @@ def is_kohya(keys: Sequence[str]) -> bool:
 
 def from_kohya(
     tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], source: str
-) -> tuple[str, Factors]:
-    """The component and factors of a kohya-form file: A = lora_down, B = lora_up * alpha / rank (alpha folded in,
-    as in every file this package writes). Refused unless a registered family reads every stem back into its
-    text-side key/value projections."""
+) -> tuple[str, Factors, dict[str, Factors]]:
+    """The component, factors and text-encoder factors (by component) of a kohya-form file: A = lora_down,
+    B = lora_up * alpha / rank (alpha folded in, as in every file this package writes). Refused unless a registered
+    family reads every stem that is not a text encoder's back into its text-side key/value projections."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _KEY.match(key)
@@ -160,6 +198,15 @@ def from_kohya(
                 f"{source}: {stem}.alpha gives the scale {scale}; it must be a finite non-zero number"
             )
         pairs[stem] = (a, (b.float() * scale).to(b.dtype) if scale != 1.0 else b)
+    encoders: dict[str, Factors] = {}
+    for stem in list(pairs):
+        named = next((where for read in _ENCODER_STEMS if (where := read(stem)) is not None), None)
+        if named is not None:
+            encoders.setdefault(named[0], {})[named[1]] = pairs.pop(stem)
+    if not pairs:
+        raise PatchFileError(
+            f"{source}: a kohya LoRA of text encoders only; a patch carries key/value factors"
+        )
     try:
         found = next((got for reader in _READERS if (got := reader(pairs, header)) is not None), None)
     except PatchFileError as e:
@@ -169,7 +216,7 @@ def from_kohya(
             f"{source}: a kohya LoRA whose keys ({min(pairs)}, ...) are not all cross-attention key/value "
             "projections of a known model family; fmn-patch reads kohya files it can map back to text-side K/V only"
         )
-    return found
+    return found[0], found[1], encoders
 
 
 def _short(regex: str, projections: tuple[str, ...]) -> list[str]:

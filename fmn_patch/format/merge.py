@@ -4,7 +4,8 @@ Concatenation, per module:  A = cat_i(w_i A_i) along ranks (dim 0),  B = cat_i(B
 B @ A = sum_i w_i B_i A_i exactly and the merged rank is the sum of the parents' ranks. A module that a parent lacks
 contributes zero factors, keeping one rank everywhere. SVD re-compression factors that same sum at a chosen rank, or
 at the smallest rank per module within a residual target (``rank="auto"``), and reports the relative Frobenius
-residual per module and in total (zero while the rank covers the delta's true rank).
+residual per module and in total (zero while the rank covers the delta's true rank). Text-encoder factors merge
+the same way, component by component (a patch without them contributes zeros there).
 """
 
 from __future__ import annotations
@@ -51,17 +52,27 @@ def merge_patches(
     _check_same_layout(patches)
     info = _merged_info(patches, weights, rank, max_residual, title)
     component = patches[0].component
+    encoders = sorted({c for p in patches for c in p.encoders})
     if rank is None:
-        merged = Patch(_concatenate(patches, weights), info, component)
-        return merged, MergeReport({m: 0.0 for m in merged.modules}, 0.0)
-    deltas = {m: sum_of_deltas(patches, weights, m) for m in _all_modules(patches)}
+        merged = Patch(
+            _concatenate(patches, weights, component),
+            info,
+            component,
+            {c: _concatenate(patches, weights, c) for c in encoders},
+        )
+        return merged, MergeReport({m: 0.0 for m in [*merged.modules, *merged.encoder_modules]}, 0.0)
+    deltas = {m: sum_of_deltas(patches, weights, m, component) for m in _all_modules(patches, component)}
+    encoder_deltas = {
+        c: {m: sum_of_deltas(patches, weights, m, c) for m in _all_modules(patches, c)} for c in encoders
+    }
     if rank == AUTO:
-        merged, residuals = Patch.from_deltas_within(deltas, max_residual, info, component)
+        merged, residuals = Patch.from_deltas_within(deltas, max_residual, info, component, encoder_deltas)
     else:
-        merged, residuals = Patch.from_deltas(deltas, rank, info, component)
+        merged, residuals = Patch.from_deltas(deltas, rank, info, component, encoder_deltas)
     norms = {m: float(d.norm()) for m, d in deltas.items()}
+    norms |= {f"{c}.{m}": float(d.norm()) for c, ds in encoder_deltas.items() for m, d in ds.items()}
     total_sq = sum(n * n for n in norms.values())
-    total = math.sqrt(sum((residuals[m] * norms[m]) ** 2 for m in deltas) / total_sq) if total_sq else 0.0
+    total = math.sqrt(sum((residuals[m] * norms[m]) ** 2 for m in norms) / total_sq) if total_sq else 0.0
     merged.info.extra["svd_residual"] = {"total": total, "per_module": residuals}
     return merged, MergeReport(residuals, total)
 
@@ -81,28 +92,33 @@ def check_weights(patches: Sequence[Patch], weights: Sequence[float] | None) -> 
     return checked
 
 
-def sum_of_deltas(patches: Sequence[Patch], weights: Sequence[float], module: str) -> torch.Tensor:
-    """sum_i w_i B_i A_i for one module, (out, in), float32."""
+def sum_of_deltas(
+    patches: Sequence[Patch], weights: Sequence[float], module: str, component: str | None = None
+) -> torch.Tensor:
+    """sum_i w_i B_i A_i for one module of ``component`` (default: the patches' own), (out, in), float32."""
     total: torch.Tensor | None = None
     for patch, w in zip(patches, weights, strict=True):
-        if module in patch.factors:
-            d = w * patch.delta(module)
+        factors = patch.parts().get(component or patch.component, {})
+        if module in factors:
+            a, b = factors[module]
+            d = w * (b.float() @ a.float())
             total = d if total is None else total + d
     assert total is not None, module
     return total
 
 
 def _concatenate(
-    patches: Sequence[Patch], weights: Sequence[float]
+    patches: Sequence[Patch], weights: Sequence[float], component: str
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     factors = {}
-    shapes = {m: p.delta(m).shape for p in patches for m in p.factors}
-    for module in _all_modules(patches):
+    parts = [p.parts().get(component, {}) for p in patches]
+    shapes = {m: (b.shape[0], a.shape[1]) for part in parts for m, (a, b) in part.items()}
+    for module in _all_modules(patches, component):
         out_f, in_f = shapes[module]
         a_parts, b_parts = [], []
-        for patch, w in zip(patches, weights, strict=True):
-            if module in patch.factors:
-                a, b = patch.factors[module]
+        for patch, part, w in zip(patches, parts, weights, strict=True):
+            if module in part:
+                a, b = part[module]
                 a_parts.append(w * a.float())  # (r_i, in)
                 b_parts.append(b.float())  # (out, r_i)
             else:
@@ -112,8 +128,8 @@ def _concatenate(
     return factors
 
 
-def _all_modules(patches: Sequence[Patch]) -> list[str]:
-    return sorted({m for p in patches for m in p.factors})
+def _all_modules(patches: Sequence[Patch], component: str) -> list[str]:
+    return sorted({m for p in patches for m in p.parts().get(component, {})})
 
 
 def _check_same_layout(patches: Sequence[Patch]) -> None:
@@ -125,8 +141,7 @@ def _check_same_layout(patches: Sequence[Patch]) -> None:
         )
     shapes: dict[str, tuple[int, int]] = {}
     for patch in patches:
-        for module in patch.factors:
-            a, b = patch.factors[module]
+        for module, (a, b) in _qualified(patch).items():
             shape = (b.shape[0], a.shape[1])
             if shapes.setdefault(module, shape) != shape:
                 raise FmnPatchError(
@@ -134,6 +149,15 @@ def _check_same_layout(patches: Sequence[Patch]) -> None:
                     f"{shape[0]}x{shape[1]} in '{patch.info.title or patch.concept_names}'; the patches were made "
                     "for different architectures"
                 )
+
+
+def _qualified(patch: Patch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every module's factors by its name in the patch's own component, ``<component>.<module>`` elsewhere."""
+    return {
+        (m if c == patch.component else f"{c}.{m}"): f
+        for c, factors in patch.parts().items()
+        for m, f in factors.items()
+    }
 
 
 def _merged_info(

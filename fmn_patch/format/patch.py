@@ -7,6 +7,8 @@ without this package:
   is the pipeline component (``unet`` for SD 1.x/2.x/XL) and ``<module>`` one of its registered targets
   (``fmn_patch.format.targets``); alpha is folded into ``lora_B`` and ``lora_alpha == r``, so every loader
   computes the same delta ``B @ A``;
+- optionally, factors on CLIP text encoders' layers beside them, ``text_encoder.<module>.lora_A.weight`` (and
+  ``text_encoder_2``), which stock diffusers loads onto the pipeline's text encoders (``Patch.encoders``);
 - the header of ``fmn_patch.format.header``.
 
 Loading validates everything and never unpickles.
@@ -42,7 +44,7 @@ from .header import (
 from .kohya import from_kohya, is_kohya
 from .lowrank import low_rank, low_rank_within
 from .schema import format_version, info_from_header
-from .targets import DEFAULT_COMPONENT, describe_targets, kind_for, kind_of
+from .targets import DEFAULT_COMPONENT, describe_targets, is_encoder, kind_for, kind_of
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, in), B (out, r))
 _KEY = re.compile(
@@ -59,6 +61,8 @@ class Patch:
     factors: Factors
     info: PatchInfo = field(default_factory=PatchInfo)
     component: str = DEFAULT_COMPONENT  # the pipeline component the modules belong to
+    # factors on text encoders' layers, by pipeline component ("text_encoder", "text_encoder_2"); empty by default
+    encoders: dict[str, Factors] = field(default_factory=dict)
     # True when loaded from a file whose header hash was checked against its tensors (False: made in memory, or
     # read from a file whose header carries no hash)
     verified: bool = field(default=False, compare=False, repr=False)
@@ -68,6 +72,13 @@ class Patch:
 
     def __post_init__(self) -> None:
         check_factors(self.factors, self.component)
+        for component, factors in self.encoders.items():
+            if not is_encoder(component):
+                raise FmnPatchError(
+                    f"{component!r} is not a text encoder a patch may change (text encoders: "
+                    f"{describe_targets()})"
+                )
+            check_factors(factors, component)
 
     # ----------------------------------------------------------------------------------------------- views
     @property
@@ -75,9 +86,18 @@ class Patch:
         return sorted(self.factors)
 
     @property
+    def encoder_modules(self) -> list[str]:
+        """The text-encoder modules, ``<component>.<module>`` (none in a default patch)."""
+        return [f"{c}.{m}" for c, factors in sorted(self.encoders.items()) for m in sorted(factors)]
+
+    def parts(self) -> dict[str, Factors]:
+        """Every component's factors: the denoiser's first, then each text encoder's."""
+        return {self.component: self.factors, **dict(sorted(self.encoders.items()))}
+
+    @property
     def rank(self) -> int:
         """The largest rank over modules (one rank everywhere, except at ``rank="auto"``: see ``ranks``)."""
-        return max(a.shape[0] for a, _ in self.factors.values())
+        return max(a.shape[0] for factors in self.parts().values() for a, _ in factors.values())
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -100,26 +120,39 @@ class Patch:
         return b.float() @ a.float()
 
     def norms(self) -> dict[str, float]:
-        """Frobenius norm of each module's delta."""
-        return {m: float(self.delta(m).norm()) for m in self.modules}
+        """Frobenius norm of each module's delta (text-encoder modules as ``<component>.<module>``)."""
+        norms = {m: float(self.delta(m).norm()) for m in self.modules}
+        for component, factors in sorted(self.encoders.items()):
+            norms |= {
+                f"{component}.{m}": float((b.float() @ a.float()).norm())
+                for m, (a, b) in sorted(factors.items())
+            }
+        return norms
 
     def num_parameters(self) -> int:
-        return sum(a.numel() + b.numel() for a, b in self.factors.values())
+        return sum(a.numel() + b.numel() for factors in self.parts().values() for a, b in factors.values())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors in the PEFT/diffusers key form, ready for ``pipe.load_lora_weights(state_dict)``."""
         out: dict[str, torch.Tensor] = {}
-        for module in self.modules:
-            a, b = self.factors[module]
-            out[f"{self.component}.{module}.lora_A.weight"] = a.contiguous()
-            out[f"{self.component}.{module}.lora_B.weight"] = b.contiguous()
+        for component, factors in self.parts().items():
+            for module in sorted(factors):
+                a, b = factors[module]
+                out[f"{component}.{module}.lora_A.weight"] = a.contiguous()
+                out[f"{component}.{module}.lora_B.weight"] = b.contiguous()
         return out
 
     def tensor_hash(self) -> str:
         return tensor_hash(self.state_dict())
 
     def with_info(self, **changes: Any) -> Patch:
-        return Patch(self.factors, dataclasses.replace(self.info, **changes), self.component, self.verified)
+        return Patch(
+            self.factors,
+            dataclasses.replace(self.info, **changes),
+            self.component,
+            self.encoders,
+            verified=self.verified,
+        )
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -129,17 +162,20 @@ class Patch:
         rank: int,
         info: PatchInfo | None = None,
         component: str = DEFAULT_COMPONENT,
+        encoders: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> tuple[Patch, dict[str, float]]:
-        """Factor dense deltas (out, in) into rank-``rank`` LoRA factors by truncated SVD.
+        """Factor dense deltas (out, in) into rank-``rank`` LoRA factors by truncated SVD; ``encoders`` are text
+        encoders' deltas by component, factored the same way.
 
         The rank is capped at min(out, in) of the narrowest module, where that module's factorisation is already
         exact (one rank for every module). Returns the patch and the relative Frobenius residual
-        ``||D - B A|| / ||D||`` of each module (0 when exact).
+        ``||D - B A|| / ||D||`` of each module (0 when exact; text-encoder modules as ``<component>.<module>``).
         """
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise FmnPatchError(f"rank={rank!r} must be a whole number >= 1, e.g. 8")
-        rank = min(rank, *(min(d.shape) for d in deltas.values())) if deltas else rank
-        return cls._factored(deltas, lambda d: low_rank(d, rank), info, component)
+        every = [*deltas.values(), *(d for ds in (encoders or {}).values() for d in ds.values())]
+        rank = min(rank, *(min(d.shape) for d in every)) if every else rank
+        return cls._factored(deltas, lambda d: low_rank(d, rank), info, component, encoders)
 
     @classmethod
     def from_deltas_within(
@@ -148,11 +184,12 @@ class Patch:
         max_residual: float,
         info: PatchInfo | None = None,
         component: str = DEFAULT_COMPONENT,
+        encoders: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> tuple[Patch, dict[str, float]]:
         """Factor dense deltas (out, in) by truncated SVD, each at the smallest rank whose relative Frobenius
         residual ``||D - B A|| / ||D||`` is at most ``max_residual`` (at least 1). Returns the patch and the
         residual of each module."""
-        return cls._factored(deltas, lambda d: low_rank_within(d, max_residual), info, component)
+        return cls._factored(deltas, lambda d: low_rank_within(d, max_residual), info, component, encoders)
 
     @classmethod
     def _factored(
@@ -161,15 +198,19 @@ class Patch:
         factor: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, float]],
         info: PatchInfo | None,
         component: str,
+        encoders: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> tuple[Patch, dict[str, float]]:
         """Each module's delta (out, in, float32) through `factor` -> (A, B, relative residual)."""
-        factors: Factors = {}
+        parts: dict[str, Factors] = {}
         residuals: dict[str, float] = {}
-        for module, d in sorted(deltas.items()):
-            a, b, residual = factor(d.float())
-            factors[module] = (a, b)
-            residuals[module] = residual
-        return cls(factors, info or PatchInfo(), component), residuals
+        for part, ds in [(component, deltas), *sorted((encoders or {}).items())]:
+            parts[part] = {}
+            for module, d in sorted(ds.items()):
+                a, b, residual = factor(d.float())
+                parts[part][module] = (a, b)
+                residuals[module if part == component else f"{part}.{module}"] = residual
+        factors = parts.pop(component)
+        return cls(factors, info or PatchInfo(), component, parts), residuals
 
     # ------------------------------------------------------------------------------------------ the file
     def header(self) -> dict[str, str]:
@@ -182,13 +223,21 @@ class Patch:
             projections=kind.projections,
             target_description=kind.description,
             ranks=self.ranks,
+            encoder_ranks=self.encoder_ranks(),
             tensor_digest=tensor_hash(tensors),
             spec_hash=modelspec_hash(tensors),
         )
 
+    def encoder_ranks(self) -> dict[str, dict[str, int]]:
+        """The rank of each text-encoder module, by component."""
+        return {
+            c: {m: a.shape[0] for m, (a, _) in sorted(f.items())} for c, f in sorted(self.encoders.items())
+        }
+
     def adapter_metadata(self) -> dict[str, Any]:
-        """diffusers' adapter metadata (the LoraConfig) of this patch, as written in its header."""
-        return adapter_metadata(self.component, self.ranks)
+        """diffusers' adapter metadata (the LoraConfig of each component) of this patch, as written in its
+        header."""
+        return adapter_metadata(self.component, self.ranks, self.encoder_ranks())
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the patch atomically (temp file + no-replace publish). Refuses to replace a file unless
@@ -226,13 +275,13 @@ class Patch:
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
         if is_kohya(list(tensors)):  # our kohya export (for the UIs): read back into the same factors
-            component, factors = from_kohya(tensors, header, str(path))
+            component, factors, encoders = from_kohya(tensors, header, str(path))
             digest = tensor_hash(tensors)  # its hashes are of the kohya tensors
         else:
-            component, factors = factors_from_state_dict(tensors, source=str(path))
+            component, factors, encoders = factors_from_state_dict(tensors, source=str(path))
             digest = ""
         try:
-            patch = cls(factors, info, component)
+            patch = cls(factors, info, component, encoders)
         except FmnPatchError as e:
             raise PatchFileError(f"{path}: {e}") from e
         patch.verified = check_hashes(
@@ -270,32 +319,39 @@ def check_hashes(path: Path, header: Mapping[str, str], version: int, digest: st
 
 def factors_from_state_dict(
     tensors: Mapping[str, torch.Tensor], source: str = "state dict"
-) -> tuple[str, Factors]:
-    """The component and the ``<component>.<module>.lora_{A,B}.weight`` tensors grouped by module; refuses
-    anything else."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    seen: set[str] = set()
+) -> tuple[str, Factors, dict[str, Factors]]:
+    """The denoiser's component, its ``<component>.<module>.lora_{A,B}.weight`` tensors grouped by module, and the
+    text encoders' factors by component; refuses anything else."""
+    pairs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # component -> module -> "A"/"B" -> tensor
     for key, t in tensors.items():
         m = _KEY.match(key)
         if m is None or kind_of(m["component"], m["module"]) is None:
             raise PatchFileError(
                 f"{source}: key {key[:120]!r} is not a LoRA factor of a text-side key/value projection "
-                f"(expected <component>.<module>.lora_A|lora_B.weight on {describe_targets()}); "
-                "fmn-patch files hold cross-attention key/value LoRA factors only"
+                f"or a text encoder's layer (expected <component>.<module>.lora_A|lora_B.weight on "
+                f"{describe_targets()}); fmn-patch files hold cross-attention key/value LoRA factors"
             )
-        seen.add(m["component"])
-        pairs.setdefault(m["module"], {})[m["factor"]] = t
+        pairs.setdefault(m["component"], {}).setdefault(m["module"], {})[m["factor"]] = t
     if not pairs:
         raise PatchFileError(f"{source}: holds no LoRA tensors; it is not a patch")
-    if len(seen) > 1:
-        raise PatchFileError(f"{source}: keys of several components {sorted(seen)}; a patch has one")
-    factors = {}
-    for module, ab in sorted(pairs.items()):
-        if set(ab) != {"A", "B"}:
-            missing = "lora_B" if "A" in ab else "lora_A"
-            raise PatchFileError(f"{source}: module {module} has no {missing} factor; the file is incomplete")
-        factors[module] = (ab["A"], ab["B"])
-    return seen.pop(), factors
+    denoisers = sorted(c for c in pairs if not is_encoder(c))
+    if len(denoisers) != 1:
+        raise PatchFileError(
+            f"{source}: key/value factors of {len(denoisers)} components {denoisers}; a patch has those of one "
+            "(text-encoder factors ride beside them)"
+        )
+    parts: dict[str, Factors] = {}
+    for component, modules in sorted(pairs.items()):
+        parts[component] = {}
+        for module, ab in sorted(modules.items()):
+            if set(ab) != {"A", "B"}:
+                missing = "lora_B" if "A" in ab else "lora_A"
+                raise PatchFileError(
+                    f"{source}: module {component}.{module} has no {missing} factor; the file is incomplete"
+                )
+            parts[component][module] = (ab["A"], ab["B"])
+    component = denoisers[0]
+    return component, parts.pop(component), parts
 
 
 def check_factors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], component: str) -> None:
@@ -304,8 +360,9 @@ def check_factors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], comp
     for module, (a, b) in factors.items():
         if kind_of(component, module) is None:
             raise FmnPatchError(
-                f"module {module!r} of {component!r} is not a text-side key/value projection "
-                f"({describe_targets()})"
+                f"module {module!r} of {component!r} is not a "
+                f"{'text-encoder layer' if is_encoder(component) else 'text-side key/value projection'} a patch "
+                f"may change ({describe_targets()})"
             )
         if (
             a.ndim != 2

@@ -43,6 +43,11 @@ def summarize(patch: Patch, path: str | Path | None = None, use_with: str | None
         "rank": patch.rank,
         "ranks": patch.rank_summary(),  # min, median, max over modules (they differ at rank "auto")
         "modules": len(patch.factors),
+        # the text encoders' layers the patch changes beside its key/value projections ({} by default)
+        "encoders": {
+            c: {"modules": len(r), "rank": max(r.values()), "targets": kind_for(c, list(r)).description}
+            for c, r in patch.encoder_ranks().items()
+        },
         "parameters": patch.num_parameters(),
         "size_bytes": size,
         "tensor_hash": patch.tensor_hash(),
@@ -84,6 +89,10 @@ def render_text(summary: dict[str, Any]) -> str:
         f"rank         {rank}  ({summary['modules']} modules, {summary['parameters']:,} parameters"
         + (f", {size / 1024:.1f} KiB" if size is not None else "")
         + ")",
+        *(
+            f"+ {c:<10} rank {e['rank']} on {e['modules']} modules ({e['targets']})"
+            for c, e in summary["encoders"].items()
+        ),
         f"tensor hash  {summary['tensor_hash']}  ({integrity})",
         f"date         {show(summary['date'] or '-')}",
         f"use with     {summary['use_with']}",

@@ -1,4 +1,5 @@
-"""Which modules a patch file may touch: the text-side key/value projections, declared by each model family.
+"""Which modules a patch file may touch: the text-side key/value projections, declared by each model family, and
+the text encoders' layers a patch may carry beside them (``encoder`` kinds).
 
 A patch file names its modules ``<component>.<module>``: the pipeline component the LoRA sits on (``unet``,
 ``transformer``) and the module's path inside it. Each family registers the modules it allows, as a regex that
@@ -23,6 +24,12 @@ class TargetKind:
     regex: str  # peft full-matches it against module names, e.g. r".*\.attn2\.(to_k|to_v)"
     projections: tuple[str, ...]  # the projection names the regex allows, e.g. ("to_k", "to_v")
     description: str  # for people, e.g. "UNet attn2.to_k / attn2.to_v"
+    # True for a text encoder's layers (``text_encoder``, ``text_encoder_2``): a patch carries them beside its
+    # denoiser's key/value factors, never alone
+    encoder: bool = False
+    # the head of a module name that peft configs leave out, so that their target names match a model that has
+    # it and one that does not (CLIP's "text_model.", which transformers 5 flattens away)
+    config_prefix: str = ""
     _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +64,11 @@ def target_kinds(component: str | None = None) -> list[TargetKind]:
 
 def components() -> list[str]:
     return list(dict.fromkeys(k.component for k in _KINDS))
+
+
+def is_encoder(component: str) -> bool:
+    """Whether ``component`` is a text encoder whose layers a patch may carry beside its key/value factors."""
+    return any(k.encoder for k in target_kinds(component))
 
 
 def kind_of(component: str, module: str) -> TargetKind | None:

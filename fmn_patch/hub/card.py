@@ -131,7 +131,11 @@ def model_card(
         f"# {md(title)}",
         f"An fmn-patch that makes {md(base or 'its base model')} forget {names}: "
         "a LoRA on the text-side keys and values of cross-attention "
-        f"({kind_for(patch.component, patch.modules).description}). "
+        f"({kind_for(patch.component, patch.modules).description})"
+        + "".join(
+            f", with a LoRA on {kind_for(c, list(f)).description}" for c, f in sorted(patch.encoders.items())
+        )
+        + ". "
         "Prompts naming a forgotten concept no longer draw it; everything else is meant to stay as the base draws it.",
         _concepts_table(patch),
         _files(filename, kohya_filename),
