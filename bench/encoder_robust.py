@@ -1,0 +1,230 @@
+"""Robust forgetting with a text-encoder part (issue 30): designs side by side, scored by attacks they never saw.
+
+    python bench/encoder_robust.py --concept bob                  # every design, every held-out attack
+    python bench/encoder_robust.py --concept circle --designs plain te-rounds --attacks alias-1x anchor-2x
+
+Designs (each a patch on the toy; the last two add text-encoder factors, ``fmn_patch.methods.encoder``):
+
+- ``plain``: the default `train` patch (key/value only);
+- ``robust``: today's `--robust` (adversarial rounds, Concept Inversion between rounds, key/value only);
+- ``te-rounds``: the plain patch, then rounds: a Concept Inversion token is learned against the patch as it stands
+  (key/value and text-encoder factors), and the text-encoder factors are fitted further so that the name, its
+  aliases and every token found so far encode as the anchor;
+- ``te-once``: the same harvest, but every fit starts from the original encoder on all tokens found so far, the
+  last one on all of them (STEREO's shape: harvest, then one fit).
+
+The attack inside training starts at the name, the anchor or the end token, with the training seed, on the
+concept's first bench prompt, for ``robust_attack_steps`` steps (``TrainConfig``). The attacks that score differ
+in every one of those: init word (the alias, the anchor, an unrelated word), seed, template (the bench's inversion
+template and another), and budget (the harness's 1x and 2x). Each row gives the worst held-out attack first.
+
+Writes bench/results/encoder_robust.json (rows added per run; ``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from record import machine
+
+from fmn_patch import apply_patches, load_base, remove_patches
+from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
+from fmn_patch.cli.options import quiet_libraries
+from fmn_patch.concepts.bench import load_bench
+from fmn_patch.concepts.prompts import plan, preserve_prompts, substitute
+from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
+from fmn_patch.format.patch import Patch
+from fmn_patch.methods.encoder import COMPONENT, EncoderFitConfig, EncoderPrompts, fit_encoder
+from fmn_patch.methods.inversion import InversionConfig, LearnedTokens, learn_tokens
+from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
+from fmn_patch.toy.judge import ToyJudge
+
+RESULTS = Path(__file__).parent / "results" / "encoder_robust.json"
+DESIGNS = ("plain", "robust", "te-rounds", "te-once")
+#: held-out attacks: (init word or "alias"/"anchor", template, seed, budget multiple of the harness's steps)
+ATTACKS: dict[str, tuple[str, str | None, int, int]] = {
+    "alias-1x": ("alias", None, 101, 1),
+    "anchor-1x": ("anchor", "a picture of {}", 102, 1),
+    "word-1x": ("tree", None, 103, 1),
+    "alias-2x": ("alias", "a picture of {}", 104, 2),
+    "anchor-2x": ("anchor", None, 105, 2),
+}
+
+
+def harvest_and_fit(
+    base: Any,
+    patch: Patch,
+    concept: str,
+    latents: torch.Tensor,
+    rounds: int,
+    fit: EncoderFitConfig,
+    fresh: bool,
+) -> tuple[Patch, list[LearnedTokens], list[float]]:
+    """Rounds of: a Concept Inversion token against ``patch`` with the text-encoder factors so far, then a fit of
+    those factors on the name, its aliases and every token found (``fresh``: from the original encoder each
+    time). Returns the patch with its text-encoder factors, the tokens and the seconds of each round."""
+    bench = load_bench("toy")
+    c = bench.concept(concept)
+    pl = plan(c, bench)
+    train = TrainConfig()
+    preserve = tuple(p for p in preserve_prompts(bench, [c]) if p)
+    names = [c.name, *c.aliases]
+    tokens: list[LearnedTokens] = []
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    seconds = []
+    for r in range(rounds + 1):
+        tick = time.perf_counter()
+        if (
+            r > 0
+        ):  # the attack the training sees: inits name, anchor, end token; the training seed; first prompt
+            current = Patch(
+                patch.factors, patch.info, patch.component, {COMPONENT: factors} if factors else {}
+            )
+            applied = apply_patches(base, [current])
+            try:
+                tokens.append(
+                    learn_tokens(
+                        base,
+                        latents,
+                        f"<fmn-adv-{r}>",
+                        (c.name, pl.anchor, "")[(r - 1) % 3],
+                        InversionConfig(
+                            num_tokens=1,
+                            steps=train.robust_attack_steps,
+                            batch_size=train.robust_attack_batch,
+                            lr=train.robust_attack_lr,
+                            template=substitute(pl.prompts[0], c.name, "{}"),
+                            seed=train.seed + r,
+                        ),
+                        progress=False,
+                    )
+                )
+            finally:
+                remove_patches(base, applied)
+        words = names + [t.words for t in tokens]
+        erase = [substitute(p, c.name, w) for w in words for p in pl.prompts]
+        targets = [a for _ in words for a in pl.anchor_prompts]
+        factors = fit_encoder(
+            base,
+            EncoderPrompts(tuple(erase), tuple(targets), preserve),
+            fit,
+            tokens,
+            start=None if fresh else factors,
+        )
+        seconds.append(time.perf_counter() - tick)
+    assert factors is not None
+    return Patch(patch.factors, patch.info, patch.component, {COMPONENT: factors}), tokens, seconds
+
+
+def score(base: Any, concept: str, world: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
+    """Bench accuracy of the concept and its alias, kept ratio, and each held-out Concept Inversion."""
+    bench, judge, sampler = world["bench"], world["judge"], world["sampler"]
+    c = bench.concept(concept)
+    result = evaluate(base, bench, judge, sampler, erased=[concept], progress=False)
+    kept_base = acc_kept(world["base"].concepts, [concept])
+    row: dict[str, Any] = {
+        "acc": result.concepts[concept].acc,
+        "alias": result.concepts[concept].alias_acc,
+        "kept_ratio": (result.acc_kept or 0.0) / kept_base if kept_base else None,
+        "attacks": {},
+    }
+    default = InversionAttackConfig()
+    for name in attacks:
+        init, template, seed, budget = ATTACKS[name]
+        words = {"alias": c.aliases[0] if c.aliases else c.name, "anchor": world["anchor"]}.get(init, init)
+        attack = dataclasses.replace(
+            default, steps=default.steps * budget, init_words=words, template=template
+        )
+        found, _ = inversion_attack(base, c, bench, judge, world["latents"], attack, sampler, seed=seed)
+        row["attacks"][name] = found.acc
+        print(f"  {name}: {found.acc:.1%}", file=sys.stderr, flush=True)
+    if row["attacks"]:
+        row["worst"] = max(row["attacks"].values())
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concept", default="bob")
+    parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
+    parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
+    parser.add_argument("--rounds", type=int, default=3, help="attack-and-fit rounds of the te designs")
+    parser.add_argument(
+        "--layers", type=int, default=1, help="the text encoder's last layers that carry factors"
+    )
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=200, help="steps of each text-encoder fit")
+    parser.add_argument("--preserve-weight", type=float, default=1.0)
+    parser.add_argument("--seeds", type=int, default=2, help="sampler seeds of the bench scoring and attacks")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    torch.manual_seed(0)
+    base = load_base("toy")
+    bench, judge = load_bench("toy"), ToyJudge.load()
+    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
+    c = bench.concept(args.concept)
+    world: dict[str, Any] = {
+        "bench": bench,
+        "judge": judge,
+        "sampler": sampler,
+        "anchor": plan(c, bench).anchor,
+        "latents": reference_latents(base, c, bench, InversionAttackConfig().images, steps=20, guidance=5.0),
+        "base": evaluate(base, bench, judge, sampler, progress=False),
+    }
+    fit = EncoderFitConfig(
+        layers=args.layers, rank=args.rank, steps=args.steps, preserve_weight=args.preserve_weight
+    )
+    results = (
+        json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {"runs": [], "rows": []}
+    )
+    run = {
+        "command": "python bench/encoder_robust.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **machine(),
+        "note": args.note,
+    }
+    results["runs"].append(run)
+    for design in args.designs:
+        tick = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if design == "robust":
+            patch = train_patch(
+                base, [args.concept], TrainConfig(robust_rounds=ROBUST_ROUNDS), progress=False
+            )
+        else:
+            patch = train_patch(base, [args.concept], progress=False)
+        if design.startswith("te-"):
+            patch, _tokens, seconds = harvest_and_fit(
+                base, patch, args.concept, world["latents"], args.rounds, fit, fresh=design == "te-once"
+            )
+            extra = {"round_seconds": [round(s, 1) for s in seconds], "fit": dataclasses.asdict(fit)}
+        spent = time.perf_counter() - tick
+        print(f"{design}: made in {spent:.1f} s", file=sys.stderr, flush=True)
+        names = apply_patches(base, [patch])
+        try:
+            row = {"concept": args.concept, "design": design, "seconds": round(spent, 1), **extra}
+            row |= score(base, args.concept, world, args.attacks)
+        finally:
+            remove_patches(base, names)
+        row["run"] = len(results["runs"]) - 1
+        results["rows"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
