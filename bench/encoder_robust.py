@@ -28,6 +28,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from record import machine
+from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
@@ -188,14 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     fit = EncoderFitConfig(
         layers=args.layers, rank=args.rank, steps=args.steps, preserve_weight=args.preserve_weight
     )
-    results = (
-        json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {"runs": [], "rows": []}
-    )
-    run = {
-        "command": "python bench/encoder_robust.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        **machine(),
-        "note": args.note,
-    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {"runs": []}
+    meta = {**machine(), "note": args.note}
+    meta["command"] = "python bench/encoder_robust.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run: dict[str, Any] = {"meta": meta, "rows": []}
     results["runs"].append(run)
     for design in args.designs:
         tick = time.perf_counter()
@@ -219,11 +217,44 @@ def main(argv: list[str] | None = None) -> None:
             row |= score(base, args.concept, world, args.attacks)
         finally:
             remove_patches(base, names)
-        row["run"] = len(results["runs"]) - 1
-        results["rows"].append(row)
+        run["rows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_markdown()
+
+
+def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:
+    """BENCHMARKS.md's section: one row per design and concept, the worst held-out attack first."""
+    record = read("encoder_robust")
+    if not record:
+        return []
+    lines = [
+        "## Robust designs with a text-encoder part (`bench/encoder_robust.py`, issue 30)",
+        "",
+        "One patch per row on the v2 toy, scored on the concept's 8 bench prompts x 2 seeds (16 images; one image "
+        "is 6.25 points). Held-out attacks: Concept Inversion started from the alias, the anchor or an unrelated "
+        "word (`tree`), with seeds 101-105, the bench's template or `a picture of {}`, at 1x or 2x the harness's "
+        "200 steps; the attack inside training starts from the name, the anchor or the end token, on the first "
+        "bench prompt, 100 steps, seed 0 + round. te: text-encoder factors on the last L layers at rank r, R rounds.",
+        "",
+        "| concept | design | te (L / r / R) | worst | held-out Concept Inversion | Acc | alias | kept / base | "
+        "time (s) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, run in enumerate(record["runs"], 1):
+        for r in run["rows"]:
+            fit = r.get("fit")
+            te = f"{fit['layers']} / {fit['rank']} / {len(r['round_seconds']) - 1}" if fit else "-"
+            attacks = ", ".join(f"{name} {acc:.0%}" for name, acc in r["attacks"].items())
+            alias = "-" if r["alias"] is None else f"{r['alias']:.0%}"
+            lines.append(
+                f"| {r['concept']} | {r['design']} | {te} | {r.get('worst', 0):.0%} | {attacks} | {r['acc']:.0%} "
+                f"| {alias} | {r['kept_ratio']:.1%} | {r['seconds']} | {k} |"
+            )
+    lines.append("")
+    lines += [f"- ({k}) " + provenance(run) for k, run in enumerate(record["runs"], 1)]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

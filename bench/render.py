@@ -88,6 +88,11 @@ def write_markdown() -> None:
     from toy_threads import threads_section  # bench/toy_threads.py: torch threads for toy-sized training
 
     lines += threads_section(read_result, provenance_line)
+    from encoder_robust import (
+        encoder_robust_section,
+    )  # bench/encoder_robust.py: robust designs, held-out attacks
+
+    lines += encoder_robust_section(read_result, provenance_line)
     lines += mmdit_sections(read_result, provenance_line)
     lines += ["", *(HERE / "defaults.md").read_text().splitlines(), ""]  # hand-kept: see its first paragraph
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))

@@ -34,6 +34,7 @@ from .identity import Identity
 from .joint import capture_joint_attention, flux_probs
 from .mmdit import MMDiTAdapters, MMDiTFamily, MMDiTImages, MMDiTNoise, MMDiTText, mmdit_adapters
 from .registry import register_family
+from .tokens import padded_ids
 from .tokens_mmdit import LearnedTokens
 
 ARCHITECTURES: Final = ("Flux.1-dev", "Flux.1-schnell")
@@ -144,17 +145,10 @@ class FluxText(LearnedTokens, MMDiTText):
 
     def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
         pipe, device = self.pipe, self.family.adapters.device
-        clip_ids = pipe.tokenizer(
-            list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids  # fmt: skip
-        t5_ids = pipe.tokenizer_2(
-            list(prompts),
-            padding="max_length",
-            max_length=self.t5_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        clip_ids, t5_ids = (
+            padded_ids(pipe.tokenizer, prompts),
+            padded_ids(pipe.tokenizer_2, prompts, self.t5_length),
+        )
         pooled = pipe.text_encoder(clip_ids.to(device)).pooler_output
         states = pipe.text_encoder_2(t5_ids.to(device))[0]
         return Conditioning(states, {"pooled": pooled, "guidance": self._guidance(len(prompts))})

@@ -28,6 +28,7 @@ from .identity import Identity
 from .joint import capture_joint_attention, sd3_probs
 from .mmdit import MMDiTAdapters, MMDiTFamily, MMDiTImages, MMDiTNoise, MMDiTText, mmdit_adapters
 from .registry import register_family
+from .tokens import padded_ids
 from .tokens_mmdit import LearnedTokens
 
 ARCHITECTURES: Final = (
@@ -134,9 +135,7 @@ class SD3Text(LearnedTokens, MMDiTText):
 
     @staticmethod
     def _ids(tokenizer: Any, prompts: Sequence[str], length: int) -> torch.Tensor:
-        return tokenizer(
-            list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        ).input_ids
+        return padded_ids(tokenizer, prompts, length)
 
 
 class SD3Noise(MMDiTNoise):

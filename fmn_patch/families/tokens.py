@@ -9,6 +9,7 @@ every position after it: the rest of the prompt, the EOS token and, in SD 1.x, t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,18 @@ class Placement:
         if padding:
             out.update(self.padding)
         return tuple(sorted(out))
+
+
+def padded_ids(tokenizer: Any, prompts: Sequence[str], length: int | None = None) -> Any:
+    """Token ids (N, length) of ``prompts``, cut and padded to ``length`` (the tokenizer's maximum) as pipelines
+    pad them, as a tensor."""
+    return tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 def find_subsequence(seq: tuple[int, ...], sub: tuple[int, ...]) -> list[int]:

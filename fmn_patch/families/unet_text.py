@@ -16,6 +16,7 @@ from ..errors import FmnPatchError
 from .conditioning import Conditioning
 from .encoding import TextStates
 from .text import Text
+from .tokens import padded_ids
 
 
 class UNetText(Text):
@@ -112,11 +113,5 @@ class UNetText(Text):
 
     def encode_with_grad(self, prompts: Sequence[str]) -> Conditioning:
         self.require_one_encoder("textual inversion")
-        ids = self.pipe.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.pipe.text_encoder.device)
+        ids = padded_ids(self.pipe.tokenizer, prompts).to(self.pipe.text_encoder.device)
         return Conditioning(self.pipe.text_encoder(ids)[0])

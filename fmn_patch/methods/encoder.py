@@ -27,6 +27,7 @@ from ..errors import FmnPatchError
 from ..families import encoders
 from ..families.base import Base
 from ..families.grads import frozen
+from ..families.tokens import padded_ids
 from .inversion import LearnedTokens
 from .loop import LoopConfig, optimise
 
@@ -113,13 +114,7 @@ def fit_encoder(
     modules = fitted_modules(clone, config.layers)
 
     def ids(texts: Sequence[str]) -> torch.Tensor:
-        return tokenizer(
-            list(texts),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        return padded_ids(tokenizer, texts)
 
     erase, preserve = ids(prompts.erase), ids(prompts.preserve) if prompts.preserve else None
     with torch.no_grad(), frozen(clone):
