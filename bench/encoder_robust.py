@@ -11,7 +11,8 @@ Designs (each a patch on the toy; the last two add text-encoder factors, ``fmn_p
   (key/value and text-encoder factors), and the text-encoder factors are fitted further so that the name, its
   aliases and every token found so far encode as the anchor;
 - ``te-once``: the same harvest, but every fit starts from the original encoder on all tokens found so far, the
-  last one on all of them (STEREO's shape: harvest, then one fit).
+  last one on all of them (STEREO's shape: harvest, then one fit);
+- ``robust-te``: today's `--robust` patch, then the rounds of ``te-rounds`` on top (its key/value factors kept).
 
 The attack inside training starts at the name, the anchor or the end token, with the training seed, on the
 concept's first bench prompt, for ``robust_attack_steps`` steps (``TrainConfig``). The attacks that score differ
@@ -52,7 +53,7 @@ from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
 from fmn_patch.toy.judge import ToyJudge
 
 RESULTS = Path(__file__).parent / "results" / "encoder_robust.json"
-DESIGNS = ("plain", "robust", "te-rounds", "te-once")
+DESIGNS = ("plain", "robust", "te-rounds", "te-once", "robust-te")
 #: held-out attacks: (init word or "alias"/"anchor", template, seed, budget multiple of the harness's steps)
 ATTACKS: dict[str, tuple[str, str | None, int, int]] = {
     "alias-1x": ("alias", None, 101, 1),
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="sampler seeds of the bench scoring and attacks")
     parser.add_argument("--note", default="")
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     quiet_libraries()
     torch.manual_seed(0)
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     fit = EncoderFitConfig(
         layers=args.layers, rank=args.rank, steps=args.steps, preserve_weight=args.preserve_weight
     )
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {"runs": []}
+    out: Path = args.results
+    results = json.loads(out.read_text()) if out.exists() and not args.fresh else {"runs": []}
     meta = {**machine(), "note": args.note}
     meta["command"] = "python bench/encoder_robust.py " + " ".join(sys.argv[1:] if argv is None else argv)
     run: dict[str, Any] = {"meta": meta, "rows": []}
@@ -198,13 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     for design in args.designs:
         tick = time.perf_counter()
         extra: dict[str, Any] = {}
-        if design == "robust":
+        if design in ("robust", "robust-te"):
             patch = train_patch(
                 base, [args.concept], TrainConfig(robust_rounds=ROBUST_ROUNDS), progress=False
             )
         else:
             patch = train_patch(base, [args.concept], progress=False)
-        if design.startswith("te-"):
+        if design.startswith("te-") or design == "robust-te":
             patch, _tokens, seconds = harvest_and_fit(
                 base, patch, args.concept, world["latents"], args.rounds, fit, fresh=design == "te-once"
             )
@@ -219,9 +224,10 @@ def main(argv: list[str] | None = None) -> None:
             remove_patches(base, names)
         run["rows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_markdown()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    if out == RESULTS:
+        write_markdown()
 
 
 def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:
@@ -236,7 +242,9 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
         "is 6.25 points). Held-out attacks: Concept Inversion started from the alias, the anchor or an unrelated "
         "word (`tree`), with seeds 101-105, the bench's template or `a picture of {}`, at 1x or 2x the harness's "
         "200 steps; the attack inside training starts from the name, the anchor or the end token, on the first "
-        "bench prompt, 100 steps, seed 0 + round. te: text-encoder factors on the last L layers at rank r, R rounds.",
+        "bench prompt, 100 steps, seed 0 + round (so the anchor-started attacks share one thing with training, the "
+        "init word of its second round; the alias- and word-started ones share nothing). te: text-encoder factors on "
+        "the last L layers at rank r, R rounds; worst: the highest held-out attack.",
         "",
         "| concept | design | te (L / r / R) | worst | held-out Concept Inversion | Acc | alias | kept / base | "
         "time (s) | run |",

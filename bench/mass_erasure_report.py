@@ -70,3 +70,66 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
             )
         lines.append("")
     return lines
+
+
+#: The README's columns: (method in the results, heading).
+README_COLUMNS = (
+    ("edit", "edit"),
+    ("edit w=10", "edit at 10"),
+    ("train", "train"),
+    ("fmn", "FMN"),
+    ("uce", "UCE"),
+    ("speed", "SPEED"),
+    ("mace", "MACE"),
+)
+README_START = "<!-- mass erasure table: bench/mass_erasure_report.py -->\n"
+README_END = "<!-- end of mass erasure table -->"
+
+
+def readme_table(record: dict[str, Any]) -> str:
+    """The README's table from the results' summary: per N, erased / kept, neighbours kept, H (the best in bold)
+    and the draws each column averages."""
+    summary = {(line["method"], line["n"]): line for line in record["result"]["summary"]}
+    sizes = sorted({n for _, n in summary})
+    head = [
+        "| N | | " + " | ".join(h for _, h in README_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(README_COLUMNS),
+    ]
+    rows = []
+    for n in sizes:
+        cells = [summary.get((m, n)) for m, _ in README_COLUMNS]
+        best = max((c["h_score"] for c in cells if c), default=None)
+
+        def row(
+            label: str, show: Callable[[dict[str, Any]], str], cells: list[Any] = cells, n: int = n
+        ) -> str:
+            return f"| {n} | {label} | " + " | ".join(show(c) if c else "-" for c in cells) + " |"
+
+        rows += [
+            row("erased / kept", lambda c: f"{percent(c['acc_erased'])} / {percent(c['kept_ratio'])}"),
+            row("neighbours kept", lambda c: percent(c["neighbours_kept"])),
+            row(
+                "H",
+                lambda c, best=best: (
+                    f"**{c['h_score']:.3f}**" if c["h_score"] == best else f"{c['h_score']:.3f}"
+                ),
+            ),
+            row("draws", lambda c: str(c["draws"])),
+        ]
+    return "\n".join(head + rows)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    from pathlib import Path
+
+    argparse.ArgumentParser(
+        description="Rewrite the README's mass-erasure table from bench/results/mass_erasure.json."
+    ).parse_args()
+    here = Path(__file__).parent
+    readme = here.parent / "README.md"
+    text = readme.read_text()
+    table = readme_table(json.loads((here / "results" / f"{NAME}.json").read_text()))
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + table + "\n" + text[end:])

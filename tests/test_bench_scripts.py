@@ -55,3 +55,17 @@ def test_every_bench_script_answers_help_and_writes_nothing():
     for name in sorted(set(answers) - scripts):  # the renderer's modules: imported, nothing run
         assert answers[name][0] == "ran", f"bench/{name}: {answers[name][0]!r}"
     assert _results() == before and (BENCH.parent / "BENCHMARKS.md").read_bytes() == markdown
+
+
+def test_the_readmes_mass_erasure_table_is_the_results_file():
+    """README's table is bench/mass_erasure_report.py's rendering of bench/results/mass_erasure.json (rerun
+    `python bench/mass_erasure_report.py` after the bench)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from mass_erasure_report import README_END, README_START, readme_table
+    finally:
+        sys.path.remove(str(BENCH))
+    text = (BENCH.parent / "README.md").read_text()
+    drawn = text[text.index(README_START) + len(README_START) : text.index(README_END)]
+    record = json.loads((BENCH / "results" / "mass_erasure.json").read_text())
+    assert drawn == readme_table(record) + "\n"
