@@ -72,6 +72,10 @@ def mass_erasure_section(read: Callable[[str], Any], provenance: Callable[[Any],
     return lines
 
 
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
+
+
 #: The README's columns: (method in the results, heading).
 README_COLUMNS = (
     ("edit", "edit"),
@@ -99,23 +103,14 @@ def readme_table(record: dict[str, Any]) -> str:
     for n in sizes:
         cells = [summary.get((m, n)) for m, _ in README_COLUMNS]
         best = max((c["h_score"] for c in cells if c), default=None)
-
-        def row(
-            label: str, show: Callable[[dict[str, Any]], str], cells: list[Any] = cells, n: int = n
-        ) -> str:
-            return f"| {n} | {label} | " + " | ".join(show(c) if c else "-" for c in cells) + " |"
-
-        rows += [
-            row("erased / kept", lambda c: f"{percent(c['acc_erased'])} / {percent(c['kept_ratio'])}"),
-            row("neighbours kept", lambda c: percent(c["neighbours_kept"])),
-            row(
-                "H",
-                lambda c, best=best: (
-                    f"**{c['h_score']:.3f}**" if c["h_score"] == best else f"{c['h_score']:.3f}"
-                ),
-            ),
-            row("draws", lambda c: str(c["draws"])),
-        ]
+        shows: dict[str, Callable[[dict[str, Any]], str]] = {
+            "erased / kept": lambda c: f"{percent(c['acc_erased'])} / {percent(c['kept_ratio'])}",
+            "neighbours kept": lambda c: percent(c["neighbours_kept"]),
+            "H": lambda c: _bold(f"{c['h_score']:.3f}", c["h_score"] == best),  # noqa: B023 - called in this pass
+            "draws": lambda c: str(c["draws"]),
+        }
+        for label, show in shows.items():
+            rows.append(f"| {n} | {label} | " + " | ".join(show(c) if c else "-" for c in cells) + " |")
     return "\n".join(head + rows)
 
 
