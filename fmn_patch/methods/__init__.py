@@ -1,10 +1,10 @@
 """Layer 4, how it is forgotten: one LoRA training loop with pluggable losses (``loop``, ``lora``, ``losses``), used by
 re-steering (``resteer``; its config in ``train_config``, its steps in ``steps``, what it samples in ``dataset`` and
 ``samples``, the budget each start needs in ``budget``; its ``robust`` rounds, with ``kv_attack`` as a cheap inner
-attack), concept correction (``correct``), textual inversion (``inversion``) and the faithful FMN baseline
-(``baseline``); the closed-form edit (``edit``, ``editor``, ``solver``); one patch per concept of a list, with a
-manifest checked on resume (``each``, ``manifest``); what a user asks for, as the CLI and the page take it
-(``request``)."""
+attack, and ``encoder``, a text-encoder part fitted in the encoder's output space), concept correction
+(``correct``), textual inversion (``inversion``) and the faithful FMN baseline (``baseline``); the closed-form edit
+(``edit``, ``editor``, ``solver``); one patch per concept of a list, with a manifest checked on resume (``each``,
+``manifest``); what a user asks for, as the CLI and the page take it (``request``)."""
 
 from .baseline import FMNConfig, FMNReport, train_fmn_baseline
 from .correct import CorrectConfig, attribute_variants, correct_patch, variant_pairs

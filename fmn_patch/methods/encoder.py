@@ -17,7 +17,6 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,6 @@ from ..errors import FmnPatchError
 from ..families import encoders
 from ..families.base import Base
 from ..families.grads import frozen
-from ..families.tokens import padded_ids
 from .inversion import LearnedTokens
 from .loop import LoopConfig, optimise
 
@@ -109,16 +107,13 @@ def fit_encoder(
     family.text.require_one_encoder("the text-encoder fit")
     names = [n for t in tokens for n in t.names]
     table = torch.cat([t.embeddings for t in tokens]) if tokens else None
-    with _tokens(base, names, table) as (tokenizer, encoder):
+    with _tokens(base, names, table) as encoder:  # the ids and the copy with the tokens added
         clone = copy.deepcopy(encoder).float()  # the base encoder, never changed
+        erase, targets = family.text.padded_ids(prompts.erase), family.text.padded_ids(prompts.targets)
+        preserve = family.text.padded_ids(prompts.preserve) if prompts.preserve else None
     modules = fitted_modules(clone, config.layers)
-
-    def ids(texts: Sequence[str]) -> torch.Tensor:
-        return padded_ids(tokenizer, texts)
-
-    erase, preserve = ids(prompts.erase), ids(prompts.preserve) if prompts.preserve else None
     with torch.no_grad(), frozen(clone):
-        target = clone(ids(prompts.targets))[0]  # (P, T, d): the anchors' states before any change
+        target = clone(targets)[0]  # (P, T, d): the anchors' states before any change
         kept = clone(preserve)[0] if preserve is not None else None  # (Q, T, d)
     lora = LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=sorted(modules.values()))
     with torch.random.fork_rng(devices=[]):
@@ -162,13 +157,11 @@ def fit_encoder(
 
 
 @contextlib.contextmanager
-def _tokens(
-    base: Base, names: list[str], table: torch.Tensor | None
-) -> Iterator[tuple[Any, torch.nn.Module]]:
-    """The tokenizer and encoder with ``names`` added (their rows ``table``), for the length of the block."""
-    pipe = base.pipe
+def _tokens(base: Base, names: list[str], table: torch.Tensor | None) -> Iterator[torch.nn.Module]:
+    """The text encoder, with ``names`` added to it and the tokenizer (their rows ``table``) for the block."""
+    family = base.family
     if not names:
-        yield pipe.tokenizer, pipe.text_encoder
+        yield family.text.text_encoders()[0]
         return
-    with base.family.text.added_tokens(names, table):
-        yield pipe.tokenizer, pipe.text_encoder
+    with family.text.added_tokens(names, table):
+        yield family.text.text_encoders()[0]
