@@ -51,14 +51,20 @@ def find_encoder_targets(encoder: nn.Module, component: str) -> dict[str, nn.Lin
         written = name if name.startswith(PREFIX) else PREFIX + name
         if not kind.matches(written):
             continue
-        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-        if not isinstance(base, nn.Linear):
-            raise BaseMismatchError(
-                f"{component}.{name} is a {type(base).__name__}, not a Linear layer; text-encoder factors need a "
-                "transformers CLIP text encoder"
-            )
-        found[written] = base
+        found[written] = base_linear(
+            module, f"{component}.{name}", "text-encoder factors need a transformers CLIP"
+        )
     return found
+
+
+def base_linear(module: nn.Module, name: str, need: str) -> nn.Linear:
+    """The ``nn.Linear`` a patch target is: the module itself, or the base layer of a peft wrapper (a loaded LoRA);
+    anything else is refused, saying what ``need``s a Linear there."""
+    unwrap = getattr(module, "get_base_layer", None)
+    base = unwrap() if callable(unwrap) else module
+    if not isinstance(base, nn.Linear):
+        raise BaseMismatchError(f"{name} is a {type(base).__name__}, not a Linear layer; {need}")
+    return base
 
 
 #: kohya's text-encoder prefixes as the readers map them: ``lora_te``/``lora_te1`` the first CLIP, ``lora_te2`` the

@@ -25,6 +25,7 @@ from ..format.targets import TargetKind, register_targets
 from .adapters import Adapters
 from .capture import capture_cross_attention
 from .conditioning import Conditioning, Sink
+from .encoders import base_linear
 from .family import Family
 from .identity import Identity
 from .images import Images
@@ -185,13 +186,9 @@ def find_targets(unet: nn.Module) -> dict[str, nn.Linear]:
     for name, module in unet.named_modules():
         if not is_target(name):
             continue
-        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-        if not isinstance(base, nn.Linear):
-            raise BaseMismatchError(
-                f"{name} is a {type(base).__name__}, not a Linear layer; fmn-patch needs a diffusers UNet "
-                "whose cross-attention projections are nn.Linear"
-            )
-        found[name] = base
+        found[name] = base_linear(
+            module, name, "fmn-patch needs a diffusers UNet whose cross-attention projections are nn.Linear"
+        )
     if not found:
         raise BaseMismatchError(
             f"no {CROSS_ATTENTION}.to_k/to_v layers found in {type(unet).__name__}; pass the UNet of a "
