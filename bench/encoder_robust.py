@@ -47,7 +47,13 @@ from fmn_patch.concepts.bench import load_bench
 from fmn_patch.concepts.prompts import plan, preserve_prompts, substitute
 from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
 from fmn_patch.format.patch import Patch
-from fmn_patch.methods.encoder import COMPONENT, EncoderFitConfig, EncoderPrompts, fit_encoder
+from fmn_patch.methods.encoder import (
+    COMPONENT,
+    EncoderFitConfig,
+    EncoderPrompts,
+    fit_encoder,
+    with_encoder_factors,
+)
 from fmn_patch.methods.inversion import InversionConfig, LearnedTokens, learn_tokens
 from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
 from fmn_patch.toy.judge import ToyJudge
@@ -126,7 +132,7 @@ def harvest_and_fit(
         )
         seconds.append(time.perf_counter() - tick)
     assert factors is not None
-    return Patch(patch.factors, patch.info, patch.component, {COMPONENT: factors}), tokens, seconds
+    return with_encoder_factors(base, patch, factors), tokens, seconds
 
 
 def score(base: Any, concept: str, world: dict[str, Any], attacks: list[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ files and wrong bases are refused in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 
 import pytest
 import safetensors.torch
@@ -18,9 +20,15 @@ from hypothesis import strategies as st
 
 from fmn_patch.cli.app import main
 from fmn_patch.errors import BaseMismatchError, FmnPatchError, PatchFileError
-from fmn_patch.families.base import load_base
+from fmn_patch.families.base import as_base, load_base
 from fmn_patch.families.export import export_kohya
-from fmn_patch.families.stack import apply_patches, check_compatible, fuse_patches, remove_patches
+from fmn_patch.families.stack import (
+    BaseMismatchWarning,
+    apply_patches,
+    check_compatible,
+    fuse_patches,
+    remove_patches,
+)
 from fmn_patch.format import Patch
 from fmn_patch.format.merge import merge_patches
 from fmn_patch.hub.card import model_card
@@ -324,6 +332,80 @@ def test_encoder_factors_for_another_encoder_are_refused_before_anything_is_load
         check_compatible(sd1, Patch(own.factors, own.info, "unet", deep))
     with pytest.raises(FmnPatchError, match="'unet' is not a text encoder"):
         Patch(own.factors, own.info, "unet", {"unet": own.factors})
+
+
+def _recorded(base, patch: Patch) -> Patch:
+    """``patch`` recording ``base``'s text-encoder hash, as ``with_encoder_factors`` makes it."""
+    return Patch(
+        patch.factors,
+        dataclasses.replace(patch.info, encoder_hash=base.family.identity.encoder_hash()),
+        patch.component,
+        patch.encoders,
+    )
+
+
+def test_a_text_encoder_factor_on_a_base_whose_encoder_differs_warns_and_strict_refuses(
+    pipeline_dirs, tmp_path
+):
+    folder = str(pipeline_dirs["sd1"])
+    base = load_base(folder)
+    patch = _recorded(base, with_encoders(base, random_patch(base))).save(tmp_path / "p.safetensors")
+    loaded = Patch.load(patch)
+    assert loaded.info.encoder_hash == base.family.identity.encoder_hash() is not None
+    assert len(loaded.info.encoder_hash) == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same base: no warning
+        check_compatible(base, loaded, strict=True)
+    # a fine-tuned encoder of the same shapes: the K/V hash is unchanged, the encoder hash is not
+    tuned = load_base(folder)
+    with torch.no_grad():
+        next(iter(tuned.family.adapters.encoder_targets()["text_encoder"].values())).weight.mul_(1.01)
+    assert tuned.family.identity.target_hash() == base.family.identity.target_hash()
+    assert tuned.family.identity.encoder_hash() != base.family.identity.encoder_hash()
+    with pytest.warns(BaseMismatchWarning, match="other text encoders"):
+        check_compatible(tuned, loaded)
+    with pytest.raises(
+        BaseMismatchError, match=r"other text encoders \(hash [0-9a-f]{12}, this base's [0-9a-f]{12}\)"
+    ):
+        apply_patches(tuned, [loaded], strict=True)
+    assert tuned.family.adapters.adapter_names() == []
+    # a patch without encoder factors is not checked against the encoders (its hash, if any, is not about them)
+    plain = Patch(loaded.factors, loaded.info, loaded.component)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_compatible(tuned, plain, strict=True)
+
+
+def test_the_encoder_hash_does_not_depend_on_the_load_dtype_and_is_none_without_clip(
+    pipeline_dirs, mmdit_dirs
+):
+    folder = str(pipeline_dirs["sdxl"])
+    f32 = load_base(folder).family.identity.encoder_hash()
+    for dtype in ("bfloat16", "float16"):
+        assert load_base(folder, dtype=dtype).family.identity.encoder_hash() == f32, dtype
+    # both of SDXL's encoders are covered: changing the second changes the hash
+    changed = load_base(folder, dtype="bfloat16")
+    with torch.no_grad():
+        next(iter(changed.family.adapters.encoder_targets()["text_encoder_2"].values())).weight.add_(1.0)
+    assert changed.family.identity.encoder_hash() != f32
+    flux = load_base(str(mmdit_dirs["flux"]))
+    without = type(flux.pipe)(**{**flux.pipe.components, "text_encoder": None})
+    assert as_base(without).family.identity.encoder_hash() is None
+
+
+def test_merge_keeps_the_encoder_hash_its_parents_agree_on(sd1, pipeline_dirs):
+    other = load_base(str(pipeline_dirs["sd1"]))
+    with torch.no_grad():
+        next(iter(other.family.adapters.encoder_targets()["text_encoder"].values())).weight.mul_(1.01)
+    one = _recorded(sd1, with_encoders(sd1, random_patch(sd1, seed=1), seed=1))
+    two = _recorded(sd1, with_encoders(sd1, random_patch(sd1, seed=2), seed=2))
+    elsewhere = _recorded(other, with_encoders(sd1, random_patch(sd1, seed=3), seed=3))
+    plain = random_patch(sd1, seed=4)  # no encoder factors: no say in the merged record
+    assert merge_patches([one, two, plain])[0].info.encoder_hash == one.info.encoder_hash
+    assert merge_patches([one, elsewhere])[0].info.encoder_hash is None
+    header = merge_patches([one, two])[0].header()
+    assert header["fmn_patch.encoder_hash"] == one.info.encoder_hash
+    assert "fmn_patch.encoder_hash" not in plain.header()  # default files are unchanged
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -31,51 +31,28 @@ class Identity(Role, ABC):
         checked to be exactly what is in memory after casting (so a patch made on a float32 model fits the same
         files loaded in bfloat16 or float16, while a modified model, e.g. one with a patch fused in, still hashes
         as what it is)."""
-        import hashlib
+        adapters = self.family.adapters
+        weights = {name: layer.weight.detach().cpu() for name, layer in adapters.targets().items()}
+        return _digest(weights, [(_folder_of(adapters.denoiser), {name: [name] for name in weights})])
 
-        weights = {
-            name: layer.weight.detach().cpu() for name, layer in self.family.adapters.targets().items()
-        }
-        if any(w.dtype != torch.float32 for w in weights.values()):
-            weights = self._stored_weights(weights) or weights
-        digest = hashlib.sha256()
-        for name, weight in sorted(weights.items()):
-            weight = weight.to(torch.float32).contiguous()
-            digest.update(name.encode())
-            digest.update(str(tuple(weight.shape)).encode())
-            digest.update(weight.numpy().tobytes())
-        return digest.hexdigest()
-
-    def _stored_weights(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """The tensors of ``weights`` as stored in the denoiser's safetensors files (the most precise file first),
-        each one equal to the weight in memory once cast to its dtype; None if any is missing or differs."""
-        from pathlib import Path
-
-        import safetensors
-
-        folder = Path(str(getattr(self.family.adapters.denoiser.config, "_name_or_path", "") or ""))
-        if not folder.is_dir():
+    def encoder_hash(self) -> str | None:
+        """SHA-256 of the CLIP text encoders' patchable layers (every one of ``adapters.encoder_targets``, as
+        ``<component>.<module>``), as ``target_hash`` hashes the key/value targets, dtype-independent the same way;
+        None for a base with no CLIP encoder. A patch with text-encoder factors records it: the key/value hash does
+        not cover the encoders, and a fine-tuned encoder of the same shapes is otherwise not noticed."""
+        found = self.family.adapters.encoder_targets()
+        if not found:
             return None
-        found: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (itemsize, stored tensor)
-        for path in sorted(folder.glob("*.safetensors")):
-            try:
-                with safetensors.safe_open(str(path), "pt", device="cpu") as f:
-                    keys = set(f.keys())
-                    for name, weight in weights.items():
-                        key = f"{name}.weight"
-                        if key not in keys:
-                            continue
-                        stored = f.get_tensor(key)
-                        size = stored.element_size()
-                        if size > found.get(name, (0, None))[0] and torch.equal(
-                            stored.to(weight.dtype), weight
-                        ):
-                            found[name] = (size, stored)
-            except (OSError, safetensors.SafetensorError):
-                continue
-        if set(found) != set(weights):
-            return None
-        return {name: stored for name, (_, stored) in found.items()}
+        weights: dict[str, torch.Tensor] = {}
+        stores: list[tuple[str, dict[str, list[str]]]] = []
+        for component, layers in sorted(found.items()):
+            keys = {}
+            for module, layer in layers.items():
+                name = f"{component}.{module}"
+                weights[name] = layer.weight.detach().cpu()
+                keys[name] = [module, module.removeprefix("text_model.")]  # files of either CLIP layout
+            stores.append((_folder_of(getattr(self.pipe, component)), keys))
+        return _digest(weights, stores)
 
     def fingerprint(self) -> str:
         """SHA-256 of everything that decides the pipeline's images: every component's weights (name, dtype, shape,
@@ -146,3 +123,64 @@ class Identity(Role, ABC):
     def kohya_header(cls, architecture: str, modules: Sequence[str] = (), **layout: int) -> dict[str, str]:
         """A kohya export's header keys: ``ss_base_model_version``, ``ss_v2``, the keys' implementation..."""
         return {"ss_base_model_version": cls.kohya_version(architecture)}
+
+
+def _folder_of(module: nn.Module) -> str:
+    """The folder a component was loaded from (its config's ``_name_or_path``), or ""."""
+    config = getattr(module, "config", None)
+    return str(getattr(config, "_name_or_path", "") or "")
+
+
+def _digest(weights: dict[str, torch.Tensor], stores: Sequence[tuple[str, dict[str, list[str]]]]) -> str:
+    """SHA-256 of ``weights`` (name, shape, float32 bytes, by name); below float32 in memory, of the stored tensors
+    (``_stored``) that ``stores`` finds for every one of them, else of the weights in memory."""
+    import hashlib
+
+    if any(w.dtype != torch.float32 for w in weights.values()):
+        stored: dict[str, torch.Tensor] = {}
+        for folder, keys in stores:
+            found = _stored({n: weights[n] for n in keys}, folder, keys)
+            if found is None:
+                break
+            stored |= found
+        else:
+            weights = stored
+    digest = hashlib.sha256()
+    for name, weight in sorted(weights.items()):
+        weight = weight.to(torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(weight.shape)).encode())
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _stored(
+    weights: dict[str, torch.Tensor], folder: str, keys: dict[str, list[str]]
+) -> dict[str, torch.Tensor] | None:
+    """The tensors of ``weights`` as stored in ``folder``'s safetensors files under one of ``keys[name]`` (+
+    ``.weight``), the most precise file first, each equal to the weight in memory once cast to its dtype; None if
+    any is missing or differs."""
+    from pathlib import Path
+
+    import safetensors
+
+    if not folder or not Path(folder).is_dir():
+        return None
+    found: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (itemsize, stored tensor)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safetensors.safe_open(str(path), "pt", device="cpu") as f:
+                present = set(f.keys())
+                for name, weight in weights.items():
+                    key = next((f"{k}.weight" for k in keys[name] if f"{k}.weight" in present), None)
+                    if key is None:
+                        continue
+                    tensor = f.get_tensor(key)
+                    size = tensor.element_size()
+                    if size > found.get(name, (0, None))[0] and torch.equal(tensor.to(weight.dtype), weight):
+                        found[name] = (size, tensor)
+        except (OSError, safetensors.SafetensorError):
+            continue
+    if set(found) != set(weights):
+        return None
+    return {name: tensor for name, (_, tensor) in found.items()}

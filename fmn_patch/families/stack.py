@@ -77,6 +77,20 @@ def check_compatible(
             if strict:
                 raise BaseMismatchError(message)
             warnings.warn(message, BaseMismatchWarning, stacklevel=2)
+    if patch.encoders and patch.info.encoder_hash:
+        current_encoders = family.identity.encoder_hash()
+        if current_encoders != patch.info.encoder_hash:
+            recorded = patch.info.encoder_hash
+            shown = 12 if (current_encoders or "")[:12] != recorded[:12] else 64
+            message = (
+                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' changes text-encoder layers made "
+                f"for other text encoders (hash {printable(recorded[:shown])}, this base's "
+                f"{(current_encoders or 'none')[:shown]}): its text-encoder factors were fitted to other weights; "
+                "pass --strict to refuse"
+            )
+            if strict:
+                raise BaseMismatchError(message)
+            warnings.warn(message, BaseMismatchWarning, stacklevel=2)
 
 
 def apply_patches(

@@ -65,6 +65,9 @@ class PatchInfo:
     base_model: str | None = None  # Hub id or path of the base it was made for
     base_revision: str | None = None  # Hub commit of that base, when known
     base_hash: str | None = None  # the family's hash of that base's target weights
+    encoder_hash: str | None = (
+        None  # the family's hash of that base's text-encoder layers (with encoder factors)
+    )
     architecture: str = "stable-diffusion-v1"  # ModelSpec architecture of the base (without "/lora")
     title: str = ""
     description: str = ""
@@ -208,6 +211,8 @@ def write_header(
         header[f"{NAMESPACE}.encoders"] = json.dumps(
             {c: {"modules": len(r), "rank": max(r.values())} for c, r in sorted(encoder_ranks.items())}
         )
+    if info.encoder_hash:  # only files with text-encoder factors record their encoders' hash
+        header[f"{NAMESPACE}.encoder_hash"] = info.encoder_hash
     if info.author:
         header["modelspec.author"] = info.author
     if info.license:

@@ -168,6 +168,8 @@ def _merged_info(
     for patch in patches:
         concepts += [c for c in patch.info.concepts if c not in concepts]
     same_base = all(p.info.base_hash == first.base_hash for p in patches)
+    # the parents with text-encoder factors must agree on their encoders for the merge to keep a record of them
+    encoder_hashes = {p.info.encoder_hash for p in patches if p.encoders}
     parents = tuple(
         {
             "title": p.info.title or ", ".join(p.concept_names) or p.info.method,
@@ -185,6 +187,7 @@ def _merged_info(
         base_model=first.base_model if same_base else None,
         base_revision=first.base_revision if same_base else None,
         base_hash=first.base_hash if same_base else None,
+        encoder_hash=encoder_hashes.pop() if len(encoder_hashes) == 1 else None,
         architecture=first.architecture,
         title=title,
         config={

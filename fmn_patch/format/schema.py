@@ -97,6 +97,7 @@ def info_from_header(header: Mapping[str, str]) -> PatchInfo:
         base_model=get("base_model") or None,
         base_revision=get("base_revision") or None,
         base_hash=get("base_hash") or None,
+        encoder_hash=get("encoder_hash") or None,
         architecture=architecture,
         title=header.get("modelspec.title", ""),
         description=header.get("modelspec.description", ""),

@@ -36,6 +36,7 @@ def summarize(patch: Patch, path: str | Path | None = None, use_with: str | None
             "model": info.base_model,
             "revision": info.base_revision,
             "hash": info.base_hash,
+            "encoder_hash": info.encoder_hash,  # of its text encoders' layers; only with encoder factors
             "architecture": info.architecture,
         },
         "component": patch.component,

@@ -179,6 +179,11 @@ def _details(patch: Patch, size_bytes: int | None, header: dict[str, str], base:
         f"- made for: {code_span(base or info.base_model or 'unknown')} \\[{md(info.architecture)}\\]"
         + (f" at revision {code_span(info.base_revision)}" if info.base_revision else ""),
         f"- base target hash: {code_span(info.base_hash or '-')} (a different base warns; `--strict` refuses)",
+        *(
+            [f"- base text-encoder hash: {code_span(info.encoder_hash)} (checked the same way)"]
+            if info.encoder_hash
+            else []
+        ),
         f"- hashes (checked on every load): ModelSpec {code_span(header['modelspec.hash_sha256'])} (SHA-256 of "
         f"the file's tensor data), fmn-patch {code_span(header['fmn_patch.tensor_hash'])}",
         f"- date: {md(info.date or header['modelspec.date'])}",

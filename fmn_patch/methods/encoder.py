@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from ..errors import FmnPatchError
 from ..families import encoders
 from ..families.base import Base
 from ..families.grads import frozen
+from ..format.patch import Patch
 from .inversion import LearnedTokens
 from .loop import LoopConfig, optimise
 
@@ -154,6 +156,13 @@ def fit_encoder(
         )
         for m in sorted(written)
     }
+
+
+def with_encoder_factors(base: Base, patch: Patch, factors: EncoderFactors) -> Patch:
+    """``patch`` with ``factors`` (from ``fit_encoder``) on the base's text encoder beside its key/value factors,
+    recording the base's text-encoder hash, so that a base whose encoder differs is told on apply."""
+    info = dataclasses.replace(patch.info, encoder_hash=base.family.identity.encoder_hash())
+    return Patch(patch.factors, info, patch.component, {**patch.encoders, COMPONENT: dict(factors)})
 
 
 @contextlib.contextmanager
