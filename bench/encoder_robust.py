@@ -2,6 +2,7 @@
 
     python bench/encoder_robust.py --concept bob                  # every design, every held-out attack
     python bench/encoder_robust.py --concept circle --designs plain te-rounds --attacks alias-1x anchor-2x
+    python bench/encoder_robust.py --base toy-sd3 --concept bob --designs plain te-rounds --layers 2
 
 Designs (each a patch on the toy; the last two add text-encoder factors, ``fmn_patch.methods.encoder``):
 
@@ -18,6 +19,10 @@ The attack inside training starts at the name, the anchor or the end token, with
 concept's first bench prompt, for ``robust_attack_steps`` steps (``TrainConfig``). The attacks that score differ
 in every one of those: init word (the alias, the anchor, an unrelated word), seed, template (the bench's inversion
 template and another), and budget (the harness's 1x and 2x). Each row gives the worst held-out attack first.
+
+``--base toy-sd3`` runs the designs on the toy MMDiT (same world, bench and judge): there the text-encoder factors
+sit on both CLIPs, whose next-to-last layer gives the text states and whose last gives the pooled vector every
+block modulates with; ``robust`` and ``robust-te`` are refused there, as `train --robust` is.
 
 Writes bench/results/encoder_robust.json (rows added per run; ``--fresh`` starts over).
 """
@@ -47,13 +52,7 @@ from fmn_patch.concepts.bench import load_bench
 from fmn_patch.concepts.prompts import plan, preserve_prompts, substitute
 from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
 from fmn_patch.format.patch import Patch
-from fmn_patch.methods.encoder import (
-    COMPONENT,
-    EncoderFitConfig,
-    EncoderPrompts,
-    fit_encoder,
-    with_encoder_factors,
-)
+from fmn_patch.methods.encoder import EncoderFitConfig, EncoderPrompts, fit_encoder, with_encoder_factors
 from fmn_patch.methods.inversion import InversionConfig, LearnedTokens, learn_tokens
 from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
 from fmn_patch.toy.judge import ToyJudge
@@ -82,23 +81,23 @@ def harvest_and_fit(
     """Rounds of: a Concept Inversion token against ``patch`` with the text-encoder factors so far, then a fit of
     those factors on the name, its aliases and every token found (``fresh``: from the original encoder each
     time). Returns the patch with its text-encoder factors, the tokens and the seconds of each round."""
-    bench = load_bench("toy")
+    bench = load_bench("toy")  # both toys draw the same world
     c = bench.concept(concept)
     pl = plan(c, bench)
     train = TrainConfig()
     preserve = tuple(p for p in preserve_prompts(bench, [c]) if p)
     names = [c.name, *c.aliases]
     tokens: list[LearnedTokens] = []
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = (
+        None  # component -> module -> (A, B)
+    )
     seconds = []
     for r in range(rounds + 1):
         tick = time.perf_counter()
         if (
             r > 0
         ):  # the attack the training sees: inits name, anchor, end token; the training seed; first prompt
-            current = Patch(
-                patch.factors, patch.info, patch.component, {COMPONENT: factors} if factors else {}
-            )
+            current = with_encoder_factors(base, patch, factors or {})
             applied = apply_patches(base, [current])
             try:
                 tokens.append(
@@ -166,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--base", choices=("toy", "toy-sd3"), default="toy", help="the toy family")
     parser.add_argument("--concept", default="bob")
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
@@ -183,9 +183,12 @@ def main(argv: list[str] | None = None) -> None:
         "--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)"
     )
     args = parser.parse_args(argv)
+    refused = {"robust", "robust-te"} & set(args.designs) if args.base != "toy" else set()
+    if refused:
+        parser.error(f"--designs {' '.join(sorted(refused))}: `train --robust` is refused on {args.base}")
     quiet_libraries()
     torch.manual_seed(0)
-    base = load_base("toy")
+    base = load_base(args.base)
     bench, judge = load_bench("toy"), ToyJudge.load()
     sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
     c = bench.concept(args.concept)
@@ -224,7 +227,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{design}: made in {spent:.1f} s", file=sys.stderr, flush=True)
         names = apply_patches(base, [patch])
         try:
-            row = {"concept": args.concept, "design": design, "seconds": round(spent, 1), **extra}
+            row = {
+                "base": args.base,
+                "concept": args.concept,
+                "design": design,
+                "seconds": round(spent, 1),
+                **extra,
+            }
             row |= score(base, args.concept, world, args.attacks)
         finally:
             remove_patches(base, names)
@@ -252,9 +261,9 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
         "init word of its second round; the alias- and word-started ones share nothing). te: text-encoder factors on "
         "the last L layers at rank r, R rounds; worst: the highest held-out attack.",
         "",
-        "| concept | design | te (L / r / R) | worst | held-out Concept Inversion | Acc | alias | kept / base | "
-        "time (s) | run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| base | concept | design | te (L / r / R) | worst | held-out Concept Inversion | Acc | alias | "
+        "kept / base | time (s) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, run in enumerate(record["runs"], 1):
         for r in run["rows"]:
@@ -263,8 +272,8 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
             attacks = ", ".join(f"{name} {acc:.0%}" for name, acc in r["attacks"].items())
             alias = "-" if r["alias"] is None else f"{r['alias']:.0%}"
             lines.append(
-                f"| {r['concept']} | {r['design']} | {te} | {r.get('worst', 0):.0%} | {attacks} | {r['acc']:.0%} "
-                f"| {alias} | {r['kept_ratio']:.1%} | {r['seconds']} | {k} |"
+                f"| {r.get('base', 'toy')} | {r['concept']} | {r['design']} | {te} | {r.get('worst', 0):.0%} "
+                f"| {attacks} | {r['acc']:.0%} | {alias} | {r['kept_ratio']:.1%} | {r['seconds']} | {k} |"
             )
     lines.append("")
     lines += [f"- ({k}) " + provenance(run) for k, run in enumerate(record["runs"], 1)]

@@ -8,8 +8,10 @@ LoRA pipeline and are implemented here; every verb acts on the denoiser and the 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +73,21 @@ class Adapters(Role, ABC):
             if layers:
                 found[component] = layers
         return found
+
+    @contextlib.contextmanager
+    def encoder_copies(self) -> Iterator[dict[str, nn.Module]]:
+        """float32 copies of the CLIP text encoders (``encoder_targets``' components), in the pipeline's place for
+        the block, so that everything that encodes a prompt reads them; the originals are put back on exit and are
+        never changed (what a text-encoder fit trains)."""
+        originals = {c: getattr(self.pipe, c) for c in self.encoder_targets()}
+        copies = {c: copy.deepcopy(e).float() for c, e in originals.items()}
+        try:
+            for component, clone in copies.items():
+                setattr(self.pipe, component, clone)
+            yield copies
+        finally:
+            for component, original in originals.items():
+                setattr(self.pipe, component, original)
 
     def check_encoder_module(self, component: str, module: str, shape: tuple[int, int]) -> None:
         """Refuse a text-encoder factor whose encoder or layer this base lacks, or whose (out, in) differs."""

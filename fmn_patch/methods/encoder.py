@@ -1,10 +1,10 @@
-"""The text-encoder part of a patch: a LoRA on the last layers of the CLIP text encoder, fitted so that prompts
+"""The text-encoder part of a patch: a LoRA on the last layers of the CLIP text encoders, fitted so that prompts
 naming the concept, or written with any token an attack found for it, encode as the anchor's prompts do, while
 every other prompt encodes as before.
 
 No denoiser in the loop: the objective is in the encoder's output space, the states every cross-attention reads
-(and, where a family pools them, what it modulates with), so the fit takes seconds. The fit runs on a copy of the
-encoder, so the base is never touched; the result is the factors of ``Patch.encoders``.
+(and, where a family pools them, what it modulates with), so the fit takes seconds. The fit runs on copies of the
+encoders, so the base is never touched; the result is the factors of ``Patch.encoders``.
 
 Attention re-steering and the closed-form edit act on the keys and values of the concept's states; a new token
 that an attacker learns brings other states, which those patches do not see. This part maps the tokens it is
@@ -14,9 +14,8 @@ shown (the name, its aliases, harvested attack tokens) onto the anchor before an
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,13 +25,13 @@ from .. import values
 from ..errors import FmnPatchError
 from ..families import encoders
 from ..families.base import Base
+from ..families.conditioning import Conditioning
 from ..families.grads import frozen
 from ..format.patch import Patch
 from .inversion import LearnedTokens
 from .loop import LoopConfig, optimise
 
 ADAPTER = "fmn_encoder"
-COMPONENT = "text_encoder"  # the one CLIP encoder of the families that learn tokens (SD 1.x/2.x)
 EncoderFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # written module -> (A (r, in), B (out, r))
 
 
@@ -75,14 +74,23 @@ class EncoderPrompts:
             )
 
 
-def fitted_modules(encoder: torch.nn.Module, layers: int) -> dict[str, str]:
+def fitted_modules(encoder: torch.nn.Module, component: str, layers: int) -> dict[str, str]:
     """The encoder's patchable modules in its last ``layers`` layers: written name -> the name in this encoder."""
-    found = encoders.find_encoder_targets(encoder, COMPONENT)
+    found = encoders.find_encoder_targets(encoder, component)
     last = max(encoders.layer_of(m) for m in found)
     live = {
         ("" if n.startswith(encoders.PREFIX) else encoders.PREFIX) + n: n for n, _ in encoder.named_modules()
     }
     return {m: live[m] for m in found if encoders.layer_of(m) > last - layers}
+
+
+def distance(a: Conditioning, b: Conditioning) -> torch.Tensor:
+    """Mean squared distance of two conditionings: their states (N, T, D) and each extra (a pooled vector (N, P),
+    ...); an extra no text encoder changes (SDXL's size ids) adds nothing."""
+    total = F.mse_loss(a.states, b.states)
+    for key, value in (a.added or {}).items():
+        total = total + F.mse_loss(value, b.added[key] if b.added else value)
+    return total
 
 
 def fit_encoder(
@@ -91,86 +99,105 @@ def fit_encoder(
     config: EncoderFitConfig | None = None,
     tokens: Sequence[LearnedTokens] = (),
     *,
-    start: EncoderFactors | None = None,
+    start: Mapping[str, EncoderFactors] | None = None,
     progress: bool = False,
-) -> EncoderFactors:
-    """Fit text-encoder factors (written module -> (A, B), alpha folded into B) on a copy of the base's encoder:
-    mean squared error of the erase prompts' states to their targets' base states, plus ``preserve_weight`` times
-    the preserve prompts' drift. ``tokens`` (an attack's learned tokens) may appear in the erase prompts; ``start``
-    continues from earlier factors."""
+) -> dict[str, EncoderFactors]:
+    """Fit text-encoder factors (component -> written module -> (A, B), alpha folded into B) on copies of the base's
+    CLIP encoders: the erase prompts' conditioning (states, and the pooled vector where the family has one) to
+    their targets' base conditioning, plus ``preserve_weight`` times the preserve prompts' drift. ``tokens`` (an
+    attack's learned tokens) may appear in the erase prompts; ``start`` continues from earlier factors.
+
+    Every family that learns tokens is served (SD 1.x/2.x: the one CLIP; SD3: both CLIPs, T5 left as it is; Flux:
+    its CLIP, whose pooled vector it modulates with); SDXL, which learns none, is refused in one line."""
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 
     config = config or EncoderFitConfig()
     family = base.family
-    if family.name != "unet":  # MMDiT conditioning joins two CLIPs and T5; their fit is not built
-        raise FmnPatchError(
-            f"the text-encoder fit serves SD 1.x/2.x bases (one CLIP encoder), not the {family.name} family"
-        )
     family.text.require_one_encoder("the text-encoder fit")
     names = [n for t in tokens for n in t.names]
     table = torch.cat([t.embeddings for t in tokens]) if tokens else None
-    with _tokens(base, names, table) as encoder:  # the ids and the copy with the tokens added
-        clone = copy.deepcopy(encoder).float()  # the base encoder, never changed
-        erase, targets = family.text.padded_ids(prompts.erase), family.text.padded_ids(prompts.targets)
-        preserve = family.text.padded_ids(prompts.preserve) if prompts.preserve else None
-    modules = fitted_modules(clone, config.layers)
-    with torch.no_grad(), frozen(clone):
-        target = clone(targets)[0]  # (P, T, d): the anchors' states before any change
-        kept = clone(preserve)[0] if preserve is not None else None  # (Q, T, d)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=sorted(modules.values()))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # peft draws lora_A from the global RNG: seeded here, restored after
-        inject_adapter_in_model(lora, clone, adapter_name=ADAPTER)
-    for p_name, p in clone.named_parameters():
-        p.requires_grad_(ADAPTER in p_name)
-    if start:
-        state = {
-            f"{modules[m]}.lora_{k}.weight": t for m, (a, b) in start.items() for k, t in (("A", a), ("B", b))
-        }
-        set_peft_model_state_dict(clone, state, adapter_name=ADAPTER)
-    params = [p for p in clone.parameters() if p.requires_grad]
+    preserve = list(prompts.preserve)
+    with family.adapters.encoder_copies() as copies, _tokens(base, names, table):
+        if not copies:
+            raise FmnPatchError(f"this {family.name} base has no CLIP text encoder for a text-encoder fit")
+        with torch.no_grad(), frozen(*copies.values()):
+            target = family.text.encode_with_grad(
+                prompts.targets
+            )  # the anchors' conditioning before any change
+            kept = family.text.encode_with_grad(preserve) if preserve else None
+        modules = {c: fitted_modules(e, c, config.layers) for c, e in copies.items()}
+        for component, encoder in copies.items():
+            lora = LoraConfig(
+                r=config.rank, lora_alpha=config.rank, target_modules=sorted(modules[component].values())
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(
+                    config.seed
+                )  # peft draws lora_A from the global RNG: seeded, restored after
+                inject_adapter_in_model(lora, encoder, adapter_name=ADAPTER)
+            for p_name, p in encoder.named_parameters():
+                p.requires_grad_(ADAPTER in p_name)
+            if start and start.get(component):
+                state = {
+                    f"{modules[component][m]}.lora_{k}.weight": t
+                    for m, (a, b) in start[component].items()
+                    for k, t in (("A", a), ("B", b))
+                }
+                set_peft_model_state_dict(encoder, state, adapter_name=ADAPTER)
+        params = [p for e in copies.values() for p in e.parameters() if p.requires_grad]
 
-    def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        parts = {"erase": F.mse_loss(clone(erase)[0], target)}  # (P, T, d) against the anchors'
-        if kept is not None and preserve is not None:
-            pick = torch.randperm(len(preserve), generator=gen)[: config.batch_size]
-            parts["preserve"] = F.mse_loss(clone(preserve[pick])[0], kept[pick])  # (b, T, d)
-        return parts
+        def step(gen: torch.Generator) -> dict[str, torch.Tensor]:
+            parts = {"erase": distance(family.text.encode_with_grad(prompts.erase), target)}
+            if kept is not None:
+                pick = torch.randperm(len(preserve), generator=gen)[: config.batch_size]
+                drift = family.text.encode_with_grad([preserve[i] for i in pick.tolist()])
+                parts["preserve"] = distance(drift, kept.select(pick))
+            return parts
 
-    loop = LoopConfig(
-        steps=config.steps,
-        lr=config.lr,
-        seed=config.seed,
-        desc="fitting the text encoder",
-        hint="lower the encoder fit's lr",
-    )
-    optimise(
-        params, step, loop, weights={"erase": 1.0, "preserve": config.preserve_weight}, progress=progress
-    )
-    state = get_peft_model_state_dict(clone, adapter_name=ADAPTER)
-    written = {live: w for w, live in modules.items()}
-    return {
-        written[m]: (
-            state[f"{m}.lora_A.weight"].detach().clone(),
-            state[f"{m}.lora_B.weight"].detach().clone(),
+        loop = LoopConfig(
+            steps=config.steps,
+            lr=config.lr,
+            seed=config.seed,
+            desc="fitting the text encoder",
+            hint="lower the encoder fit's lr",
         )
-        for m in sorted(written)
-    }
+        others = [e for e in family.text.text_encoders() if all(e is not c for c in copies.values())]
+        with frozen(*others):  # T5 (SD3, Flux) is read, never trained: no gradient lands on the base's
+            optimise(
+                params,
+                step,
+                loop,
+                weights={"erase": 1.0, "preserve": config.preserve_weight},
+                progress=progress,
+            )
+        fitted: dict[str, EncoderFactors] = {}
+        for component, encoder in copies.items():
+            state = get_peft_model_state_dict(encoder, adapter_name=ADAPTER)
+            fitted[component] = {
+                written: (
+                    state[f"{live}.lora_A.weight"].detach().clone(),
+                    state[f"{live}.lora_B.weight"].detach().clone(),
+                )
+                for written, live in sorted(modules[component].items())
+            }
+    return fitted
 
 
-def with_encoder_factors(base: Base, patch: Patch, factors: EncoderFactors) -> Patch:
-    """``patch`` with ``factors`` (from ``fit_encoder``) on the base's text encoder beside its key/value factors,
-    recording the base's text-encoder hash, so that a base whose encoder differs is told on apply."""
+def with_encoder_factors(base: Base, patch: Patch, factors: Mapping[str, EncoderFactors]) -> Patch:
+    """``patch`` with ``factors`` (from ``fit_encoder``, by component) on the base's text encoders beside its
+    key/value factors, recording the base's text-encoder hash, so that a base whose encoder differs is told on
+    apply."""
     info = dataclasses.replace(patch.info, encoder_hash=base.family.identity.encoder_hash())
-    return Patch(patch.factors, info, patch.component, {**patch.encoders, COMPONENT: dict(factors)})
+    return Patch(
+        patch.factors, info, patch.component, {**patch.encoders, **{c: dict(f) for c, f in factors.items()}}
+    )
 
 
 @contextlib.contextmanager
-def _tokens(base: Base, names: list[str], table: torch.Tensor | None) -> Iterator[torch.nn.Module]:
-    """The text encoder, with ``names`` added to it and the tokenizer (their rows ``table``) for the block."""
-    family = base.family
+def _tokens(base: Base, names: list[str], table: torch.Tensor | None) -> Iterator[None]:
+    """``names`` added to the tokenizers and the encoders in the pipeline (their rows ``table``) for the block."""
     if not names:
-        yield family.text.text_encoders()[0]
+        yield
         return
-    with family.text.added_tokens(names, table):
-        yield family.text.text_encoders()[0]
+    with base.family.text.added_tokens(names, table):
+        yield
