@@ -13,7 +13,13 @@ Designs (each a patch on the toy; the last two add text-encoder factors, ``fmn_p
   aliases and every token found so far encode as the anchor;
 - ``te-once``: the same harvest, but every fit starts from the original encoder on all tokens found so far, the
   last one on all of them (STEREO's shape: harvest, then one fit);
-- ``robust-te``: today's `--robust` patch, then the rounds of ``te-rounds`` on top (its key/value factors kept).
+- ``robust-te``: today's `--robust` patch, then the rounds of ``te-rounds`` on top (its key/value factors kept);
+- ``rece``: RECE's shape (Gong et al., ECCV 2024) on the closed-form edit, key/value only: after the solve, the
+  text state that each erased row's keys/values best revive in the edited model is derived in closed form
+  (``ReceEditor``), added to the erase rows with the same target, and the edit solved again, ``--rece-rounds``
+  times; no image, no gradient;
+- ``rece-start``: the plain patch's training, started from that edit instead of the plain edit (`train` starts
+  from the edit by default).
 
 The attack inside training starts at the name, the anchor or the end token, with the training seed, on the
 concept's first bench prompt, for ``robust_attack_steps`` steps (``TrainConfig``). The attacks that score differ
@@ -36,7 +42,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from unittest import mock
 
 import torch
 
@@ -51,14 +58,19 @@ from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
 from fmn_patch.concepts.prompts import plan, preserve_prompts, substitute
 from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
+from fmn_patch.families.base import Base
 from fmn_patch.format.patch import Patch
+from fmn_patch.methods import edit as edit_module
+from fmn_patch.methods.edit import edit_patch
+from fmn_patch.methods.editor import EditConfig, Editor
 from fmn_patch.methods.encoder import EncoderFitConfig, EncoderPrompts, fit_encoder, with_encoder_factors
 from fmn_patch.methods.inversion import InversionConfig, LearnedTokens, learn_tokens
 from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
+from fmn_patch.methods.solver import NormalEquations
 from fmn_patch.toy.judge import ToyJudge
 
 RESULTS = Path(__file__).parent / "results" / "encoder_robust.json"
-DESIGNS = ("plain", "robust", "te-rounds", "te-once", "robust-te")
+DESIGNS = ("plain", "robust", "te-rounds", "te-once", "robust-te", "rece", "rece-start")
 #: held-out attacks: (init word or "alias"/"anchor", template, seed, budget multiple of the harness's steps)
 ATTACKS: dict[str, tuple[str, str | None, int, int]] = {
     "alias-1x": ("alias", None, 101, 1),
@@ -67,6 +79,79 @@ ATTACKS: dict[str, tuple[str, str | None, int, int]] = {
     "alias-2x": ("alias", "a picture of {}", 104, 2),
     "anchor-2x": ("anchor", None, 105, 2),
 }
+
+
+class RecordedEquations(NormalEquations):
+    """The edit's normal equations, keeping every erase row (c, its target, weight) for RECE's derivation."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def add_erase(self, c: torch.Tensor, t: torch.Tensor, weight: float = 1.0) -> None:
+        super().add_erase(c, t, weight)
+        self.rows.append((c.double(), t.double(), weight))
+
+
+class ReceEditor(Editor):
+    """The closed-form edit with RECE's inner loop. With every layer's edited weight W' = W (I + P), the state c'
+    whose keys/values across all layers come closest to what the concept's state c gave before the edit is
+
+        c' = argmin sum_l ||W_l (I + P) c' - W_l c||^2 + lam ||c'||^2 = (A^T M A + lam I)^-1 A^T M c,
+
+    A = I + P, M = sum_l W_l^T W_l (in, in): one solve per round for every row. Each round adds c' -> c's target
+    to the erase rows and solves again."""
+
+    rounds: ClassVar[int] = 3
+    lam: ClassVar[float] = (
+        1e-3  # times trace(M) / in: the ridge in the units of M (c' then has about c's norm)
+    )
+    #: per solve, after its last round: how far the concept's own rows and the best revived rows are from giving
+    #: the concept's keys/values before the edit (sum_l ||W_l A x - W_l c||^2 over sum_l ||W_l c||^2)
+    revival: ClassVar[list[dict[str, float]]] = []
+
+    def __init__(self, base: Base, config: EditConfig) -> None:
+        super().__init__(base, config)
+        self.normal = RecordedEquations(self.dim)
+
+    def solve(self) -> torch.Tensor:
+        p = super().solve()
+        normal = self.normal
+        assert isinstance(normal, RecordedEquations)
+        m = sum(w.double().T @ w.double() for w in self.targets.values())  # (in, in)
+        assert isinstance(m, torch.Tensor)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        ridge = self.lam * float(torch.trace(m)) / self.dim
+        concept = list(normal.rows)  # the concept's own rows; the derived ones are not derived from again
+        for _ in range(self.rounds):
+            a = eye + p.double()  # W' = W A
+            lhs = a.T @ m @ a + ridge * eye  # (in, in)
+            for c, t, weight in concept:
+                revived = torch.linalg.solve(lhs, a.T @ m @ c.T).T  # (n, in)
+                normal.add_erase(revived, t, weight)
+            p = super().solve()
+        a = eye + p.double()
+        c = torch.cat([row for row, _, _ in concept])  # (n, in)
+        revived = torch.linalg.solve(a.T @ m @ a + ridge * eye, a.T @ m @ c.T).T
+
+        def gap(x: torch.Tensor) -> float:
+            d = a @ x.T - c.T  # (in, n)
+            return float((d * (m @ d)).sum() / (c.T * (m @ c.T)).sum())
+
+        ratio = float(revived.norm(dim=1).mean() / c.norm(dim=1).mean())
+        self.revival.append({"concept": gap(c), "revived": gap(revived), "norm_ratio": ratio})
+        return p
+
+
+def rece_patch(base: Any, concept: str, rounds: int, train: bool) -> Patch:
+    """The RECE-shaped edit of ``concept`` (``train``: the default training, started from it)."""
+    rece = type("Rece", (ReceEditor,), {"rounds": rounds})
+    with mock.patch.object(
+        edit_module, "Editor", rece
+    ):  # edit_patch and train's start both make their editor here
+        if train:
+            return train_patch(base, [concept], progress=False)
+        return edit_patch(base, [concept], config=EditConfig())
 
 
 def harvest_and_fit(
@@ -170,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
     parser.add_argument("--rounds", type=int, default=3, help="attack-and-fit rounds of the te designs")
+    parser.add_argument("--rece-rounds", type=int, default=3, help="closed-form rounds of the rece designs")
     parser.add_argument(
         "--layers", type=int, default=1, help="the text encoder's last layers that carry factors"
     )
@@ -212,7 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     for design in args.designs:
         tick = time.perf_counter()
         extra: dict[str, Any] = {}
-        if design in ("robust", "robust-te"):
+        if design.startswith("rece"):
+            patch = rece_patch(base, args.concept, args.rece_rounds, train=design == "rece-start")
+            extra = {
+                "rece_rounds": args.rece_rounds,
+                "rece_lam": ReceEditor.lam,
+                "revival": ReceEditor.revival[-1] if ReceEditor.revival else None,
+            }
+        elif design in ("robust", "robust-te"):
             patch = train_patch(
                 base, [args.concept], TrainConfig(robust_rounds=ROBUST_ROUNDS), progress=False
             )
