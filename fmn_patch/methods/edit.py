@@ -211,13 +211,18 @@ def _preserve(
         for c, anchor in zip(concepts, anchors, strict=True)
         for t in templates(c, bench)
     ]
+
+    def names(prompt: str) -> bool:  # tokenized once, however many names are banned (50 identities: 100 names)
+        ids = family.text.token_ids(prompt)
+        return any(find_subsequence(ids, sub) for sub in banned)
+
     return preserve_prompts(
         bench,
         concepts,
         first=anchor_prompts,
         last=[*family.text.common_words(config.vocab_words), *extra],
         bench_concepts=config.bench_preserve,
-        names=lambda p: any(find_subsequence(family.text.token_ids(p), sub) for sub in banned),
+        names=names,
     )
 
 
