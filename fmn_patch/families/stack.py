@@ -62,35 +62,41 @@ def check_compatible(
                 family.adapters.check_encoder_module(component, module, (b.shape[0], a.shape[1]))
             except BaseMismatchError as e:
                 raise BaseMismatchError(f"{e} {where}") from None
+    title = printable(patch.info.title or patch.concept_names, 100)
     if patch.info.base_hash:
         current = base_hash or family.identity.target_hash()
         if current != patch.info.base_hash:
-            # enough characters to tell the two hashes apart
-            shown = 12 if current[:12] != patch.info.base_hash[:12] else 64
-            message = (
-                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' was made for base "
-                f"{printable(patch.info.base_model or '?', 100)} "
-                f"(target hash {printable(patch.info.base_hash[:shown])}), this base has target "
-                f"hash {current[:shown]} ({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); "
-                "fine-tunes of the same architecture usually work, pass --strict to refuse"
+            recorded, found = _told_apart(patch.info.base_hash, current)
+            _mismatch(
+                f"patch '{title}' was made for base {printable(patch.info.base_model or '?', 100)} (target hash "
+                f"{recorded}), this base has target hash {found} "
+                f"({base.ref or getattr(base.pipe, 'name_or_path', None) or '?'}); fine-tunes of the same "
+                "architecture usually work, pass --strict to refuse",
+                strict,
             )
-            if strict:
-                raise BaseMismatchError(message)
-            warnings.warn(message, BaseMismatchWarning, stacklevel=2)
     if patch.encoders and patch.info.encoder_hash:
         current_encoders = family.identity.encoder_hash()
         if current_encoders != patch.info.encoder_hash:
-            recorded = patch.info.encoder_hash
-            shown = 12 if (current_encoders or "")[:12] != recorded[:12] else 64
-            message = (
-                f"patch '{printable(patch.info.title or patch.concept_names, 100)}' changes text-encoder layers made "
-                f"for other text encoders (hash {printable(recorded[:shown])}, this base's "
-                f"{(current_encoders or 'none')[:shown]}): its text-encoder factors were fitted to other weights; "
-                "pass --strict to refuse"
+            recorded, found = _told_apart(patch.info.encoder_hash, current_encoders)
+            _mismatch(
+                f"patch '{title}' changes text-encoder layers made for other text encoders (hash {recorded}, this "
+                f"base's {found}): its text-encoder factors were fitted to other weights; pass --strict to refuse",
+                strict,
             )
-            if strict:
-                raise BaseMismatchError(message)
-            warnings.warn(message, BaseMismatchWarning, stacklevel=2)
+
+
+def _told_apart(recorded: str, current: str | None) -> tuple[str, str]:
+    """A recorded and a current hash, cut to enough characters to tell them apart (12, else all 64)."""
+    current = current or "none"
+    shown = 12 if current[:12] != recorded[:12] else 64
+    return printable(recorded[:shown]), current[:shown]
+
+
+def _mismatch(message: str, strict: bool) -> None:
+    """A base mismatch: refused under ``strict``, else a warning at ``check_compatible``'s caller."""
+    if strict:
+        raise BaseMismatchError(message)
+    warnings.warn(message, BaseMismatchWarning, stacklevel=3)
 
 
 def apply_patches(
