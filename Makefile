@@ -94,6 +94,7 @@ bench: install
 	$(PY) bench/mmdit_sizes.py
 	$(PY) bench/toy_sd3_quality.py
 	$(PY) bench/toy_threads.py
+	$(PY) bench/toy_edit_timing.py
 	$(PY) bench/toy_v2_resolution.py --size 32
 	$(PY) bench/install.py
 

@@ -82,6 +82,9 @@ def write_markdown() -> None:
     from mass_erasure_report import mass_erasure_section  # bench/mass_erasure.py: N identities at once
 
     lines += mass_erasure_section(read_result, provenance_line)
+    from toy_edit_timing import toy_edit_timing_section  # bench/toy_edit_timing.py: the edit of 50's cost
+
+    lines += toy_edit_timing_section(read_result, provenance_line)
     from neighbour_weight import neighbour_section  # bench/neighbour_weight.py: keeping neighbours
 
     lines += neighbour_section(read_result, provenance_line)
