@@ -352,7 +352,9 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
         "200 steps; the attack inside training starts from the name, the anchor or the end token, on the first "
         "bench prompt, 100 steps, seed 0 + round (so the anchor-started attacks share one thing with training, the "
         "init word of its second round; the alias- and word-started ones share nothing). te: text-encoder factors on "
-        "the last L layers at rank r, R rounds; worst: the highest held-out attack.",
+        "the last L layers at rank r, R rounds (on toy-sd3 on both CLIPs); RECE xR: R closed-form rounds, and the "
+        "squared relative error to which a text state of about the concept's norm still gives back its keys/values "
+        "in every layer after them; worst: the highest held-out attack.",
         "",
         "| base | concept | design | te (L / r / R) | worst | held-out Concept Inversion | Acc | alias | "
         "kept / base | time (s) | run |",
@@ -362,6 +364,10 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
         for r in run["rows"]:
             fit = r.get("fit")
             te = f"{fit['layers']} / {fit['rank']} / {len(r['round_seconds']) - 1}" if fit else "-"
+            if r.get(
+                "revival"
+            ):  # the rece designs: their rounds, and how closely a state still revives the K/V
+                te = f"RECE x{r['rece_rounds']}, revival {r['revival']['revived']:.2%}"
             attacks = ", ".join(f"{name} {acc:.0%}" for name, acc in r["attacks"].items())
             alias = "-" if r["alias"] is None else f"{r['alias']:.0%}"
             lines.append(
