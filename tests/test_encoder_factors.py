@@ -455,3 +455,14 @@ def test_any_subset_of_encoder_layers_round_trips_through_file_and_kohya_bit_for
     for m, (a, b) in encoders["text_encoder"].items():
         a2, b2 = back.encoders["text_encoder"][m]
         assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
+def test_applying_several_patches_hashes_the_encoders_once(sd1, monkeypatch):
+    patches = [_recorded(sd1, with_encoders(sd1, random_patch(sd1, seed=s), seed=s)) for s in (1, 2, 3)]
+    identity = type(sd1.family.identity)
+    calls = []
+    real = identity.encoder_hash
+    monkeypatch.setattr(identity, "encoder_hash", lambda self: calls.append(1) or real(self))
+    names = apply_patches(sd1, patches, strict=True)
+    remove_patches(sd1, names)
+    assert len(calls) == 1

@@ -29,10 +29,16 @@ class BaseMismatchWarning(UserWarning):
 
 
 def check_compatible(
-    base: BaseLike, patch: Patch, *, strict: bool = False, base_hash: str | None = None
+    base: BaseLike,
+    patch: Patch,
+    *,
+    strict: bool = False,
+    base_hash: str | None = None,
+    encoder_hash: str | None = None,
 ) -> None:
     """Refuse a patch whose modules or shapes do not fit the base; warn (or, if ``strict``, refuse) on a base
-    mismatch. ``base_hash`` may be given to skip hashing the base again when checking several patches."""
+    mismatch. ``base_hash`` and ``encoder_hash`` may be given to skip hashing the base again when checking several
+    patches."""
     base = as_base(base)
     family = base.family
     where = f"({printable(patch.info.architecture, 100)}, base {printable(patch.info.base_model or 'unknown', 100)})"
@@ -75,7 +81,7 @@ def check_compatible(
                 strict,
             )
     if patch.encoders and patch.info.encoder_hash:
-        current_encoders = family.identity.encoder_hash()
+        current_encoders = encoder_hash or family.identity.encoder_hash()
         if current_encoders != patch.info.encoder_hash:
             recorded, found = _told_apart(patch.info.encoder_hash, current_encoders)
             _mismatch(
@@ -116,8 +122,10 @@ def apply_patches(
         raise FmnPatchError("no patch given; pass at least one .safetensors patch")
     weights = check_weights(patches, weights)
     base_hash = family.identity.target_hash() if any(p.info.base_hash for p in patches) else None
+    recorded = any(p.encoders and p.info.encoder_hash for p in patches)
+    encoder_hash = family.identity.encoder_hash() if recorded else None
     for patch in patches:
-        check_compatible(base, patch, strict=strict, base_hash=base_hash)
+        check_compatible(base, patch, strict=strict, base_hash=base_hash, encoder_hash=encoder_hash)
     existing = set(family.adapters.adapter_names())
     active = family.adapters.active_adapters()
     names: list[str] = []
