@@ -52,13 +52,6 @@ class Text(Role, ABC):
         """The text encoder modules (frozen while tokens are learned)."""
         return []
 
-    def padded_ids(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Token ids (N, max_length) of ``prompts`` from the tokenizer concepts are placed with (learned tokens
-        added, where a block added them), padded as the pipeline pads them."""
-        from .tokens import padded_ids
-
-        return padded_ids(self.tokenizer, prompts)
-
     def place(self, prompt: str, concept: str) -> Placement:
         """Where ``concept``'s tokens (and the positions after it) sit in ``prompt``."""
         from .tokens import place

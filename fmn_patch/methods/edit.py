@@ -212,9 +212,8 @@ def _preserve(
         for t in templates(c, bench)
     ]
 
-    def names(
-        prompt: str,
-    ) -> bool:  # tokenized once, however many names are banned (50 identities: 100 names)
+    # each prompt tokenized once, however many names are banned (50 identities: 100 names)
+    def names(prompt: str) -> bool:
         ids = family.text.token_ids(prompt)
         return any(find_subsequence(ids, sub) for sub in banned)
 

@@ -121,9 +121,8 @@ def fit_encoder(
         if not copies:
             raise FmnPatchError(f"this {family.name} base has no CLIP text encoder for a text-encoder fit")
         with torch.no_grad(), frozen(*copies.values()):
-            target = family.text.encode_with_grad(
-                prompts.targets
-            )  # the anchors' conditioning before any change
+            # the anchors' conditioning before any change
+            target = family.text.encode_with_grad(prompts.targets)
             kept = family.text.encode_with_grad(preserve) if preserve else None
         modules = {c: fitted_modules(e, c, config.layers) for c, e in copies.items()}
         for component, encoder in copies.items():
@@ -131,9 +130,8 @@ def fit_encoder(
                 r=config.rank, lora_alpha=config.rank, target_modules=sorted(modules[component].values())
             )
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(
-                    config.seed
-                )  # peft draws lora_A from the global RNG: seeded, restored after
+                # peft draws lora_A from the global RNG: seeded here, restored after
+                torch.manual_seed(config.seed)
                 inject_adapter_in_model(lora, encoder, adapter_name=ADAPTER)
             for p_name, p in encoder.named_parameters():
                 p.requires_grad_(ADAPTER in p_name)
