@@ -40,7 +40,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
@@ -55,8 +55,8 @@ from render import write_markdown
 from fmn_patch import apply_patches, load_base, remove_patches
 from fmn_patch.attacks import InversionAttackConfig, inversion_attack, reference_latents
 from fmn_patch.cli.options import quiet_libraries
-from fmn_patch.concepts.bench import load_bench
-from fmn_patch.concepts.prompts import plan, preserve_prompts, substitute
+from fmn_patch.concepts.bench import Bench, Concept, load_bench
+from fmn_patch.concepts.prompts import ConceptPlan, plan, preserve_prompts, substitute
 from fmn_patch.evaluation.mscore import SamplerConfig, acc_kept, evaluate
 from fmn_patch.families.base import Base
 from fmn_patch.format.patch import Patch
@@ -154,24 +154,58 @@ def rece_patch(base: Any, concept: str, rounds: int, train: bool) -> Patch:
         return edit_patch(base, [concept], config=EditConfig())
 
 
+def round_prompts(
+    c: Concept, pl: ConceptPlan, preserve: tuple[str, ...], tokens: Sequence[LearnedTokens]
+) -> EncoderPrompts:
+    """What a text-encoder fit reads once ``tokens`` are harvested: the name, its aliases and every token, in each
+    of the concept's prompts, encode as the anchor's prompt did; the preserve prompts as they did."""
+    words = [c.name, *c.aliases, *(t.words for t in tokens)]
+    erase = [substitute(p, c.name, w) for w in words for p in pl.prompts]
+    targets = [a for _ in words for a in pl.anchor_prompts]
+    return EncoderPrompts(tuple(erase), tuple(targets), preserve)
+
+
+def harvest(
+    base: Any, pl: ConceptPlan, latents: torch.Tensor, r: int, train: TrainConfig, *, progress: bool = False
+) -> LearnedTokens:
+    """Round ``r``'s Concept Inversion token against the patch applied to ``base``: the attack the training sees
+    (init at the name, the anchor or the end token in turn; the training seed + r; the concept's first prompt)."""
+    name = pl.concept.name
+    return learn_tokens(
+        base,
+        latents,
+        f"<fmn-adv-{r}>",
+        (name, pl.anchor, "")[(r - 1) % 3],
+        InversionConfig(
+            num_tokens=1,
+            steps=train.robust_attack_steps,
+            batch_size=train.robust_attack_batch,
+            lr=train.robust_attack_lr,
+            template=substitute(pl.prompts[0], name, "{}"),
+            seed=train.seed + r,
+        ),
+        progress=progress,
+    )
+
+
 def harvest_and_fit(
     base: Any,
     patch: Patch,
-    concept: str,
+    c: Concept,
+    bench: Bench,
     latents: torch.Tensor,
     rounds: int,
     fit: EncoderFitConfig,
     fresh: bool,
+    train: TrainConfig | None = None,
 ) -> tuple[Patch, list[LearnedTokens], list[float]]:
     """Rounds of: a Concept Inversion token against ``patch`` with the text-encoder factors so far, then a fit of
     those factors on the name, its aliases and every token found (``fresh``: from the original encoder each
-    time). Returns the patch with its text-encoder factors, the tokens and the seconds of each round."""
-    bench = load_bench("toy")  # both toys draw the same world
-    c = bench.concept(concept)
+    time). ``train`` gives the attack's steps, batch, lr and seed (default: ``TrainConfig()``'s). Returns the
+    patch with its text-encoder factors, the tokens and the seconds of each round."""
     pl = plan(c, bench)
-    train = TrainConfig()
+    train = train or TrainConfig()
     preserve = tuple(p for p in preserve_prompts(bench, [c]) if p)
-    names = [c.name, *c.aliases]
     tokens: list[LearnedTokens] = []
     factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = (
         None  # component -> module -> (A, B)
@@ -179,37 +213,15 @@ def harvest_and_fit(
     seconds = []
     for r in range(rounds + 1):
         tick = time.perf_counter()
-        if (
-            r > 0
-        ):  # the attack the training sees: inits name, anchor, end token; the training seed; first prompt
-            current = with_encoder_factors(base, patch, factors or {})
-            applied = apply_patches(base, [current])
+        if r > 0:
+            applied = apply_patches(base, [with_encoder_factors(base, patch, factors or {})])
             try:
-                tokens.append(
-                    learn_tokens(
-                        base,
-                        latents,
-                        f"<fmn-adv-{r}>",
-                        (c.name, pl.anchor, "")[(r - 1) % 3],
-                        InversionConfig(
-                            num_tokens=1,
-                            steps=train.robust_attack_steps,
-                            batch_size=train.robust_attack_batch,
-                            lr=train.robust_attack_lr,
-                            template=substitute(pl.prompts[0], c.name, "{}"),
-                            seed=train.seed + r,
-                        ),
-                        progress=False,
-                    )
-                )
+                tokens.append(harvest(base, pl, latents, r, train))
             finally:
                 remove_patches(base, applied)
-        words = names + [t.words for t in tokens]
-        erase = [substitute(p, c.name, w) for w in words for p in pl.prompts]
-        targets = [a for _ in words for a in pl.anchor_prompts]
         factors = fit_encoder(
             base,
-            EncoderPrompts(tuple(erase), tuple(targets), preserve),
+            round_prompts(c, pl, preserve, tokens),
             fit,
             tokens,
             start=None if fresh else factors,
@@ -313,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
             patch = train_patch(base, [args.concept], progress=False)
         if design.startswith("te-") or design == "robust-te":
             patch, _tokens, seconds = harvest_and_fit(
-                base, patch, args.concept, world["latents"], args.rounds, fit, fresh=design == "te-once"
+                base, patch, c, bench, world["latents"], args.rounds, fit, fresh=design == "te-once"
             )
             extra = {"round_seconds": [round(s, 1) for s in seconds], "fit": dataclasses.asdict(fit)}
         spent = time.perf_counter() - tick

@@ -209,9 +209,13 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
         "",
         f"Ratios to FMN's recipe, same run: {ratios}." if ratios else "FMN's recipe was not in this run.",
     ]
-    for other in ("robust", "bare"):
+    for other in ("robust", "bare", "te-rounds", "robust-te"):
         if f"{other}_over_plain" in r:
             lines.append(f"{other.capitalize()} / plain: {r[f'{other}_over_plain']:.2f}x.")
+    if "robust-te_over_plain" in r:
+        lines.append(
+            "Robust-te: the robust run's total plus the te-rounds row's text-encoder phases (te setup, attacks, fits)."
+        )
     lines.append("")
     return lines
 

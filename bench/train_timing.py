@@ -1,6 +1,7 @@
 """What forgetting one concept costs at full size (SD-1.5 architecture, 512 px): the default ``fmnpatch train``, the
 default ``--robust`` and FMN's recipe, side by side in one run; and the bare command (``bare``: no ``--images``), whose
-first and largest CPU phase is drawing its own reference images, reported apart from training.
+first and largest CPU phase is drawing its own reference images, reported apart from training; and ``te-rounds``:
+the plain patch, then the text-encoder rounds of issue 30's designs (``bench/encoder_robust.py``).
 
     python bench/train_timing.py                                  # CPU, fp32, 2 measured steps of each phase
     python bench/train_timing.py --steps 3 --threads 2 --note "idle machine"
@@ -21,8 +22,13 @@ and the patch header's per-phase record (seconds and denoiser samples) is extrap
 
     total = prepare + edit + sum over phases (pool, steps, attacks) of default samples x seconds per sample
 
-FMN's recipe likewise: its setup plus 35 steps x the median step. Peak memory is the measured run's (the first step
-reaches it). ``--full`` runs every default config to the end instead (a GPU). Writes
+FMN's recipe likewise: its setup plus 35 steps x the median step. ``te-rounds`` adds to the plain run one inner
+Concept Inversion and the fits of its first and last round (``--steps`` steps each, median step from the progress
+channel), extrapolated to ``TE``'s rounds and steps: an attack costs the same every round; a fit's step grows with
+its erase prompts (one word more each round), so the rounds between are interpolated linearly. The robust design
+with the text-encoder rounds on top (``robust-te``) is the robust run plus the same text-encoder phases. Peak
+memory is the measured run's (the first step reaches it). ``--full`` runs every default config to the end instead
+(a GPU; the text-encoder rounds are still measured and extrapolated). Writes
 ``bench/results/train_timing.json`` with ``total_ratio`` (ours / FMN's total) and ``memory_ratio`` (ours / FMN's
 peak) for plain and robust, and regenerates BENCHMARKS.md.
 """
@@ -50,8 +56,13 @@ sys.path.insert(0, str(HERE))
 
 CONCEPT = ("Elon Musk", "identity")
 PIXELS = 512
-METHODS = ("plain", "robust", "fmn", "bare")
+METHODS = ("plain", "robust", "fmn", "bare", "te-rounds")
 DRAWING = "drawing reference images"  # the phase's name on fmn_patch's progress channel
+ATTACKING = "learning concept tokens (textual inversion)"  # an inner Concept Inversion's phase (learn_tokens)
+FITTING = "fitting the text encoder"  # a text-encoder fit's phase (fit_encoder)
+#: the text-encoder part of issue 30's designs 1 and 2 as run on the toy (bench/encoder_robust.py, BENCHMARKS.md
+#: "Robust designs with a text-encoder part"): attack-and-fit rounds, steps per fit, the encoder's last layers, rank
+TE = {"rounds": 12, "steps": 300, "layers": 2, "rank": 16}
 
 
 def sd15_pipeline(seed: int = 0) -> Any:
@@ -174,6 +185,87 @@ def extrapolate(cost: dict[str, Any], config: Any, default: Any) -> dict[str, An
     return {"phases": phases, "total_s": round(sum(p["seconds"] for p in phases.values()), 1)}
 
 
+def step_seconds(events: list[Any], phase: str) -> list[list[float]]:
+    """Each run of ``phase`` on the progress channel: its steps' seconds (the differences of the reports)."""
+    runs: list[list[float]] = []
+    last = 0.0
+    for e in events:
+        if e.phase != phase:
+            continue
+        if e.done == 0 and not e.ended:  # a run begins
+            runs.append([])
+            last = 0.0
+        elif not e.ended:
+            runs[-1].append(e.seconds - last)
+            last = e.seconds
+    return runs
+
+
+def encoder_rounds(pipe: Any, patch: Any, images: str, steps: int, default: Any) -> dict[str, Any]:
+    """The text-encoder rounds on top of ``patch``, measured over ``steps`` steps and extrapolated to ``TE``: the
+    phases ``te setup`` (each attack's and fit's own fixed cost), ``te attacks`` (latents x seconds) and ``te fits``
+    (fit steps x seconds; the mean of the first round's and the last's median step)."""
+    from encoder_robust import harvest, round_prompts
+
+    from fmn_patch import apply_patches, as_base, listening, remove_patches
+    from fmn_patch.concepts.bench import load_bench
+    from fmn_patch.concepts.prompts import plan, preserve_prompts, resolve
+    from fmn_patch.families.references import folder_latents
+    from fmn_patch.methods.encoder import EncoderFitConfig, fit_encoder
+    from fmn_patch.methods.inversion import LearnedTokens
+
+    base = as_base(pipe)
+    bench = load_bench("real")
+    c = resolve([CONCEPT[0]], bench, CONCEPT[1])[0]
+    pl = plan(c, bench)
+    preserve = tuple(p for p in preserve_prompts(bench, [c]) if p)
+    latents = folder_latents(base, images)
+    fit = EncoderFitConfig(layers=TE["layers"], rank=TE["rank"], steps=steps)
+    events: list[Any] = []
+    walls = {}
+    with listening(events.append):
+        applied = apply_patches(base, [patch])  # the attack sees the patch (and no text-encoder factor yet)
+        try:
+            tick = time.perf_counter()
+            token = harvest(
+                base, pl, latents, 1, dataclasses.replace(default, robust_attack_steps=steps), progress=True
+            )
+            walls["attack"] = time.perf_counter() - tick
+        finally:
+            remove_patches(base, applied)
+        # the last round's fit reads every token harvested: the same vectors under each round's name
+        tokens = [LearnedTokens(f"<fmn-adv-{r}>", token.embeddings, []) for r in range(1, TE["rounds"] + 1)]
+        for key, found in (("first", []), ("last", tokens)):
+            tick = time.perf_counter()
+            fit_encoder(base, round_prompts(c, pl, preserve, found), fit, found, progress=True)
+            walls[key] = time.perf_counter() - tick
+    (attack,) = step_seconds(events, ATTACKING)
+    first, last = step_seconds(events, FITTING)
+    fixed = (walls["first"] - sum(first) + walls["last"] - sum(last)) / 2 * (TE["rounds"] + 1)
+    fixed += (walls["attack"] - sum(attack)) * TE["rounds"]
+    fit_step = (statistics.median(first) + statistics.median(last)) / 2
+    batch = default.robust_attack_batch
+    return {
+        "te setup": {"seconds": round(fixed, 2)},
+        "te attacks": {
+            "measured_samples": len(attack) * batch,
+            "measured_seconds": round(sum(attack), 3),
+            "seconds_per_sample": round(statistics.median(attack) / batch, 4),
+            "default_samples": TE["rounds"] * default.robust_attack_steps * batch,
+            "seconds": round(TE["rounds"] * default.robust_attack_steps * statistics.median(attack), 2),
+        },
+        "te fits": {  # a sample here is one fit step (every erase prompt and a batch of preserve prompts)
+            "measured_samples": len(first) + len(last),
+            "measured_seconds": round(sum(first) + sum(last), 3),
+            "seconds_per_sample": round(fit_step, 4),
+            "first_step_s": round(statistics.median(first), 4),
+            "last_step_s": round(statistics.median(last), 4),
+            "default_samples": (TE["rounds"] + 1) * TE["steps"],
+            "seconds": round((TE["rounds"] + 1) * TE["steps"] * fit_step, 2),
+        },
+    }
+
+
 def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> dict[str, Any]:
     """One method in this process: build, train, report."""
     from fmn_patch import Event, listening
@@ -236,6 +328,7 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
                     bench=load_bench("real"), progress=False,
                 )  # fmt: skip
             cost = patch.info.extra["cost"] | {"median_step_s": patch.info.extra["seconds_per_step"]}
+            te = encoder_rounds(pipe, patch, images, steps, default) if method == "te-rounds" else {}
             keys: tuple[str, ...] = ("steps", "batch_size", "pool", "train_size", "checkpointing", "init")
             keys += ("robust_rounds",)
             keys += ("robust_attack", "robust_attack_steps", "robust_attack_batch")
@@ -245,6 +338,10 @@ def run_method(method: str, steps: int, full: bool, device: str, dtype: str) -> 
                 "median_step_s": cost["median_step_s"],
                 **extrapolate(cost, run, default),
             }
+            if te:  # after the plain run's phases
+                row["config"] |= {f"te_{k}": v for k, v in TE.items()}
+                row["phases"] |= te
+                row["total_s"] = round(sum(p["seconds"] for p in row["phases"].values()), 1)
             if bare:  # apart from training: out of "prepare", which timed it too
                 drawing = references(events, run, default)
                 row["phases"]["prepare"]["seconds"] = round(
@@ -300,7 +397,8 @@ def main() -> None:
             f"references, {args.dtype} on {args.device} (FMN float32), real CLIP tokenizer; plain = the default "
             "fmnpatch train, "
             "robust = the default --robust, fmn = FMN's recipe (35 steps x batch 1, AdamW over the whole UNet), "
-            "bare = the default fmnpatch train without --images (references: image x sampler steps it draws)"
+            "bare = the default fmnpatch train without --images (references: image x sampler steps it draws), "
+            f"te-rounds = plain, then issue 30's text-encoder rounds ({TE})"
         ),
         "note": args.note,
         "measured_steps": None if args.full else args.steps,
@@ -312,9 +410,12 @@ def main() -> None:
             result.setdefault("total_ratio", {})[method] = round(rows[method]["total_s"] / fmn["total_s"], 3)
             peak = "peak_gpu_mib" if "peak_gpu_mib" in fmn else "peak_rss_mib"
             result.setdefault("memory_ratio", {})[method] = round(rows[method][peak] / fmn[peak], 3)
-    for other in ("robust", "bare"):
+    for other in ("robust", "bare", "te-rounds"):
         if "plain" in rows and other in rows:
             result[f"{other}_over_plain"] = round(rows[other]["total_s"] / rows["plain"]["total_s"], 3)
+    if {"plain", "robust", "te-rounds"} <= rows.keys():  # the robust run plus the same text-encoder phases
+        te = sum(p["seconds"] for k, p in rows["te-rounds"]["phases"].items() if k.startswith("te "))
+        result["robust-te_over_plain"] = round((rows["robust"]["total_s"] + te) / rows["plain"]["total_s"], 3)
     save(args.out, result)
     if args.out == "train_timing":
         write_markdown()
