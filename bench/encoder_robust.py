@@ -231,8 +231,11 @@ def harvest_and_fit(
     return with_encoder_factors(base, patch, factors), tokens, seconds
 
 
-def score(base: Any, concept: str, world: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
-    """Bench accuracy of the concept and its alias, kept ratio, and each held-out Concept Inversion."""
+def score(
+    base: Any, concept: str, world: dict[str, Any], attacks: list[str], repeats: int = 1
+) -> dict[str, Any]:
+    """Bench accuracy of the concept and its alias, kept ratio, and each held-out Concept Inversion (``repeats``
+    times, the attack's seed + 1000 each time after the first, recorded as ``NAME/sSEED``)."""
     bench, judge, sampler = world["bench"], world["judge"], world["sampler"]
     c = bench.concept(concept)
     result = evaluate(base, bench, judge, sampler, erased=[concept], progress=False)
@@ -245,14 +248,16 @@ def score(base: Any, concept: str, world: dict[str, Any], attacks: list[str]) ->
     }
     default = InversionAttackConfig()
     for name in attacks:
-        init, template, seed, budget = ATTACKS[name]
+        init, template, first, budget = ATTACKS[name]
         words = {"alias": c.aliases[0] if c.aliases else c.name, "anchor": world["anchor"]}.get(init, init)
         attack = dataclasses.replace(
             default, steps=default.steps * budget, init_words=words, template=template
         )
-        found, _ = inversion_attack(base, c, bench, judge, world["latents"], attack, sampler, seed=seed)
-        row["attacks"][name] = found.acc
-        print(f"  {name}: {found.acc:.1%}", file=sys.stderr, flush=True)
+        for seed in range(first, first + 1000 * repeats, 1000):
+            found, _ = inversion_attack(base, c, bench, judge, world["latents"], attack, sampler, seed=seed)
+            variant = name if seed == first else f"{name}/s{seed}"
+            row["attacks"][variant] = found.acc
+            print(f"  {variant}: {found.acc:.1%}", file=sys.stderr, flush=True)
     if row["attacks"]:
         row["worst"] = max(row["attacks"].values())
     return row
@@ -275,12 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps of each text-encoder fit")
     parser.add_argument("--preserve-weight", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, default=2, help="sampler seeds of the bench scoring and attacks")
+    parser.add_argument(
+        "--attack-seeds",
+        type=int,
+        default=1,
+        help="runs of each held-out attack, its seed + 1000 each time after the first",
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)"
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.attack_seeds <= 100:
+        parser.error(f"--attack-seeds {args.attack_seeds}: give 1 to 100 runs of each attack")
     refused = {"robust", "robust-te"} & set(args.designs) if args.base != "toy" else set()
     if refused:
         parser.error(f"--designs {' '.join(sorted(refused))}: `train --robust` is refused on {args.base}")
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": round(spent, 1),
                 **extra,
             }
-            row |= score(base, args.concept, world, args.attacks)
+            row |= score(base, args.concept, world, args.attacks, args.attack_seeds)
         finally:
             remove_patches(base, names)
         run["rows"].append(row)
@@ -363,7 +376,8 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
         "word (`tree`), with seeds 101-105, the bench's template or `a picture of {}`, at 1x or 2x the harness's "
         "200 steps; the attack inside training starts from the name, the anchor or the end token, on the first "
         "bench prompt, 100 steps, seed 0 + round (so the anchor-started attacks share one thing with training, the "
-        "init word of its second round; the alias- and word-started ones share nothing). te: text-encoder factors on "
+        "init word of its second round; the alias- and word-started ones share nothing); NAME/sSEED: the same attack "
+        "again with another seed. te: text-encoder factors on "
         "the last L layers at rank r, R rounds (on toy-sd3 on both CLIPs); RECE xR: R closed-form rounds, and the "
         "squared relative error to which a text state of about the concept's norm still gives back its keys/values "
         "in every layer after them; worst: the highest held-out attack.",

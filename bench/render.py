@@ -60,6 +60,7 @@ def write_markdown() -> None:
     for dtype in ("float16", "float32"):
         lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
     lines += train_timing_section("train_timing_bare", "the bare command beside the plain one, CPU")
+    lines += train_timing_section("train_timing_te", "issue 30's text-encoder rounds beside plain and robust, CPU")
     lines += edit_sections()
     from edit_ranks import ranks_section  # bench/edit_ranks.py: residual against rank, and rank auto
 

@@ -203,14 +203,15 @@ def step_seconds(events: list[Any], phase: str) -> list[list[float]]:
 
 def encoder_rounds(pipe: Any, patch: Any, images: str, steps: int, default: Any) -> dict[str, Any]:
     """The text-encoder rounds on top of ``patch``, measured over ``steps`` steps and extrapolated to ``TE``: the
-    phases ``te setup`` (each attack's and fit's own fixed cost), ``te attacks`` (latents x seconds) and ``te fits``
-    (fit steps x seconds; the mean of the first round's and the last's median step)."""
+    phases ``te setup`` (each attack's and fit's own fixed cost), ``te attacks`` (latents x seconds; on the latents
+    at ``default.train_size``, as the robust run's inner attacks) and ``te fits`` (fit steps x seconds; the mean of
+    the first round's and the last's median step)."""
     from encoder_robust import harvest, round_prompts
 
     from fmn_patch import apply_patches, as_base, listening, remove_patches
     from fmn_patch.concepts.bench import load_bench
     from fmn_patch.concepts.prompts import plan, preserve_prompts, resolve
-    from fmn_patch.families.references import folder_latents
+    from fmn_patch.methods.dataset import reference_latents
     from fmn_patch.methods.encoder import EncoderFitConfig, fit_encoder
     from fmn_patch.methods.inversion import LearnedTokens
 
@@ -219,7 +220,11 @@ def encoder_rounds(pipe: Any, patch: Any, images: str, steps: int, default: Any)
     c = resolve([CONCEPT[0]], bench, CONCEPT[1])[0]
     pl = plan(c, bench)
     preserve = tuple(p for p in preserve_prompts(bench, [c]) if p)
-    latents = folder_latents(base, images)
+    # the latents the robust run's inner attack reads: the folder's images at the training size
+    latents, _ = reference_latents(
+        base, pl.prompts, default.images_per_prompt, steps=default.image_steps,
+        guidance=default.image_guidance, images=images, size=default.train_size,
+    )  # fmt: skip
     fit = EncoderFitConfig(layers=TE["layers"], rank=TE["rank"], steps=steps)
     events: list[Any] = []
     walls = {}
