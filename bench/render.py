@@ -60,7 +60,9 @@ def write_markdown() -> None:
     for dtype in ("float16", "float32"):
         lines += train_timing_section(f"train_timing_gpu_{dtype}", f"on one GPU, {dtype}")
     lines += train_timing_section("train_timing_bare", "the bare command beside the plain one, CPU")
-    lines += train_timing_section("train_timing_te", "issue 30's text-encoder rounds beside plain and robust, CPU")
+    lines += train_timing_section(
+        "train_timing_te", "issue 30's text-encoder rounds beside plain and robust, CPU"
+    )
     lines += edit_sections()
     from edit_ranks import ranks_section  # bench/edit_ranks.py: residual against rank, and rank auto
 
@@ -97,6 +99,11 @@ def write_markdown() -> None:
     )  # bench/encoder_robust.py: robust designs, held-out attacks
 
     lines += encoder_robust_section(read_result, provenance_line)
+    from attack_images import (
+        attack_images_section,
+    )  # bench/attack_images.py: an attack's hits, image by image
+
+    lines += attack_images_section(read_result, provenance_line)
     lines += mmdit_sections(read_result, provenance_line)
     lines += ["", *(HERE / "defaults.md").read_text().splitlines(), ""]  # hand-kept: see its first paragraph
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
