@@ -142,8 +142,15 @@ def attack_images_section(read: Callable[[str], Any], provenance: Callable[[Any]
         for attack, prompts in r["hits"].items():
             for prompt, hits in prompts.items():
                 marks = " | ".join("shows it" if h else "-" for h in hits)
-                lines.append(f"| {attack} | {prompt} | {marks} |")
-        lines += ["", f"![{r['concept']} under {r['design']}](bench/results/{r['picture']})", ""]
+                lines.append(f"| {attack} | `{prompt}` | {marks} |")
+        lines += [
+            "",
+            f"The pictures: a row per attack ({', '.join(r['hits'])}), the prompts left to right as listed, each "
+            f"prompt's seeds ({', '.join(map(str, seeds))}) side by side.",
+            "",
+            f"![{r['concept']} under {r['design']}](bench/results/{r['picture']})",
+            "",
+        ]
     return lines
 
 

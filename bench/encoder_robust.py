@@ -401,6 +401,17 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
                 f"| {attacks} | {r['acc']:.0%} | {alias} | {r['kept_ratio']:.1%} | {r['seconds']} | {k} |"
             )
     lines.append("")
+    timing = read("train_timing_te")  # bench/train_timing.py --methods plain robust te-rounds
+    if timing:
+        t = timing["result"]
+        ratios = {m: t.get(f"{m}_over_plain") for m in ("robust", "te-rounds", "robust-te")}
+        lines += [
+            'Cost at SD-1.5 size, relative to the plain patch in one run ("Training cost at full size ... '
+            f"issue 30's text-encoder rounds\"): robust {ratios['robust']}x, te-rounds (designs 1' and 2: the "
+            f"same phases) {ratios['te-rounds']}x, robust-te (design 1) {ratios['robust-te']}x; the rece "
+            "designs' closed form was not timed there.",
+            "",
+        ]
     lines += [f"- ({k}) " + provenance(run) for k, run in enumerate(record["runs"], 1)]
     return [*lines, ""]
 

@@ -222,7 +222,9 @@ def train_timing_section(name: str = "train_timing", where: str = "") -> list[st
             lines.append(f"{other.capitalize()} / plain: {r[f'{other}_over_plain']:.2f}x.")
     if "robust-te_over_plain" in r:
         lines.append(
-            "Robust-te: the robust run's total plus the te-rounds row's text-encoder phases (te setup, attacks, fits)."
+            "Robust-te: the robust run's total plus the te-rounds row's text-encoder phases (te setup, attacks, "
+            "fits). A te fit's sample is one fit step: every erase prompt and a batch of kept prompts through the "
+            "text encoder."
         )
     lines.append("")
     return lines
