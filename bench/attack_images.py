@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from encoder_robust import ATTACKS
+from encoder_robust import ATTACKS, held_out
 from record import machine, save
 from render import write_markdown
 
@@ -80,13 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     names = apply_patches(base, [patch])
     try:
+        anchor = plan(c, bench).anchor
         for name in args.attacks:
-            init, template, seed, budget = ATTACKS[name]
-            words = {"alias": c.aliases[0] if c.aliases else c.name, "anchor": plan(c, bench).anchor}
-            default = InversionAttackConfig()
-            attack = dataclasses.replace(
-                default, steps=default.steps * budget, init_words=words.get(init, init), template=template
-            )
+            attack, seed = held_out(name, c, anchor)
             learned = inversion_plan(base, c, bench, latents, attack, seed)
             plans = [  # one image a plan: each (prompt, seed) judged apart
                 (

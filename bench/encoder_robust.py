@@ -231,6 +231,15 @@ def harvest_and_fit(
     return with_encoder_factors(base, patch, factors), tokens, seconds
 
 
+def held_out(name: str, c: Concept, anchor: str) -> tuple[InversionAttackConfig, int]:
+    """The held-out attack ``name`` (``ATTACKS``) on ``c``: its Concept Inversion config and first seed."""
+    init, template, seed, budget = ATTACKS[name]
+    words = {"alias": c.aliases[0] if c.aliases else c.name, "anchor": anchor}.get(init, init)
+    default = InversionAttackConfig()
+    config = dataclasses.replace(default, steps=default.steps * budget, init_words=words, template=template)
+    return config, seed
+
+
 def score(
     base: Any, concept: str, world: dict[str, Any], attacks: list[str], repeats: int = 1
 ) -> dict[str, Any]:
@@ -246,13 +255,8 @@ def score(
         "kept_ratio": (result.acc_kept or 0.0) / kept_base if kept_base else None,
         "attacks": {},
     }
-    default = InversionAttackConfig()
     for name in attacks:
-        init, template, first, budget = ATTACKS[name]
-        words = {"alias": c.aliases[0] if c.aliases else c.name, "anchor": world["anchor"]}.get(init, init)
-        attack = dataclasses.replace(
-            default, steps=default.steps * budget, init_words=words, template=template
-        )
+        attack, first = held_out(name, c, world["anchor"])
         for seed in range(first, first + 1000 * repeats, 1000):
             found, _ = inversion_attack(base, c, bench, judge, world["latents"], attack, sampler, seed=seed)
             variant = name if seed == first else f"{name}/s{seed}"
