@@ -37,6 +37,7 @@ from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import load_bench
 from fmn_patch.concepts.prompts import plan
 from fmn_patch.evaluation.mscore import SamplerConfig
+from fmn_patch.files import atomic_write
 from fmn_patch.methods.resteer import ROBUST_ROUNDS, TrainConfig, train_patch
 from fmn_patch.toy.judge import ToyJudge
 
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         remove_patches(base, names)
     stem = f"attack_images_{args.concept}_{args.design}"
     picture = RESULTS / f"{stem}.png"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    grid(rows).save(picture)
+    image = grid(rows)
+    atomic_write(picture, lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
     meta = machine()
     meta["command"] = "python bench/attack_images.py " + " ".join(sys.argv[1:] if argv is None else argv)
     save(

@@ -159,7 +159,7 @@ def main() -> None:
     for name, r in {**many["styles_relative"], **many["colours_relative"]}.items():
         checks[f"many: {name} >= 90% of base"] = r >= 0.90
     sys.path.insert(0, str(HERE))
-    from record import machine
+    from record import machine, write_json
 
     record = {
         "meta": machine(),
@@ -172,7 +172,7 @@ def main() -> None:
         "passed": all(checks.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     for check, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {check}", file=sys.stderr)
     print(args.out)

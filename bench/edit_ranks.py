@@ -141,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
-    from record import machine
+    from record import machine, write_json
     from render import write_markdown
 
     from fmn_patch.cli.options import quiet_libraries
@@ -151,7 +151,7 @@ def main() -> None:
         record = json.loads(args.out.read_text()) if args.out.exists() else {"cases": {}}
         record["toy_quality"] = {"meta": machine(), **toy_quality(tuple(args.seeds))}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.out, record)
         write_markdown()
         print(args.out)
         return
@@ -176,7 +176,7 @@ def main() -> None:
         **({"toy_quality": old["toy_quality"]} if "toy_quality" in old else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     write_markdown()
     print(args.out)
 

@@ -335,7 +335,7 @@ def main() -> None:
         print(json.dumps(run_one(args.child, overrides, args.arch)))
         return
     sys.path.insert(0, str(HERE))
-    from record import machine  # bench/record.py: where this run came from
+    from record import machine, write_json  # bench/record.py: where this run came from
 
     if args.solve_only:  # keep the end-to-end rows of the file, refresh the solve+SVD rows
         record = json.loads(out.read_text()) if out.exists() else {"meta": machine(), "rows": []}
@@ -354,7 +354,7 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr)
     record.setdefault("meta", machine())  # once every row is in, with the revision that made them
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     print(out)
 
 

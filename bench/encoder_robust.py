@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import machine
+from record import machine, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         run["rows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        write_json(out, results, indent=1)
     if out == RESULTS:
         write_markdown()
 

@@ -149,8 +149,9 @@ def main() -> None:
 
     quiet_libraries()
     found = fingerprints(lambda key: not args.only or any(key.startswith(o) for o in args.only))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": provenance(), "fingerprints": found}, indent=1) + "\n")
+    from record import write_json  # bench/record.py (this script's folder is on sys.path)
+
+    write_json(args.out, {"meta": provenance(), "fingerprints": found}, indent=1)
     if args.compare is not None:
         old = json.loads(args.compare.read_text())["fingerprints"]
         for key in sorted(found.keys() & old.keys()):

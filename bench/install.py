@@ -13,7 +13,6 @@ Rounds interleave the four variants; times are medians. Writes bench/results/ins
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -84,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: give 1 or more")
-    from record import RESULTS, machine  # bench/record.py: provenance
+    from record import RESULTS, machine, write_json  # bench/record.py: provenance
     from render import write_markdown
 
     times: dict[str, list[float]] = {f"{tool}/{state}": [] for tool in STEPS for state in ("warm", "cold")}
@@ -120,7 +119,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "install.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     write_markdown()
     print(out)
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mass_erasure_methods import REGISTRY, World, edit_variant
 from mass_erasure_report import NAME
-from record import RESULTS, machine
+from record import RESULTS, machine, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -49,7 +49,6 @@ from fmn_patch.cli.options import quiet_libraries
 from fmn_patch.concepts.bench import Bench, load_bench
 from fmn_patch.concepts.bench import bench_path as concept_bench_path
 from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
-from fmn_patch.files import atomic_write
 from fmn_patch.methods.edit import EditConfig
 from fmn_patch.toy.judge import ToyJudge
 from fmn_patch.toy.paths import toy_judge_path, toy_pipeline_path
@@ -235,11 +234,7 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], earlier: list
     mine = any(r.get("run", 0) == len(earlier) for r in result["rows"])
     runs = [*earlier, meta] if mine else earlier
     record = {"meta": runs[-1] if runs else meta, "runs": runs, "result": result}
-    atomic_write(
-        args.results / f"{NAME}.json",
-        lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"),
-        overwrite=True,
-    )
+    write_json(args.results / f"{NAME}.json", record)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import RESULTS, machine
+from record import RESULTS, machine, write_json
 from render import write_markdown
 from robust_ablation import changes_of, scores
 from robust_quality import make_world, measure
@@ -408,7 +408,7 @@ def main() -> None:
     path = RESULTS / "mmdit_robust.json"  # read after the run: runs in parallel append, not overwrite
     record = json.loads(path.read_text()) if path.exists() else {"rows": [], "probes": []}
     record[key].append({"meta": meta, **result})
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     write_markdown()
 
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import percent
+from record import percent, write_json
 
 import fmn_patch.methods.edit as edit_module
 from fmn_patch.cli.options import quiet_libraries
@@ -34,7 +34,6 @@ from fmn_patch.evaluation.mscore import SamplerConfig, evaluate
 from fmn_patch.evaluation.provenance import provenance
 from fmn_patch.families.base import load_base
 from fmn_patch.families.stack import apply_patches, remove_patches
-from fmn_patch.files import atomic_write
 from fmn_patch.methods.edit import EditConfig, edit_patch
 from fmn_patch.methods.resteer import TrainConfig, train_patch
 from fmn_patch.toy.judge import ToyJudge
@@ -151,7 +150,7 @@ def main() -> None:
         runs = before.get("runs") or [{"meta": before["meta"], "rows": before["rows"]}]
         record["runs"] = [*runs, {"meta": record["meta"], "rows": out}]
         record["rows"] = [r for run in record["runs"] for r in run["rows"]]
-    atomic_write(RESULTS, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"), overwrite=True)
+    write_json(RESULTS, record)
 
 
 def neighbour_section(read: Callable[[str], Any], provenance: Callable[[Any], str]) -> list[str]:

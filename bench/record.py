@@ -51,10 +51,17 @@ def provenance_line(record: dict[str, Any]) -> str:
     )
 
 
+def write_json(path: Path, data: Any, indent: int = 2) -> None:
+    """``data`` as JSON at ``path``, in one step: a run stopped midway (Ctrl-C, a full disk) leaves the file as it
+    was, never half of it."""
+    from fmn_patch.files import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent) + "\n"), overwrite=True)
+
+
 def save(name: str, result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"meta": machine(), "result": result}
     if "rows" in result:
         record["rows"] = result["rows"]
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(RESULTS / f"{name}.json", record)
     print(f"wrote {RESULTS / name}.json", file=sys.stderr)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import OLD_DEFAULTS, RESULTS, machine
+from record import OLD_DEFAULTS, RESULTS, machine, write_json
 from render import write_markdown
 from robust_quality import make_world, measure
 
@@ -112,7 +112,7 @@ def main() -> None:
     record = json.loads(path.read_text()) if path.exists() else {"rows": []}
     meta = machine() | {"command": "python bench/robust_ablation.py " + shlex.join(sys.argv[1:])}
     record["rows"].append({"meta": meta, **row})
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     write_markdown()
 
 

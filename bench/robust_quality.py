@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import OLD_DEFAULTS, RESULTS, machine
+from record import OLD_DEFAULTS, RESULTS, machine, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -149,7 +149,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"meta": machine(), "result": result, "rows": rows}
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(RESULTS / f"{args.out}.json", record)
     if args.out == "robust":
         write_markdown()
     print(RESULTS / f"{args.out}.json")

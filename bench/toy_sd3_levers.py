@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import RESULTS, machine
+from record import RESULTS, machine, write_json
 from render import write_markdown
 
 import fmn_patch.families.mmdit as mmdit
@@ -85,7 +85,7 @@ def main() -> None:
         score = evaluate(base, bench, judge, sampler, progress=False)
         base_acc = {n: c.acc for n, c in score.concepts.items()}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(base_acc, indent=2) + "\n")
+        write_json(cache, base_acc)
     started = time.perf_counter()
     patch = train_patch(base, args.concepts, config, progress=False)
     train_s = time.perf_counter() - started
@@ -115,7 +115,7 @@ def main() -> None:
     path = RESULTS / "toy_sd3_levers.json"
     record = json.loads(path.read_text()) if path.exists() else {"rows": []}
     record["rows"].append(row)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     write_markdown()
 
 

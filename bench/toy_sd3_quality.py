@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import save
+from record import save, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -306,7 +306,7 @@ def merge(parts: list[str]) -> None:
     meta = dict(records[0]["meta"])
     meta["command"] = " + ".join(r["meta"]["command"] for r in records) + " (side by side)"
     out = {"meta": meta, "result": merged}
-    (RESULTS / "toy_sd3_quality.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(RESULTS / "toy_sd3_quality.json", out)
     write_markdown()
 
 

@@ -73,7 +73,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.threads, args.steps)))
         return
-    from record import machine  # bench/record.py: provenance
+    from record import machine, write_json  # bench/record.py: provenance
     from render import write_markdown
 
     variants = [(b, t, mode) for b in BASES for t in (1, 2) for mode in ("alone", "pair")]
@@ -101,7 +101,7 @@ def main() -> None:
         "rows": rows,
     }
     out = HERE / "results" / f"{NAME}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     write_markdown()
     print(out)
 

@@ -72,7 +72,7 @@ def main() -> None:
     if not args.judge.is_file():
         parser.error(f"--judge {args.judge}: no such file; make it with bench/toy_v2_resolution.py --save")
     from diffusers import StableDiffusionPipeline
-    from record import machine  # bench/record.py: provenance
+    from record import machine, write_json  # bench/record.py: provenance
     from render import write_markdown
 
     torch.set_num_threads(args.threads)
@@ -143,7 +143,7 @@ def main() -> None:
     out = HERE / "results" / f"{NAME}.json"
     record = json.loads(out.read_text()) if out.exists() else {"rows": []}
     record["rows"].append(row)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     write_markdown()
 
 

@@ -95,7 +95,7 @@ def main() -> None:
     for name in ("images", "heldout", "steps", "batch", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: give 1 or more")
-    from record import machine  # bench/record.py: provenance
+    from record import machine, write_json  # bench/record.py: provenance
     from render import write_markdown
 
     torch.set_num_threads(args.threads)
@@ -154,7 +154,7 @@ def main() -> None:
         row
         | {"meta": machine() | {"command": "python bench/toy_v2_resolution.py " + shlex.join(sys.argv[1:])}}
     ]
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     write_markdown()
 
 
