@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from encoder_robust import ATTACKS, held_out
-from record import machine, save
+from record import machine, run_script, save
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=["alias-1x", "word-1x"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="sampler seeds")
     args = parser.parse_args(argv)
+    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(args.seeds))  # a bad seed is refused here
     quiet_libraries()
     torch.manual_seed(0)
     bench = load_bench("toy")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     latents = reference_latents(base, c, bench, InversionAttackConfig().images, steps=20, guidance=5.0)
     rounds = ROBUST_ROUNDS if args.design == "robust" else 0
     patch = train_patch(base, [c.name], TrainConfig(robust_rounds=rounds), progress=False)
-    config = AttackConfig(sampler=SamplerConfig(steps=20, guidance=5.0, seeds=(0,)), grid_images=1)
+    config = AttackConfig(sampler=sampler, grid_images=1)
     found: dict[str, Any] = {}
     rows = []
     names = apply_patches(base, [patch])
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                     "",
                     f"{p} @ {s}",
                     dataclasses.replace(
-                        learned, prompts=[p], sampler=dataclasses.replace(config.sampler, seeds=(s,))
+                        learned, prompts=[p], sampler=dataclasses.replace(sampler, seeds=(s,))
                     ),
                 )
                 for p in learned.prompts
@@ -152,4 +153,4 @@ def attack_images_section(read: Callable[[str], Any], provenance: Callable[[Any]
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

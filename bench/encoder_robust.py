@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from record import machine, write_json
+from record import machine, run_script, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -298,14 +298,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.attack_seeds <= 100:
         parser.error(f"--attack-seeds {args.attack_seeds}: give 1 to 100 runs of each attack")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: give 1 or more sampler seeds")
+    if args.rounds < 0 or args.rece_rounds < 0:
+        parser.error(f"--rounds {args.rounds} / --rece-rounds {args.rece_rounds}: give 0 or more rounds")
+    fit = EncoderFitConfig(  # refuses a bad --layers, --rank, --steps or --preserve-weight before any work
+        layers=args.layers, rank=args.rank, steps=args.steps, preserve_weight=args.preserve_weight
+    )
     refused = {"robust", "robust-te"} & set(args.designs) if args.base != "toy" else set()
     if refused:
         parser.error(f"--designs {' '.join(sorted(refused))}: `train --robust` is refused on {args.base}")
+    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))  # refused here if bad
     quiet_libraries()
     torch.manual_seed(0)
     base = load_base(args.base)
     bench, judge = load_bench("toy"), ToyJudge.load()
-    sampler = SamplerConfig(steps=20, guidance=5.0, seeds=tuple(range(args.seeds)))
     c = bench.concept(args.concept)
     world: dict[str, Any] = {
         "bench": bench,
@@ -315,9 +322,6 @@ def main(argv: list[str] | None = None) -> None:
         "latents": reference_latents(base, c, bench, InversionAttackConfig().images, steps=20, guidance=5.0),
         "base": evaluate(base, bench, judge, sampler, progress=False),
     }
-    fit = EncoderFitConfig(
-        layers=args.layers, rank=args.rank, steps=args.steps, preserve_weight=args.preserve_weight
-    )
     out: Path = args.results
     results = json.loads(out.read_text()) if out.exists() and not args.fresh else {"runs": []}
     meta = {**machine(), "note": args.note}
@@ -421,4 +425,4 @@ def encoder_robust_section(read: Callable[[str], Any], provenance: Callable[[Any
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

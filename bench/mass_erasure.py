@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mass_erasure_methods import REGISTRY, World, edit_variant
 from mass_erasure_report import NAME
-from record import RESULTS, machine, write_json
+from record import RESULTS, machine, run_script, write_json
 from render import write_markdown
 
 from fmn_patch import apply_patches, load_base, remove_patches
@@ -335,19 +335,12 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown()
 
 
+def shown() -> None:
+    """``main`` with the library's progress channel shown: a bar per run's sampling, as the CLI shows it (closed
+    before any one-line ending)."""
+    with shown_on_stderr():
+        main()
+
+
 if __name__ == "__main__":
-    try:
-        # The library's progress channel: a bar per run's sampling, as the CLI shows it; closed before the one line.
-        with shown_on_stderr():
-            main()
-    except SystemExit as refused:
-        if not isinstance(refused.code, str):
-            raise
-        print(f"mass_erasure.py: error: {refused.code}", file=sys.stderr)  # one line, exit 2 as argparse's
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(
-            "mass_erasure.py: interrupted; the runs finished so far are in the results JSON (--resume goes on)",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+    run_script(shown, "interrupted; the runs finished so far are in the results JSON (--resume goes on)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,26 @@ def save(name: str, result: dict[str, Any]) -> None:
         record["rows"] = result["rows"]
     write_json(RESULTS / f"{name}.json", record)
     print(f"wrote {RESULTS / name}.json", file=sys.stderr)
+
+
+def run_script(
+    main: Callable[[], None], interrupted: str = "interrupted; results written so far are kept"
+) -> None:
+    """Run a bench script's ``main`` as the CLI runs a command: a refusal (``SystemExit`` with a message, or the
+    library's ``FmnPatchError``) ends in one line and exit 2, Ctrl-C in one line (``interrupted``) and exit 130."""
+    from fmn_patch.errors import FmnPatchError
+
+    script = Path(sys.argv[0]).name
+    try:
+        main()
+    except SystemExit as refused:
+        if not isinstance(refused.code, str):
+            raise
+        print(f"{script}: error: {refused.code}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FmnPatchError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{script}: {interrupted}", file=sys.stderr)
+        raise SystemExit(130) from None

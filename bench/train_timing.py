@@ -380,6 +380,10 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. machine load)")
     parser.add_argument("--out", default="train_timing", help="results name (bench/results/NAME.json)")
     args = parser.parse_args()
+    if args.steps < 1 or args.threads < 1:
+        parser.error(f"--steps {args.steps} --threads {args.threads}: give 1 or more of each")
+    if not args.out or Path(args.out).name != args.out:
+        parser.error(f"--out {args.out!r}: give a results name (bench/results/NAME.json), not a path")
     torch.set_num_threads(args.threads)
     common = ["--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
     common += ["--dtype", args.dtype] + (["--full"] if args.full else [])
@@ -428,4 +432,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from record import run_script
+
+    run_script(main)
